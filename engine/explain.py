@@ -181,7 +181,14 @@ def explain(
             raise MethodError(f"target outside 0..{probabilities.shape[1] - 1}")
         timings["predict_s"] = time.perf_counter() - tick
         ctx = MethodContext(
-            net, loaded.spec, loaded.cam_layer, loaded.device, generator, progress, extras or {}
+            net,
+            loaded.spec,
+            (x.shape[2], x.shape[3]),
+            loaded.cam_layer,
+            loaded.device,
+            generator,
+            progress,
+            extras or {},
         )
         attribution_method = spec.build(ctx, options)
         attribution_method.progress = progress

@@ -43,6 +43,7 @@ class MethodContext:
 
     model: nn.Module
     model_spec: ModelSpec
+    input_size: tuple[int, int]  # (H, W) of the batch being explained
     cam_layer: str | None
     device: torch.device
     generator: torch.Generator

@@ -66,7 +66,8 @@ def test_rectifier_rules(model, two_photos, method, captum_class):
 
 
 @pytest.mark.parametrize(
-    "rule", ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
+    "rule",
+    ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"],
 )
 def test_integrated_gradients_rules(model, two_photos, rule):
     steps = 6

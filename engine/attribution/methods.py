@@ -177,7 +177,7 @@ def _expected_gradients(ctx: MethodContext, options: ExpectedGradientsOptions) -
     if references is None:
         from engine.data import reference_set
 
-        references = reference_set(options.references, ctx.model_spec.input_size)
+        references = reference_set(options.references, ctx.input_size)
     method = ExpectedGradients(
         _gradient(ctx, options),
         references,

@@ -36,7 +36,7 @@ def decode_image(
     if not data:
         raise InputError("empty image file")
     if len(data) > max_bytes:
-        raise InputError(f"image file is {len(data)} bytes; the limit is {max_bytes}")
+        raise InputError(f"image file is {len(data)} bytes; the limit is {max_bytes} bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

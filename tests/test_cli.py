@@ -1,0 +1,76 @@
+"""The command line, run as a user would (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("integrated_gradients", ["-o", "steps=8", "-o", "internal_batch_size=4"]),
+        ("gradcam", []),
+        ("smoothgrad", ["-o", "samples=3"]),
+    ],
+)
+def test_explain_writes_artifacts(tmp_path, method, options):
+    out = tmp_path / method
+    done = run("explain", "chelsea", "--method", method, *options, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "Egyptian cat (285)" in done.stdout
+    attribution = np.load(out / "attribution.npy")
+    assert attribution.shape[1:] == (224, 224) and attribution.dtype == np.float32
+    assert np.load(out / "heatmap.npy").shape == (224, 224)
+    for picture in ("overlay.png", "heatmap.png"):
+        with Image.open(out / picture) as image:
+            assert image.size == (224, 224) and image.mode == "RGB"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == method and summary["prediction"]["class_index"] == 285
+    assert summary["metadata"]["inputs"][0]["source"] == "sample:chelsea"
+
+
+def test_nested_option_and_target(tmp_path):
+    done = run(
+        "explain", "chelsea", "--method", "saliency", "--target", "analog clock",
+        "-o", "smoothing.samples=2", "-o", "heatmap_reduction=max_abs", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["options"]["smoothing"]["samples"] == 2
+    assert summary["prediction"]["target"] == 409
+
+
+def test_listings_are_machine_readable():
+    methods = json.loads(run("methods", "--json").stdout)
+    assert {m["name"] for m in methods} >= {"integrated_gradients", "gradcam", "vargrad"}
+    ig = next(m for m in methods if m["name"] == "integrated_gradients")
+    assert ig["options_schema"]["properties"]["steps"]["default"] == 50
+    models = json.loads(run("models", "--json").stdout)
+    assert models[0]["name"] == "efficientnet_lite0" and models[0]["num_classes"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "nope"], "unknown method"),
+        (["--method", "saliency", "-o", "bogus=1"], "bogus"),
+        (["--method", "integrated_gradients", "-o", "steps=0"], "steps"),
+        (["--method", "saliency", "--model", "resnet18"], "not found"),
+    ],
+)
+def test_errors_are_clear(tmp_path, args, message):
+    done = run("explain", "chelsea", *args, "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr

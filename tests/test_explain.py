@@ -1,0 +1,138 @@
+"""The explain() entry point on the bundled model and real photographs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import explain
+from engine.attribution.base import MethodError
+from engine.registry import OptionsError, all_methods, get_method
+
+# The cat in chelsea stretched to 224×224 ("resize" policy): columns 0..179, every row. Right of
+# it is the wall. Area fraction: 180/224 = 0.80.
+CAT_BOX = (slice(0, 224), slice(0, 180))
+
+
+@pytest.mark.slow
+def test_integrated_gradients_completeness_with_200_gauss_legendre_steps(lite0):
+    result = explain(
+        lite0, "chelsea", "integrated_gradients", {"steps": 200, "internal_batch_size": 50}
+    )
+    scores = result.scores[0]
+    assert result.predictions[0].class_index == 285
+    assert abs(scores["completeness_gap"]) < 0.01 * abs(scores["score_difference"])
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("integrated_gradients", {"steps": 32, "internal_batch_size": 16}), ("gradcam", {})],
+)
+def test_heat_map_mass_is_on_the_cat(lite0, method, options):
+    result = explain(lite0, "chelsea", method, options, resize="resize")
+    assert result.predictions[0].class_index == 285
+    heatmap = result.heatmap[0].clamp(min=0)
+    inside = heatmap[CAT_BOX].sum()
+    assert inside > heatmap.sum() - inside
+    if method == "gradcam":
+        assert inside / heatmap.sum() > 0.85  # denser on the cat than a uniform map (0.80)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("saliency", {}),
+        ("integrated_gradients", {"steps": 4}),
+        ("guided_backprop", {}),
+        ("gradcam", {}),
+    ],
+)
+def test_batch_equals_one_at_a_time(lite0, two_photos, method, options):
+    batch = explain(lite0, two_photos, method, options, target=[285, 409]).attribution
+    for i, target in enumerate([285, 409]):
+        single = explain(lite0, two_photos[i], method, options, target=target).attribution
+        torch.testing.assert_close(batch[i], single[0], rtol=1e-4, atol=1e-6)
+
+
+def test_targets_by_label_and_predicted(lite0):
+    by_label = explain(lite0, "chelsea", "saliency", target="analog clock")
+    assert by_label.predictions[0].target == 409
+    assert by_label.predictions[0].target_label == "analog clock"
+    assert by_label.predictions[0].class_index == 285
+    predicted = explain(lite0, "chelsea", "saliency")
+    assert predicted.predictions[0].target == 285
+    assert 0.3 < predicted.predictions[0].probability <= 1
+    with pytest.raises(Exception, match="no class labelled"):
+        explain(lite0, "chelsea", "saliency", target="not a class")
+    with pytest.raises(MethodError, match="target outside"):
+        explain(lite0, "chelsea", "saliency", target=1000)
+
+
+@pytest.mark.parametrize("method", ["smoothgrad", "vargrad", "expected_gradients"])
+def test_stochastic_methods_are_reproducible_for_a_seed(lite0, method):
+    options = {"samples": 3}
+    first = explain(lite0, "chelsea", method, options, seed=1).attribution
+    again = explain(lite0, "chelsea", method, options, seed=1).attribution
+    other = explain(lite0, "chelsea", method, options, seed=2).attribution
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+
+
+def test_options_are_validated():
+    with pytest.raises(OptionsError, match="unknown method"):
+        get_method("nope")
+    with pytest.raises(OptionsError, match="steps"):
+        explain("efficientnet_lite0", "chelsea", "integrated_gradients", {"steps": 0})
+    with pytest.raises(OptionsError, match="stepz"):
+        explain("efficientnet_lite0", "chelsea", "integrated_gradients", {"stepz": 5})
+    with pytest.raises(OptionsError, match="baseline"):
+        explain("efficientnet_lite0", "chelsea", "integrated_gradients", {"baseline": "pink"})
+    with pytest.raises(OptionsError, match=r"smoothing\.samples"):
+        explain("efficientnet_lite0", "chelsea", "saliency", {"smoothing": {"samples": -1}})
+
+
+def test_result_records_everything_needed_to_reproduce(lite0):
+    result = explain(lite0, "chelsea", "integrated_gradients", {"steps": 3}, seed=5)
+    summary = result.summary()
+    assert summary["options"]["steps"] == 3 and summary["options"]["rule"] == "gausslegendre"
+    meta = summary["metadata"]
+    assert meta["seed"] == 5 and meta["device"] == "cpu"
+    assert meta["model"]["weights_sha256"] == lite0.weights_sha256
+    assert meta["inputs"][0]["source"] == "sample:chelsea"
+    assert meta["inputs"][0]["policy"] == "center_crop"
+    assert {"torch", "torchvision", "python"} <= set(meta["versions"])
+    assert meta["heatmap_reduction"] == "abs_sum"
+    assert meta["timings"]["attribute_s"] > 0
+    assert result.attribution.shape == (1, 3, 224, 224) and result.heatmap.shape == (1, 224, 224)
+    torch.testing.assert_close(result.heatmap, result.attribution.abs().sum(1))
+
+
+def test_progress_and_cancellation(lite0):
+    seen: list[tuple[int, int]] = []
+    explain(lite0, "chelsea", "integrated_gradients", {"steps": 6, "internal_batch_size": 2},
+            progress=lambda done, total: seen.append((done, total)))  # fmt: skip
+    assert seen == [(2, 6), (4, 6), (6, 6)]
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(done, total):
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        explain(lite0, "chelsea", "smoothgrad", {"samples": 4, "batch_size": 1}, progress=cancel)
+
+
+def test_registry_describes_every_method():
+    names = {m.name for m in all_methods()}
+    assert names >= {
+        "saliency", "gradient_x_input", "integrated_gradients", "smoothgrad", "smoothgrad_sq",
+        "vargrad", "smoothgrad_ig", "expected_gradients", "guided_backprop", "deconvolution",
+        "gradcam", "guided_gradcam",
+    }  # fmt: skip
+    for method in all_methods():
+        described = method.describe()
+        assert described["input_kinds"] == ["image"]
+        schema = described["options_schema"]
+        assert schema["additionalProperties"] is False
+        assert "heatmap_reduction" in schema["properties"]
