@@ -161,12 +161,17 @@ def _smoothgrad_ig(ctx: MethodContext, options: SmoothGradIGOptions) -> Attribut
     gradient = SmoothedGradient(
         _gradient(ctx, options), options.samples, options.noise_level, ctx.generator
     )
+    # Each path point expands to `samples` noisy rows: chunk the path so that a pass has at most
+    # internal_batch_size rows.
+    path_chunk = options.internal_batch_size and max(
+        1, options.internal_batch_size // options.samples
+    )
     return IntegratedGradients(
         gradient,
         options.baseline,
         options.steps,
         options.rule,
-        options.internal_batch_size,
+        path_chunk,
         options.blur_sigma,
         ctx.generator,
     )

@@ -12,13 +12,15 @@ modules, so the module's in-place op cannot overwrite it) and a forward hook tha
 module's output by the same values computed through a custom autograd function. State is kept per
 call, so a module that is called several times (ResNet's BasicBlock reuses ``self.relu``) works.
 Functional rectifiers (``F.relu``) cannot be hooked: a torch-function mode notices them during the
-forward and the call is refused rather than silently returning a plain gradient.
+forward and the call is refused rather than silently returning a plain gradient. The check runs on
+a model's first call only (it costs Python dispatch on every op); later calls trust the result.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -78,6 +80,9 @@ class _FunctionalRectifierGuard(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+_VERIFIED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # models seen with module rectifiers only
+
+
 class RectifierRule:
     """Base of the rectifier backward rules; subclasses choose ``guided``."""
 
@@ -111,8 +116,12 @@ class RectifierRule:
             for module in modules:
                 handles.append(module.register_forward_pre_hook(before))
                 handles.append(module.register_forward_hook(after))
-            with guard:
+            if model in _VERIFIED:
                 yield
+            else:
+                with guard:
+                    yield
+                _VERIFIED.add(model)
         finally:
             for handle in handles:
                 handle.remove()

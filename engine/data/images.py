@@ -41,8 +41,10 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-    except (Image.UnidentifiedImageError, Image.DecompressionBombError) as error:
-        raise InputError(f"not a readable image: {error}") from error
+    except Image.UnidentifiedImageError:
+        raise InputError("not a readable image (PNG, JPEG or WebP expected)") from None
+    except Image.DecompressionBombError as error:
+        raise InputError(f"image too large: {error}") from error
     except Image.DecompressionBombWarning as error:
         raise InputError(f"image too large: {error}") from error
     if image.format not in ALLOWED_FORMATS:

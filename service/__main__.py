@@ -1,0 +1,57 @@
+"""``python -m service [--host H] [--port P]`` starts the API; ``python -m service openapi``
+prints the OpenAPI document."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+
+from service.settings import Settings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "openapi"])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    if args.command == "openapi":
+        from service.app import create_app
+
+        print(json.dumps(create_app(settings).openapi(), indent=2, sort_keys=True))
+        return 0
+    if not settings.api_keys and not is_loopback(args.host):
+        print(
+            f"error: refusing to listen on {args.host} without API keys; set EXPLAINER_API_KEYS "
+            "or keep the default 127.0.0.1",
+            file=sys.stderr,
+        )
+        return 2
+    import uvicorn
+
+    from service.app import create_app
+
+    mode = (
+        "embedded (in-process worker)"
+        if settings.embedded
+        else f"distributed ({settings.broker_url})"
+    )
+    print(f"Explainer API on http://{args.host}:{args.port} — {mode}", file=sys.stderr)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

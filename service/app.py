@@ -1,0 +1,496 @@
+"""The FastAPI application: submit explanations, follow jobs, download artifacts."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
+from engine.models import MODELS
+from engine.registry import all_methods
+from service.artifacts import MEDIA_TYPES, ArtifactStore
+from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
+from service.jobstore import JobRecord, JobStore, MemoryJobStore, RedisJobStore, new_job_id
+from service.schemas import (
+    ErrorResponse,
+    Health,
+    JobCreated,
+    JobView,
+    explain_request_adapter,
+)
+from service.settings import Settings
+
+ITERATION_FIELDS = ("steps", "samples", "iterations")
+VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts"}  # copied from the record
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422)}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: list | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def error_response(status: int, code: str, message: str, details: list | None = None):
+    body = {"error": {"status": status, "code": code, "message": message, "details": details}}
+    return JSONResponse(body, status_code=status)
+
+
+class BodyLimit:
+    """Pure ASGI middleware: refuse request bodies above ``limit`` bytes with 413, streaming."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, "payload_too_large", f"request body above {self.limit} bytes")
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except ApiError:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send):
+        message = f"request body above the limit of {self.limit} bytes"
+        await error_response(413, "payload_too_large", message)(scope, receive, send)
+
+
+def build_store(settings: Settings) -> JobStore:
+    if settings.embedded:
+        return MemoryJobStore(settings.job_ttl_s)
+    return RedisJobStore(settings.store_url, settings.job_ttl_s)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    store = build_store(settings)
+    artifacts = ArtifactStore(settings.artifact_dir)
+    dispatcher: Dispatcher = (
+        EmbeddedDispatcher(settings, store, artifacts)
+        if settings.embedded
+        else CeleryDispatcher(settings)
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        artifacts.sweep(settings.job_ttl_s)
+        yield
+        dispatcher.close()
+
+    app = FastAPI(
+        title="Explainer",
+        version="0.1.0",
+        description="Explanations for PyTorch classifiers: submit an image and a method, follow "
+        "the job, download the attribution tensor, heat map, overlay and scores.",
+        lifespan=lifespan,
+        responses={500: {"model": ErrorResponse}},
+    )
+    app.state.settings, app.state.store, app.state.dispatcher = settings, store, dispatcher
+    app.add_middleware(BodyLimit, limit=int(settings.max_upload_bytes * 4 / 3) + 65536)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, error: ApiError):
+        return error_response(error.status, error.code, error.message, error.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, error: RequestValidationError):
+        return error_response(
+            422, "invalid_request", "the request is invalid", _clean(error.errors())
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: StarletteHTTPException):
+        return error_response(error.status_code, "http_error", str(error.detail))
+
+    def require_key(request: Request) -> None:
+        if not settings.api_keys:
+            return
+        supplied = request.headers.get("x-api-key")
+        bearer = request.headers.get("authorization", "")
+        if bearer.lower().startswith("bearer "):
+            supplied = supplied or bearer[7:].strip()
+        if supplied is None:
+            raise ApiError(401, "missing_api_key", "an API key is required (X-API-Key header)")
+        if supplied not in settings.api_keys:
+            raise ApiError(401, "invalid_api_key", "the API key is not valid")
+
+    guarded = [Depends(require_key)]
+
+    def job_view(record: JobRecord, request: Request) -> JobView:
+        base = str(request.url_for("get_artifact", job_id=record.id, name="NAME"))
+        return JobView(
+            **record.model_dump(include=VIEW_FIELDS),
+            progress=store.progress(record.id),
+            artifacts={name: base.replace("NAME", name) for name in record.artifacts},
+        )
+
+    @app.post(
+        "/explain",
+        status_code=202,
+        response_model=JobCreated,
+        dependencies=guarded,
+        responses={200: {"model": JobCreated, "description": "An identical job exists"}, **ERRORS},
+        openapi_extra={"requestBody": _request_body_schema()},
+    )
+    async def submit(request: Request):
+        """Queue an explanation. JSON body, or multipart with a file field ``image`` and a JSON
+        field ``request``. Answers 202 with the job id (200 when an identical job is returned)."""
+        payload, upload = await _read_submission(request, settings)
+        try:
+            parsed = explain_request_adapter().validate_python(payload)
+        except ValidationError as error:
+            details = _clean(error.errors())
+            raise ApiError(422, "invalid_request", _summary(details), details) from None
+        input_info, data = _check_input(parsed, upload, settings)
+        _check_limits(parsed, settings)
+        options = parsed.options.model_dump(mode="json")
+        content_hash = hashlib.sha256(
+            json.dumps(
+                {"model": parsed.model, "method": parsed.method, "options": options,
+                 "target": parsed.target, "seed": parsed.seed, "resize": parsed.resize,
+                 "input": input_info["sha256"], "metrics": sorted(parsed.metrics)},
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()  # fmt: skip
+
+        def existing(job_id: str | None) -> JSONResponse | None:
+            record = store.get(job_id) if job_id else None
+            if record is None or record.status in ("failed", "cancelled"):
+                return None
+            body = JobCreated(id=record.id, url=_job_url(request, record.id),
+                              status=record.status, reused=True)  # fmt: skip
+            return JSONResponse(body.model_dump(), status_code=200)
+
+        if parsed.idempotency_key and (
+            found := existing(store.lookup_key("idempotency", parsed.idempotency_key))
+        ):
+            return found
+        if parsed.reuse and (found := existing(store.lookup_key("content", content_hash))):
+            return found
+        job_id = new_job_id()
+        record = JobRecord(
+            id=job_id,
+            created_at=time.time(),
+            model=parsed.model,
+            method=parsed.method,
+            options=options,
+            target=parsed.target,
+            seed=parsed.seed,
+            metrics=parsed.metrics,
+            input=input_info | {"resize": parsed.resize},
+            content_hash=content_hash,
+            idempotency_key=parsed.idempotency_key,
+        )
+        if data is not None:
+            artifacts.save_input(job_id, data)
+        store.create(record)
+        if parsed.idempotency_key:
+            holder = store.claim_key("idempotency", parsed.idempotency_key, job_id)
+            if holder != job_id and (found := existing(holder)):
+                store.finish(job_id, "cancelled", error="duplicate of " + holder)
+                return found
+            store.rebind_key("idempotency", parsed.idempotency_key, job_id)
+        store.rebind_key("content", content_hash, job_id)
+        dispatcher.submit(job_id)
+        return JobCreated(id=job_id, url=_job_url(request, job_id), status="queued")
+
+    @app.get("/jobs/{job_id}", response_model=JobView, dependencies=guarded, responses=ERRORS)
+    def get_job(job_id: str, request: Request):
+        """Status, progress, prediction, scores, artifact links and error of a job."""
+        return job_view(_find(store, job_id), request)
+
+    @app.delete("/jobs/{job_id}", response_model=JobView, dependencies=guarded, responses=ERRORS)
+    def cancel_job(job_id: str, request: Request):
+        """Cancel: a queued job never runs; a running one stops at its next step."""
+        record = _find(store, job_id)
+        if record.status not in ("succeeded", "failed", "cancelled"):
+            store.cancel(job_id)
+            dispatcher.revoke(job_id)
+        return job_view(_find(store, job_id), request)
+
+    @app.get(
+        "/jobs/{job_id}/artifacts/{name}",
+        dependencies=guarded,
+        responses={**ERRORS, 200: {"content": {t: {} for t in set(MEDIA_TYPES.values())}}},
+    )
+    def get_artifact(job_id: str, name: str):
+        """Download an artifact: attribution.npy, heatmap.npy, overlay.png, heatmap.png,
+        summary.json (mask methods add mask.npz, explanation.png, history.json)."""
+        record = _find(store, job_id)
+        path = artifacts.path(job_id, name) if name in record.artifacts else None
+        if path is None:
+            raise ApiError(404, "not_found", f"job {job_id} has no artifact {name!r}")
+        return FileResponse(
+            path, media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream")
+        )
+
+    @app.get("/methods", dependencies=guarded)
+    def methods() -> list[dict[str, Any]]:
+        """Every method: family, input kinds, and its options with defaults and bounds."""
+        return [m.describe() for m in all_methods()]
+
+    @app.get("/models", dependencies=guarded)
+    def models() -> list[dict[str, Any]]:
+        """Every model: input kind and size, normalisation, classes, Grad-CAM layer."""
+        return [
+            spec.describe() | {"methods": list(settings.allowed_methods.get(name, ())) or None}
+            for name, spec in MODELS.items()
+        ]
+
+    @app.get("/health", response_model=Health)
+    def health():
+        """Redis reachable, workers alive, device. No API key needed."""
+        redis_ok = None if settings.embedded else store.ping()
+        workers = dispatcher.workers()
+        ok = workers > 0 and redis_ok is not False
+        return Health(
+            status="ok" if ok else "degraded",
+            mode="embedded" if settings.embedded else "distributed",
+            redis=redis_ok,
+            workers=workers,
+            device=dispatcher.device(),
+        )
+
+    @app.get("/metrics", response_class=PlainTextResponse, dependencies=guarded)
+    def metrics():
+        """Prometheus text format: jobs by state, job durations, queue length."""
+        return _prometheus(store, dispatcher)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description,
+                routes=app.routes,
+            )  # fmt: skip
+            request_schema = explain_request_adapter().json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(request_schema.pop("$defs", {}))
+            components["ExplainRequest"] = request_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app
+
+
+def _job_url(request: Request, job_id: str) -> str:
+    return str(request.url_for("get_job", job_id=job_id))
+
+
+def _find(store: JobStore, job_id: str) -> JobRecord:
+    record = store.get(job_id)
+    if record is None:
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    return record
+
+
+def _summary(details: list) -> str:
+    """'invalid request: options.steps: Input should be greater than or equal to 1; ...'."""
+    parts = []
+    for detail in details[:5]:
+        # Drop the union tag (the method name) that pydantic puts first in the location.
+        loc = [str(p) for p in detail.get("loc", [])]
+        if len(loc) > 1 and loc[0] in {m.name for m in all_methods()}:
+            loc = loc[1:]
+        parts.append(f"{'.'.join(loc) or 'request'}: {detail.get('msg')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def _clean(errors: list) -> list:
+    """Validation errors without the echoed input (it may be a large base64 image)."""
+    return [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
+
+
+async def _read_submission(request: Request, settings: Settings) -> tuple[dict, bytes | None]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=4)
+        raw, upload = form.get("request"), form.get("image")
+        if raw is None or isinstance(raw, bytes | bytearray) or hasattr(raw, "read"):
+            raise ApiError(422, "invalid_request", "multipart needs a JSON text field 'request'")
+        payload = _json(raw)
+        if upload is None or not hasattr(upload, "read"):
+            raise ApiError(422, "invalid_request", "multipart needs a file field 'image'")
+        data = await upload.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise ApiError(
+                413, "payload_too_large", f"image above {settings.max_upload_bytes} bytes"
+            )
+        if payload.get("image") or payload.get("sample") or payload.get("series"):
+            raise ApiError(422, "invalid_request", "give the image as the file field only")
+        return payload, data
+    if content_type.startswith("application/json") or not content_type:
+        return _json(await request.body()), None
+    raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
+
+
+def _json(raw: str | bytes) -> dict:
+    try:
+        payload = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ApiError(400, "invalid_json", f"request is not valid JSON: {error}") from error
+    if not isinstance(payload, dict):
+        raise ApiError(422, "invalid_request", "the request must be a JSON object")
+    return payload
+
+
+def _check_input(parsed, upload: bytes | None, settings: Settings) -> tuple[dict, bytes | None]:
+    """Exactly one input; decoded and validated here so bad input fails fast with a 4xx."""
+    given = [name for name in ("image", "sample", "series") if getattr(parsed, name) is not None]
+    if upload is not None:
+        given.append("image file")
+    if len(given) != 1:
+        raise ApiError(422, "invalid_input", "give exactly one of image, sample or series")
+    spec = MODELS.get(parsed.model)
+    if spec is None:
+        known = ", ".join(MODELS)
+        raise ApiError(422, "unknown_model", f"unknown model {parsed.model!r}; known: {known}")
+    if parsed.series is not None:
+        _check_series(parsed.series, settings)
+        if spec.input_kind != "timeseries":
+            raise ApiError(
+                422, "wrong_input_kind", f"model {parsed.model} takes images, not series"
+            )
+        data = json.dumps(parsed.series).encode()
+        return {"kind": "series", "sha256": sha256_bytes(data)}, data
+    if spec.input_kind != "image":
+        raise ApiError(422, "wrong_input_kind", f"model {parsed.model} takes time series")
+    if parsed.sample is not None:
+        if parsed.sample not in SAMPLES:
+            raise ApiError(422, "unknown_sample", f"unknown sample {parsed.sample!r}")
+        return {"kind": "sample", "name": parsed.sample, "sha256": "sample:" + parsed.sample}, None
+    data = upload
+    if data is None:
+        try:
+            data = base64.b64decode(parsed.image, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise ApiError(422, "invalid_input", f"image is not valid base64: {error}") from error
+    try:
+        image = decode_image(
+            data,
+            max_pixels=min(settings.max_pixels, DEFAULT_MAX_PIXELS),
+            max_bytes=settings.max_upload_bytes,
+        )
+    except InputError as error:
+        status = 413 if "limit" in str(error) else 422
+        raise ApiError(status, "invalid_image", str(error)) from error
+    return {"kind": "image", "sha256": sha256_bytes(data), "size": list(image.size)}, data
+
+
+def _check_series(series: list[list[float]], settings: Settings) -> None:
+    if not series or not series[0]:
+        raise ApiError(422, "invalid_series", "series must be a non-empty time × features array")
+    width = len(series[0])
+    if any(len(row) != width for row in series):
+        raise ApiError(422, "invalid_series", "every time step must have the same feature count")
+    if len(series) > settings.max_series_length or width > settings.max_series_features:
+        raise ApiError(
+            413, "series_too_large",
+            f"series is {len(series)}×{width}; limits are {settings.max_series_length} steps and "
+            f"{settings.max_series_features} features",
+        )  # fmt: skip
+    if not all(math.isfinite(v) for row in series for v in row):
+        raise ApiError(422, "invalid_series", "series values must be finite (no NaN or inf)")
+
+
+def _check_limits(parsed, settings: Settings) -> None:
+    allowed = settings.allowed_methods.get(parsed.model)
+    if allowed and parsed.method not in allowed:
+        raise ApiError(
+            422, "method_not_allowed",
+            f"method {parsed.method} is not allowed for model {parsed.model}; allowed: "
+            + ", ".join(allowed),
+        )  # fmt: skip
+    for name in ITERATION_FIELDS:
+        value = getattr(parsed.options, name, None)
+        if isinstance(value, int) and value > settings.max_iterations:
+            raise ApiError(422, "limit_exceeded",
+                           f"options.{name}={value} is above this server's limit "
+                           f"{settings.max_iterations}")  # fmt: skip
+    if getattr(parsed.options, "references", "samples") != "samples":
+        raise ApiError(422, "invalid_option", "over the API, references must be 'samples'")
+    if parsed.metrics:
+        raise ApiError(422, "unknown_metric", f"unknown metrics: {', '.join(parsed.metrics)}")
+
+
+def _prometheus(store: JobStore, dispatcher: Dispatcher) -> str:
+    stats, durations = store.stats(), store.durations()
+    lines = [
+        "# HELP explainer_jobs_total Jobs submitted, and jobs by terminal state.",
+        "# TYPE explainer_jobs_total counter",
+    ]
+    for state in ("submitted", "succeeded", "failed", "cancelled"):
+        lines.append(f'explainer_jobs_total{{state="{state}"}} {stats.get(state, 0):g}')
+    lines += [
+        "# HELP explainer_job_duration_seconds Run time of finished jobs.",
+        "# TYPE explainer_job_duration_seconds histogram",
+    ]
+    from service.jobstore import DURATION_BUCKETS
+
+    for bound in DURATION_BUCKETS:
+        label = "+Inf" if math.isinf(bound) else f"{bound:g}"
+        count = durations.get(f"le_{bound}", 0)
+        lines.append(f'explainer_job_duration_seconds_bucket{{le="{label}"}} {count:g}')
+    lines.append(f"explainer_job_duration_seconds_sum {durations.get('sum', 0):g}")
+    lines.append(f"explainer_job_duration_seconds_count {durations.get('count', 0):g}")
+    lines += [
+        "# HELP explainer_queue_length Jobs waiting for a worker.",
+        "# TYPE explainer_queue_length gauge",
+        f"explainer_queue_length {dispatcher.queue_length()}",
+        "# HELP explainer_workers Workers that answered a ping.",
+        "# TYPE explainer_workers gauge",
+        f"explainer_workers {dispatcher.workers()}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _request_body_schema() -> dict:
+    ref = {"$ref": "#/components/schemas/ExplainRequest"}
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": ref},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["request", "image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "request": {
+                            "type": "string",
+                            "description": "JSON of ExplainRequest without image/sample/series",
+                        },
+                    },
+                }
+            },
+        },
+    }

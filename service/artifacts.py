@@ -1,0 +1,69 @@
+"""The artifact store: a local directory (a shared volume when distributed), one folder per job.
+
+``<root>/<job id>/input.bin`` holds the submitted input; the worker writes the outputs into a
+temporary folder and renames it into place, so a job's outputs appear all at once or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+MEDIA_TYPES = {".npy": "application/octet-stream", ".npz": "application/octet-stream",
+               ".png": "image/png", ".json": "application/json"}  # fmt: skip
+
+
+class ArtifactStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def output_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "outputs"
+
+    def save_input(self, job_id: str, data: bytes) -> None:
+        folder = self.job_dir(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "input.bin.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / "input.bin")
+
+    def load_input(self, job_id: str) -> bytes:
+        return (self.job_dir(job_id) / "input.bin").read_bytes()
+
+    def staging_dir(self, job_id: str, attempt: int) -> Path:
+        folder = self.job_dir(job_id) / f".staging-{attempt}-{os.getpid()}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return folder
+
+    def publish(self, job_id: str, staging: Path) -> Path:
+        """Move a finished staging folder into place (once; a second finisher is discarded)."""
+        target = self.output_dir(job_id)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def path(self, job_id: str, name: str) -> Path | None:
+        """The file ``name`` of a job's outputs, or None (names with a path part are refused)."""
+        if "/" in name or "\\" in name or name.startswith("."):
+            return None
+        candidate = self.output_dir(job_id) / name
+        return candidate if candidate.is_file() else None
+
+    def sweep(self, ttl_s: int) -> int:
+        """Delete job folders older than ``ttl_s``; returns how many went."""
+        cutoff = time.time() - ttl_s
+        removed = 0
+        for folder in self.root.iterdir():
+            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed

@@ -1,0 +1,110 @@
+"""Request and response schemas. The explain request is a union over the method registry: one
+variant per method, discriminated by ``method``, each carrying that method's options model."""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+
+from engine.registry import all_methods
+from service.jobstore import JobStatus
+
+
+class ExplainRequestBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("efficientnet_lite0", description="A model name from GET /models.")
+    target: int | str | None = Field(
+        None, description="Class index, class label, or null/'predicted' for the predicted class."
+    )
+    metrics: list[str] = Field([], description="Quality metrics to compute (see GET /methods).")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of every random draw.")
+    resize: Literal["center_crop", "resize", "none"] = "center_crop"
+    idempotency_key: str | None = Field(
+        None, max_length=200, description="The same key returns the same job."
+    )
+    reuse: bool = Field(
+        True, description="Return an identical earlier job (same model, input, method, options "
+        "and seed) instead of computing again.",
+    )  # fmt: skip
+    image: str | None = Field(None, description="Base64 PNG/JPEG/WebP (JSON body only).")
+    sample: str | None = Field(None, description="A bundled photograph, e.g. 'chelsea'.")
+    series: list[list[float]] | None = Field(
+        None, description="A time series as time × features (time-series models only)."
+    )
+
+
+def _class_name(method: str) -> str:
+    return "".join(part.capitalize() for part in method.split("_")) + "Request"
+
+
+@functools.cache
+def explain_request_adapter() -> TypeAdapter:
+    variants = [
+        create_model(
+            _class_name(spec.name),
+            __base__=ExplainRequestBase,
+            __doc__=spec.summary,
+            method=(Literal[spec.name], ...),
+            options=(spec.options, Field(default_factory=spec.options)),
+        )
+        for spec in all_methods()
+    ]
+    union = Annotated[Union[tuple(variants)], Field(discriminator="method")]  # noqa: UP007
+    return TypeAdapter(union)
+
+
+class JobCreated(BaseModel):
+    id: str
+    url: str
+    status: JobStatus
+    reused: bool = Field(False, description="True when an existing job was returned.")
+
+
+class JobProgress(BaseModel):
+    step: int
+    total: int
+    model_config = ConfigDict(extra="allow")  # method-specific values: loss, score, ...
+
+
+class JobView(BaseModel):
+    id: str
+    status: JobStatus
+    model: str
+    method: str
+    options: dict[str, Any]
+    target: int | str | None
+    seed: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    progress: JobProgress | None
+    prediction: dict[str, Any] | None
+    scores: dict[str, Any] | None
+    artifacts: dict[str, str] = Field(description="Artifact name → download URL.")
+    timings: dict[str, float]
+    error: str | None
+
+
+class ErrorBody(BaseModel):
+    status: int
+    code: str
+    message: str
+    details: list[Any] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error response."""
+
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    mode: Literal["embedded", "distributed"]
+    redis: bool | None
+    workers: int
+    device: str

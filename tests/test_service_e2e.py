@@ -1,0 +1,159 @@
+"""End to end over real HTTP: a real redis-server, a real Celery worker process, the API process."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.data import load_sample
+from tests.stack import Api, RedisServer, Worker, service_env, wait_for
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stack")
+    redis = RedisServer(folder)
+    env = service_env(redis.url, folder / "artifacts", max_upload_bytes=2_000_000)
+    worker = Worker(env, folder)
+    api = Api(env, folder)
+    yield api
+    api.stop()
+    worker.process.stop()
+    redis.stop()
+
+
+def png_bytes(name: str = "astronaut") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(load_sample(name)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_saliency_job_and_artifacts(stack):
+    answer = stack.client.post("/explain", json={"sample": "chelsea", "method": "saliency"})
+    assert answer.status_code == 202, answer.text
+    created = answer.json()
+    assert created["status"] == "queued" and created["url"].endswith(created["id"])
+    view = stack.wait_done(created["id"])
+    assert view["status"] == "succeeded", view
+    assert view["prediction"]["class_index"] == 285
+    assert view["prediction"]["label"] == "Egyptian cat"
+    links = view["artifacts"]
+    assert set(links) >= {"attribution.npy", "heatmap.npy", "overlay.png", "summary.json"}
+    attribution = np.load(io.BytesIO(stack.client.get(links["attribution.npy"]).content))
+    assert attribution.shape == (3, 224, 224) and np.abs(attribution).sum() > 0
+    overlay = stack.client.get(links["overlay.png"])
+    assert overlay.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(overlay.content)).size == (224, 224)
+    summary = stack.client.get(links["summary.json"]).json()
+    assert summary["metadata"]["seed"] == 0 and summary["method"] == "saliency"
+
+
+def test_progress_is_reported_while_running(stack):
+    request = {"sample": "coffee", "method": "integrated_gradients",
+               "options": {"steps": 48, "internal_batch_size": 2}}  # fmt: skip
+    created = stack.client.post("/explain", json=request).json()
+    seen = [created["status"]]
+    progress = []
+
+    def finished():
+        view = stack.client.get(f"/jobs/{created['id']}").json()
+        seen.append(view["status"])
+        if view["status"] == "running" and view["progress"]:
+            progress.append(view["progress"]["step"])
+        return view["status"] in ("succeeded", "failed", "cancelled") and view
+
+    view = wait_for(finished, 120, "the IG job", interval=0.05)
+    assert view["status"] == "succeeded"
+    states = [s for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]]
+    assert states == ["queued", "running", "succeeded"] or states == ["queued", "succeeded"]
+    assert "running" in states and progress, (states, progress)
+    assert all(0 < p <= 48 for p in progress) and progress == sorted(progress)
+    assert view["progress"] == {"step": 48, "total": 48}
+    assert abs(view["scores"]["completeness_gap"]) < abs(view["scores"]["score_difference"])
+
+
+def test_multipart_and_base64_uploads_give_the_same_result(stack):
+    data = png_bytes()
+    request = {"method": "gradcam", "target": "analog clock"}
+    multipart = stack.client.post(
+        "/explain", files={"image": ("a.png", data, "image/png")},
+        data={"request": json.dumps(request)},
+    )  # fmt: skip
+    assert multipart.status_code == 202, multipart.text
+    first = stack.wait_done(multipart.json()["id"])
+    assert first["status"] == "succeeded" and first["prediction"]["target"] == 409
+    again = stack.client.post(
+        "/explain", json={**request, "image": base64.b64encode(data).decode()}
+    )
+    assert again.status_code == 200 and again.json()["reused"]
+    assert again.json()["id"] == first["id"]
+
+
+def test_reuse_and_idempotency_keys(stack):
+    request = {"sample": "rocket", "method": "gradient_x_input", "seed": 3}
+    first = stack.client.post("/explain", json=request).json()
+    stack.wait_done(first["id"])
+    same = stack.client.post("/explain", json=request)
+    assert same.status_code == 200 and same.json()["id"] == first["id"]
+    fresh = stack.client.post("/explain", json={**request, "reuse": False})
+    assert fresh.status_code == 202 and fresh.json()["id"] != first["id"]
+    keyed = stack.client.post("/explain", json={**request, "seed": 4, "idempotency_key": "k-1"})
+    repeat = stack.client.post("/explain", json={**request, "seed": 4, "idempotency_key": "k-1"})
+    assert repeat.json()["id"] == keyed.json()["id"]
+    stack.wait_done(fresh.json()["id"])
+    stack.wait_done(keyed.json()["id"])
+
+
+def test_cancel_queued_and_running_jobs(stack):
+    slow = {"sample": "astronaut", "method": "integrated_gradients",
+            "options": {"steps": 400, "internal_batch_size": 2}, "reuse": False}  # fmt: skip
+    running = stack.client.post("/explain", json=slow).json()
+    wait_for(
+        lambda: (v := stack.client.get(f"/jobs/{running['id']}").json())["progress"] and v,
+        60, "the slow job to start",
+    )  # fmt: skip
+    queued = stack.client.post("/explain", json={**slow, "seed": 1}).json()
+    assert stack.client.get(f"/jobs/{queued['id']}").json()["status"] == "queued"
+    cancelled = stack.client.delete(f"/jobs/{queued['id']}").json()
+    assert cancelled["status"] == "cancelled"
+    stopping = stack.client.delete(f"/jobs/{running['id']}")
+    assert stopping.status_code == 200
+    view = stack.wait_done(running["id"], timeout=60)
+    assert view["status"] == "cancelled"
+    assert view["progress"]["step"] < 400
+    # The worker is free again; the cancelled queued job never ran.
+    after = stack.client.post("/explain", json={"sample": "chelsea", "method": "saliency",
+                                                "seed": 9}).json()  # fmt: skip
+    assert stack.wait_done(after["id"])["status"] == "succeeded"
+    never = stack.client.get(f"/jobs/{queued['id']}").json()
+    assert never["status"] == "cancelled" and never["attempts"] == 0 and never["started_at"] is None
+
+
+def test_listings_health_and_metrics(stack):
+    methods = stack.client.get("/methods").json()
+    ig = next(m for m in methods if m["name"] == "integrated_gradients")
+    assert ig["options_schema"]["properties"]["steps"]["minimum"] == 1
+    models = stack.client.get("/models").json()
+    assert models[0]["name"] == "efficientnet_lite0"
+    health = stack.client.get("/health").json()
+    assert health == {"status": "ok", "mode": "distributed", "redis": True, "workers": 1,
+                      "device": "cpu"}  # fmt: skip
+    metrics = stack.client.get("/metrics").text
+    assert 'explainer_jobs_total{state="succeeded"}' in metrics
+    assert "explainer_queue_length 0" in metrics
+    assert "explainer_job_duration_seconds_count" in metrics
+
+
+def test_unknown_job_and_artifact(stack):
+    missing = stack.client.get("/jobs/doesnotexist")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    job = stack.client.post("/explain", json={"sample": "chelsea", "method": "saliency"}).json()
+    stack.wait_done(job["id"])
+    for name in ("nothing.npy", "..%2Finput.bin", "input.bin"):
+        assert stack.client.get(f"/jobs/{job['id']}/artifacts/{name}").status_code == 404
