@@ -1,0 +1,74 @@
+"""No job lost: a worker killed with SIGKILL mid-job, and Redis restarted with jobs queued."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.stack import Api, RedisServer, Worker, service_env, wait_for
+
+# Short limits so a lost job is redelivered within seconds: soft < hard < visibility timeout.
+FAST_REDELIVERY = {"soft_time_limit_s": 50, "hard_time_limit_s": 55, "visibility_timeout_s": 60}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return tmp_path
+
+
+def test_worker_killed_mid_job_then_job_succeeds_once(folder):
+    redis = RedisServer(folder)
+    env = service_env(redis.url, folder / "artifacts", **FAST_REDELIVERY)
+    api = Api(env, folder)
+    first = Worker(env, folder)
+    second = None
+    try:
+        request = {"sample": "chelsea", "method": "integrated_gradients",
+                   "options": {"steps": 48, "internal_batch_size": 2}}  # fmt: skip
+        job = api.client.post("/explain", json=request).json()
+        wait_for(lambda: api.client.get(f"/jobs/{job['id']}").json()["progress"], 90,
+                 "the job to report progress")  # fmt: skip
+        first.process.kill()  # SIGKILL to the worker and its pool process
+        assert api.client.get(f"/jobs/{job['id']}").json()["status"] == "running"
+        second = Worker(env, folder)
+        view = api.wait_done(job["id"], timeout=180)
+        assert view["status"] == "succeeded", view
+        assert view["attempts"] == 2
+        assert view["progress"] == {"step": 48, "total": 48}
+        outputs = list((folder / "artifacts" / job["id"]).iterdir())
+        assert sorted(p.name for p in outputs) == ["input.bin", "outputs"] or sorted(
+            p.name for p in outputs
+        ) == ["outputs"]
+        metrics = api.client.get("/metrics").text
+        assert 'explainer_jobs_total{state="succeeded"} 1' in metrics
+        assert 'explainer_jobs_total{state="failed"} 0' in metrics
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                worker.process.stop()
+        api.stop()
+        redis.stop()
+
+
+def test_redis_restart_keeps_queued_jobs(folder):
+    redis = RedisServer(folder)
+    env = service_env(redis.url, folder / "artifacts")
+    api = Api(env, folder)
+    worker = None
+    try:
+        jobs = [
+            api.client.post("/explain", json={"sample": name, "method": "saliency"}).json()
+            for name in ("chelsea", "coffee", "rocket")
+        ]
+        assert all(job["status"] == "queued" for job in jobs)
+        redis.stop()
+        assert api.client.get("/health").json()["status"] == "degraded"
+        redis.start()  # same port, same append-only file
+        worker = Worker(env, folder)
+        views = [api.wait_done(job["id"], timeout=120) for job in jobs]
+        assert [v["status"] for v in views] == ["succeeded"] * 3
+        assert all(v["attempts"] == 1 for v in views)
+    finally:
+        if worker is not None:
+            worker.process.stop()
+        api.stop()
+        redis.stop()
