@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         artifacts.sweep(settings.job_ttl_s)
+        dispatcher.start()
         yield
         dispatcher.close()
 

@@ -15,6 +15,10 @@ class Dispatcher(ABC):
     @abstractmethod
     def submit(self, job_id: str) -> None: ...
 
+    def start(self) -> None:
+        """Called once the server starts."""
+        return None
+
     def revoke(self, job_id: str) -> None:
         """Best effort; a revoked or cancelled job is also skipped by the worker itself."""
         return None
@@ -49,8 +53,11 @@ class EmbeddedDispatcher(Dispatcher):
         self._executor = ThreadPoolExecutor(self._size, thread_name_prefix="explainer-job")
         self._lock = threading.Lock()
         self._waiting = 0
+        self._preload = settings.preload_models
+
+    def start(self) -> None:
         # Load the models first, on the job thread, so the first job does not wait for them.
-        self._executor.submit(_preload, settings.preload_models, self._device)
+        self._executor.submit(_preload, self._preload, self._device)
 
     def submit(self, job_id: str) -> None:
         with self._lock:

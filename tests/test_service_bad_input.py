@@ -1,0 +1,152 @@
+"""Bad input over real HTTP: each a clear 4xx in the one error shape, and nothing crashes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from engine.data import load_sample
+from tests.stack import Api, service_env
+from tests.test_inputs import png_header_only
+
+LIMIT_BYTES = 1_000_000
+LIMIT_PIXELS = 4_000_000
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("embedded")
+    env = service_env(None, folder / "artifacts", max_upload_bytes=LIMIT_BYTES,
+                      max_pixels=LIMIT_PIXELS, max_iterations=500, preload_models="")  # fmt: skip
+    server = Api(env, folder)
+    yield server
+    server.stop()
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def upload(api: Api, data: bytes, request: dict | None = None):
+    return api.client.post(
+        "/explain", files={"image": ("x", data, "application/octet-stream")},
+        data={"request": json.dumps(request or {"method": "saliency"})},
+    )  # fmt: skip
+
+
+def assert_error(response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["status"] == status and error["code"] and error["message"]
+    for word in words:
+        assert word in error["message"], error["message"]
+
+
+JPEG = encode(Image.fromarray(load_sample("coffee")), "JPEG")
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (b"", 422, ["empty"]),
+        (b"definitely not an image", 422, ["not a readable image"]),
+        (JPEG[: len(JPEG) // 2], 422, ["truncated"]),
+        (png_header_only(100_000, 100_000), 413, ["too large"]),
+        (encode(Image.new("RGB", (2500, 2000), (9, 9, 9)), "PNG"), 413, ["2500×2000", "limit"]),
+        (encode(Image.new("RGB", (8, 8)), "GIF"), 422, ["GIF"]),
+    ],
+    ids=["empty", "not-an-image", "truncated-jpeg", "decompression-bomb", "huge", "gif"],
+)
+def test_bad_images(api, data, status, words):
+    assert_error(upload(api, data), status, *words)
+
+
+@pytest.mark.parametrize(
+    ("request_body", "status", "words"),
+    [
+        ({"sample": "chelsea", "method": "saliency", "model": "nope"}, 422, ["unknown model"]),
+        ({"sample": "chelsea", "method": "nope"}, 422, ["does not match"]),
+        ({"sample": "chelsea", "method": "saliency", "options": {"bogus": 1}}, 422, ["bogus"]),
+        (
+            {"sample": "chelsea", "method": "integrated_gradients", "options": {"steps": 0}},
+            422,
+            ["options.steps"],
+        ),
+        (
+            {"sample": "chelsea", "method": "integrated_gradients", "options": {"steps": 1000}},
+            422,
+            ["limit"],
+        ),
+        ({"sample": "nothing", "method": "saliency"}, 422, ["unknown sample"]),
+        ({"sample": "chelsea", "series": [[1.0]], "method": "saliency"}, 422, ["exactly one"]),
+        ({"method": "saliency"}, 422, ["exactly one"]),
+        ({"series": [[1.0, 2.0], [3.0]], "method": "saliency"}, 422, ["same feature count"]),
+        ({"series": [[1.0], [float("nan")]], "method": "saliency"}, 422, ["finite"]),
+        ({"series": [[0.5]] * 20_000, "method": "saliency"}, 413, ["limits"]),
+        ({"series": [[0.5], [0.1]], "method": "saliency"}, 422, ["takes images"]),
+        ({"image": "%%%not base64%%%", "method": "saliency"}, 422, ["base64"]),
+        ({"sample": "chelsea", "method": "saliency", "seed": -1}, 422, ["seed"]),
+        ({"sample": "chelsea", "method": "saliency", "metrics": ["xyz"]}, 422, ["unknown metrics"]),
+    ],
+)
+def test_bad_requests(api, request_body, status, words):
+    response = api.client.post(
+        "/explain", content=json.dumps(request_body), headers={"content-type": "application/json"}
+    )
+    assert_error(response, status, *words)
+
+
+def test_bad_bodies(api):
+    as_json = {"content-type": "application/json"}
+    assert_error(
+        api.client.post("/explain", content=b"{not", headers=as_json), 400, "not valid JSON"
+    )
+    assert_error(
+        api.client.post("/explain", content=b"x", headers={"content-type": "text/plain"}), 415
+    )
+    huge = base64.b64encode(b"\0" * (2 * LIMIT_BYTES)).decode()
+    assert_error(api.client.post("/explain", json={"image": huge, "method": "saliency"}), 413,
+                 "limit")  # fmt: skip
+    assert_error(upload(api, JPEG, {"method": "saliency", "sample": "chelsea"}), 422, "file field")
+
+
+def test_server_still_healthy_after_bad_input(api):
+    assert api.client.get("/health").json()["status"] == "ok"
+    created = api.client.post("/explain", json={"sample": "chelsea", "method": "saliency"})
+    assert created.status_code == 202
+    assert api.wait_done(created.json()["id"])["status"] == "succeeded"
+
+
+def test_api_keys(tmp_path):
+    env = service_env(None, tmp_path / "artifacts", api_keys="k1,k2", preload_models="")
+    api = Api(env, tmp_path, name="keyed")
+    try:
+        assert api.client.get("/health").status_code == 200
+        assert_error(api.client.get("/methods"), 401, "API key is required")
+        assert_error(api.client.get("/methods", headers={"x-api-key": "bad"}), 401, "not valid")
+        assert api.client.get("/methods", headers={"x-api-key": "k2"}).status_code == 200
+        bearer = {"authorization": "Bearer k1"}
+        created = api.client.post("/explain", json={"sample": "chelsea", "method": "saliency"},
+                                  headers=bearer)  # fmt: skip
+        assert created.status_code == 202
+        assert_error(api.client.get(f"/jobs/{created.json()['id']}"), 401)
+        assert api.wait_done(created.json()["id"], **bearer)["status"] == "succeeded"
+    finally:
+        api.stop()
+
+
+def test_refuses_public_bind_without_keys():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--host", "0.0.0.0"], capture_output=True, text=True,
+        timeout=60, env={**__import__("os").environ, "EXPLAINER_API_KEYS": ""},
+    )  # fmt: skip
+    assert done.returncode == 2 and "without API keys" in done.stderr
