@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Quick start: install everything (first run only) and explain the bundled photograph `chelsea`
-# with the bundled EfficientNet-Lite0. Extra arguments go to `python -m engine explain`.
+# Quick start: install everything (first run only) and serve the API on http://127.0.0.1:8000
+# in embedded mode (in-process worker, bundled EfficientNet-Lite0). Extra arguments go to
+# `python -m service` (e.g. --port 8001).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$root/scripts/bootstrap.sh"
 venv="${EXPLAINER_VENV:-$root/.venv}"
-exec "$venv/bin/python" -m engine explain chelsea --model efficientnet_lite0 \
-  --method integrated_gradients --out "$root/explanations/chelsea" "$@"
+cd "$root"
+exec "$venv/bin/python" -m service "$@"

@@ -3,6 +3,15 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$root/scripts/bootstrap.sh"
+# The service tests start their own redis-server processes on free ports.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "redis-server is missing: apt-get install -y redis-server" >&2
+    exit 1
+  fi
+fi
 venv="${EXPLAINER_VENV:-$root/.venv}"
 cd "$root"
 "$venv/bin/ruff" check .

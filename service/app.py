@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -11,7 +12,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import ValidationError
@@ -22,7 +23,14 @@ from engine.models import MODELS
 from engine.registry import all_methods
 from service.artifacts import MEDIA_TYPES, ArtifactStore
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
-from service.jobstore import JobRecord, JobStore, MemoryJobStore, RedisJobStore, new_job_id
+from service.jobstore import (
+    TERMINAL,
+    JobRecord,
+    JobStore,
+    MemoryJobStore,
+    RedisJobStore,
+    new_job_id,
+)
 from service.schemas import (
     ErrorResponse,
     Health,
@@ -221,9 +229,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JobCreated(id=job_id, url=_job_url(request, job_id), status="queued")
 
     @app.get("/jobs/{job_id}", response_model=JobView, dependencies=guarded, responses=ERRORS)
-    def get_job(job_id: str, request: Request):
+    async def get_job(
+        job_id: str,
+        request: Request,
+        wait: float = Query(0, ge=0, le=60, description="Wait up to this many seconds for the "
+                            "job to finish before answering (long poll)."),
+    ):  # fmt: skip
         """Status, progress, prediction, scores, artifact links and error of a job."""
-        return job_view(_find(store, job_id), request)
+        record = _find(store, job_id)
+        deadline = time.monotonic() + wait
+        while record.status not in TERMINAL and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            record = _find(store, job_id)
+        return job_view(record, request)
 
     @app.delete("/jobs/{job_id}", response_model=JobView, dependencies=guarded, responses=ERRORS)
     def cancel_job(job_id: str, request: Request):

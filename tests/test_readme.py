@@ -1,0 +1,48 @@
+"""The README's quick start: `./run.sh` serves, and its curl example returns a finished job with
+an overlay. The example is read from the README itself, so the two cannot drift apart."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import httpx
+
+from tests.stack import ROOT, Process, free_port, wait_for
+
+
+def readme_example() -> str:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    return next(block for block in blocks if "curl" in block and "/explain" in block)
+
+
+def test_run_command_serves_and_the_curl_example_works(tmp_path):
+    port = free_port()
+    server = Process(
+        ["./run.sh", "--port", str(port)], tmp_path / "run.log",
+        {"EXPLAINER_ARTIFACT_DIR": str(tmp_path / "artifacts")},
+    )  # fmt: skip
+    try:
+
+        def up():
+            assert server.alive(), server.output()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, 300, "./run.sh to serve")
+        script = readme_example().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
+            text=True, timeout=180,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        view = json.loads(done.stdout)
+        assert view["status"] == "succeeded", view
+        assert view["prediction"]["label"] == "Egyptian cat"
+        assert (tmp_path / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        server.stop()
