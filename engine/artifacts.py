@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.explain import Explanation
-from engine.render import heatmap_image, overlay_image
+from engine.render import heatmap_image, image_from_tensor, overlay_image
 
 
 def write_artifacts(
@@ -17,7 +17,9 @@ def write_artifacts(
     """Write image ``index`` of ``explanation`` into ``out_dir``; returns name → path.
 
     ``attribution.npy``: float32 (C, H, W), the input's shape; ``heatmap.npy``: float32 (H, W);
-    ``heatmap.png`` and ``overlay.png``; ``summary.json``.
+    ``heatmap.png`` and ``overlay.png``; ``summary.json``; for mask methods also ``mask.npz``
+    (the mask of each coefficient group, colour axis dropped: group0 = pixels, or yl, yh0…, or
+    shearlets), ``explanation.png`` (the masked reconstruction) and ``history.json``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -36,7 +38,21 @@ def write_artifacts(
     overlay_image(explanation.inputs[index].numpy(), heatmap, signed=signed).save(
         paths["overlay.png"]
     )
+    extras = explanation.extras
+    if "masks" in extras:
+        paths["mask.npz"] = out / "mask.npz"
+        paths["explanation.png"] = out / "explanation.png"
+        paths["history.json"] = out / "history.json"
+        np.savez_compressed(
+            paths["mask.npz"],
+            **{f"group{i}": m[index, 0].cpu().numpy() for i, m in enumerate(extras["masks"])},
+        )
+        image_from_tensor(extras["explanation"][index].cpu().numpy()).save(paths["explanation.png"])
+        paths["history.json"].write_text(json.dumps(extras["history"][index]))
     summary = explanation.summary(index)
+    if "representation" in extras:
+        summary["representation"] = extras["representation"]
+        summary["iterations_run"] = extras["iterations_run"]
     summary["files"] = sorted(paths)
     paths["summary.json"].write_text(json.dumps(summary, indent=2))
     return paths

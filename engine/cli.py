@@ -69,9 +69,11 @@ def _progress_bar(enabled: bool):
 
     bar = tqdm(total=0, unit="pass", file=sys.stderr, leave=False)
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, **values: float) -> None:
         bar.total = total
         bar.n = done
+        if values:
+            bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
         bar.refresh()
 
     return update, bar.close

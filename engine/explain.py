@@ -49,6 +49,8 @@ class Explanation:
     ``attribution`` has the input's shape (B, C, H, W) (Grad-CAM: C = 1); ``heatmap`` (B, H, W)
     is its channel reduction named in ``options['heatmap_reduction']``; ``inputs`` are the
     explained images in [0, 1]; ``scores`` holds per-image scalars (e.g. IG's completeness gap).
+    Mask methods put their masks (per coefficient group), explanation images, initial masks and
+    iteration history in ``extras``; their ``attribution`` is a pixel-space map (B, 1, H, W).
     """
 
     method: str
@@ -103,7 +105,7 @@ def resolve_model(
 
 def prepare_inputs(
     inputs: ImageSource | Sequence[ImageSource] | Tensor,
-    spec: ModelSpec,
+    size: tuple[int, int],
     resize: ResizePolicy,
 ) -> tuple[Tensor, list[InputRecord]]:
     """One source, a list of sources, or a (B, 3, H, W) tensor → batch in [0, 1] with records."""
@@ -113,8 +115,7 @@ def prepare_inputs(
         sources = list(inputs)
     else:
         sources = [inputs]
-    size = spec.input_size if resize != "none" else None
-    loaded = [load_image(source, size, resize) for source in sources]
+    loaded = [load_image(source, size if resize != "none" else None, resize) for source in sources]
     shapes = {tuple(t.shape) for t, _ in loaded}
     if len(shapes) != 1:
         raise MethodError(f"images of a batch must share one size, got {sorted(shapes)}")
@@ -167,8 +168,11 @@ def explain(
     loaded = resolve_model(model, weights, device)
     if loaded.spec.input_kind not in spec.input_kinds:
         raise MethodError(f"{method} does not accept {loaded.spec.input_kind} models")
-    x, records = prepare_inputs(inputs, loaded.spec, resize)
-    x = x.to(loaded.device)
+    image_size = getattr(options, "image_size", None)
+    size = (image_size, image_size) if image_size else loaded.spec.input_size
+    x, records = prepare_inputs(inputs, size, resize)
+    parameter = next(loaded.module.parameters(), None)
+    x = x.to(loaded.device, parameter.dtype if parameter is not None else torch.float32)
     generator = torch.Generator().manual_seed(seed)
     timings: dict[str, float] = {}
     with prepared(loaded.module) as net:
@@ -187,6 +191,7 @@ def explain(
             loaded.cam_layer,
             loaded.device,
             generator,
+            seed,
             progress,
             extras or {},
         )
@@ -235,6 +240,7 @@ def explain(
         options=options.model_dump(mode="json"),
         scores=scores,
         metadata=metadata,
+        extras=getattr(attribution_method, "extras", {}),
     )
 
 

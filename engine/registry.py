@@ -47,6 +47,7 @@ class MethodContext:
     cam_layer: str | None
     device: torch.device
     generator: torch.Generator
+    seed: int = 0
     progress: ProgressFn | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. a reference set tensor
 
@@ -116,4 +117,5 @@ def all_methods() -> list[MethodSpec]:
 
 def _load_all() -> None:
     """Import the modules that register methods (once)."""
-    import engine.attribution.methods  # noqa: F401
+    import engine.attribution.methods
+    import engine.masks.methods  # noqa: F401

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 ScoreType = Literal["logit", "softmax", "log_softmax"]
-ProgressFn = Callable[[int, int], None]  # (done, total); may raise to cancel
+ProgressFn = Callable[..., None]  # (done, total, **values such as loss); may raise to cancel
 
 
 class MethodError(ValueError):

@@ -1,0 +1,97 @@
+"""Representations a mask lives on: pixels, wavelets (DWT) and shearlets.
+
+A representation turns a batch of RGB images (B, 3, H, W) into a list of coefficient tensors,
+each with the colour channels in dim 1, and back. A mask has one value per coefficient position
+shared by the colour channels (dim 1 of size 1), so every initialisation gets the same capacity.
+Noise for deleted coefficients is drawn per coefficient group with the group's mean and std.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+Coefficients = list[Tensor]
+
+
+@dataclass
+class NoiseModel:
+    """Per-image statistics of each coefficient group: mean and unbiased std, shaped to
+    broadcast over that group's coefficients (B, 1 or 3, ...)."""
+
+    means: list[Tensor]
+    stds: list[Tensor]
+    shared_across_colours: bool = False  # ShearletX draws one noise tensor for R, G and B
+    kind: str = "uniform"  # uniform: U[μ−σ, μ+σ]; gaussian: N(μ, σ²)
+
+    def sample(
+        self, coefficients: Coefficients, samples: int, generators: list[torch.Generator]
+    ) -> Coefficients:
+        """Noise with shape (B·n, C, ...) per group; image b uses its own generator."""
+        drawn = []
+        for c, mean, std in zip(coefficients, self.means, self.stds, strict=True):
+            colours = 1 if self.shared_across_colours else c.shape[1]
+            per_image = []
+            for b, generator in enumerate(generators):
+                shape = (samples, colours, *c.shape[2:])
+                if self.kind == "gaussian":
+                    unit = torch.randn(shape, generator=generator)
+                else:
+                    unit = torch.rand(shape, generator=generator) * 2 - 1
+                per_image.append(unit.to(c.device, c.dtype) * std[b] + mean[b])
+            noise = torch.cat(per_image)
+            drawn.append(noise.expand(-1, c.shape[1], *c.shape[2:]) if colours == 1 else noise)
+        return drawn
+
+
+@dataclass
+class Representation(ABC):
+    """Decompose/reconstruct images; describe mask shapes, noise and StartGrad's 2-D maps."""
+
+    name: str = field(init=False, default="")
+
+    @abstractmethod
+    def decompose(self, x: Tensor) -> Coefficients: ...
+
+    @abstractmethod
+    def reconstruct(self, coefficients: Coefficients) -> Tensor: ...
+
+    def mask_shapes(self, coefficients: Coefficients) -> list[tuple[int, ...]]:
+        """One mask value per coefficient position, shared across colours: dim 1 has size 1."""
+        return [(c.shape[0], 1, *c.shape[2:]) for c in coefficients]
+
+    @abstractmethod
+    def noise_model(self, x: Tensor, coefficients: Coefficients, kind: str) -> NoiseModel: ...
+
+    def map_dims(self, group: int) -> int:
+        """How many trailing dims form one 2-D map for StartGrad's rank transform (default 2:
+        every leading index, e.g. wavelet orientation or shearlet, is a separate map)."""
+        return 2
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+def group_stats(values: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Mean and unbiased std over ``dims``, keeping them for broadcasting."""
+    return values.mean(dim=dims, keepdim=True), values.std(dim=dims, keepdim=True)
+
+
+class PixelRepresentation(Representation):
+    """The identity: one coefficient group, the image itself."""
+
+    def __init__(self):
+        self.name = "pixel"
+
+    def decompose(self, x: Tensor) -> Coefficients:
+        return [x]
+
+    def reconstruct(self, coefficients: Coefficients) -> Tensor:
+        return coefficients[0]
+
+    def noise_model(self, x: Tensor, coefficients: Coefficients, kind: str) -> NoiseModel:
+        mean, std = group_stats(x, (1, 2, 3))  # over all pixels and channels of each image
+        return NoiseModel([mean], [std], kind=kind)

@@ -1,0 +1,200 @@
+"""Mask methods: transforms, initialisations, the shared loop, batching, outputs."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from engine import explain
+from engine.data import load_image
+from engine.masks.inits import rank_transform
+from engine.masks.loop import total_variation
+from engine.masks.representation import PixelRepresentation
+from engine.masks.shearlet import ShearletRepresentation, build_system
+from engine.masks.wavelet import WaveletRepresentation
+
+FAST = {"iterations": 3, "noise_samples": 4}
+
+
+def photo(size: int, name: str = "chelsea") -> torch.Tensor:
+    return load_image(name, (size, size))[0][None]
+
+
+def test_shearlet_transform_matches_pyshearlab_and_reconstructs():
+    from pyshearlab_mind import SLgetShearletSystem2D, SLsheardec2D
+
+    x = photo(256)
+    representation = ShearletRepresentation(scales=4)
+    (coefficients,) = representation.decompose(x)
+    assert coefficients.shape == (1, 3, 49, 256, 256) and representation.scales_used == 4
+    reconstructed = representation.reconstruct([coefficients])
+    assert (reconstructed - x).abs().max() < 1e-5
+    # Our torch decomposition equals pyShearLab's own (float64) on one channel.
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        system = SLgetShearletSystem2D(0, 256, 256, 4)
+    reference = SLsheardec2D(x[0, 0].double().numpy(), system)
+    ours = coefficients[0, 0].permute(1, 2, 0).numpy()
+    assert np.abs(ours - reference).max() < 1e-5 * np.abs(reference).max()
+
+
+@pytest.mark.parametrize(
+    ("size", "scales", "padded"), [(224, 3, None), (100, 2, None), (40, 2, (64, 64))]
+)
+def test_shearlet_sizes_fall_back_deliberately(size, scales, padded):
+    x = photo(size)
+    representation = ShearletRepresentation(scales=4)
+    coefficients = representation.decompose(x)
+    described = representation.describe()
+    assert described["scales_used"] == scales and described["padded_to"] == padded
+    assert (representation.reconstruct(coefficients) - x).abs().max() < 1e-4
+
+
+def test_shearlet_systems_are_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLAINER_CACHE_DIR", str(tmp_path))
+    from engine.masks.shearlet import load_system
+
+    first = load_system(96, 96, 2)
+    assert (tmp_path / "shearlets" / "96x96_scales2.npz").is_file()
+    again = load_system(96, 96, 2)
+    assert np.allclose(first[0], again[0]) and np.allclose(build_system(96, 96, 2)[0], again[0])
+
+
+@pytest.mark.parametrize("shape", [(97, 131), (64, 64), (33, 50)])
+def test_wavelet_round_trip_keeps_odd_shapes(shape):
+    x = torch.rand(2, 3, *shape, generator=torch.Generator().manual_seed(0))
+    representation = WaveletRepresentation()
+    coefficients = representation.decompose(x)
+    assert (
+        len(coefficients) == 6 and coefficients[1].shape[2] == 3
+    )  # yl + 5 levels × 3 orientations
+    back = representation.reconstruct(coefficients)
+    assert back.shape == x.shape and (back - x).abs().max() < 1e-5
+
+
+def test_rank_transform_is_the_empirical_cdf_with_ties_averaged():
+    values = torch.tensor([[3.0, 1.0, 3.0, 2.0]])
+    assert torch.allclose(rank_transform(values, 1), torch.tensor([[2.5, 0.0, 2.5, 1.0]]) / 3)
+    maps = torch.randn(2, 5, 7, 9)  # 10 maps of 7×9
+    ranked = rank_transform(maps, 2).view(10, -1)
+    expected = torch.linspace(0, 1, 63)
+    assert all(torch.allclose(row.sort().values, expected) for row in ranked)
+
+
+@pytest.mark.parametrize(
+    ("method", "size"), [("pixelmask", 64), ("waveletx", 64), ("shearletx", 128)]
+)
+def test_startgrad_initial_mask_is_uniform_in_rank_within_each_map(lite0, method, size):
+    result = explain(lite0, "chelsea", method, {**FAST, "iterations": 0, "init": "startgrad",
+                                                "image_size": size})  # fmt: skip
+    from scipy.stats import rankdata
+
+    for mask in result.extras["initial_masks"]:
+        maps = mask[0, 0].reshape(-1, mask.shape[-2] * mask.shape[-1]).double().numpy()
+        for row in maps:  # each map is its own empirical CDF: (average rank − 1)/(N − 1)
+            assert np.allclose(row, (rankdata(row) - 1) / (row.size - 1), atol=1e-6)
+            assert abs(row.mean() - 0.5) < 1e-6 and row.min() == 0
+
+
+@pytest.mark.parametrize("method", ["pixelmask", "cartoonx", "waveletx", "shearletx"])
+def test_all_ones_mask_keeps_the_image(lite0, method):
+    """With every coefficient kept, obfuscations equal the image: retained probability 1."""
+    result = explain(lite0, "coffee", method, {**FAST, "iterations": 0, "image_size": 128})
+    assert result.extras["history"][0]["retained_probability"][0] == pytest.approx(1, abs=1e-4)
+
+
+def test_shearletx_coefficient_clamp_parity_option_distorts_the_image(lite0):
+    clamped = explain(lite0, "coffee", "shearletx", {**FAST, "iterations": 0, "image_size": 128,
+                                                     "coefficient_clamp": True})  # fmt: skip
+    retained = clamped.extras["history"][0]["retained_probability"][0]
+    assert retained != pytest.approx(1, abs=1e-3)  # the clamp zeroes negative coefficients
+
+
+@pytest.fixture(scope="module")
+def lite0_float64(lite0):
+    return dataclasses.replace(lite0, module=copy.deepcopy(lite0.module).double())
+
+
+@pytest.mark.parametrize(
+    ("method", "size", "options"),
+    [("pixelmask", 64, {}), ("waveletx", 64, {}), ("shearletx", 128, {}),
+     ("smoothmask", 64, {"init": "uniform"}), ("cartoonx", 64, {"init": "startgrad"})],
+)  # fmt: skip
+def test_batch_equals_one_at_a_time(lite0_float64, method, size, options):
+    """Same draws and the same math per image. In float64, so that rounding differences of
+    batched convolutions stay below what Adam's normalised step could amplify where a gradient
+    is ~0 (in float32 a few such coefficients differ by up to lr = 0.1 after some steps)."""
+    images = torch.cat([photo(size, "chelsea"), photo(size, "astronaut")])
+    opts = {**FAST, "image_size": size, **options}
+    batch = explain(lite0_float64, images, method, opts, target=[285, 409], seed=3)
+    for i, target in enumerate([285, 409]):
+        single = explain(lite0_float64, images[i], method, opts, target=target, seed=3)
+        for batched, alone in zip(batch.extras["masks"], single.extras["masks"], strict=True):
+            assert batched.dtype == torch.float64
+            torch.testing.assert_close(batched[i : i + 1], alone, rtol=0, atol=1e-9)
+
+
+def test_initialisations(lite0):
+    def first_mask(init, **extra):
+        options = {**FAST, "iterations": 0, "init": init, "image_size": 64, **extra}
+        result = explain(lite0, "chelsea", "pixelmask", options)
+        return result.extras["initial_masks"][0]
+
+    assert first_mask("ones").eq(1).all() and first_mask("zeros").eq(0).all()
+    assert first_mask("constant", init_constant=0.3).eq(0.3).all()
+    uniform = first_mask("uniform")
+    assert 0.4 < uniform.mean() < 0.6 and torch.equal(uniform, first_mask("uniform"))
+    for variant in ("startgrad_smoothgrad", "startgrad_grad_x_input"):
+        mask = first_mask(variant, startgrad_samples=2)
+        assert torch.allclose(mask.flatten().sort().values, torch.linspace(0, 1, 64 * 64))
+        assert not torch.allclose(mask, first_mask("startgrad"))
+
+
+def test_loss_terms_by_hand():
+    mask = torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]]])
+    # Squared differences: rows (1−0)² + (1−1)², columns (1−0)² + (1−1)²; N = 4.
+    assert total_variation(mask).item() == pytest.approx(2 / 4)
+
+
+def test_history_early_stop_and_scores(lite0):
+    result = explain(lite0, "chelsea", "pixelmask", {**FAST, "iterations": 4, "image_size": 64})
+    history = result.extras["history"][0]
+    assert len(history["loss"]) == 5  # steps 0..4, step 0 = the initial mask
+    loss = np.array(history["loss"])
+    total = np.array(history["distortion"]) + np.array(history["l1"])
+    assert np.allclose(loss, total, atol=1e-6)
+    assert result.scores[0]["mask_mean"] == pytest.approx(history["mask_mean"][-1])
+    stopped = explain(lite0, "chelsea", "pixelmask", {**FAST, "iterations": 50, "image_size": 64,
+                      "stop_metric": "retained_probability", "stop_value": 0.0})  # fmt: skip
+    assert stopped.extras["stopped_early"] and stopped.extras["iterations_run"] == 0
+
+
+def test_progress_reports_loss_and_cancellation_stops(lite0):
+    seen = []
+
+    def progress(done, total, **values):
+        seen.append((done, total, set(values)))
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        explain(lite0, "chelsea", "waveletx", {**FAST, "iterations": 10, "image_size": 64},
+                progress=progress)  # fmt: skip
+    assert seen[0] == (1, 10, {"loss", "retained_probability"}) and len(seen) == 2
+
+
+def test_pixel_representation_noise_statistics():
+    x = torch.rand(2, 3, 8, 8)
+    model = PixelRepresentation().noise_model(x, [x], "uniform")
+    assert torch.allclose(model.means[0].flatten(), x.flatten(1).mean(1))
+    assert torch.allclose(model.stds[0].flatten(), x.flatten(1).std(1))
+    noise = model.sample([x], 1000, [torch.Generator().manual_seed(0)] * 2)[0]
+    low, high = model.means[0] - model.stds[0], model.means[0] + model.stds[0]
+    assert noise.shape == (2000, 3, 8, 8)
+    assert (noise[:1000] >= low[0]).all() and (noise[:1000] <= high[0]).all()
