@@ -81,19 +81,19 @@ class MaskLoop:
         self.progress = progress
 
     def obfuscate(
-        self, coefficients: Coefficients, masks: list[Tensor], noise: Coefficients
+        self, coefficients: Coefficients, masks: list[Tensor], noise: NoiseModel, unit: Coefficients
     ) -> Tensor:
         """x̃ for every (image, noise sample): rows b·n … b·n + n − 1 belong to image b."""
         n = self.settings.noise_samples
+        # (1 − m) ⊙ (μ + σ·u) as one fused pass; masks and statistics broadcast over samples.
+        fillers = [
+            torch.addcmul(((1 - m) * mean).unsqueeze(1), ((1 - m) * std).unsqueeze(1), u)
+            for m, mean, std, u in zip(masks, noise.means, noise.stds, unit, strict=True)
+        ]
         if self.settings.coefficient_clamp:
             mixed = [
-                (m * c + (1 - m) * v).clamp(0, 1)
-                for c, m, v in zip(
-                    [c.repeat_interleave(n, 0) for c in coefficients],
-                    [m.repeat_interleave(n, 0) for m in masks],
-                    noise,
-                    strict=True,
-                )
+                ((m * c).unsqueeze(1) + f).clamp(0, 1).flatten(0, 1)
+                for m, c, f in zip(masks, coefficients, fillers, strict=True)
             ]
             return self.representation.reconstruct(mixed)
         # T⁻¹ is linear: T⁻¹(m⊙c) once per image, T⁻¹((1−m)⊙v) per sample (shared across colours
@@ -101,10 +101,8 @@ class MaskLoop:
         kept = self.representation.reconstruct(
             [m * c for m, c in zip(masks, coefficients, strict=True)]
         )
-        filler = self.representation.reconstruct(
-            [(1 - m.repeat_interleave(n, 0)) * v for m, v in zip(masks, noise, strict=True)]
-        )
-        image = kept.repeat_interleave(n, 0) + filler
+        filler = self.representation.reconstruct([f.flatten(0, 1) for f in fillers])
+        image = (kept.unsqueeze(1) + filler.unflatten(0, (-1, n))).flatten(0, 1)
         return image.clamp(0, 1) if self.settings.pixel_clamp else image
 
     def terms(
@@ -112,13 +110,14 @@ class MaskLoop:
         coefficients: Coefficients,
         grey: Coefficients | None,
         masks: list[Tensor],
-        noise: Coefficients,
+        noise: NoiseModel,
+        unit: Coefficients,
         targets: Tensor,
         reference: Tensor,
     ) -> dict[str, Tensor]:
         """Every loss term per image (B,), plus the retained probability."""
         n = self.settings.noise_samples
-        images = self.obfuscate(coefficients, masks, noise)
+        images = self.obfuscate(coefficients, masks, noise, unit)
         probabilities = self.model(images).softmax(1)
         kept = probabilities.gather(1, targets.repeat_interleave(n)[:, None]).view(-1, n)
         goal = (
@@ -163,9 +162,9 @@ class MaskLoop:
         total = self.settings.iterations
         stopped, step = False, 0
         for step in range(total + 1):
-            noise = noise_model.sample(coefficients, self.settings.noise_samples, generators)
+            unit = noise_model.unit(coefficients, self.settings.noise_samples, generators)
             with torch.enable_grad():
-                terms = self.terms(coefficients, grey, masks, noise, targets, reference)
+                terms = self.terms(coefficients, grey, masks, noise_model, unit, targets, reference)
             record = {**{k: v.detach() for k, v in terms.items()},
                       "mask_mean": sum(m.detach().flatten(1).sum(1) for m in masks)
                       / sum(m[0].numel() for m in masks)}  # fmt: skip

@@ -136,8 +136,8 @@ class MaskMethod(Attribution):
             else (explanation.mean(1, keepdim=True))
         )
         self.extras = {
-            "masks": result.masks,
-            "initial_masks": init,
+            "masks": representation.output_masks(result.masks),
+            "initial_masks": representation.output_masks(init),
             "explanation": explanation,
             "history": result.history,
             "representation": representation.describe(),

@@ -27,24 +27,32 @@ class NoiseModel:
     shared_across_colours: bool = False  # ShearletX draws one noise tensor for R, G and B
     kind: str = "uniform"  # uniform: U[μ−σ, μ+σ]; gaussian: N(μ, σ²)
 
+    def unit(
+        self, coefficients: Coefficients, samples: int, generators: list[torch.Generator]
+    ) -> Coefficients:
+        """Standard noise u per group, shaped (B, n, C or 1, ...); image b uses its own generator.
+        Uniform on [−1, 1) or standard normal; the noise itself is μ + σ·u."""
+        drawn = []
+        for c in coefficients:
+            colours = 1 if self.shared_across_colours else c.shape[1]
+            shape = (samples, colours, *c.shape[2:])
+            draw = torch.randn if self.kind == "gaussian" else _uniform_pm1
+            drawn.append(torch.stack([draw(shape, generator=g) for g in generators]).to(c))
+        return drawn
+
     def sample(
         self, coefficients: Coefficients, samples: int, generators: list[torch.Generator]
     ) -> Coefficients:
-        """Noise with shape (B·n, C, ...) per group; image b uses its own generator."""
-        drawn = []
-        for c, mean, std in zip(coefficients, self.means, self.stds, strict=True):
-            colours = 1 if self.shared_across_colours else c.shape[1]
-            per_image = []
-            for b, generator in enumerate(generators):
-                shape = (samples, colours, *c.shape[2:])
-                if self.kind == "gaussian":
-                    unit = torch.randn(shape, generator=generator)
-                else:
-                    unit = torch.rand(shape, generator=generator) * 2 - 1
-                per_image.append(unit.to(c.device, c.dtype) * std[b] + mean[b])
-            noise = torch.cat(per_image)
-            drawn.append(noise.expand(-1, c.shape[1], *c.shape[2:]) if colours == 1 else noise)
-        return drawn
+        """Noise μ + σ·u with shape (B·n, C or 1, ...) per group."""
+        units = self.unit(coefficients, samples, generators)
+        return [
+            (mean.unsqueeze(1) + std.unsqueeze(1) * u).flatten(0, 1)
+            for u, mean, std in zip(units, self.means, self.stds, strict=True)
+        ]
+
+
+def _uniform_pm1(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    return torch.empty(shape).uniform_(-1, 1, generator=generator)
 
 
 @dataclass
@@ -70,6 +78,10 @@ class Representation(ABC):
         """How many trailing dims form one 2-D map for StartGrad's rank transform (default 2:
         every leading index, e.g. wavelet orientation or shearlet, is a separate map)."""
         return 2
+
+    def output_masks(self, masks: list[Tensor]) -> list[Tensor]:
+        """Masks in the layout users expect (a representation may compute in another)."""
+        return masks
 
     def describe(self) -> dict:
         return {"name": self.name}

@@ -80,20 +80,60 @@ def shearlet_system(
 
 
 def shearlet_decompose(x: Tensor, filters: Tensor) -> Tensor:
-    """(..., H, W) → (..., K, H, W): c_k = fftshift(ifft2(fft2(ifftshift(x)) · Ψ_k))."""
-    spectrum = torch.fft.fft2(torch.fft.ifftshift(x, (-2, -1)))
-    coefficients = torch.fft.ifft2(spectrum.unsqueeze(-3) * filters).real
-    return torch.fft.fftshift(coefficients, (-2, -1))
+    """(..., H, W) → (..., K, H, W) in FFT-native layout: c_k = ifft2(fft2(ifftshift(x)) · Ψ_k).
+
+    pyShearLab's coefficients are fftshift(c_k); keeping them unshifted saves a roll per map, and
+    nothing but the saved mask depends on the layout (sums, per-map ranks and statistics do not).
+    The filters are even in frequency, so the real FFT is exact.
+    """
+    height, width = x.shape[-2:]
+    half = filters[..., : width // 2 + 1]
+    spectrum = torch.fft.rfft2(torch.fft.ifftshift(x, (-2, -1)))
+    return torch.fft.irfft2(spectrum.unsqueeze(-3) * half, s=(height, width))
+
+
+class _Reconstruct(torch.autograd.Function):
+    """X = fftshift(irfft2(Σ_k rfft2(c_k) · W_k)) with W_k = Ψ_k / D real and even in frequency.
+
+    Each term is a circular convolution with a real, even kernel, i.e. a symmetric operator, so
+    the adjoint is ∂c_k = irfft2(rfft2(ifftshift(∂X)) · W_k): one small FFT and K inverse FFTs,
+    without the full-spectrum complex transform autograd would use for rfft2's backward.
+    """
+
+    @staticmethod
+    def forward(ctx, c: Tensor, weights: Tensor) -> Tensor:
+        height, width = c.shape[-2:]
+        ctx.save_for_backward(weights)
+        ctx.size = (height, width)
+        spectrum = (torch.fft.rfft2(c) * weights).sum(-3)
+        return torch.fft.fftshift(torch.fft.irfft2(spectrum, s=(height, width)), (-2, -1))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (weights,) = ctx.saved_tensors
+        spectrum = torch.fft.rfft2(torch.fft.ifftshift(grad, (-2, -1)))
+        return torch.fft.irfft2(spectrum.unsqueeze(-3) * weights, s=ctx.size), None
+
+
+def reconstruction_weights(filters: Tensor, dual: Tensor) -> Tensor:
+    """W_k = Ψ_k / D on the real-FFT half spectrum (K, H, W//2 + 1)."""
+    half = filters.shape[-1] // 2 + 1
+    return filters[..., :half] / dual[..., :half]
 
 
 def shearlet_reconstruct(c: Tensor, filters: Tensor, dual: Tensor) -> Tensor:
-    """(..., K, H, W) → (..., H, W): X = fftshift(ifft2(Σ_k fft2(ifftshift(c_k)) · Ψ_k / D))."""
-    spectrum = (torch.fft.fft2(torch.fft.ifftshift(c, (-2, -1))) * filters).sum(-3) / dual
-    return torch.fft.fftshift(torch.fft.ifft2(spectrum).real, (-2, -1))
+    """(..., K, H, W) native layout → (..., H, W): X = fftshift(ifft2(Σ_k fft2(c_k) · Ψ_k / D))."""
+    return _Reconstruct.apply(c, reconstruction_weights(filters, dual).to(c.dtype))
+
+
+def standard_layout(c: Tensor) -> Tensor:
+    """Native layout → pyShearLab's (each map centred with fftshift)."""
+    return torch.fft.fftshift(c, (-2, -1))
 
 
 class ShearletRepresentation(Representation):
-    """Coefficients [c (B, 3, K, H, W)]: K shearlets per colour channel; masks (B, 1, K, H, W).
+    """Coefficients [c (B, 3, K, H, W)]: K shearlets per colour channel (FFT-native layout, see
+    :func:`shearlet_decompose`); masks (B, 1, K, H, W).
 
     Noise (ShearletX): mean and std per shearlet k over the positions of the grey image's
     coefficients (grey = (R+G+B)/3), one noise tensor shared by the three colour channels.
@@ -106,16 +146,24 @@ class ShearletRepresentation(Representation):
         self.padded_to: tuple[int, int] | None = None
         self.size: tuple[int, int] | None = None
         self._system: tuple[Tensor, Tensor] | None = None
+        self._weights: Tensor | None = None
 
     def _ensure(self, height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """The system for this size; below 64 pixels none exists, so pad up to 64 (recorded)."""
+        """The system for this size. Below 64 pixels, and for shapes pyShearLab has no system
+        for (e.g. 224×320), the image is padded: to 64, then to a square (recorded)."""
         self.size = (height, width)
-        padded = (max(height, MIN_SIZE), max(width, MIN_SIZE))
-        self.padded_to = padded if padded != (height, width) else None
-        filters, dual, used = shearlet_system(*padded, self.scales, device)
-        self.scales_used = used
-        self._system = (filters, dual)
-        return filters, dual
+        tall, wide = max(height, MIN_SIZE), max(width, MIN_SIZE)
+        for padded in dict.fromkeys([(tall, wide), (max(tall, wide),) * 2]):
+            try:
+                filters, dual, used = shearlet_system(*padded, self.scales, device)
+            except ValueError:
+                continue
+            self.padded_to = padded if padded != (height, width) else None
+            self.scales_used = used
+            if self._system is None or self._system[0] is not filters:
+                self._system, self._weights = (filters, dual), None
+            return filters, dual
+        raise ValueError(f"no shearlet system for {height}×{width}, even padded")
 
     def decompose(self, x: Tensor) -> Coefficients:
         filters, _ = self._ensure(x.shape[-2], x.shape[-1], x.device)
@@ -127,9 +175,10 @@ class ShearletRepresentation(Representation):
         return [shearlet_decompose(x, filters)]
 
     def reconstruct(self, coefficients: Coefficients) -> Tensor:
-        filters, dual = self._system
-        dtype = coefficients[0].dtype
-        image = shearlet_reconstruct(coefficients[0], filters.to(dtype), dual.to(dtype))
+        c = coefficients[0]
+        if self._weights is None or self._weights.dtype != c.dtype:
+            self._weights = reconstruction_weights(*self._system).to(c.dtype)
+        image = _Reconstruct.apply(c, self._weights)
         return image[..., : self.size[0], : self.size[1]]
 
     def noise_model(self, x: Tensor, coefficients: Coefficients, kind: str) -> NoiseModel:
@@ -137,6 +186,9 @@ class ShearletRepresentation(Representation):
         mean = grey.mean(dim=(-2, -1), keepdim=True)
         std = grey.std(dim=(-2, -1), keepdim=True)
         return NoiseModel([mean], [std], shared_across_colours=True, kind=kind)
+
+    def output_masks(self, masks: list[Tensor]) -> list[Tensor]:
+        return [standard_layout(m) for m in masks]
 
     def describe(self) -> dict:
         shearlets = None if self._system is None else int(self._system[0].shape[0])
@@ -146,4 +198,5 @@ class ShearletRepresentation(Representation):
             "scales_used": self.scales_used,
             "shearlets": shearlets,
             "padded_to": self.padded_to,
+            "mask_layout": "pyShearLab (each shearlet map centred)",
         }
