@@ -74,3 +74,28 @@ def test_errors_are_clear(tmp_path, args, message):
     done = run("explain", "chelsea", *args, "--out", str(tmp_path))
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_every_mask_method_with_every_init_writes_its_outputs(tmp_path):
+    """In-process (one model load) with tiny settings: 2 iterations, 4 noise samples, 64 px."""
+    from engine.cli import main as cli
+    from engine.masks.inits import InitKind
+
+    inits = InitKind.__args__
+    for method in ("pixelmask", "smoothmask", "cartoonx", "waveletx", "shearletx"):
+        for init in inits:
+            out = tmp_path / f"{method}-{init}"
+            code = cli(["explain", "chelsea", "--method", method, "-o", f"init={init}",
+                        "-o", "iterations=2", "-o", "noise_samples=4", "-o", "image_size=64",
+                        "-o", "startgrad_samples=2", "--out", str(out), "--quiet"])  # fmt: skip
+            assert code == 0, (method, init)
+            with np.load(out / "mask.npz") as masks:
+                assert len(masks.files) >= 1 and all(
+                    ((m >= 0) & (m <= 1)).all() for m in masks.values()
+                )
+            history = json.loads((out / "history.json").read_text())
+            assert len(history["loss"]) == 3
+            assert Image.open(out / "explanation.png").size == (64, 64)
+            assert np.load(out / "attribution.npy").shape == (1, 64, 64)
+            summary = json.loads((out / "summary.json").read_text())
+            assert summary["options"]["init"] == init and summary["iterations_run"] == 2

@@ -77,6 +77,33 @@ def test_progress_is_reported_while_running(stack):
     assert abs(view["scores"]["completeness_gap"]) < abs(view["scores"]["score_difference"])
 
 
+def test_mask_method_job_reports_loss_and_writes_mask_artifacts(stack):
+    request = {"sample": "chelsea", "method": "waveletx", "options": {
+        "iterations": 6, "noise_samples": 4, "image_size": 64, "init": "startgrad"}}  # fmt: skip
+    created = stack.client.post("/explain", json=request).json()
+    progress = []
+
+    def finished():
+        view = stack.client.get(f"/jobs/{created['id']}").json()
+        if view["status"] == "running" and view["progress"]:
+            progress.append(view["progress"])
+        return view["status"] in ("succeeded", "failed", "cancelled") and view
+
+    view = wait_for(finished, 120, "the WaveletX job", interval=0.02)
+    assert view["status"] == "succeeded", view
+    assert view["progress"]["step"] == 6 and "loss" in view["progress"]
+    assert 0 <= view["scores"]["mask_mean"] <= 1 and view["scores"]["iterations"] == 6
+    links = view["artifacts"]
+    assert {"mask.npz", "explanation.png", "history.json"} <= set(links)
+    masks = np.load(io.BytesIO(stack.client.get(links["mask.npz"]).content))
+    assert masks["group0"].shape == (6, 6)  # the yl band of a 5-level db3 DWT at 64×64
+    history = stack.client.get(links["history.json"]).json()
+    assert len(history["loss"]) == 7
+    assert np.load(io.BytesIO(stack.client.get(links["attribution.npy"]).content)).shape == (
+        1, 64, 64,
+    )  # fmt: skip
+
+
 def test_multipart_and_base64_uploads_give_the_same_result(stack):
     data = png_bytes()
     request = {"method": "gradcam", "target": "analog clock"}
