@@ -22,6 +22,10 @@ FAST_OPTIONS = {
     "expected_gradients": {"samples": 2},
     "gradcam": {"layer": "classifier.layer4"},  # a plain module declares no CAM layer
     "guided_gradcam": {"layer": "classifier.layer4"},
+    **{
+        mask: {"iterations": 2, "noise_samples": 2, "init": "startgrad"}
+        for mask in ("pixelmask", "smoothmask", "cartoonx", "waveletx", "shearletx")
+    },
 }
 
 
