@@ -77,7 +77,7 @@ def test_errors_are_clear(tmp_path, args, message):
 
 
 def test_every_mask_method_with_every_init_writes_its_outputs(tmp_path):
-    """In-process (one model load) with tiny settings: 2 iterations, 4 noise samples, 64 px."""
+    """In-process (one model load) with tiny settings: 2 iterations, 2 noise samples, 32 px."""
     from engine.cli import main as cli
     from engine.masks.inits import InitKind
 
@@ -86,7 +86,7 @@ def test_every_mask_method_with_every_init_writes_its_outputs(tmp_path):
         for init in inits:
             out = tmp_path / f"{method}-{init}"
             code = cli(["explain", "chelsea", "--method", method, "-o", f"init={init}",
-                        "-o", "iterations=2", "-o", "noise_samples=4", "-o", "image_size=64",
+                        "-o", "iterations=2", "-o", "noise_samples=2", "-o", "image_size=32",
                         "-o", "startgrad_samples=2", "--out", str(out), "--quiet"])  # fmt: skip
             assert code == 0, (method, init)
             with np.load(out / "mask.npz") as masks:
@@ -95,7 +95,7 @@ def test_every_mask_method_with_every_init_writes_its_outputs(tmp_path):
                 )
             history = json.loads((out / "history.json").read_text())
             assert len(history["loss"]) == 3
-            assert Image.open(out / "explanation.png").size == (64, 64)
-            assert np.load(out / "attribution.npy").shape == (1, 64, 64)
+            assert Image.open(out / "explanation.png").size == (32, 32)
+            assert np.load(out / "attribution.npy").shape == (1, 32, 32)
             summary = json.loads((out / "summary.json").read_text())
             assert summary["options"]["init"] == init and summary["iterations_run"] == 2
