@@ -159,11 +159,12 @@ class JobStore(ABC):
 
     # --- counters for /metrics ---------------------------------------------------------------
     def _observe_duration(self, seconds: float) -> None:
-        for bound in DURATION_BUCKETS:
-            if seconds <= bound:
-                self._incr("durations", f"le_{bound}")
-        self._incr("durations", "sum", seconds)
-        self._incr("durations", "count")
+        changes = {f"le_{bound}": 1.0 for bound in DURATION_BUCKETS if seconds <= bound}
+        self._incr_many("durations", changes | {"sum": seconds, "count": 1.0})
+
+    def _incr_many(self, key: str, changes: dict[str, float]) -> None:
+        for field, amount in changes.items():
+            self._incr(key, field, amount)
 
     def stats(self) -> dict[str, float]:
         return self._counters("stats")
@@ -284,6 +285,12 @@ class RedisJobStore(JobStore):
 
     def _incr(self, key, field, amount=1):
         self.redis.hincrbyfloat(self._key(key), field, amount)
+
+    def _incr_many(self, key, changes):
+        with self.redis.pipeline(transaction=False) as pipe:  # one round trip
+            for field, amount in changes.items():
+                pipe.hincrbyfloat(self._key(key), field, amount)
+            pipe.execute()
 
     def _counters(self, key):
         return {k.decode(): float(v) for k, v in self.redis.hgetall(self._key(key)).items()}
