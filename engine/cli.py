@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--option", "-o", action="append", default=[], metavar="KEY=VALUE",
         help="method option, repeatable; VALUE is JSON or text; nested: smoothing.samples=10",
     )  # fmt: skip
+    run.add_argument("--init", help="mask initialisation (mask methods; = -o init=...)")
+    run.add_argument("--iterations", type=int, help="mask iterations (= -o iterations=N)")
     run.add_argument("--target", help="class index or label (default: the predicted class)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -86,13 +88,17 @@ def command_explain(args: argparse.Namespace) -> int:
     target: int | str | None = args.target
     if target is not None and target.lstrip("-").isdigit():
         target = int(target)
+    options = options_from_args(args.option)
+    for name in ("init", "iterations"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     progress, close = _progress_bar(not args.quiet and sys.stderr.isatty())
     try:
         result = explain(
             args.model,
             args.image,
             args.method,
-            options_from_args(args.option),
+            options,
             target=target,
             seed=args.seed,
             device=args.device,

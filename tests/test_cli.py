@@ -85,8 +85,8 @@ def test_every_mask_method_with_every_init_writes_its_outputs(tmp_path):
     for method in ("pixelmask", "smoothmask", "cartoonx", "waveletx", "shearletx"):
         for init in inits:
             out = tmp_path / f"{method}-{init}"
-            code = cli(["explain", "chelsea", "--method", method, "-o", f"init={init}",
-                        "-o", "iterations=2", "-o", "noise_samples=2", "-o", "image_size=32",
+            code = cli(["explain", "chelsea", "--method", method, "--init", init,
+                        "--iterations", "2", "-o", "noise_samples=2", "-o", "image_size=32",
                         "-o", "startgrad_samples=2", "--out", str(out), "--quiet"])  # fmt: skip
             assert code == 0, (method, init)
             with np.load(out / "mask.npz") as masks:
