@@ -24,6 +24,7 @@ from engine.registry import all_methods
 from service.artifacts import MEDIA_TYPES, ArtifactStore
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.jobstore import (
+    DURATION_BUCKETS,
     TERMINAL,
     JobRecord,
     JobStore,
@@ -473,8 +474,6 @@ def _prometheus(store: JobStore, dispatcher: Dispatcher) -> str:
         "# HELP explainer_job_duration_seconds Run time of finished jobs.",
         "# TYPE explainer_job_duration_seconds histogram",
     ]
-    from service.jobstore import DURATION_BUCKETS
-
     for bound in DURATION_BUCKETS:
         label = "+Inf" if math.isinf(bound) else f"{bound:g}"
         count = durations.get(f"le_{bound}", 0)

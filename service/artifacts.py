@@ -19,6 +19,7 @@ class ArtifactStore:
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._last_sweep = float("-inf")
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / job_id
@@ -58,9 +59,14 @@ class ArtifactStore:
         candidate = self.output_dir(job_id) / name
         return candidate if candidate.is_file() else None
 
-    def sweep(self, ttl_s: int) -> int:
-        """Delete job folders older than ``ttl_s``; returns how many went."""
-        cutoff = time.time() - ttl_s
+    def sweep(self, ttl_s: int, every_s: float = 300) -> int:
+        """Delete job folders older than ``ttl_s``; returns how many went. Scans the folder at
+        most once per ``every_s`` seconds, since callers ask after every job."""
+        now = time.time()
+        if now - self._last_sweep < every_s:
+            return 0
+        self._last_sweep = now
+        cutoff = now - ttl_s
         removed = 0
         for folder in self.root.iterdir():
             if folder.is_dir() and folder.stat().st_mtime < cutoff:

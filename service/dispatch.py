@@ -57,7 +57,9 @@ class EmbeddedDispatcher(Dispatcher):
 
     def start(self) -> None:
         # Load the models first, on the job thread, so the first job does not wait for them.
-        self._executor.submit(_preload, self._preload, self._device)
+        from workers.runner import preload_models
+
+        self._executor.submit(preload_models, self._preload, self._device)
 
     def submit(self, job_id: str) -> None:
         with self._lock:
@@ -83,16 +85,6 @@ class EmbeddedDispatcher(Dispatcher):
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _preload(models: tuple[str, ...], device: str) -> None:
-    from engine.explain import cached_model
-
-    for name in models:
-        try:
-            cached_model(name, None, device)
-        except Exception:  # a model that cannot load fails its jobs with the reason
-            continue
 
 
 class CeleryDispatcher(Dispatcher):

@@ -3,7 +3,6 @@ per process after the fork (CUDA is never touched in the parent)."""
 
 from __future__ import annotations
 
-import logging
 import os
 
 from celery import Celery, signals
@@ -12,7 +11,6 @@ from service.artifacts import ArtifactStore
 from service.jobstore import RedisJobStore
 from service.settings import Settings
 
-log = logging.getLogger(__name__)
 settings = Settings.from_env()
 
 app = Celery("explainer", broker=settings.broker_url or "redis://127.0.0.1:6379/0")
@@ -64,16 +62,12 @@ def process_runtime() -> tuple[RedisJobStore, ArtifactStore, str]:
 
 @signals.worker_process_init.connect
 def _load_models(**_: object) -> None:
-    from engine.explain import cached_model
+    from workers.runner import preload_models
 
     store, _, device = process_runtime()
     store.redis.sadd("explainer:devices", device)
     store.redis.expire("explainer:devices", 24 * 3600)
-    for name in settings.preload_models:
-        try:
-            cached_model(name, None, device)
-        except Exception as error:  # a model that cannot load fails its jobs with the reason
-            log.warning("could not preload %s: %s", name, error)
+    preload_models(settings.preload_models, device)
 
 
 @app.task(name="explainer.explain")

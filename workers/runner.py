@@ -15,7 +15,7 @@ from typing import Any
 from engine.artifacts import write_artifacts
 from engine.attribution.base import MethodError
 from engine.data import InputError
-from engine.explain import explain
+from engine.explain import cached_model, explain
 from engine.models import ModelError
 from engine.registry import OptionsError
 from service.artifacts import ArtifactStore
@@ -46,6 +46,16 @@ class ProgressReporter:
         self.store.set_progress(self.job_id, {"step": done, "total": total, **values})
         if self.store.cancel_requested(self.job_id):
             raise JobCancelled
+
+
+def preload_models(names: tuple[str, ...], device: str) -> None:
+    """Load models into this process's cache before the first job; a model that cannot load
+    is logged here and fails its jobs later with the reason."""
+    for name in names:
+        try:
+            cached_model(name, None, device)
+        except Exception as error:
+            log.warning("could not preload %s: %s", name, error)
 
 
 def job_input(record, artifacts: ArtifactStore, job_id: str):

@@ -121,11 +121,6 @@ def reconstruction_weights(filters: Tensor, dual: Tensor) -> Tensor:
     return filters[..., :half] / dual[..., :half]
 
 
-def shearlet_reconstruct(c: Tensor, filters: Tensor, dual: Tensor) -> Tensor:
-    """(..., K, H, W) native layout → (..., H, W): X = fftshift(ifft2(Σ_k fft2(c_k) · Ψ_k / D))."""
-    return _Reconstruct.apply(c, reconstruction_weights(filters, dual).to(c.dtype))
-
-
 def standard_layout(c: Tensor) -> Tensor:
     """Native layout → pyShearLab's (each map centred with fftshift)."""
     return torch.fft.fftshift(c, (-2, -1))
