@@ -9,6 +9,7 @@ from typing import Any
 
 from engine.attribution.base import MethodError
 from engine.data import InputError
+from engine.metrics.registry import MetricError
 from engine.models import MODELS, ModelError
 from engine.registry import OptionsError, all_methods
 
@@ -23,6 +24,14 @@ def parse_option(text: str) -> tuple[list[str], Any]:
     except json.JSONDecodeError:
         value = raw
     return key.split("."), value
+
+
+def metric_from_arg(text: str) -> str | dict[str, Any]:
+    """``name`` or ``name:key=value,key=value`` → a metric request."""
+    name, _, parameters = text.partition(":")
+    if not parameters:
+        return name
+    return {"name": name, **options_from_args(parameters.split(","))}
 
 
 def options_from_args(pairs: list[str]) -> dict[str, Any]:
@@ -49,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--option", "-o", action="append", default=[], metavar="KEY=VALUE",
         help="method option, repeatable; VALUE is JSON or text; nested: smoothing.samples=10",
     )  # fmt: skip
+    run.add_argument(
+        "--metric", "-m", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+        help="quality metric, repeatable, e.g. hallucination or faithfulness:steps=11 "
+        "(see `python -m engine metrics`)",
+    )  # fmt: skip
     run.add_argument("--init", help="mask initialisation (mask methods; = -o init=...)")
     run.add_argument("--iterations", type=int, help="mask iterations (= -o iterations=N)")
     run.add_argument("--target", help="class index or label (default: the predicted class)")
@@ -58,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="output folder")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    for name in ("methods", "models"):
+    for name in ("methods", "models", "metrics"):
         listing = sub.add_parser(name, help=f"list {name}")
         listing.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -92,6 +106,7 @@ def command_explain(args: argparse.Namespace) -> int:
     for name in ("init", "iterations"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    metrics = [metric_from_arg(text) for text in args.metric]
     progress, close = _progress_bar(not args.quiet and sys.stderr.isatty())
     try:
         result = explain(
@@ -105,6 +120,7 @@ def command_explain(args: argparse.Namespace) -> int:
             weights=args.weights,
             resize=args.resize,
             progress=progress,
+            metrics=metrics,
         )
     finally:
         close()
@@ -144,11 +160,32 @@ def command_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_metrics(args: argparse.Namespace) -> int:
+    from engine.metrics.registry import all_metrics
+
+    metrics = [m.describe() for m in all_metrics()]
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    for metric in metrics:
+        print(f"{metric['name']:<22} {metric['summary']}")
+        print(f"    keys: {', '.join(metric['keys'])}; definition: {metric['definition']}")
+        for field, schema in metric["options_schema"].get("properties", {}).items():
+            default = schema.get("default", "(required)")
+            print(f"    {field:<20} default={json.dumps(default)}  {schema.get('description', '')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"explain": command_explain, "methods": command_methods, "models": command_models}
+    handlers = {
+        "explain": command_explain,
+        "methods": command_methods,
+        "models": command_models,
+        "metrics": command_metrics,
+    }
     try:
         return handlers[args.command](args)
-    except (OptionsError, MethodError, ModelError, InputError) as error:
+    except (OptionsError, MethodError, ModelError, InputError, MetricError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

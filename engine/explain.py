@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from engine.attribution.base import MethodError, ProgressFn, prepared
 from engine.data import ImageSource, InputRecord, ResizePolicy, load_image
+from engine.metrics.registry import compute_metrics, heatmap_view, parse_metrics
 from engine.models import LoadedModel, ModelError, ModelSpec, load_model
 from engine.registry import MethodContext, MethodOptions, Reduction, get_method
 
@@ -153,6 +154,7 @@ def explain(
     resize: ResizePolicy = "center_crop",
     progress: ProgressFn | None = None,
     extras: dict[str, Any] | None = None,
+    metrics: Sequence[str | dict[str, Any]] | None = None,
 ) -> Explanation:
     """Explain ``model``'s decision on ``inputs`` with ``method``.
 
@@ -160,11 +162,14 @@ def explain(
     (which must take [0, 1] pixels: put the normalisation inside). ``inputs``: a sample name,
     file path, bytes, PIL image, array, (3, H, W) or (B, 3, H, W) tensor, or a list of these.
     ``target``: class index or label per image; default: the predicted class. ``options`` are
-    validated by the method's options model. The model is left as it was.
+    validated by the method's options model. ``metrics``: quality metrics to score the result
+    with, by name or as ``{"name": ..., **parameters}`` (see :mod:`engine.metrics`). The model
+    is left as it was.
     """
     started = time.perf_counter()
     spec = get_method(method)
     options = spec.parse_options(options)
+    metric_requests = parse_metrics(metrics)
     loaded = resolve_model(model, weights, device)
     if loaded.spec.input_kind not in spec.input_kinds:
         raise MethodError(f"{method} does not accept {loaded.spec.input_kind} models")
@@ -203,8 +208,18 @@ def explain(
         extra_scores = {}
         if spec.scores is not None:
             extra_scores = spec.scores(ctx, attribution_method, x, attribution, targets, options)
+        heatmap = reduce_channels(attribution.detach().float(), options.heatmap_reduction)
+        if metric_requests:
+            tick = time.perf_counter()
+            view = (
+                attribution_method.mask_view()
+                if hasattr(attribution_method, "mask_view")
+                else heatmap_view(net, x, targets, heatmap, seed)
+            )
+            extra_scores.update(compute_metrics(view, metric_requests))
+            timings["metrics_s"] = time.perf_counter() - tick
     attribution = attribution.detach().float().cpu()
-    heatmap = reduce_channels(attribution, options.heatmap_reduction)
+    heatmap = heatmap.cpu()
     predictions = [
         Prediction(
             class_index=int(p),
@@ -227,6 +242,7 @@ def explain(
         "model": loaded.record(),
         "inputs": [r.to_dict() for r in records],
         "heatmap_reduction": options.heatmap_reduction,
+        "metrics": [request.record() for request in metric_requests],
         "timings": timings,
         "versions": versions(),
     }

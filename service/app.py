@@ -19,8 +19,9 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
+from engine.metrics.registry import MetricError, all_metrics, parse_metrics
 from engine.models import MODELS
-from engine.registry import all_methods
+from engine.registry import all_methods, get_method
 from service.artifacts import MEDIA_TYPES, ArtifactStore
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.jobstore import (
@@ -178,12 +179,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(422, "invalid_request", _summary(details), details) from None
         input_info, data = _check_input(parsed, upload, settings)
         _check_limits(parsed, settings)
+        metrics = _check_metrics(parsed)
         options = parsed.options.model_dump(mode="json")
         content_hash = hashlib.sha256(
             json.dumps(
                 {"model": parsed.model, "method": parsed.method, "options": options,
                  "target": parsed.target, "seed": parsed.seed, "resize": parsed.resize,
-                 "input": input_info["sha256"], "metrics": sorted(parsed.metrics)},
+                 "input": input_info["sha256"], "metrics": metrics},
                 sort_keys=True,
             ).encode()
         ).hexdigest()  # fmt: skip
@@ -211,7 +213,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             options=options,
             target=parsed.target,
             seed=parsed.seed,
-            metrics=parsed.metrics,
+            metrics=metrics,
             input=input_info | {"resize": parsed.resize},
             content_hash=content_hash,
             idempotency_key=parsed.idempotency_key,
@@ -273,6 +275,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def methods() -> list[dict[str, Any]]:
         """Every method: family, input kinds, and its options with defaults and bounds."""
         return [m.describe() for m in all_methods()]
+
+    @app.get("/quality-metrics", dependencies=guarded)
+    def quality_metrics() -> list[dict[str, Any]]:
+        """Every quality metric: its definition, the score keys it writes and its parameters."""
+        return [m.describe() for m in all_metrics()]
 
     @app.get("/models", dependencies=guarded)
     def models() -> list[dict[str, Any]]:
@@ -458,8 +465,21 @@ def _check_limits(parsed, settings: Settings) -> None:
                            f"{settings.max_iterations}")  # fmt: skip
     if getattr(parsed.options, "references", "samples") != "samples":
         raise ApiError(422, "invalid_option", "over the API, references must be 'samples'")
-    if parsed.metrics:
-        raise ApiError(422, "unknown_metric", f"unknown metrics: {', '.join(parsed.metrics)}")
+
+
+def _check_metrics(parsed) -> list[dict[str, Any]]:
+    """Validate the requested metrics against the metric registry; canonical, sorted records."""
+    try:
+        requests = parse_metrics(parsed.metrics)
+    except MetricError as error:
+        raise ApiError(422, "invalid_metric", str(error)) from None
+    family = get_method(parsed.method).family
+    for request in requests:
+        if request.spec.needs_history and family != "mask":
+            message = f"metric {request.spec.name} needs a mask method, not {parsed.method}"
+            raise ApiError(422, "invalid_metric", message)
+    records = [{"name": r.spec.name, **r.options.model_dump(mode="json")} for r in requests]
+    return sorted(records, key=lambda r: r["name"])
 
 
 def _prometheus(store: JobStore, dispatcher: Dispatcher) -> str:

@@ -33,7 +33,7 @@ class JobRecord(BaseModel):
     options: dict[str, Any]
     target: int | str | None = None
     seed: int = 0
-    metrics: list[str] = []
+    metrics: list[str | dict[str, Any]] = []
     input: dict[str, Any]  # kind, sha256, name; the bytes are in the artifact store
     content_hash: str
     idempotency_key: str | None = None

@@ -19,7 +19,10 @@ class ExplainRequestBase(BaseModel):
     target: int | str | None = Field(
         None, description="Class index, class label, or null/'predicted' for the predicted class."
     )
-    metrics: list[str] = Field([], description="Quality metrics to compute (see GET /methods).")
+    metrics: list[str | dict[str, Any]] = Field(
+        [], description="Quality metrics to score the explanation with: names, or objects "
+        '{"name": ..., parameter: value} (see GET /quality-metrics).',
+    )  # fmt: skip
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of every random draw.")
     resize: Literal["center_crop", "resize", "none"] = "center_crop"
     idempotency_key: str | None = Field(

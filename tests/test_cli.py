@@ -52,6 +52,20 @@ def test_nested_option_and_target(tmp_path):
     assert summary["prediction"]["target"] == 409
 
 
+def test_metrics_are_scored_and_listed(tmp_path):
+    done = run("explain", "chelsea", "--method", "gradcam", "-m", "hallucination",
+               "-m", "faithfulness:steps=5", "--out", str(tmp_path))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["scores"]["hallucination"] >= 0 and "faithfulness" in summary["scores"]
+    assert summary["metadata"]["metrics"][1]["parameters"]["steps"] == 5
+    listed = {m["name"] for m in json.loads(run("metrics", "--json").stdout)}
+    assert {"cp_shearletx", "cp_startgrad", "hallucination", "faithfulness"} <= listed
+    refused = run("explain", "chelsea", "--method", "saliency", "-m", "nope", "--out",
+                  str(tmp_path))  # fmt: skip
+    assert refused.returncode == 2 and "unknown metric" in refused.stderr
+
+
 def test_listings_are_machine_readable():
     methods = json.loads(run("methods", "--json").stdout)
     assert {m["name"] for m in methods} >= {"integrated_gradients", "gradcam", "vargrad"}

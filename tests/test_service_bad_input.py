@@ -92,7 +92,25 @@ def test_bad_images(api, data, status, words):
         ({"series": [[0.5], [0.1]], "method": "saliency"}, 422, ["takes images"]),
         ({"image": "%%%not base64%%%", "method": "saliency"}, 422, ["base64"]),
         ({"sample": "chelsea", "method": "saliency", "seed": -1}, 422, ["seed"]),
-        ({"sample": "chelsea", "method": "saliency", "metrics": ["xyz"]}, 422, ["unknown metrics"]),
+        ({"sample": "chelsea", "method": "saliency", "metrics": ["xyz"]}, 422, ["unknown metric"]),
+        (
+            {
+                "sample": "chelsea",
+                "method": "saliency",
+                "metrics": [{"name": "faithfulness", "steps": 1}],
+            },
+            422,
+            ["faithfulness", "steps"],
+        ),
+        (
+            {
+                "sample": "chelsea",
+                "method": "saliency",
+                "metrics": [{"name": "iterations_to_target", "target": 2.0}],
+            },
+            422,
+            ["needs a mask method"],
+        ),
     ],
 )
 def test_bad_requests(api, request_body, status, words):

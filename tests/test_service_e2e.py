@@ -79,7 +79,9 @@ def test_progress_is_reported_while_running(stack):
 
 def test_mask_method_job_reports_loss_and_writes_mask_artifacts(stack):
     request = {"sample": "chelsea", "method": "waveletx", "options": {
-        "iterations": 6, "noise_samples": 4, "image_size": 64, "init": "startgrad"}}  # fmt: skip
+        "iterations": 6, "noise_samples": 4, "image_size": 64, "init": "startgrad"},
+        "metrics": ["cp_startgrad", {"name": "faithfulness", "steps": 5},
+                    {"name": "iterations_to_target", "target": 1.0}]}  # fmt: skip
     created = stack.client.post("/explain", json=request).json()
     progress = []
 
@@ -92,13 +94,21 @@ def test_mask_method_job_reports_loss_and_writes_mask_artifacts(stack):
     view = wait_for(finished, 120, "the WaveletX job", interval=0.02)
     assert view["status"] == "succeeded", view
     assert view["progress"]["step"] == 6 and "loss" in view["progress"]
-    assert 0 <= view["scores"]["mask_mean"] <= 1 and view["scores"]["iterations"] == 6
+    scores = view["scores"]
+    assert 0 <= scores["mask_mean"] <= 1 and scores["iterations"] == 6
+    assert scores["cp_pixel_sg"] > 0 and scores["retained_probability_sg"] >= 0
+    assert scores["faithfulness"] == scores["auc_remove_top"] - scores["auc_keep_top"]
+    assert 0 <= scores["iterations_to_target"] <= 7 and scores["target_reached"] in (0, 1)
     links = view["artifacts"]
     assert {"mask.npz", "explanation.png", "history.json"} <= set(links)
     masks = np.load(io.BytesIO(stack.client.get(links["mask.npz"]).content))
     assert masks["group0"].shape == (6, 6)  # the yl band of a 5-level db3 DWT at 64×64
     history = stack.client.get(links["history.json"]).json()
-    assert len(history["loss"]) == 7
+    assert len(history["loss"]) == 7 and len(history["cp_pixel_sg"]) == 7
+    summary = stack.client.get(links["summary.json"]).json()
+    recorded = {m["name"]: m for m in summary["metadata"]["metrics"]}
+    assert recorded["faithfulness"]["parameters"] == {"steps": 5, "noise_samples": 1}
+    assert "StartGrad" in recorded["cp_startgrad"]["definition"]
     assert np.load(io.BytesIO(stack.client.get(links["attribution.npy"]).content)).shape == (
         1, 64, 64,
     )  # fmt: skip
@@ -167,6 +177,10 @@ def test_listings_health_and_metrics(stack):
     assert ig["options_schema"]["properties"]["steps"]["minimum"] == 1
     models = stack.client.get("/models").json()
     assert models[0]["name"] == "efficientnet_lite0"
+    quality = {m["name"]: m for m in stack.client.get("/quality-metrics").json()}
+    assert set(quality) == {"cp_shearletx", "cp_startgrad", "hallucination", "faithfulness",
+                            "iterations_to_target"}  # fmt: skip
+    assert quality["hallucination"]["options_schema"]["properties"]["threshold"]["default"] == 0.1
     health = stack.client.get("/health").json()
     assert health == {"status": "ok", "mode": "distributed", "redis": True, "workers": 1,
                       "device": "cpu"}  # fmt: skip

@@ -16,6 +16,7 @@ from engine.artifacts import write_artifacts
 from engine.attribution.base import MethodError
 from engine.data import InputError
 from engine.explain import cached_model, explain
+from engine.metrics.registry import MetricError
 from engine.models import ModelError
 from engine.registry import OptionsError
 from service.artifacts import ArtifactStore
@@ -23,7 +24,7 @@ from service.jobstore import JobStore
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
-USER_ERRORS = (OptionsError, MethodError, ModelError, InputError)
+USER_ERRORS = (OptionsError, MethodError, ModelError, InputError, MetricError)
 
 
 class JobCancelled(Exception):
@@ -88,6 +89,7 @@ def run_job(job_id: str, store: JobStore, artifacts: ArtifactStore, device: str 
             device=device,
             resize=record.input.get("resize", "center_crop"),
             progress=reporter,
+            metrics=record.metrics,
         )
         staging = artifacts.staging_dir(job_id, record.attempts)
         paths = write_artifacts(result, staging)

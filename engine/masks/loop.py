@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from engine.attribution.base import ProgressFn
-from engine.masks.representation import Coefficients, NoiseModel, Representation
+from engine.masks.representation import Coefficients, NoiseModel, Representation, obfuscate
+from engine.metrics.cp import l1_share, pixel_share
 
 DistortionTarget = Literal["one", "original"]
 StopMetric = Literal["retained_probability", "distortion", "loss"]
@@ -80,31 +81,6 @@ class MaskLoop:
         self.settings = settings
         self.progress = progress
 
-    def obfuscate(
-        self, coefficients: Coefficients, masks: list[Tensor], noise: NoiseModel, unit: Coefficients
-    ) -> Tensor:
-        """x̃ for every (image, noise sample): rows b·n … b·n + n − 1 belong to image b."""
-        n = self.settings.noise_samples
-        # (1 − m) ⊙ (μ + σ·u) as one fused pass; masks and statistics broadcast over samples.
-        fillers = [
-            torch.addcmul(((1 - m) * mean).unsqueeze(1), ((1 - m) * std).unsqueeze(1), u)
-            for m, mean, std, u in zip(masks, noise.means, noise.stds, unit, strict=True)
-        ]
-        if self.settings.coefficient_clamp:
-            mixed = [
-                ((m * c).unsqueeze(1) + f).clamp(0, 1).flatten(0, 1)
-                for m, c, f in zip(masks, coefficients, fillers, strict=True)
-            ]
-            return self.representation.reconstruct(mixed)
-        # T⁻¹ is linear: T⁻¹(m⊙c) once per image, T⁻¹((1−m)⊙v) per sample (shared across colours
-        # where the noise is), then add. Same value, a fraction of the transforms.
-        kept = self.representation.reconstruct(
-            [m * c for m, c in zip(masks, coefficients, strict=True)]
-        )
-        filler = self.representation.reconstruct([f.flatten(0, 1) for f in fillers])
-        image = (kept.unsqueeze(1) + filler.unflatten(0, (-1, n))).flatten(0, 1)
-        return image.clamp(0, 1) if self.settings.pixel_clamp else image
-
     def terms(
         self,
         coefficients: Coefficients,
@@ -114,10 +90,15 @@ class MaskLoop:
         unit: Coefficients,
         targets: Tensor,
         reference: Tensor,
+        x: Tensor,
     ) -> dict[str, Tensor]:
-        """Every loss term per image (B,), plus the retained probability."""
+        """Every loss term per image (B,), the retained probability and the StartGrad CP scores."""
         n = self.settings.noise_samples
-        images = self.obfuscate(coefficients, masks, noise, unit)
+        images, kept_image = obfuscate(
+            self.representation, coefficients, masks, noise, unit,
+            pixel_clamp=self.settings.pixel_clamp,
+            coefficient_clamp=self.settings.coefficient_clamp,
+        )  # fmt: skip
         probabilities = self.model(images).softmax(1)
         kept = probabilities.gather(1, targets.repeat_interleave(n)[:, None]).view(-1, n)
         goal = (
@@ -139,7 +120,11 @@ class MaskLoop:
             + self.objective.energy * terms.get("energy", 0)
             + self.objective.tv * terms.get("tv", 0)
         )
-        terms["retained_probability"] = (kept / reference[:, None]).mean(1)
+        retained = (kept / reference[:, None]).mean(1)
+        terms["retained_probability"] = retained
+        with torch.no_grad():  # the StartGrad paper's CP curves, logged for every iteration
+            terms["cp_l1_sg"] = retained / l1_share(masks, coefficients)
+            terms["cp_pixel_sg"] = retained / pixel_share(kept_image.clamp(0, 1), x)
         return terms
 
     def run(
@@ -164,7 +149,9 @@ class MaskLoop:
         for step in range(total + 1):
             unit = noise_model.unit(coefficients, self.settings.noise_samples, generators)
             with torch.enable_grad():
-                terms = self.terms(coefficients, grey, masks, noise_model, unit, targets, reference)
+                terms = self.terms(
+                    coefficients, grey, masks, noise_model, unit, targets, reference, x
+                )
             record = {**{k: v.detach() for k, v in terms.items()},
                       "mask_mean": sum(m.detach().flatten(1).sum(1) for m in masks)
                       / sum(m[0].numel() for m in masks)}  # fmt: skip

@@ -23,6 +23,7 @@ from engine.masks.loop import DistortionTarget, LoopSettings, MaskLoop, Objectiv
 from engine.masks.representation import PixelRepresentation, Representation
 from engine.masks.shearlet import ShearletRepresentation
 from engine.masks.wavelet import WaveletRepresentation
+from engine.metrics.registry import MaskView
 from engine.registry import MethodContext, MethodOptions, MethodSpec, register
 
 
@@ -135,6 +136,10 @@ class MaskMethod(Attribution):
             if representation.name == "pixel"
             else (explanation.mean(1, keepdim=True))
         )
+        self._view = MaskView(
+            self.ctx.model, x, targets, representation, coefficients, result.masks, noise_model,
+            self.ctx.seed, settings.pixel_clamp, settings.coefficient_clamp, result.history,
+        )  # fmt: skip
         self.extras = {
             "masks": representation.output_masks(result.masks),
             "initial_masks": representation.output_masks(init),
@@ -145,6 +150,10 @@ class MaskMethod(Attribution):
             "stopped_early": result.stopped_early,
         }
         return pixel_space
+
+    def mask_view(self) -> MaskView:
+        """The final mask on its representation, for the quality metrics."""
+        return self._view
 
 
 def _scores(ctx, method, x, attribution, targets, options) -> dict[str, Tensor]:

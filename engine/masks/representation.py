@@ -60,6 +60,8 @@ class Representation(ABC):
     """Decompose/reconstruct images; describe mask shapes, noise and StartGrad's 2-D maps."""
 
     name: str = field(init=False, default="")
+    # Faithfulness ranks mask values within each coefficient group (wavelet subbands) or jointly.
+    rank_per_group: bool = field(init=False, default=False)
 
     @abstractmethod
     def decompose(self, x: Tensor) -> Coefficients: ...
@@ -107,3 +109,40 @@ class PixelRepresentation(Representation):
     def noise_model(self, x: Tensor, coefficients: Coefficients, kind: str) -> NoiseModel:
         mean, std = group_stats(x, (1, 2, 3))  # over all pixels and channels of each image
         return NoiseModel([mean], [std], kind=kind)
+
+
+def obfuscate(
+    representation: Representation,
+    coefficients: Coefficients,
+    masks: list[Tensor],
+    noise: NoiseModel,
+    unit: Coefficients,
+    *,
+    pixel_clamp: bool = True,
+    coefficient_clamp: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """x̃_i = T⁻¹(m ⊙ c + (1 − m) ⊙ (μ + σ·u_i)) for every (image, noise sample), and T⁻¹(m ⊙ c).
+
+    ``unit`` comes from :meth:`NoiseModel.unit` (B, n, ...). Returns x̃ (B·n, C, H, W), rows
+    b·n … b·n + n − 1 belonging to image b, and the kept part T⁻¹(m ⊙ c) (B, C, H, W), unclamped.
+    ``coefficient_clamp`` (ShearletX code parity) clamps the mixed coefficients to [0, 1] instead
+    of clamping pixels.
+    """
+    n = unit[0].shape[1]
+    # (1 − m) ⊙ (μ + σ·u) as one fused pass; masks and statistics broadcast over samples.
+    fillers = [
+        torch.addcmul(((1 - m) * mean).unsqueeze(1), ((1 - m) * std).unsqueeze(1), u)
+        for m, mean, std, u in zip(masks, noise.means, noise.stds, unit, strict=True)
+    ]
+    kept = representation.reconstruct([m * c for m, c in zip(masks, coefficients, strict=True)])
+    if coefficient_clamp:
+        mixed = [
+            ((m * c).unsqueeze(1) + f).clamp(0, 1).flatten(0, 1)
+            for m, c, f in zip(masks, coefficients, fillers, strict=True)
+        ]
+        return representation.reconstruct(mixed), kept
+    # T⁻¹ is linear: T⁻¹(m⊙c) once per image, T⁻¹((1−m)⊙v) per sample (shared across colours
+    # where the noise is), then add. Same value, a fraction of the transforms.
+    filler = representation.reconstruct([f.flatten(0, 1) for f in fillers])
+    image = (kept.unsqueeze(1) + filler.unflatten(0, (-1, n))).flatten(0, 1)
+    return (image.clamp(0, 1) if pixel_clamp else image), kept

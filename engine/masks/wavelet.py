@@ -21,6 +21,7 @@ class WaveletRepresentation(Representation):
             from pytorch_wavelets import DWTForward, DWTInverse
 
         self.name = "wavelet"
+        self.rank_per_group = True
         self.wave, self.levels, self.mode = wave, levels, mode
         self._forward = DWTForward(J=levels, wave=wave, mode=mode)
         self._inverse = DWTInverse(wave=wave, mode=mode)
