@@ -2,7 +2,8 @@
 photographs (the ShearletX paper's claim: ShearletX and WaveletX hallucinate far less than pixel
 masks; Kolek et al., CVPR 2023, Fig. 5).
 
-    python benchmarks/hallucination.py [--size 96] [--iterations 300] [--device cuda]
+    python benchmarks/hallucination.py [--size 96] [--iterations 300] [--noise-samples 16]
+                                       [--device cuda]
 
 Each method runs with its ShearletX-paper defaults (all-ones init, distortion towards 1, uniform
 noise; see engine/masks/methods.py) on the photographs of benchmarks/startgrad.py. Printed per
@@ -32,17 +33,20 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--images", type=int, default=len(PHOTOS))
+    parser.add_argument("--noise-samples", type=int, default=16, help="the paper's: 16")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     args = parser.parse_args()
     print(f"efficientnet_lite0, {args.images} photographs stretched to {args.size}², "
-          f"{args.iterations} iterations, device {args.device}")  # fmt: skip
+          f"{args.iterations} iterations, {args.noise_samples} noise samples, "
+          f"device {args.device}")  # fmt: skip
     header = "".join(f"{k + ' mean/median/std':>34}" for k in KEYS)
     print(f"{'method':<11}{header}  share > 0.2", flush=True)
     for method in args.methods:
         result = explain(
             "efficientnet_lite0", PHOTOS[: args.images], method,
-            {"iterations": args.iterations, "image_size": args.size},
+            {"iterations": args.iterations, "image_size": args.size,
+             "noise_samples": args.noise_samples},
             device=args.device, resize="resize", metrics=["hallucination", "cp_shearletx"],
         )  # fmt: skip
         columns = []

@@ -1,7 +1,8 @@
 """StartGrad reproduction: ShearletX, WaveletX and PixelMask started from all-ones, uniform and
 StartGrad masks on real photographs, with the StartGrad paper's CP curves and speed-ups.
 
-    python benchmarks/startgrad.py [--size 96] [--iterations 300] [--device cuda] [--save F]
+    python benchmarks/startgrad.py [--size 96] [--iterations 300] [--noise-samples 16]
+                                   [--device cuda] [--save F]
 
 Settings are the StartGrad paper's (Bükkaya et al., ICLR 2025; spec mask_methods.md §2, §5):
 distortion towards the original probability, Gaussian noise, 16 samples, Adam lr 0.1, λ₁ = 1,
@@ -53,6 +54,7 @@ def run(method: str, init: str, args) -> dict[str, np.ndarray]:
         "image_size": args.size,
         "distortion": "original",
         "noise": "gaussian",
+        "noise_samples": args.noise_samples,
         **METHODS[method],
     }
     started = time.perf_counter()
@@ -70,13 +72,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--images", type=int, default=len(PHOTOS))
+    parser.add_argument("--noise-samples", type=int, default=16, help="the paper's: 16")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--save", help="write every curve to this JSON file")
     args = parser.parse_args()
     print(f"efficientnet_lite0, {args.images} photographs stretched to {args.size}², "
-          f"{args.iterations} iterations, device {args.device}", flush=True)  # fmt: skip
+          f"{args.iterations} iterations, {args.noise_samples} noise samples, "
+          f"device {args.device}", flush=True)  # fmt: skip
     saved: dict = {}
     steps = [s for s in CHECKPOINTS if s < args.iterations] + [args.iterations]
     for method in args.methods:

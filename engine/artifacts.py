@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.explain import Explanation
-from engine.render import heatmap_image, image_from_tensor, overlay_image
+from engine.render import heatmap_image, image_from_tensor, overlay_image, series_plot
 
 
 def write_artifacts(
@@ -23,6 +23,8 @@ def write_artifacts(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if explanation.inputs.ndim == 3:
+        return _write_series(explanation, out, index)
     signed = explanation.options.get("heatmap_reduction") == "signed_sum"
     heatmap = explanation.heatmap[index].numpy()
     paths = {
@@ -54,5 +56,23 @@ def write_artifacts(
         summary["representation"] = extras["representation"]
         summary["iterations_run"] = extras["iterations_run"]
     summary["files"] = sorted(paths)
+    paths["summary.json"].write_text(json.dumps(summary, indent=2))
+    return paths
+
+
+def _write_series(explanation: Explanation, out: Path, index: int) -> dict[str, Path]:
+    """``attribution.npy`` (T, D), ``series.png`` (the series, the attribution shaded per feature),
+    ``history.json`` (mask methods) and ``summary.json``."""
+    names = ["attribution.npy", "series.png", "summary.json"]
+    if "history" in explanation.extras:
+        names.append("history.json")
+    paths = {name: out / name for name in names}
+    attribution = explanation.attribution[index].numpy().astype(np.float32)
+    np.save(paths["attribution.npy"], attribution)
+    level = np.abs(attribution) / max(float(np.abs(attribution).max()), 1e-12)
+    series_plot(explanation.inputs[index].numpy(), level).save(paths["series.png"])
+    if "history.json" in paths:
+        paths["history.json"].write_text(json.dumps(explanation.extras["history"][index]))
+    summary = explanation.summary(index) | {"files": sorted(paths)}
     paths["summary.json"].write_text(json.dumps(summary, indent=2))
     return paths

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from engine.attribution.base import MethodError, ProgressFn, prepared
 from engine.data import ImageSource, InputRecord, ResizePolicy, load_image
-from engine.metrics.registry import compute_metrics, heatmap_view, parse_metrics
+from engine.data.timeseries import SeriesRecord, load_series
+from engine.metrics.registry import MetricError, compute_metrics, heatmap_view, parse_metrics
 from engine.models import LoadedModel, ModelError, ModelSpec, load_model
 from engine.registry import MethodContext, MethodOptions, Reduction, get_method
 
@@ -94,6 +95,10 @@ def resolve_model(
 ) -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
+    if isinstance(model, str) and model.endswith(".pt"):
+        from engine.models.series import load_classifier
+
+        return load_classifier(model, device or "cpu")
     if isinstance(model, str):
         return cached_model(model, weights, str(torch.device(device or "cpu")))
     if isinstance(model, nn.Module):
@@ -173,9 +178,16 @@ def explain(
     loaded = resolve_model(model, weights, device)
     if loaded.spec.input_kind not in spec.input_kinds:
         raise MethodError(f"{method} does not accept {loaded.spec.input_kind} models")
-    image_size = getattr(options, "image_size", None)
-    size = (image_size, image_size) if image_size else loaded.spec.input_size
-    x, records = prepare_inputs(inputs, size, resize)
+    series = loaded.spec.input_kind == "timeseries"
+    if series:
+        if metric_requests:
+            raise MetricError("the quality metrics are for images; for time series see "
+                              "engine.metrics.timeseries (they need the ground truth)")  # fmt: skip
+        x, records = prepare_series(inputs)
+    else:
+        image_size = getattr(options, "image_size", None)
+        size = (image_size, image_size) if image_size else loaded.spec.input_size
+        x, records = prepare_inputs(inputs, size, resize)
     parameter = next(loaded.module.parameters(), None)
     x = x.to(loaded.device, parameter.dtype if parameter is not None else torch.float32)
     generator = torch.Generator().manual_seed(seed)
@@ -183,7 +195,9 @@ def explain(
     with prepared(loaded.module) as net:
         tick = time.perf_counter()
         with torch.no_grad():
-            probabilities = net(x).softmax(1)
+            # A series model gives one logit per step and is explained on all of them: its
+            # "class" is the majority of step predictions, with the mean step probability.
+            probabilities = _series_probabilities(net(x)) if series else net(x).softmax(1)
         predicted = probabilities.argmax(1)
         targets = resolve_targets(target, predicted.cpu(), loaded.spec).to(x.device)
         if (targets < 0).any() or (targets >= probabilities.shape[1]).any():
@@ -192,7 +206,7 @@ def explain(
         ctx = MethodContext(
             net,
             loaded.spec,
-            (x.shape[2], x.shape[3]),
+            (x.shape[-2], x.shape[-1]),
             loaded.cam_layer,
             loaded.device,
             generator,
@@ -208,7 +222,9 @@ def explain(
         extra_scores = {}
         if spec.scores is not None:
             extra_scores = spec.scores(ctx, attribution_method, x, attribution, targets, options)
-        heatmap = reduce_channels(attribution.detach().float(), options.heatmap_reduction)
+        heatmap = attribution.detach().float()  # a series attribution (B, T, D) is its own map
+        if not series:
+            heatmap = reduce_channels(heatmap, options.heatmap_reduction)
         if metric_requests:
             tick = time.perf_counter()
             view = (
@@ -258,6 +274,24 @@ def explain(
         metadata=metadata,
         extras=getattr(attribution_method, "extras", {}),
     )
+
+
+def _series_probabilities(logits: Tensor) -> Tensor:
+    """(B, T) step logits → (B, 2): mean probability of a negative and of a positive step."""
+    positive = torch.sigmoid(logits).mean(1)
+    return torch.stack([1 - positive, positive], dim=1)
+
+
+def prepare_series(inputs) -> tuple[Tensor, list[SeriesRecord]]:
+    """A series (T × D array, tensor, .npy/.csv path), a list of them, or a (B, T, D) tensor."""
+    batch = isinstance(inputs, Tensor | np.ndarray) and inputs.ndim == 3
+    listed = isinstance(inputs, list | tuple) and not isinstance(inputs[0], float | int | list)
+    sources = list(inputs) if batch or listed else [inputs]
+    loaded = [load_series(source) for source in sources]
+    if len({tuple(s.shape) for s in loaded}) != 1:
+        raise MethodError("series of a batch must share one length and feature count")
+    records = [SeriesRecord.of(source, s) for source, s in zip(sources, loaded, strict=True)]
+    return torch.stack(loaded), records
 
 
 def _device_name(device: torch.device) -> str:

@@ -118,4 +118,5 @@ def all_methods() -> list[MethodSpec]:
 def _load_all() -> None:
     """Import the modules that register methods (once)."""
     import engine.attribution.methods
+    import engine.masks.extremal
     import engine.masks.methods  # noqa: F401

@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from scipy.stats import trim_mean
 import torch
 from pydantic import Field
+from scipy.stats import trim_mean
 from torch import Tensor
 
 from engine.metrics.registry import MaskView, MetricOptions, MetricSpec, register_metric

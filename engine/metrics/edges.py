@@ -7,8 +7,9 @@ r_j = |Re ψ_j| taken ``offset`` octaves finer,
 
     edgeness(y) = max(0, Σ_j (c_j − r_j) − N·β) / (N · max_j c_j),   N scales, β = min contrast,
 
-which lies in [0, 1] (Reisenhofer, King & Kiefer, "A Hodge-type decomposition of holomorphic
-Poisson kernels"/CoShREM; Reisenhofer & King, SIAM J. Imaging Sci. 2019). The filters follow
+which lies in [0, 1] (CoShREM: Reisenhofer, Kiefer & King, "Shearlet-based detection of flame
+fronts", Exp. Fluids 2016; Reisenhofer & King, "Edge, ridge, and blob detection with symmetric
+molecules", SIAM J. Imaging Sci. 2019). The filters follow
 PyCoShREM 0.0.2's ``EdgeSystem`` with its defaults (Mexican-hat wavelet sampled off the origin,
 Gaussian in the other direction, shear level 3 → 10 orientations, 2 scales per octave over 3.5
 octaves → 7 scales, normalised per scale). That package needs NumPy < 1.24 and loops over pixels

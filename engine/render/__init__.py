@@ -85,6 +85,35 @@ def image_from_tensor(image: torch.Tensor | np.ndarray) -> Image.Image:
     return Image.fromarray((np.clip(picture.squeeze(), 0, 1) * 255).round().astype(np.uint8))
 
 
+def series_plot(
+    series: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray, width: int = 800,
+    panel_height: int = 120,
+) -> Image.Image:  # fmt: skip
+    """One panel per feature: the series as a line over a background shaded by the mask (T, D)
+    in [0, 1] (white = 0, orange = 1)."""
+    from PIL import ImageDraw
+
+    values, weights = np.asarray(series, np.float64), np.clip(np.asarray(mask, np.float64), 0, 1)
+    steps, features = values.shape
+    picture = Image.new("RGB", (width, panel_height * features), "white")
+    draw = ImageDraw.Draw(picture)
+    x_of = np.linspace(0, width - 1, steps + 1)
+    shade = np.array([255, 140, 0], dtype=np.float64)
+    for d in range(features):
+        top, bottom = d * panel_height, (d + 1) * panel_height - 1
+        for t in range(steps):
+            colour = tuple(int(v) for v in (255 - weights[t, d] * (255 - shade)).round())
+            draw.rectangle([x_of[t], top, x_of[t + 1], bottom], fill=colour)
+        low, high = values[:, d].min(), values[:, d].max()
+        scale = (high - low) or 1.0
+        ys = bottom - 8 - (values[:, d] - low) / scale * (panel_height - 16)
+        xs = (x_of[:-1] + x_of[1:]) / 2
+        draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=(20, 20, 120), width=2)
+        draw.line([0, bottom, width, bottom], fill=(160, 160, 160))
+        draw.text((4, top + 2), f"feature {d}", fill=(0, 0, 0))
+    return picture
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

@@ -1,0 +1,268 @@
+"""Time series: the synthetic datasets, the GRU classifier, ExtremalMask with its inits, the
+time-series metrics against hand computations, and series through explain() and the CLI.
+
+The classifiers are trained here (≈10 s each, the spec's fast setting: T = 50, hidden 64,
+lr 1e-3, 30 epochs) rather than shipped."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine import explain
+from engine.attribution.base import MethodError
+from engine.data import InputError
+from engine.data.timeseries import load_series, state_dataset, switch_feature_dataset
+from engine.masks.extremal import ExtremalMask, ExtremalMaskOptions
+from engine.metrics.timeseries import black_box, white_box
+from engine.models.series import (
+    SeriesClassifier,
+    TrainingSettings,
+    load_classifier,
+    save_classifier,
+    step_accuracy,
+    train_classifier,
+)
+from engine.models.spec import LoadedModel, ModelSpec
+
+FAST = TrainingSettings(epochs=30, learning_rate=1e-3)
+
+
+@functools.cache
+def trained(seed: int):
+    data = state_dataset(1000, 50, seed=seed)
+    train, test = data.subset(np.arange(900)), data.subset(np.arange(900, 1000))
+    torch.manual_seed(seed)
+    model = SeriesClassifier("gru", hidden=64)
+    train_classifier(model, train.x, train.y, TrainingSettings(**{**vars(FAST), "seed": seed}))
+    spec = ModelSpec(f"gru{seed}", "test GRU", None, input_kind="timeseries")
+    return LoadedModel(spec, model.requires_grad_(False), "memory", None, torch.device("cpu")), test
+
+
+@pytest.fixture(scope="module", params=[1, 2, 3])
+def seeded_model(request):
+    return trained(request.param)
+
+
+@pytest.fixture(scope="module")
+def one_model():
+    return trained(1)
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("generate", [state_dataset, switch_feature_dataset])
+def test_generators_are_reproducible_and_distinct(generate):
+    a, b, c = generate(200, 60, seed=5), generate(200, 60, seed=5), generate(200, 60, seed=6)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and torch.equal(a.truth, b.truth)
+    assert not torch.equal(a.x, c.x)
+    assert len(torch.unique(a.x.flatten(1), dim=0)) == 200  # no duplicated series
+    assert (a.truth.sum(-1) == 1).all()  # exactly one salient feature per step
+
+
+def test_ground_truth_proportions_match_the_spec():
+    state = state_dataset(1000, 200, seed=0)
+    share = state.truth.float().mean((0, 1))
+    assert share[0] == 0 and 0.52 < share[1] < 0.62  # spec: feature 0 never, ≈57 % / 43 %
+    assert 0.52 < state.y.mean() < 0.60  # spec: label mean ≈ 0.56
+    switch = switch_feature_dataset(1000, 200, seed=0)
+    share = switch.truth.float().mean((0, 1))
+    assert torch.allclose(share, torch.tensor([0.36, 0.29, 0.35]), atol=0.05)
+    assert 0.61 < switch.y.mean() < 0.69  # spec: ≈ 0.65
+    train, test = state.folds()[0]
+    assert len(train) == 800 and len(test) == 200 and not set(train) & set(test)
+
+
+# --- classifier and ExtremalMask -------------------------------------------------------------
+
+
+def test_classifier_reaches_the_spec_accuracy(seeded_model):
+    model, test = seeded_model
+    assert step_accuracy(model.module, test.x, test.y) >= 0.87  # spec: 0.885–0.895
+
+
+def run(model, test, init, iterations=50, game="preservation"):
+    options = {"iterations": iterations, "init": init, "checkpoint_every": 25, "game": game}
+    return explain(model, test.x, "extremal_mask", options, seed=0)
+
+
+def test_startgrad_is_faster_and_every_init_beats_a_random_mask(seeded_model):
+    """Spec §7: StartGrad's Information at 50 iterations ≥ 1.2× both other inits', and its
+    starting mask already beats the 1/3 base rate (AUP > 0.5, AUR > 0.7)."""
+    model, test = seeded_model
+    results = {init: run(model, test, init) for init in ("uniform", "ones", "startgrad")}
+    info = {i: white_box(r.attribution, test.truth)["information"] for i, r in results.items()}
+    assert info["startgrad"] >= 1.2 * max(info["uniform"], info["ones"]), info
+    start = white_box(results["startgrad"].extras["checkpoints"][0], test.truth)
+    assert start["aup"] > 0.5 and start["aur"] > 0.7, start
+    random_mask = white_box(torch.rand(test.x.shape, generator=torch.Generator().manual_seed(0)),
+                            test.truth)  # fmt: skip
+    for init, result in results.items():
+        final = white_box(result.attribution, test.truth)
+        assert final["aup"] > random_mask["aup"] and final["aur"] > random_mask["aur"], init
+    # one freshly seeded perturbation net per init: the same perturbation penalty at step 0
+    penalties = {r.extras["history"][0]["perturbation"][0] for r in results.values()}
+    assert len(penalties) == 1
+
+
+def test_startgrad_mask_is_uniform_in_rank_per_series_and_flipped_for_deletion(one_model):
+    model, test = one_model
+    few = test.subset(np.arange(4))
+    preserve = run(model, few, "startgrad", iterations=0).extras["checkpoints"][0]
+    delete = run(model, few, "startgrad", iterations=0, game="deletion")
+    ranks = torch.linspace(0, 1, 50 * 3)
+    for series in preserve:
+        assert torch.allclose(series.flatten().sort().values, ranks, atol=1e-3)
+    # deletion starts from M = 1 − m₀, so its attribution 1 − M is m₀ as well
+    torch.testing.assert_close(delete.extras["checkpoints"][0], preserve)
+    assert delete.extras["game"] == "deletion"
+
+
+def test_deletion_game_improves_on_its_start(one_model):
+    model, test = one_model
+    result = run(model, test.subset(np.arange(40)), "startgrad", iterations=50, game="deletion")
+    loss = np.array([h["loss"] for h in result.extras["history"]])
+    assert loss[:, -1].mean() < loss[:, 0].mean()
+
+
+# --- metrics by hand -------------------------------------------------------------------------
+
+
+def test_white_box_metrics_by_hand():
+    truth = torch.tensor([[[1], [0], [1], [0]]])
+    attribution = torch.tensor([[[0.9], [0.1], [0.6], [0.4]]])
+    scores = white_box(attribution, truth)
+    a = (np.array([0.9, 0.1, 0.6, 0.4]) - 0.1) / (0.8 + 1e-5)  # per-series min-max
+    t = np.array([1, 0, 1, 0])
+    thresholds = np.sort(np.unique(a))
+    precision = [t[a >= th].mean() for th in thresholds]
+    recall = [t[a >= th].sum() / t.sum() for th in thresholds]
+    assert scores["aup"] == pytest.approx(np.trapezoid(precision, thresholds))
+    assert scores["aur"] == pytest.approx(np.trapezoid(recall, thresholds))
+    salient = a[t == 1]
+    assert scores["information"] == pytest.approx(-np.log2(1 - salient + 1e-5).sum())
+    entropy = -(salient * np.log2(salient + 1e-5) + (1 - salient) * np.log2(1 - salient + 1e-5))
+    assert scores["entropy"] == pytest.approx(entropy.sum())
+    assert scores["auroc"] == 1.0 and scores["mae"] == pytest.approx(np.abs(t - a).mean())
+    assert white_box(torch.ones(1, 4, 1), truth)["aup"] == 0  # a constant mask
+
+
+class StepModel(nn.Module):
+    """logit_t = 4·x_t (one feature): the predicted class follows the sign of x."""
+
+    def forward(self, x):
+        return 4 * x[..., 0]
+
+
+def test_black_box_metrics_by_hand():
+    x = torch.tensor([[[1.0], [-0.5], [0.25], [2.0]]])
+    attribution = torch.tensor([[[0.1], [0.9], [0.2], [0.8]]])  # top 50 %: steps 1 and 3
+    scores = black_box(StepModel(), x, attribution, top=0.5, baseline="zeros")
+
+    def s(v: float) -> float:
+        return 1 / (1 + math.exp(-v))
+
+    p = torch.tensor([s(4.0), 1 - s(-2.0), s(1.0), s(8.0)])
+    removed = torch.tensor([s(4.0), 0.5, s(1.0), 0.5])
+    kept = torch.tensor([0.5, 1 - s(-2.0), 0.5, s(8.0)])
+    assert scores["comprehensiveness"].item() == pytest.approx((p - removed).mean().item())
+    assert scores["sufficiency"].item() == pytest.approx((p - kept).mean().item())
+    assert scores["accuracy"].item() == 1.0  # p'_c = 0.5 counts as still correct
+    assert scores["log_odds"].item() == pytest.approx((removed.log() - p.log()).mean().item())
+    assert scores["cross_entropy"].item() == pytest.approx(-removed.log().mean().item())
+
+
+# --- input, registry, saved models and the CLI -----------------------------------------------
+
+
+def test_series_validation_errors_are_clear(tmp_path):
+    np.save(tmp_path / "cube.npy", np.zeros((2, 3, 4)))
+    np.save(tmp_path / "nan.npy", np.array([[0.0], [math.nan]]))
+    (tmp_path / "text.csv").write_text("a,b\n1,2\n")
+    for name, message in [("cube.npy", "2-D"), ("nan.npy", "finite"), ("text.csv", "numeric"),
+                          ("missing.npy", "not found")]:  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            load_series(tmp_path / name)
+    with pytest.raises(InputError, match="limits"):
+        load_series(np.zeros((20, 3)), max_length=10)
+    (tmp_path / "ok.csv").write_text("1,2,3\n4,5,6\n")
+    assert load_series(tmp_path / "ok.csv").shape == (2, 3)
+
+
+def test_registry_refuses_a_model_input_mismatch(one_model, lite0):
+    model, test = one_model
+    with pytest.raises(MethodError, match="does not accept image"):
+        explain(lite0, test.x[:1], "extremal_mask")
+    with pytest.raises(MethodError, match="does not accept timeseries"):
+        explain(model, test.x[:1], "saliency")
+
+
+def test_saved_model_round_trip_and_cli(tmp_path):
+    out = tmp_path / "gru.pt"
+    command = [sys.executable, "-m", "engine", "train-series", "--series", "200", "--length",
+               "30", "--hidden", "16", "--epochs", "2", "--export", "1", "--out",
+               str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["data_seed"] == 0 and 0 <= record["test_accuracy"] <= 1
+    series = np.load(tmp_path / "series_0.npy")
+    np.savetxt(tmp_path / "series.csv", series, delimiter=",")
+    loaded = load_classifier(out)
+    assert loaded.spec.input_kind == "timeseries" and loaded.weights_sha256
+    for source in ("series_0.npy", "series.csv"):
+        folder = tmp_path / source.replace(".", "_")
+        done = subprocess.run(
+            [sys.executable, "-m", "engine", "explain", str(tmp_path / source), "--model",
+             str(out), "--method", "extremal_mask", "--init", "startgrad", "--iterations", "5",
+             "--out", str(folder)], capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        mask = np.load(folder / "attribution.npy")
+        assert mask.shape == series.shape and mask.min() >= 0 and mask.max() <= 1
+        summary = json.loads((folder / "summary.json").read_text())
+        assert {"loss", "comprehensiveness", "sufficiency"} <= set(summary["scores"])
+        from PIL import Image
+
+        assert Image.open(folder / "series.png").size == (800, 3 * 120)
+    assert np.allclose(np.load(tmp_path / "series_0_npy" / "attribution.npy"),
+                       np.load(tmp_path / "series_csv" / "attribution.npy"), atol=1e-5)  # fmt: skip
+
+
+def test_training_is_reproducible_bit_for_bit():
+    data = state_dataset(100, 20, seed=3)
+
+    def weights():
+        torch.manual_seed(3)
+        model = SeriesClassifier("lstm", hidden=8)
+        train_classifier(model, data.x, data.y, TrainingSettings(epochs=2, seed=3))
+        return model.state_dict()
+
+    first, second = weights(), weights()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_save_refuses_other_files(tmp_path):
+    from engine.models import ModelError
+
+    torch.save({"something": 1}, tmp_path / "x.pt")
+    with pytest.raises(ModelError, match="not a saved series classifier"):
+        load_classifier(tmp_path / "x.pt")
+    model = SeriesClassifier("gru", hidden=4)
+    save_classifier(model, tmp_path / "m.pt", {"dataset": "state"})
+    assert load_classifier(tmp_path / "m.pt").spec.description.startswith("GRU")
+
+
+def test_extremal_mask_options_are_validated():
+    with pytest.raises(Exception, match="game"):
+        ExtremalMaskOptions(game="both")
+    assert ExtremalMask  # the registry entry wraps this class
