@@ -450,6 +450,10 @@ def _check_series(series: list[list[float]], settings: Settings) -> None:
 
 
 def _check_limits(parsed, settings: Settings) -> None:
+    kind = MODELS[parsed.model].input_kind
+    if kind not in get_method(parsed.method).input_kinds:
+        raise ApiError(422, "method_not_applicable",
+                       f"method {parsed.method} does not explain {kind} models")  # fmt: skip
     allowed = settings.allowed_methods.get(parsed.model)
     if allowed and parsed.method not in allowed:
         raise ApiError(

@@ -93,6 +93,7 @@ def test_bad_images(api, data, status, words):
         ({"image": "%%%not base64%%%", "method": "saliency"}, 422, ["base64"]),
         ({"sample": "chelsea", "method": "saliency", "seed": -1}, 422, ["seed"]),
         ({"sample": "chelsea", "method": "saliency", "metrics": ["xyz"]}, 422, ["unknown metric"]),
+        ({"sample": "chelsea", "method": "extremal_mask"}, 422, ["does not explain image"]),
         (
             {
                 "sample": "chelsea",
