@@ -207,10 +207,14 @@ def command_methods(args: argparse.Namespace) -> int:
         return 0
     for method in methods:
         print(f"{method['name']:<22} {method['family']:<9} {method['summary']}")
-        for field, schema in method["options_schema"].get("properties", {}).items():
-            default = schema.get("default", "")
-            print(f"    {field:<20} default={json.dumps(default)}  {schema.get('description', '')}")
+        _print_options(method["options_schema"])
     return 0
+
+
+def _print_options(schema: dict[str, Any]) -> None:
+    for field, entry in schema.get("properties", {}).items():
+        default = json.dumps(entry["default"]) if "default" in entry else "(required)"
+        print(f"    {field:<20} default={default}  {entry.get('description', '')}")
 
 
 def command_models(args: argparse.Namespace) -> int:
@@ -233,9 +237,7 @@ def command_metrics(args: argparse.Namespace) -> int:
     for metric in metrics:
         print(f"{metric['name']:<22} {metric['summary']}")
         print(f"    keys: {', '.join(metric['keys'])}; definition: {metric['definition']}")
-        for field, schema in metric["options_schema"].get("properties", {}).items():
-            default = schema.get("default", "(required)")
-            print(f"    {field:<20} default={json.dumps(default)}  {schema.get('description', '')}")
+        _print_options(metric["options_schema"])
     return 0
 
 

@@ -37,6 +37,13 @@ class OptionsError(ValueError):
     """Options that do not validate against a method's options model."""
 
 
+def validation_message(error: ValidationError) -> str:
+    """``field: problem; field: problem`` from a pydantic error."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}" for e in error.errors()
+    )
+
+
 @dataclass
 class MethodContext:
     """What a method builder may use besides its options."""
@@ -75,10 +82,7 @@ class MethodSpec:
         try:
             return self.options.model_validate(options or {})
         except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}"
-                for e in error.errors()
-            )
+            problems = validation_message(error)
             raise OptionsError(f"invalid options for {self.name}: {problems}") from error
 
     def describe(self) -> dict[str, Any]:

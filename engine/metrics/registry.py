@@ -24,6 +24,7 @@ from engine.masks.representation import (
     PixelRepresentation,
     Representation,
 )
+from engine.registry import validation_message
 
 
 class MetricOptions(BaseModel):
@@ -97,10 +98,7 @@ class MetricSpec:
         try:
             return self.options.model_validate(options or {})
         except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}"
-                for e in error.errors()
-            )
+            problems = validation_message(error)
             raise MetricError(f"invalid parameters for metric {self.name}: {problems}") from error
 
     def describe(self) -> dict[str, Any]:
