@@ -50,7 +50,7 @@ PAPER = {
 def classifier(dataset: str, cell: str, seed: int, args):
     data = DATASETS[dataset](args.series, args.length, seed)
     train_index, test_index = data.folds()[0]
-    train, test = data.subset(train_index), data.subset(test_index)
+    train, test = data.subset(train_index), data.subset(test_index[: args.test_series])
     torch.manual_seed(seed)
     model = SeriesClassifier(cell, hidden=args.hidden)
     started = time.perf_counter()
@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--series", type=int, default=1000)
     parser.add_argument("--length", type=int, default=200, help="the paper's: 200")
+    parser.add_argument("--test-series", type=int, default=200, help="explain the first N")
     parser.add_argument("--hidden", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--iterations", type=int, default=500)
@@ -86,7 +87,8 @@ def main() -> None:
     args = parser.parse_args()
     args.device = torch.device(args.device)
     steps = [s for s in (0, 50, 100, 300, 500) if s <= args.iterations]
-    print(f"{args.series} series of {args.length} steps, fold 0 (200 test series), seeds "
+    print(f"{args.series} series of {args.length} steps, fold 0 ({args.test_series} test series "
+          f"explained), seeds "
           f"{args.seeds}, {args.iterations} iterations, device {args.device}")  # fmt: skip
     for dataset in args.datasets:
         for cell in args.cells:

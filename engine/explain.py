@@ -103,7 +103,8 @@ def resolve_model(
         return cached_model(model, weights, str(torch.device(device or "cpu")))
     if isinstance(model, nn.Module):
         parameter = next(model.parameters(), None)
-        spec = ModelSpec(name=type(model).__name__, description="user module", build=None)
+        kind = getattr(model, "input_kind", "image")  # a series module says "timeseries"
+        spec = ModelSpec(type(model).__name__, "user module", None, input_kind=kind)
         dev = parameter.device if parameter is not None else torch.device(device or "cpu")
         return LoadedModel(spec, model, "user module", None, dev)
     raise ModelError(f"unsupported model of type {type(model).__name__}")
@@ -163,9 +164,12 @@ def explain(
 ) -> Explanation:
     """Explain ``model``'s decision on ``inputs`` with ``method``.
 
-    ``model``: a registered name, a config file path, a :class:`LoadedModel` or a plain module
-    (which must take [0, 1] pixels: put the normalisation inside). ``inputs``: a sample name,
-    file path, bytes, PIL image, array, (3, H, W) or (B, 3, H, W) tensor, or a list of these.
+    ``model``: a registered name, a config file path, a saved series classifier (``.pt``), a
+    :class:`LoadedModel` or a plain module (which must take [0, 1] pixels: put the
+    normalisation inside; a module with ``input_kind = "timeseries"`` takes (B, T, D) series).
+    ``inputs``: a sample name, file path, bytes, PIL image, array, (3, H, W) or (B, 3, H, W)
+    tensor, or a list of these; for series models a T × D array, tensor or .npy/.csv file, a
+    list of them, or a (B, T, D) tensor.
     ``target``: class index or label per image; default: the predicted class. ``options`` are
     validated by the method's options model. ``metrics``: quality metrics to score the result
     with, by name or as ``{"name": ..., **parameters}`` (see :mod:`engine.metrics`). The model

@@ -27,6 +27,8 @@ Cell = Literal["gru", "lstm"]
 class SeriesClassifier(nn.Module):
     """x (B, T, D) → logits (B, T); logit t sees x_{≤t} only."""
 
+    input_kind = "timeseries"  # read by explain() for plain modules
+
     def __init__(self, cell: Cell = "gru", features: int = 3, hidden: int = 200, dropout=0.5):
         super().__init__()
         self.cell, self.features, self.hidden = cell, features, hidden
