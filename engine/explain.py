@@ -289,7 +289,11 @@ def _series_probabilities(logits: Tensor) -> Tensor:
 def prepare_series(inputs) -> tuple[Tensor, list[SeriesRecord]]:
     """A series (T × D array, tensor, .npy/.csv path), a list of them, or a (B, T, D) tensor."""
     batch = isinstance(inputs, Tensor | np.ndarray) and inputs.ndim == 3
-    listed = isinstance(inputs, list | tuple) and not isinstance(inputs[0], float | int | list)
+    listed = (
+        isinstance(inputs, list | tuple)
+        and len(inputs) > 0
+        and not isinstance(inputs[0], float | int | list)
+    )
     sources = list(inputs) if batch or listed else [inputs]
     loaded = [load_series(source) for source in sources]
     if len({tuple(s.shape) for s in loaded}) != 1:

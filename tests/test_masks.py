@@ -13,7 +13,7 @@ from engine import explain
 from engine.data import load_image
 from engine.masks.inits import rank_transform
 from engine.masks.loop import total_variation
-from engine.masks.representation import PixelRepresentation
+from engine.masks.representation import PixelRepresentation, obfuscate
 from engine.masks.shearlet import ShearletRepresentation, build_system, standard_layout
 from engine.masks.wavelet import WaveletRepresentation
 
@@ -196,7 +196,10 @@ def test_pixel_representation_noise_statistics():
     model = PixelRepresentation().noise_model(x, [x], "uniform")
     assert torch.allclose(model.means[0].flatten(), x.flatten(1).mean(1))
     assert torch.allclose(model.stds[0].flatten(), x.flatten(1).std(1))
-    noise = model.sample([x], 1000, [torch.Generator().manual_seed(0)] * 2)[0]
+    # With an all-zero mask, an obfuscation is the noise itself.
+    unit = model.unit([x], 1000, [torch.Generator().manual_seed(0)] * 2)
+    empty = [torch.zeros(2, 1, 8, 8)]
+    noise, _ = obfuscate(PixelRepresentation(), [x], empty, model, unit, pixel_clamp=False)
     low, high = model.means[0] - model.stds[0], model.means[0] + model.stds[0]
     assert noise.shape == (2000, 3, 8, 8)
     assert (noise[:1000] >= low[0]).all() and (noise[:1000] <= high[0]).all()

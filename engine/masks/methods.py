@@ -20,7 +20,7 @@ from torch import Tensor
 from engine.attribution.base import Attribution, ScoreType
 from engine.masks.inits import InitKind, initial_masks, startgrad
 from engine.masks.loop import DistortionTarget, LoopSettings, MaskLoop, Objective, StopMetric
-from engine.masks.representation import PixelRepresentation, Representation
+from engine.masks.representation import PixelRepresentation, Representation, image_generators
 from engine.masks.shearlet import ShearletRepresentation
 from engine.masks.wavelet import WaveletRepresentation
 from engine.metrics.registry import MaskView
@@ -105,8 +105,7 @@ class MaskMethod(Attribution):
         representation = self.representation
         coefficients = representation.decompose(x)
         noise_model = representation.noise_model(x, coefficients, o.noise)
-        # One generator per image, all seeded alike: an image gets the same draws in any batch.
-        generators = [torch.Generator().manual_seed(self.ctx.seed) for _ in range(x.shape[0])]
+        generators = image_generators(self.ctx.seed, x.shape[0])
         shapes = representation.mask_shapes(coefficients)
         startgrad_masks = None
         if o.init.startswith("startgrad"):

@@ -40,15 +40,10 @@ class NoiseModel:
             drawn.append(torch.stack([draw(shape, generator=g) for g in generators]).to(c))
         return drawn
 
-    def sample(
-        self, coefficients: Coefficients, samples: int, generators: list[torch.Generator]
-    ) -> Coefficients:
-        """Noise μ + σ·u with shape (B·n, C or 1, ...) per group."""
-        units = self.unit(coefficients, samples, generators)
-        return [
-            (mean.unsqueeze(1) + std.unsqueeze(1) * u).flatten(0, 1)
-            for u, mean, std in zip(units, self.means, self.stds, strict=True)
-        ]
+
+def image_generators(seed: int, count: int) -> list[torch.Generator]:
+    """One generator per image, all seeded alike: an image gets the same draws in any batch."""
+    return [torch.Generator().manual_seed(seed) for _ in range(count)]
 
 
 def _uniform_pm1(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:

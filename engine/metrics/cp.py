@@ -64,11 +64,11 @@ def cp_shearletx(view: MaskView, options: MetricOptions) -> dict[str, Tensor]:
     normalised = max_normalised(view.explanation())
     retained = max_probability(view, normalised) / max_probability(view, x)
     pixel = pixel_share(normalised, x)
-    kept = [m * c for m, c in zip(view.masks, view.coefficients, strict=True)]
     if view.representation.name == "pixel":
         l1, information = pixel, entropy([normalised]) / entropy([x])
     else:
         l1 = l1_share(view.masks, view.coefficients)
+        kept = [m * c for m, c in zip(view.masks, view.coefficients, strict=True)]
         information = entropy(kept) / entropy(view.coefficients)
     return {
         "cp_l1_sx": retained / l1,

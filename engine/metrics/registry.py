@@ -23,6 +23,7 @@ from engine.masks.representation import (
     NoiseModel,
     PixelRepresentation,
     Representation,
+    image_generators,
 )
 from engine.registry import validation_message
 
@@ -63,8 +64,7 @@ class MaskView:
         return self.representation.reconstruct(kept).clamp(0, 1)
 
     def generators(self) -> list[torch.Generator]:
-        """One generator per image, seeded alike (an image gets the same draws in any batch)."""
-        return [torch.Generator().manual_seed(self.seed) for _ in range(self.x.shape[0])]
+        return image_generators(self.seed, self.x.shape[0])
 
 
 def heatmap_view(
