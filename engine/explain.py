@@ -216,7 +216,7 @@ def explain(
             generator,
             seed,
             progress,
-            extras or {},
+            dict(extras or {}),
         )
         attribution_method = spec.build(ctx, options)
         attribution_method.progress = progress
@@ -278,6 +278,35 @@ def explain(
         metadata=metadata,
         extras=getattr(attribution_method, "extras", {}),
     )
+
+
+def attribute(
+    model: nn.Module | LoadedModel,
+    x: Tensor,
+    method: str,
+    options: dict[str, Any] | MethodOptions | None = None,
+    *,
+    targets: Tensor | None = None,
+    seed: int = 0,
+    extras: dict[str, Any] | None = None,
+) -> Tensor:
+    """The attribution (shaped like x) of a ready batch x for ``targets`` (default: predicted).
+
+    The bare computation behind :func:`explain`, for dataset-scale work (metrics, ROAR,
+    benchmarks): no input loading or resizing, no metrics, no record; x is used as given.
+    """
+    spec = get_method(method)
+    options = spec.parse_options(options)
+    loaded = resolve_model(model, None, x.device)
+    with prepared(loaded.module) as net:
+        if targets is None:
+            with torch.no_grad():
+                targets = net(x).argmax(1)
+        size = (x.shape[-2], x.shape[-1])
+        generator = torch.Generator().manual_seed(seed)
+        ctx = MethodContext(net, loaded.spec, size, loaded.cam_layer, x.device, generator, seed,
+                            None, dict(extras or {}))  # fmt: skip
+        return spec.build(ctx, options).attribute(x, targets.to(x.device)).detach()
 
 
 def _series_probabilities(logits: Tensor) -> Tensor:

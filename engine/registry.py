@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
-from engine.attribution.base import Attribution, ProgressFn
+from engine.attribution.base import Attribution, BackwardRule, ProgressFn
 from engine.models import ModelSpec
 
 Reduction = Literal["abs_sum", "signed_sum", "max_abs"]
@@ -57,6 +57,8 @@ class MethodContext:
     seed: int = 0
     progress: ProgressFn | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. a reference set tensor
+    # Backward rules an add-on asks every gradient of the method to run under (CriGrad's filter).
+    rules: tuple[BackwardRule, ...] = ()
 
 
 ScoresFn = Callable[[MethodContext, Attribution, Tensor, Tensor, Tensor, Any], dict[str, Tensor]]
@@ -121,6 +123,9 @@ def all_methods() -> list[MethodSpec]:
 
 def _load_all() -> None:
     """Import the modules that register methods (once)."""
+    import engine.addons.crigrad
+    import engine.addons.gad
+    import engine.addons.pattern
     import engine.attribution.methods
     import engine.masks.extremal
     import engine.masks.methods  # noqa: F401

@@ -40,6 +40,29 @@ class BackwardRule(Protocol):
     def applied(self, model: nn.Module) -> contextlib.AbstractContextManager: ...
 
 
+class StackedRules:
+    """Several backward rules active together, entered in order (the first one's hooks run
+    first; e.g. Guided Backprop's rectifier rule, then an add-on's gradient filter)."""
+
+    def __init__(self, rules: list[BackwardRule]):
+        self.rules = rules
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for rule in self.rules:
+                stack.enter_context(rule.applied(model))
+            yield
+
+
+def stacked(*rules: BackwardRule | None) -> BackwardRule | None:
+    """One rule from several (``None`` entries dropped); ``None`` when there are none."""
+    present = [rule for rule in rules if rule is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+    return StackedRules(present)
+
+
 class GradientFn(Protocol):
     """``(x, targets) → ∂S/∂x`` with the shape of x."""
 

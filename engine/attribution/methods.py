@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from engine.attribution.base import Attribution, InputGradient, MethodError, ScoreType
+from engine.attribution.base import Attribution, InputGradient, MethodError, ScoreType, stacked
 from engine.attribution.expected_gradients import ExpectedGradients
 from engine.attribution.gradcam import GradCAM, GuidedGradCAM, Interpolation
 from engine.attribution.gradient import GradientXInput, Saliency
@@ -101,11 +101,11 @@ class GradCAMOptions(ScoreOptions):
     call_index: int = Field(-1, description="Which call of a layer run several times (-1: last).")
 
 
-def _gradient(ctx: MethodContext, options: ScoreOptions, rule=None) -> InputGradient:
-    return InputGradient(ctx.model, options.score, rule)
+def input_gradient(ctx: MethodContext, options: ScoreOptions, rule=None) -> InputGradient:
+    return InputGradient(ctx.model, options.score, stacked(rule, *ctx.rules))
 
 
-def _smoothed(ctx: MethodContext, options: GradientOptions, method: Attribution) -> Attribution:
+def smoothed(ctx: MethodContext, options: GradientOptions, method: Attribution) -> Attribution:
     if options.smoothing is None:
         return method
     s = options.smoothing
@@ -127,9 +127,11 @@ def _cam(ctx: MethodContext, options: GradCAMOptions) -> GradCAM:
     )
 
 
-def _integrated_gradients(ctx: MethodContext, options: IntegratedGradientsOptions) -> Attribution:
+def build_integrated_gradients(
+    ctx: MethodContext, options: IntegratedGradientsOptions
+) -> Attribution:
     method = IntegratedGradients(
-        _gradient(ctx, options),
+        input_gradient(ctx, options),
         options.baseline,
         options.steps,
         options.rule,
@@ -137,10 +139,10 @@ def _integrated_gradients(ctx: MethodContext, options: IntegratedGradientsOption
         options.blur_sigma,
         ctx.generator,
     )
-    return _smoothed(ctx, options, method)
+    return smoothed(ctx, options, method)
 
 
-def _ig_scores(ctx, method, x, attribution, targets, options) -> dict[str, Tensor]:
+def ig_scores(ctx, method, x, attribution, targets, options) -> dict[str, Tensor]:
     if not isinstance(method, IntegratedGradients):
         return {}  # a noise tunnel around IG has no completeness property
     gap = completeness_gap(ctx.model, x, method.last_baseline, attribution, targets, options.score)
@@ -149,7 +151,7 @@ def _ig_scores(ctx, method, x, attribution, targets, options) -> dict[str, Tenso
 
 def _smoothgrad(kind: SmoothingKind):
     def build(ctx: MethodContext, options: SmoothGradOptions) -> Attribution:
-        saliency = Saliency(_gradient(ctx, options))
+        saliency = Saliency(input_gradient(ctx, options))
         return NoiseTunnel(
             saliency, kind, options.samples, options.noise_level, options.batch_size, ctx.generator
         )
@@ -159,7 +161,7 @@ def _smoothgrad(kind: SmoothingKind):
 
 def _smoothgrad_ig(ctx: MethodContext, options: SmoothGradIGOptions) -> Attribution:
     gradient = SmoothedGradient(
-        _gradient(ctx, options), options.samples, options.noise_level, ctx.generator
+        input_gradient(ctx, options), options.samples, options.noise_level, ctx.generator
     )
     # Each path point expands to `samples` noisy rows: chunk the path so that a pass has at most
     # internal_batch_size rows.
@@ -184,13 +186,13 @@ def _expected_gradients(ctx: MethodContext, options: ExpectedGradientsOptions) -
 
         references = reference_set(options.references, ctx.input_size)
     method = ExpectedGradients(
-        _gradient(ctx, options),
+        input_gradient(ctx, options),
         references,
         options.samples,
         options.internal_batch_size,
         ctx.generator,
     )
-    return _smoothed(ctx, options, method)
+    return smoothed(ctx, options, method)
 
 
 register(
@@ -200,7 +202,7 @@ register(
         summary="Vanilla gradient ∂S_c/∂x (signed).",
         citation="Simonyan, Vedaldi & Zisserman, ICLR Workshop 2014",
         options=GradientOptions,
-        build=lambda ctx, o: _smoothed(ctx, o, Saliency(_gradient(ctx, o))),
+        build=lambda ctx, o: smoothed(ctx, o, Saliency(input_gradient(ctx, o))),
     )
 )
 register(
@@ -210,7 +212,7 @@ register(
         summary="Gradient × Input: x ⊙ ∂S_c/∂x.",
         citation="Shrikumar et al., arXiv:1605.01713, 2016",
         options=GradientOptions,
-        build=lambda ctx, o: _smoothed(ctx, o, GradientXInput(_gradient(ctx, o))),
+        build=lambda ctx, o: smoothed(ctx, o, GradientXInput(input_gradient(ctx, o))),
     )
 )
 register(
@@ -221,8 +223,8 @@ register(
         "completeness gap Σ IG − (S(x) − S(x')).",
         citation="Sundararajan, Taly & Yan, ICML 2017",
         options=IntegratedGradientsOptions,
-        build=_integrated_gradients,
-        scores=_ig_scores,
+        build=build_integrated_gradients,
+        scores=ig_scores,
     )
 )
 for _kind, _summary, _citation in [
@@ -273,7 +275,9 @@ register(
         summary="Guided Backpropagation: rectifier backward 1[x>0]·max(g,0).",
         citation="Springenberg et al., ICLR Workshop 2015",
         options=GradientOptions,
-        build=lambda ctx, o: _smoothed(ctx, o, Saliency(_gradient(ctx, o, GuidedBackpropRule()))),
+        build=lambda ctx, o: smoothed(
+            ctx, o, Saliency(input_gradient(ctx, o, GuidedBackpropRule()))
+        ),
     )
 )
 register(
@@ -283,7 +287,9 @@ register(
         summary="Deconvolution: rectifier backward max(g,0), ignoring the forward mask.",
         citation="Zeiler & Fergus, ECCV 2014",
         options=GradientOptions,
-        build=lambda ctx, o: _smoothed(ctx, o, Saliency(_gradient(ctx, o, DeconvolutionRule()))),
+        build=lambda ctx, o: smoothed(
+            ctx, o, Saliency(input_gradient(ctx, o, DeconvolutionRule()))
+        ),
     )
 )
 register(
@@ -299,7 +305,7 @@ register(
 
 
 def _guided_gradcam(ctx: MethodContext, options: GradCAMOptions) -> Attribution:
-    guided = Saliency(_gradient(ctx, options, GuidedBackpropRule()))
+    guided = Saliency(input_gradient(ctx, options, GuidedBackpropRule()))
     return GuidedGradCAM(_cam(ctx, options), guided)
 
 

@@ -16,21 +16,17 @@ import contextlib
 import io
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from engine.masks.representation import Coefficients, NoiseModel, Representation
+from engine.storage import cache_dir
 
 MIN_SIZE = 64  # pyShearLab builds no system below 64 pixels: smaller images are padded
 _MEMORY: dict[tuple[int, int, int, str], tuple[Tensor, Tensor]] = {}
 _LOCK = threading.Lock()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EXPLAINER_CACHE_DIR", Path.home() / ".cache" / "explainer"))
 
 
 def build_system(height: int, width: int, scales: int) -> tuple[np.ndarray, np.ndarray]:

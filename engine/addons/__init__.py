@@ -1,0 +1,61 @@
+"""Add-ons that wrap the gradient methods rather than copy them.
+
+- :mod:`engine.addons.pattern`: PatternNet, PatternAttribution, Pattern-Guided IG (the gradient
+  under a pattern backward rule);
+- :mod:`engine.addons.crigrad`: CriGrad, a gradient filter applied to any gradient method;
+- :mod:`engine.addons.gad`: GAD, the intersection of a gradient method's maps on the original
+  model and on support regression models.
+
+An add-on either runs a base method's builder with an extra backward rule in its
+:class:`~engine.registry.MethodContext` (every gradient the base computes then passes through the
+rule), or runs the base method on other models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from engine.attribution.base import Attribution, BackwardRule
+from engine.registry import MethodContext, MethodOptions, get_method
+
+# The methods built on the input gradient (the ones a backward rule reaches).
+GradientBase = Literal[
+    "saliency",
+    "gradient_x_input",
+    "integrated_gradients",
+    "smoothgrad",
+    "smoothgrad_sq",
+    "vargrad",
+    "smoothgrad_ig",
+    "expected_gradients",
+    "guided_backprop",
+    "deconvolution",
+]
+
+
+class AddonOptions(MethodOptions):
+    """An add-on's options: the base gradient method and that method's own options."""
+
+    base: GradientBase = Field("saliency", description="The gradient method the add-on wraps.")
+    base_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the base method (see GET /methods)."
+    )
+
+    @model_validator(mode="after")
+    def _validate_base_options(self) -> AddonOptions:
+        parsed = get_method(self.base).parse_options(self.base_options)
+        self.base_options = parsed.model_dump(mode="json")
+        return self
+
+
+def with_rule(ctx: MethodContext, rule: BackwardRule) -> MethodContext:
+    """The context with one more backward rule for every gradient built from it."""
+    return replace(ctx, rules=(*ctx.rules, rule))
+
+
+def build_base(ctx: MethodContext, base: str, base_options: dict[str, Any]) -> Attribution:
+    spec = get_method(base)
+    return spec.build(ctx, spec.parse_options(base_options))

@@ -1,0 +1,136 @@
+"""CriGrad (critical gradient), a labelled **reconstruction**: no CriGrad code or paper is public.
+
+The public README describes an add-on to input-gradient methods whose backward pass "filters
+gradient noise" at chosen layers. This module rebuilds it in the manner of RectGrad (Kim et al.
+2019) and PruneGrad (Khakzar et al. 2019), as specified in specs/gradient_methods.md §1.13:
+
+1. at each chosen layer l (default: the output of every ReLU/ReLU6 module) the gradient g_l
+   arrives during the ordinary backward pass;
+2. the importance of each unit is I_l = a_l ⊙ g_l ('gxi'), |a_l ⊙ g_l| ('abs_gxi') or |g_l|
+   ('abs_grad'), a_l being the layer's activation; per image the top fraction ρ of units is kept
+   (granularity 'unit', or 'channel' with I summed over H, W): m_l = 1[I_l ≥ q_{1−ρ}(I_l)];
+3. g_l ⊙ m_l flows on, so lower layers see gradients already filtered above (layer by layer
+   on the way down).
+
+The filtered input gradient ĝ_x then replaces ∂S/∂x inside any gradient method (Saliency, G×I,
+IG, SmoothGrad, ...): the filter is a backward rule, applied at every path point or noisy copy.
+With ρ = 1 every unit is kept and the result is the wrapped method's, exactly. Ties at the
+threshold are all kept, so slightly more than a fraction ρ may pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from engine.addons import AddonOptions, build_base, with_rule
+from engine.attribution.base import Attribution, MethodError
+from engine.attribution.rectifier_rules import RECTIFIER_MODULES
+from engine.registry import MethodContext, MethodSpec, register
+
+Importance = Literal["gxi", "abs_gxi", "abs_grad"]
+Granularity = Literal["unit", "channel"]
+
+
+def critical_mask(activation: Tensor, grad: Tensor, keep: float, importance: Importance,
+                  granularity: Granularity) -> Tensor:  # fmt: skip
+    """m = 1[I ≥ the ⌈ρ·n⌉-th largest I] per image, broadcastable to the gradient."""
+    if importance == "gxi":
+        scores = activation * grad
+    elif importance == "abs_gxi":
+        scores = (activation * grad).abs()
+    else:
+        scores = grad.abs()
+    if granularity == "channel" and scores.ndim > 2:
+        scores = scores.flatten(2).sum(2)
+    flat = scores.flatten(1)
+    count = flat.shape[1]
+    kept = min(count, max(1, math.ceil(keep * count)))
+    threshold = flat.kthvalue(count - kept + 1, dim=1, keepdim=True).values
+    mask = (flat >= threshold).view_as(scores)
+    while mask.ndim < grad.ndim:
+        mask = mask.unsqueeze(-1)
+    return mask.to(grad.dtype)
+
+
+class _CriticalFilter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, activation: Tensor, settings: tuple) -> Tensor:
+        ctx.save_for_backward(activation)
+        ctx.settings = settings
+        return activation.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (activation,) = ctx.saved_tensors
+        return grad * critical_mask(activation, grad, *ctx.settings), None
+
+
+class CriticalGradientRule:
+    """Backward rule: filter the gradient at the chosen layers' outputs (see the module doc)."""
+
+    def __init__(self, layers: list[str] | None = None, keep: float = 0.5,
+                 importance: Importance = "gxi", granularity: Granularity = "unit"):  # fmt: skip
+        self.layers = layers
+        self.settings = (keep, importance, granularity)
+
+    def modules(self, model: nn.Module) -> list[nn.Module]:
+        named = dict(model.named_modules())
+        if self.layers is None:
+            chosen = [m for m in named.values() if isinstance(m, RECTIFIER_MODULES)]
+            if not chosen:
+                raise MethodError("CriGrad found no nn.ReLU/nn.ReLU6 module; name its layers")
+            return chosen
+        unknown = [name for name in self.layers if name not in named]
+        if unknown:
+            raise MethodError(f"CriGrad layers not in the model: {', '.join(unknown)}")
+        return [named[name] for name in self.layers]
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        def filtered(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+            return _CriticalFilter.apply(output, self.settings)
+
+        handles = [m.register_forward_hook(filtered) for m in self.modules(model)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+class CriGradOptions(AddonOptions):
+    keep: float = Field(0.5, gt=0, le=1, description="ρ: fraction of units kept per layer.")
+    importance: Importance = Field(
+        "gxi", description="Unit ranking: activation×gradient (gxi), its absolute value, or |grad|."
+    )
+    granularity: Granularity = Field("unit", description="Rank single units or whole channels.")
+    layers: list[str] | None = Field(
+        None, description="Module paths filtered; default: every ReLU/ReLU6 module."
+    )
+
+
+def _crigrad(ctx: MethodContext, options: CriGradOptions) -> Attribution:
+    rule = CriticalGradientRule(options.layers, options.keep, options.importance,
+                                options.granularity)  # fmt: skip
+    return build_base(with_rule(ctx, rule), options.base, options.base_options)
+
+
+register(
+    MethodSpec(
+        name="crigrad",
+        family="addon",
+        summary="CriGrad (reconstruction): the base gradient method with the gradient kept only "
+        "through the top fraction ρ of units by activation×gradient at each ReLU, filtered "
+        "layer by layer on the way down. ρ = 1 gives the base method.",
+        citation="CriGrad README (no public code); reconstruction after RectGrad (Kim et al. 2019)",
+        options=CriGradOptions,
+        build=_crigrad,
+    )
+)

@@ -1,0 +1,132 @@
+"""PatternNet, PatternAttribution and Pattern-Guided IG: gradient methods under a pattern rule.
+
+- PatternNet (Kindermans et al., ICLR 2018): the backward pass with every weight W replaced by
+  its pattern A, an estimate of the signal in input space.
+- PatternAttribution (same paper): the backward pass with W ⊙ A.
+- Pattern-Guided IG (Schwarzenberg & Castle, ICML WHI 2020): Integrated Gradients whose path
+  gradients are PatternAttribution gradients; with A ≡ 1 it is IG.
+
+Each needs a pattern set estimated for the model's exact weights (``estimate_patterns``, or
+``python -m engine estimate-patterns``); by default the set stored in the cache for this model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from engine.addons import with_rule
+from engine.addons.pattern.estimate import (
+    PatternError,
+    PatternSet,
+    estimate_patterns,
+    model_fingerprint,
+)
+from engine.addons.pattern.rule import PatternKind, PatternRule
+from engine.attribution.gradient import Saliency
+from engine.attribution.methods import (
+    GradientOptions,
+    IntegratedGradientsOptions,
+    build_integrated_gradients,
+    ig_scores,
+    input_gradient,
+    smoothed,
+)
+from engine.registry import MethodContext, MethodSpec, register
+from engine.storage import cache_dir
+
+PatternsField = Field(
+    None,
+    description="Pattern file from `python -m engine estimate-patterns`; default: the set "
+    "stored in the cache for this model's weights (over the API only the default).",
+)
+
+
+class PatternOptions(GradientOptions):
+    patterns: str | None = PatternsField
+
+
+class PatternIGOptions(IntegratedGradientsOptions):
+    patterns: str | None = PatternsField
+
+
+def default_pattern_path(fingerprint: str) -> Path:
+    """Where the cache keeps the pattern set of the model with these weights."""
+    return cache_dir("patterns", f"{fingerprint[:24]}.pt")
+
+
+def resolve_patterns(ctx: MethodContext, path: str | None) -> PatternSet:
+    """The pattern set given in ``ctx.extras['patterns']``, at ``path``, or in the cache."""
+    given = ctx.extras.get("patterns")
+    if isinstance(given, PatternSet):
+        return given
+    if path is None:
+        fingerprint = model_fingerprint(ctx.model)
+        default = default_pattern_path(fingerprint)
+        if not default.is_file():
+            raise PatternError(
+                f"no patterns estimated for model {ctx.model_spec.name!r} with these weights "
+                f"(looked for {default}); run `python -m engine estimate-patterns --model "
+                f"{ctx.model_spec.name} IMAGE_FOLDER` first"
+            )
+        path = str(default)
+    return PatternSet.load(path)
+
+
+def _pattern_gradient(kind: PatternKind):
+    def build(ctx: MethodContext, options: PatternOptions):
+        rule = PatternRule(resolve_patterns(ctx, options.patterns), kind)
+        return smoothed(ctx, options, Saliency(input_gradient(with_rule(ctx, rule), options)))
+
+    return build
+
+
+def _pattern_guided_ig(ctx: MethodContext, options: PatternIGOptions):
+    rule = PatternRule(resolve_patterns(ctx, options.patterns), "attribution")
+    return build_integrated_gradients(with_rule(ctx, rule), options)
+
+
+_CITATION = "Kindermans et al., ICLR 2018 (Learning how to explain neural networks)"
+register(
+    MethodSpec(
+        name="pattern_net",
+        family="pattern",
+        summary="PatternNet: the backward pass with weights replaced by their patterns A; a "
+        "signal estimate in input space. Needs a pattern set for the model.",
+        citation=_CITATION,
+        options=PatternOptions,
+        build=_pattern_gradient("net"),
+    )
+)
+register(
+    MethodSpec(
+        name="pattern_attribution",
+        family="pattern",
+        summary="PatternAttribution: the backward pass with weights W ⊙ A. Needs a pattern set.",
+        citation=_CITATION,
+        options=PatternOptions,
+        build=_pattern_gradient("attribution"),
+    )
+)
+register(
+    MethodSpec(
+        name="pattern_guided_ig",
+        family="pattern",
+        summary="Pattern-Guided IG: Integrated Gradients with PatternAttribution path "
+        "gradients (equal to IG when A ≡ 1). Needs a pattern set.",
+        citation="Schwarzenberg & Castle, ICML WHI 2020 (Pattern-Guided Integrated Gradients)",
+        options=PatternIGOptions,
+        build=_pattern_guided_ig,
+        scores=ig_scores,
+    )
+)
+
+__all__ = [
+    "PatternError",
+    "PatternRule",
+    "PatternSet",
+    "default_pattern_path",
+    "estimate_patterns",
+    "model_fingerprint",
+]

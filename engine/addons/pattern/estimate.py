@@ -1,0 +1,198 @@
+"""Estimating PatternNet/PatternAttribution patterns in one streaming pass (Kindermans et al. 2018).
+
+For each output unit j of a layer with weights w_j, input x (a Conv's receptive-field patch,
+padding included; every output position is a sample) and y_j = w_jᵀx (no bias):
+
+- linear estimator:        a_j = cov(x, y_j) / (w_jᵀ cov(x, y_j))
+- two-component estimator: the same with every expectation over the samples where
+  z_j = w_jᵀx + b_j > 0 (the positive regime; after a ReLU the negative one does not matter).
+
+Statistics (count, Σx, Σy, Σxy per unit) accumulate in float64 over a dataset in eval mode; the
+denominator uses a safe divide (0 → 1). A pattern has its weight's shape. Grouped (depthwise)
+convolutions are estimated per group. The last weighted layer of the forward pass (the logits)
+is followed by no ReLU and always uses the linear estimator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.addons.pattern.layers import LayerCall, LayerCalls, weighted_layers
+from engine.attribution.base import MethodError, ProgressFn
+
+Estimator = Literal["two_component", "linear"]
+FORMAT = "explainer-patterns/1"
+
+
+class PatternError(MethodError):
+    """A pattern set that is missing, unreadable, or made for another model."""
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over the names and values of the model's parameters and buffers."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _samples(call: LayerCall) -> tuple[Tensor, Tensor, Tensor]:
+    """Inputs X (N, G, D_g), weights W (G, C_g, D_g) and biases (G, C_g), all float64."""
+    weight = call.weight.detach().double()
+    if call.is_conv:
+        kernel = weight.shape[-2:]
+        patches = F.unfold(call.x.detach().double(), kernel, call.dilation, call.padding,
+                           call.stride)  # fmt: skip
+        inputs = patches.transpose(1, 2).reshape(-1, patches.shape[1])  # (B·L, C_in·kh·kw)
+    else:
+        inputs = call.x.detach().double().reshape(-1, weight.shape[1])
+    groups = call.groups
+    out_channels = weight.shape[0]
+    x = inputs.view(inputs.shape[0], groups, -1)
+    w = weight.reshape(groups, out_channels // groups, -1)
+    bias = call.bias.detach().double() if call.bias is not None else torch.zeros(out_channels)
+    return x, w, bias.to(w).view(groups, -1)
+
+
+@dataclass
+class _Moments:
+    """Running sums for one layer and one regime: per unit count, Σx, Σy and Σxy."""
+
+    count: Tensor
+    sum_x: Tensor
+    sum_y: Tensor
+    sum_xy: Tensor
+
+    @classmethod
+    def zeros(cls, w: Tensor) -> _Moments:
+        groups, units, width = w.shape
+        return cls(
+            torch.zeros(groups, units, dtype=w.dtype, device=w.device),
+            torch.zeros(groups, units, width, dtype=w.dtype, device=w.device),
+            torch.zeros(groups, units, dtype=w.dtype, device=w.device),
+            torch.zeros(groups, units, width, dtype=w.dtype, device=w.device),
+        )
+
+    def add(self, x: Tensor, y: Tensor, mask: Tensor | None) -> None:
+        """x (N, G, D), y (N, G, C), mask (N, G, C) of the samples in this regime (None: all)."""
+        if mask is None:
+            self.count += x.shape[0]
+            self.sum_x += x.sum(0).unsqueeze(1)
+            self.sum_y += y.sum(0)
+        else:
+            self.count += mask.sum(0)
+            self.sum_x += torch.einsum("ngc,ngd->gcd", mask, x)
+            y = y * mask
+            self.sum_y += y.sum(0)
+        self.sum_xy += torch.einsum("ngc,ngd->gcd", y, x)
+
+    def pattern(self, w: Tensor) -> Tensor:
+        """a_j = cov_j / (w_jᵀ cov_j) with cov_j = E[x y_j] − E[x] E[y_j] (G, C, D)."""
+        count = self.count.clamp(min=1).unsqueeze(-1)
+        covariance = self.sum_xy / count - (self.sum_x / count) * (self.sum_y.unsqueeze(-1) / count)
+        denominator = (w * covariance).sum(-1, keepdim=True)
+        return covariance / torch.where(denominator == 0, torch.ones_like(denominator), denominator)
+
+
+@dataclass
+class PatternSet:
+    """Patterns A (one per weighted layer, the weight's shape) for one model's exact weights."""
+
+    model: str
+    fingerprint: str
+    estimator: Estimator
+    patterns: dict[str, Tensor]
+    layer_estimators: dict[str, Estimator]
+    samples: int  # images seen
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, model: nn.Module) -> None:
+        """Refuse a pattern set estimated for other weights."""
+        if model_fingerprint(model) != self.fingerprint:
+            raise PatternError(
+                f"these patterns were estimated for model {self.model!r} with weights "
+                f"{self.fingerprint[:12]}…; this model's weights differ: estimate patterns for it"
+            )
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"format": FORMAT, **vars(self)}
+        record["patterns"] = {k: v.float().cpu() for k, v in self.patterns.items()}
+        torch.save(record, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PatternSet:
+        try:
+            record = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except FileNotFoundError as error:
+            raise PatternError(f"no pattern file at {path}") from error
+        except Exception as error:  # a truncated or foreign file
+            raise PatternError(f"{path} is not a pattern file: {error}") from error
+        if not isinstance(record, dict) or record.pop("format", None) != FORMAT:
+            raise PatternError(f"{path} is not a pattern file ({FORMAT})")
+        return cls(**record)
+
+
+def estimate_patterns(
+    model: nn.Module,
+    batches: Iterable[Tensor],
+    *,
+    model_name: str = "",
+    estimator: Estimator = "two_component",
+    progress: ProgressFn | None = None,
+    total: int | None = None,
+) -> PatternSet:
+    """Patterns of every Conv2d/Linear layer from the input batches (one pass, eval mode)."""
+    layers = weighted_layers(model)
+    moments: dict[str, tuple[_Moments, _Moments | None]] = {}
+    weights: dict[str, Tensor] = {}
+    order: list[str] = []
+
+    def record(call: LayerCall) -> None:
+        x, w, bias = _samples(call)
+        y = torch.einsum("ngd,gcd->ngc", x, w)
+        if call.name not in moments:
+            order.append(call.name)
+            weights[call.name] = w
+            positive = _Moments.zeros(w) if estimator == "two_component" else None
+            moments[call.name] = (_Moments.zeros(w), positive)
+        everything, positive = moments[call.name]
+        everything.add(x, y, None)
+        if positive is not None:
+            positive.add(x, y, (y + bias > 0).to(y))
+
+    seen = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), LayerCalls(layers, record):
+            for batch in batches:
+                model(batch)
+                seen += batch.shape[0]
+                if progress is not None:
+                    progress(seen, total or seen)
+    finally:
+        model.train(was_training)
+    if not order:
+        raise PatternError("the model ran no Conv2d or Linear layer: nothing to estimate")
+    patterns, chosen = {}, {}
+    for name in order:
+        everything, positive = moments[name]
+        use_linear = positive is None or name == order[-1]
+        chosen[name] = "linear" if use_linear else "two_component"
+        stats = everything if use_linear else positive
+        shape = dict(model.named_modules())[name].weight.shape
+        patterns[name] = stats.pattern(weights[name]).reshape(shape).float()
+    return PatternSet(model_name, model_fingerprint(model), estimator, patterns, chosen, seen)

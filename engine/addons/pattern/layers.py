@@ -1,0 +1,124 @@
+"""Seeing every weighted layer call of a network as (input, weight, bias, conv geometry).
+
+Convolutions are intercepted at the ``conv2d``/``linear`` call rather than at the module, so
+what is seen is the tensor the weights actually multiply: a module that pads inside its own
+forward (EfficientNet's ``Conv2dStaticSamePadding``, ``padding_mode='reflect'``) is handled like
+a plain ``nn.Conv2d``. A call belongs to a layer when its weight *is* that layer's parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+WEIGHTED_LAYERS = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One call of a weighted layer; ``padding`` is explicit (int pairs), already applied to x
+    only where the caller padded it itself."""
+
+    name: str
+    x: Tensor
+    weight: Tensor
+    bias: Tensor | None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @property
+    def is_conv(self) -> bool:
+        return self.weight.ndim == 4
+
+    def output(self, weight: Tensor | None = None) -> Tensor:
+        """The layer's output with ``weight`` (default: its own) and its bias."""
+        weight = self.weight if weight is None else weight
+        if not self.is_conv:
+            return F.linear(self.x, weight, self.bias)
+        return F.conv2d(
+            self.x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def input_gradient(self, grad_output: Tensor, weight: Tensor) -> Tensor:
+        """∂/∂x of the layer with ``weight`` in place of its own: the transposed operation."""
+        if not self.is_conv:
+            return grad_output @ weight
+        return torch.nn.grad.conv2d_input(
+            self.x.shape,
+            weight,
+            grad_output,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+        )
+
+
+def weighted_layers(model: nn.Module) -> dict[int, str]:
+    """``id(weight) → module path`` for every Conv2d and Linear layer of ``model``."""
+    return {
+        id(module.weight): name
+        for name, module in model.named_modules()
+        if isinstance(module, WEIGHTED_LAYERS)
+    }
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, list | tuple) else (value, value)  # type: ignore[return-value]
+
+
+def _as_call(name: str, func, args: tuple, kwargs: dict) -> LayerCall:
+    if func is F.linear:
+        bound = dict(zip(("input", "weight", "bias"), args, strict=False), **kwargs)
+        return LayerCall(name, bound["input"], bound["weight"], bound.get("bias"))
+    keys = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    bound = dict(zip(keys, args, strict=False), **kwargs)
+    x, weight = bound["input"], bound["weight"]
+    dilation = _pair(bound.get("dilation", 1))
+    padding = bound.get("padding", 0)
+    if padding == "valid":
+        padding = 0
+    elif padding == "same":
+        # PyTorch's 'same': total d·(k−1) per side pair, the odd pixel on the right/bottom.
+        totals = [d * (k - 1) for d, k in zip(dilation, weight.shape[-2:], strict=True)]
+        x = F.pad(x, [totals[1] // 2, totals[1] - totals[1] // 2, totals[0] // 2,
+                      totals[0] - totals[0] // 2])  # fmt: skip
+        padding = 0
+    return LayerCall(
+        name,
+        x,
+        weight,
+        bound.get("bias"),
+        _pair(bound.get("stride", 1)),
+        _pair(padding),
+        dilation,
+        int(bound.get("groups", 1)),
+    )
+
+
+class LayerCalls(TorchFunctionMode):
+    """While active, every conv2d/linear call of a known layer goes through ``handle(call)``,
+    whose return value becomes the call's result (``None``: compute it as usual)."""
+
+    def __init__(self, layers: dict[int, str], handle: Callable[[LayerCall], Tensor | None]):
+        super().__init__()
+        self.layers = layers
+        self.handle = handle
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (F.conv2d, F.linear):
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            name = self.layers.get(id(weight))
+            if name is not None:
+                result = self.handle(_as_call(name, func, args, kwargs))
+                if result is not None:
+                    return result
+        return func(*args, **kwargs)
