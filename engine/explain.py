@@ -236,6 +236,7 @@ def explain(
                 if hasattr(attribution_method, "mask_view")
                 else heatmap_view(net, x, targets, heatmap, seed)
             )
+            view.heatmap = heatmap
             extra_scores.update(compute_metrics(view, metric_requests))
             timings["metrics_s"] = time.perf_counter() - tick
     attribution = attribution.detach().float().cpu()

@@ -25,14 +25,14 @@ from torch import Tensor, nn
 def important_pixels(heat: Tensor, binarisation: str = "top_fraction", top_fraction: float = 0.5,
                      threshold: float = 0.1) -> Tensor:  # fmt: skip
     """Boolean (B, H, W): the top fraction q of pixels of each map (ties broken by position,
-    stably), or the pixels with heat ≥ τ·max."""
+    stably; a pixel of zero heat is never important), or the pixels with heat ≥ τ·max > 0."""
     flat = heat.flatten(1)
     if binarisation == "threshold":
-        return (flat >= threshold * flat.amax(1, keepdim=True)).view_as(heat)
+        return ((flat >= threshold * flat.amax(1, keepdim=True)) & (flat > 0)).view_as(heat)
     count = max(1, math.ceil(top_fraction * flat.shape[1]))
     order = torch.argsort(flat, dim=1, descending=True, stable=True)[:, :count]
     kept = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
-    return kept.view_as(heat)
+    return (kept & (flat > 0)).view_as(heat)
 
 
 def convex_hull(mask: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -57,6 +57,12 @@ class MaskView:
     pixel_clamp: bool = True
     coefficient_clamp: bool = False
     history: list[dict[str, list[float]]] | None = None  # mask methods: per image, per iteration
+    heatmap: Tensor | None = None  # (B, H, W) the explanation's pixel heat map (pixel metrics)
+
+    def pixel_heatmap(self) -> Tensor:
+        if self.heatmap is None:
+            raise MetricError("this metric needs the explanation's pixel heat map")
+        return self.heatmap.to(self.x.device, self.x.dtype)
 
     def explanation(self) -> Tensor:
         """E = clamp(T⁻¹(m ⊙ c), 0, 1): the image with deleted coefficients set to 0."""
@@ -182,4 +188,5 @@ def _load_all() -> None:
     import engine.metrics.convergence
     import engine.metrics.cp
     import engine.metrics.faithfulness
-    import engine.metrics.hallucination  # noqa: F401
+    import engine.metrics.hallucination
+    import engine.metrics.perturbation  # noqa: F401

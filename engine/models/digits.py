@@ -25,14 +25,19 @@ class DigitsData:
     test_y: Tensor
 
 
-def load_digits_data(seed: int = 0, test_fraction: float = 0.2) -> DigitsData:
-    """scikit-learn's 1797 digits scaled from 0…16 to [0, 1], a seeded stratified split."""
+def load_digits_data(seed: int = 0, test_fraction: float = 0.2, size: int = 8) -> DigitsData:
+    """scikit-learn's 1797 digits scaled from 0…16 to [0, 1], a seeded stratified split;
+    ``size`` > 8 upsamples them bilinearly (finer maps for hull-based metrics)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     images = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
     labels = torch.tensor(digits.target, dtype=torch.long)
+    if size != 8:
+        images = torch.nn.functional.interpolate(
+            images, size=(size, size), mode="bilinear", align_corners=False
+        ).clamp(0, 1)
     train, test = train_test_split(
         np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels
     )
@@ -40,7 +45,8 @@ def load_digits_data(seed: int = 0, test_fraction: float = 0.2) -> DigitsData:
 
 
 class DigitsCNN(nn.Module):
-    """conv3×3(16)+BN+ReLU → conv3×3/2(32)+ReLU → depthwise conv3×3+ReLU → FC 64+ReLU → FC 10."""
+    """conv3×3(16)+BN+ReLU → conv3×3/2(32)+ReLU → depthwise conv3×3+ReLU → max-pool to 4×4 →
+    FC 64+ReLU → FC 10 (any input size ≥ 8)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,6 +58,7 @@ class DigitsCNN(nn.Module):
             nn.ReLU(),
             nn.Conv2d(32, 32, 3, padding=1, groups=32),
             nn.ReLU(),
+            nn.AdaptiveMaxPool2d(4),  # identity at 8×8 input; max-pool switches above
         )
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10)

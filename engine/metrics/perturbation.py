@@ -1,0 +1,241 @@
+"""Perturbation metrics of the gradient-method papers: how the output changes as the pixels an
+explanation ranks are removed. Rankings use the explanation's pixel heat map (the heat-map
+reduction of the request; pgig ranked the signed channel sum).
+
+- **Degradation** (pgig, after Samek et al. 2017; specs §2.1): the image is cut into p×p patches
+  ranked by their mean heat; at step t the t highest-ranked patches (MoRF), the t lowest (LeRF)
+  or t random ones are replaced by their own per-channel mean, for t = 0 … T. The curve of the
+  target's softmax probability is summarised by its normalised AUC, the trapezoid over [0, 1].
+  MoRF: lower is better; LeRF: higher is better. Step t removes ranks 0 … t−1 (pgig removed rank
+  t, never the top patch) and every pixel of a removed patch is replaced, whatever its value
+  (pgig wrote only where the mean was > 0).
+- **Pixel perturbation** (Srinivas & Fleuret 2019; specs §2.2): remove the fraction k of *least*
+  salient pixels and report |S_c(x̃) − S_c(x)| / |S_c(x)| (logit by default); lower is better,
+  compared with the same number of random pixels.
+- **Sensitivity-n** (Ancona et al., ICLR 2018; specs §2.3): for each n of a log-spaced grid,
+  N random feature subsets S with |S| = n are set to the baseline; the Pearson correlation over
+  the subsets between Σ_{i∈S} R_i and S_c(x) − S_c(x_{S=x'}) is the score at n.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from engine.attribution.base import ScoreType, class_scores
+from engine.metrics.registry import MaskView, MetricOptions, MetricSpec, register_metric
+
+BATCH = 128  # perturbed images per forward pass
+Order = Literal["morf", "lerf", "random"]
+Fill = Literal["channel_mean", "black"]
+
+
+@torch.no_grad()
+def scores_of(model: nn.Module, images: Tensor, targets: Tensor, score: ScoreType) -> Tensor:
+    """S_c of each image, in forward passes of at most BATCH images."""
+    parts = [
+        class_scores(model(images[s : s + BATCH]), targets[s : s + BATCH], score)
+        for s in range(0, images.shape[0], BATCH)
+    ]
+    return torch.cat(parts)
+
+
+def patch_ids(height: int, width: int, patch: int, device=None) -> tuple[Tensor, int]:
+    """The patch index of every pixel (H·W,) on a ⌈H/p⌉×⌈W/p⌉ grid, and the patch count."""
+    columns = math.ceil(width / patch)
+    rows = torch.arange(height, device=device) // patch
+    cols = torch.arange(width, device=device) // patch
+    return (rows[:, None] * columns + cols[None, :]).flatten(), math.ceil(height / patch) * columns
+
+
+def patch_means(values: Tensor, ids: Tensor, count: int) -> Tensor:
+    """Mean of (B, C, H·W) values over each patch → (B, C, P)."""
+    sums = torch.zeros(*values.shape[:2], count, dtype=values.dtype, device=values.device)
+    sizes = torch.bincount(ids, minlength=count).to(values.dtype)
+    return sums.index_add_(2, ids, values) / sizes
+
+
+def ranking(values: Tensor, order: Order, generator: torch.Generator | None = None) -> Tensor:
+    """(B, F) → rank of each feature (0 removed first): by descending value (MoRF), ascending
+    (LeRF) or random; ties broken by position."""
+    if order == "random":
+        keys = torch.rand(values.shape, generator=generator).to(values.device)
+    else:
+        keys = -values if order == "morf" else values
+    positions = torch.argsort(keys, dim=1, stable=True)
+    return torch.argsort(positions, dim=1)
+
+
+def normalised_auc(curve: Tensor) -> Tensor:
+    """Trapezoid over an x-axis of [0, 1] with the curve's points evenly spaced: (B, T+1) → (B,)."""
+    if curve.shape[1] == 1:
+        return curve[:, 0]
+    return (curve.sum(1) - (curve[:, 0] + curve[:, -1]) / 2) / (curve.shape[1] - 1)
+
+
+def degradation_curve(model: nn.Module, x: Tensor, targets: Tensor, heat: Tensor, *,
+                      patch: int = 9, steps: int | None = None, order: Order = "morf",
+                      score: ScoreType = "softmax",
+                      generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+    """S_c after removing 0 … T patches in ``order`` (B, T+1); T = all patches by default."""
+    batch, _, height, width = x.shape
+    ids, count = patch_ids(height, width, patch, x.device)
+    steps = count if steps is None else min(steps, count)
+    fill = patch_means(x.flatten(2), ids, count)[:, :, ids].view_as(x)
+    ranks = ranking(patch_means(heat.flatten(1)[:, None], ids, count)[:, 0], order, generator)
+    step = torch.arange(steps + 1, device=x.device)
+    removed = (ranks[:, None, :] < step[None, :, None])[:, :, ids]  # (B, T+1, H·W)
+    removed = removed.view(batch, steps + 1, 1, height, width)
+    images = torch.where(removed, fill[:, None], x[:, None]).flatten(0, 1)
+    curve = scores_of(model, images, targets.repeat_interleave(steps + 1), score)
+    return curve.view(batch, steps + 1)
+
+
+def fill_values(x: Tensor, fill: Fill) -> Tensor:
+    if fill == "black":
+        return torch.zeros_like(x)
+    return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+
+
+def pixel_perturbation(model: nn.Module, x: Tensor, targets: Tensor, heat: Tensor, *,
+                       fraction: float = 0.1, fill: Fill = "channel_mean",
+                       order: Order = "lerf", score: ScoreType = "logit",
+                       generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+    """|S_c(x̃) − S_c(x)| / |S_c(x)| with the ⌊k·H·W⌉ least salient (``lerf``) or random pixels
+    replaced; (B,)."""
+    count = round(fraction * heat[0].numel())
+    removed = (ranking(heat.flatten(1), order, generator) < count).view(heat.shape).unsqueeze(1)
+    perturbed = torch.where(removed, fill_values(x, fill), x)
+    clean, changed = scores_of(model, torch.cat([x, perturbed]), targets.repeat(2), score).chunk(2)
+    return (changed - clean).abs() / clean.abs().clamp(min=1e-12)
+
+
+def sensitivity_grid(features: int, points: int = 6, max_fraction: float = 0.8) -> list[int]:
+    """Log-spaced subset sizes n from 1 to max_fraction · features (distinct integers)."""
+    top = max(1, int(max_fraction * features))
+    return sorted({round(n) for n in np.geomspace(1, top, points)})
+
+
+def pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Correlation along the last axis; 0 where either side is constant."""
+    a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+    denominator = (a.square().sum(-1) * b.square().sum(-1)).sqrt()
+    return torch.where(denominator > 0, (a * b).sum(-1) / denominator.clamp(min=1e-30), 0.0)
+
+
+def sensitivity_n(model: nn.Module, x: Tensor, targets: Tensor, heat: Tensor, grid: list[int], *,
+                  subsets: int = 64, patch: int = 1, score: ScoreType = "logit",
+                  generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+    """Pearson correlation per image and per n of ``grid`` (B, len(grid)); baseline 0 (black),
+    features = p×p patches (R summed over each)."""
+    batch, _, height, width = x.shape
+    ids, count = patch_ids(height, width, patch, x.device)
+    relevance = patch_means(heat.flatten(1)[:, None], ids, count)[:, 0]
+    relevance = relevance * torch.bincount(ids, minlength=count).to(relevance)  # sums per patch
+    clean = scores_of(model, x, targets, score)
+    result = torch.zeros(batch, len(grid), dtype=x.dtype, device=x.device)
+    for b in range(batch):
+        keys = torch.rand(len(grid), subsets, count, generator=generator).to(x.device)
+        ranks = torch.argsort(torch.argsort(keys, dim=-1), dim=-1)
+        chosen = ranks < torch.tensor(grid, device=x.device).view(-1, 1, 1)  # (G, N, F)
+        sums = (chosen * relevance[b]).sum(-1)
+        pixels = chosen[..., ids].view(-1, 1, height, width)
+        images = torch.where(pixels, torch.zeros((), dtype=x.dtype, device=x.device), x[b])
+        drops = clean[b] - scores_of(model, images, targets[b].expand(len(images)), score)
+        result[b] = pearson(sums, drops.view(len(grid), subsets))
+    return result
+
+
+class DegradationOptions(MetricOptions):
+    patch: int = Field(9, ge=1, le=64, description="Patch side p in pixels (pgig: 9).")
+    fraction: float = Field(
+        0.16, gt=0, le=1, description="Share of patches removed by the last step (pgig: 16%)."
+    )
+
+
+def _degradation(view: MaskView, options: DegradationOptions) -> dict[str, Tensor]:
+    heat, (height, width) = view.pixel_heatmap(), view.x.shape[-2:]
+    count = patch_ids(height, width, options.patch)[1]
+    steps = max(1, math.ceil(options.fraction * count))
+    generator = torch.Generator().manual_seed(view.seed)
+    curves = {
+        order: degradation_curve(view.model, view.x, view.targets, heat, patch=options.patch,
+                                 steps=steps, order=order, generator=generator)
+        for order in ("morf", "lerf", "random")
+    }  # fmt: skip
+    return {f"degradation_{order}": normalised_auc(curve) for order, curve in curves.items()}
+
+
+class PixelPerturbationOptions(MetricOptions):
+    fraction: float = Field(0.1, gt=0, lt=1, description="Share k of least salient pixels.")
+    fill: Fill = Field("channel_mean", description="Replacement: the image's mean colour or 0.")
+
+
+def _pixel_perturbation(view: MaskView, options: PixelPerturbationOptions) -> dict[str, Tensor]:
+    generator = torch.Generator().manual_seed(view.seed)
+    common = dict(fraction=options.fraction, fill=options.fill)
+    heat = view.pixel_heatmap()
+    return {
+        "pixel_perturbation": pixel_perturbation(view.model, view.x, view.targets, heat, **common),
+        "pixel_perturbation_random": pixel_perturbation(
+            view.model, view.x, view.targets, heat, order="random", generator=generator, **common
+        ),
+    }
+
+
+class SensitivityOptions(MetricOptions):
+    points: int = Field(6, ge=1, le=32, description="Subset sizes n on a log grid.")
+    subsets: int = Field(64, ge=3, le=1000, description="Random subsets N per n.")
+    max_fraction: float = Field(0.8, gt=0, le=1, description="Largest n as a share of features.")
+    patch: int = Field(1, ge=1, le=64, description="Feature = p×p pixel patch.")
+
+
+def _sensitivity_n(view: MaskView, options: SensitivityOptions) -> dict[str, Tensor]:
+    height, width = view.x.shape[-2:]
+    features = patch_ids(height, width, options.patch)[1]
+    grid = sensitivity_grid(features, options.points, options.max_fraction)
+    correlations = sensitivity_n(
+        view.model, view.x, view.targets, view.pixel_heatmap(), grid, subsets=options.subsets,
+        patch=options.patch, generator=torch.Generator().manual_seed(view.seed),
+    )  # fmt: skip
+    return {"sensitivity_n": correlations.mean(1)}
+
+
+register_metric(
+    MetricSpec(
+        name="degradation",
+        summary="Normalised AUC of the target probability as the most (MoRF), least (LeRF) or "
+        "randomly ranked patches are replaced by their mean (MoRF: lower is better).",
+        definition="Degradation test (pgig, Schwarzenberg & Castle 2020; Samek et al. 2017)",
+        options=DegradationOptions,
+        compute=_degradation,
+        keys=("degradation_morf", "degradation_lerf", "degradation_random"),
+    )
+)
+register_metric(
+    MetricSpec(
+        name="pixel_perturbation",
+        summary="Fractional logit change when the least salient fraction of pixels is removed "
+        "(lower is better), and for as many random pixels.",
+        definition="Pixel perturbation (Srinivas & Fleuret, NeurIPS 2019)",
+        options=PixelPerturbationOptions,
+        compute=_pixel_perturbation,
+        keys=("pixel_perturbation", "pixel_perturbation_random"),
+    )
+)
+register_metric(
+    MetricSpec(
+        name="sensitivity_n",
+        summary="Mean over a log grid of n of the correlation between the attribution summed "
+        "over n random features and the logit drop when they are zeroed (higher is better).",
+        definition="Sensitivity-n (Ancona et al., ICLR 2018)",
+        options=SensitivityOptions,
+        compute=_sensitivity_n,
+        keys=("sensitivity_n",),
+    )
+)
