@@ -94,10 +94,109 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     train.add_argument("--out", required=True, help="model file (.pt); a .json record beside it")
 
+    patterns = sub.add_parser(
+        "estimate-patterns",
+        help="estimate PatternNet/PatternAttribution patterns of a model from a folder of images",
+    )
+    patterns.add_argument("images", help="folder of PNG/JPEG/WebP images (training-like data)")
+    _model_arguments(patterns)
+    patterns.add_argument("--estimator", default="two_component",
+                          choices=["two_component", "linear"])  # fmt: skip
+    patterns.add_argument("--out", help="pattern file (default: the cache, found automatically)")
+
+    gad = sub.add_parser(
+        "train-gad", help="train GAD support networks for a class pair from two image folders"
+    )
+    _model_arguments(gad)
+    for side in ("a", "b"):
+        gad.add_argument(f"--class-{side}", required=True, help="class label or index")
+        gad.add_argument(f"--images-{side}", required=True, help="folder of that class's images")
+    gad.add_argument("--alphas", default="2,4,6,8", help="logit offsets, one network each")
+    gad.add_argument("--epochs", type=int, default=10)
+    gad.add_argument("--learning-rate", type=float, default=4e-5)
+    gad.add_argument("--seed", type=int, default=0)
+    gad.add_argument("--out", help="support set file (default: the cache, found automatically)")
+
     for name in ("methods", "models", "metrics"):
         listing = sub.add_parser(name, help=f"list {name}")
         listing.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="efficientnet_lite0", help="model name or config file")
+    parser.add_argument("--weights", help="weights file (torchvision models)")
+    parser.add_argument("--image-size", type=int, help="square input size (default: the model's)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+
+
+def _load_for_training(args: argparse.Namespace):
+    """The loaded model and the square image size (h, w) the command works at."""
+    from engine.models import load_model
+
+    loaded = load_model(args.model, args.weights, args.device)
+    if loaded.spec.input_kind != "image":
+        raise OptionsError(f"{args.model} is not an image model")
+    size = (args.image_size,) * 2 if args.image_size else loaded.spec.input_size
+    return loaded, size
+
+
+def command_estimate_patterns(args: argparse.Namespace) -> int:
+    from engine.addons.pattern import default_pattern_path, estimate_patterns
+    from engine.data import image_batches, image_files
+
+    loaded, size = _load_for_training(args)
+    files = image_files(args.images)
+    batches = (b.to(loaded.device) for b in image_batches(files, size, args.batch_size))
+    progress, close = _progress_bar(sys.stderr.isatty())
+    try:
+        patterns = estimate_patterns(loaded.module, batches, model_name=loaded.spec.name,
+                                     estimator=args.estimator, progress=progress,
+                                     total=len(files))  # fmt: skip
+    finally:
+        close()
+    patterns.source = f"{args.images} ({len(files)} images at {size[0]}×{size[1]})"
+    path = patterns.save(args.out or default_pattern_path(patterns.fingerprint))
+    print(f"patterns of {len(patterns.patterns)} layers of {loaded.spec.name} from "
+          f"{patterns.samples} images; saved {path}")  # fmt: skip
+    return 0
+
+
+def command_train_gad(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.addons.gad import train_support_set
+    from engine.data import image_batches, image_files
+
+    loaded, size = _load_for_training(args)
+    classes = (loaded.spec.class_index(args.class_a), loaded.spec.class_index(args.class_b))
+    images, labels = [], []
+    for cls, folder in zip(classes, (args.images_a, args.images_b), strict=True):
+        files = image_files(folder)
+        images.append(torch.cat(list(image_batches(files, size, args.batch_size))))
+        labels.append(torch.full((len(files),), cls, dtype=torch.long))
+    try:
+        alphas = tuple(float(a) for a in args.alphas.split(","))
+    except ValueError:
+        raise OptionsError(
+            f"--alphas must be numbers separated by commas: {args.alphas!r}"
+        ) from None
+    progress, close = _progress_bar(sys.stderr.isatty())
+    try:
+        support = train_support_set(
+            loaded.module, torch.cat(images).to(loaded.device), torch.cat(labels).to(loaded.device),
+            classes, alphas=alphas, epochs=args.epochs, lr=args.learning_rate,
+            batch_size=args.batch_size, seed=args.seed, model_name=loaded.spec.name,
+            progress=progress,
+        )  # fmt: skip
+    finally:
+        close()
+    path = support.save(args.out)
+    for alpha, losses in zip(support.alphas, support.losses, strict=True):
+        print(f"  α={alpha:g}: MSE {losses[0]:.4g} → {losses[-1]:.4g} over {len(losses)} epochs")
+    print(f"GAD support set for classes {classes} of {loaded.spec.name}; saved {path}")
+    return 0
 
 
 def _progress_bar(enabled: bool):
@@ -249,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         "models": command_models,
         "metrics": command_metrics,
         "train-series": command_train_series,
+        "estimate-patterns": command_estimate_patterns,
+        "train-gad": command_train_gad,
     }
     try:
         return handlers[args.command](args)

@@ -268,3 +268,30 @@ def test_gad_class_is_an_intersection():
     gad = GAD([Fixed(a), Fixed(b)], "top_fraction", 0.5)
     got = gad.attribute(torch.zeros(1, 1, 2, 2), torch.tensor([0]))
     torch.testing.assert_close(got, torch.tensor([[[[0.0, 3.0], [0.0, 0.0]]]]))
+
+
+def test_a_batchnorm_after_a_layer_is_folded_into_it():
+    """Patterns and pattern methods of Linear → BatchNorm → ReLU equal those of the one Linear
+    layer with the BatchNorm folded into its weights and bias (an independent construction)."""
+    torch.manual_seed(3)
+    layer, norm = nn.Linear(5, 4), nn.BatchNorm1d(4)
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.5, 2)
+    norm.weight.data.uniform_(-2, 2)  # negative scales included
+    norm.bias.data.uniform_(-1, 1)
+    head = nn.Linear(4, 3)
+    with_norm = nn.Sequential(layer, norm, nn.ReLU(), head).eval()
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    folded_layer = nn.Linear(5, 4)
+    folded_layer.weight.data = layer.weight * scale[:, None]
+    folded_layer.bias.data = (layer.bias - norm.running_mean) * scale + norm.bias
+    folded = nn.Sequential(folded_layer, nn.ReLU(), head).eval()
+    data = [torch.randn(400, 5)]
+    ours, reference = estimate_patterns(with_norm, data), estimate_patterns(folded, data)
+    assert ours.layer_estimators["0"] == "two_component" and "0" in ours.scales
+    torch.testing.assert_close(ours.patterns["0"], reference.patterns["0"], rtol=1e-4, atol=1e-5)
+    x, targets = torch.randn(3, 5), torch.tensor([0, 1, 2])
+    for method in ("pattern_attribution", "pattern_net"):
+        got = attribute(with_norm, x, method, targets=targets, extras={"patterns": ours})
+        expected = attribute(folded, x, method, targets=targets, extras={"patterns": reference})
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)

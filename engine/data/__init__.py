@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -83,13 +84,30 @@ def reference_set(
     if name == "samples":
         sources: list[ImageSource] = list(SAMPLES)
     else:
-        folder = Path(name)
-        if not folder.is_dir():
+        if not Path(name).is_dir():
             raise InputError(f"reference set {name!r} is neither 'samples' nor a folder")
-        sources = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-        if not sources:
-            raise InputError(f"no PNG/JPEG/WebP images in {folder}")
+        sources = image_files(name)
     return torch.stack([load_image(source, size, policy)[0] for source in sources])
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The PNG/JPEG/WebP files of a folder, sorted; an error when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"no PNG/JPEG/WebP images in {folder}")
+    return files
+
+
+def image_batches(
+    files: list[Path], size: tuple[int, int], batch_size: int, policy: ResizePolicy = "center_crop"
+) -> Iterator[torch.Tensor]:
+    """(b, 3, h, w) batches of the files, loaded lazily (a folder need not fit in memory)."""
+    for start in range(0, len(files), batch_size):
+        part = files[start : start + batch_size]
+        yield torch.stack([load_image(path, size, policy)[0] for path in part])
 
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -108,6 +126,8 @@ __all__ = [
     "InputRecord",
     "decode_image",
     "fit_to_size",
+    "image_batches",
+    "image_files",
     "image_to_tensor",
     "load_image",
     "load_sample",

@@ -8,9 +8,15 @@ padding included; every output position is a sample) and y_j = w_jᵀx (no bias)
   z_j = w_jᵀx + b_j > 0 (the positive regime; after a ReLU the negative one does not matter).
 
 Statistics (count, Σx, Σy, Σxy per unit) accumulate in float64 over a dataset in eval mode; the
-denominator uses a safe divide (0 → 1). A pattern has its weight's shape. Grouped (depthwise)
-convolutions are estimated per group. The last weighted layer of the forward pass (the logits)
-is followed by no ReLU and always uses the linear estimator.
+denominator uses a safe divide (0 → 1). A pattern has its weight's shape; grouped (depthwise)
+convolutions are estimated per group.
+
+Which estimator and which weights: a first forward pass follows each layer's output. An
+eval-mode BatchNorm right after a layer is folded into it (w'_j = s_j w_j, b'_j = s_j b_j + t_j),
+so the regime z'_j > 0 is the one the following ReLU sees, and the pattern is the folded layer's.
+Layers whose output (after that BatchNorm) enters a rectifier use the two-component estimator
+(when asked for), all others (the logits, a projection before a residual sum) the linear one,
+as iNNvestigate does. ReLU6's upper saturation is not modelled (regime z' > 0).
 """
 
 from __future__ import annotations
@@ -25,7 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.addons.pattern.layers import LayerCall, LayerCalls, weighted_layers
+from engine.addons.pattern.layers import (
+    LayerCall,
+    LayerCalls,
+    LayerContext,
+    layer_contexts,
+    weighted_layers,
+)
 from engine.attribution.base import MethodError, ProgressFn
 
 Estimator = Literal["two_component", "linear"]
@@ -45,8 +57,8 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _samples(call: LayerCall) -> tuple[Tensor, Tensor, Tensor]:
-    """Inputs X (N, G, D_g), weights W (G, C_g, D_g) and biases (G, C_g), all float64."""
+def _samples(call: LayerCall, context: LayerContext) -> tuple[Tensor, Tensor, Tensor]:
+    """Inputs X (N, G, D_g), (folded) weights W (G, C_g, D_g) and biases (G, C_g), float64."""
     weight = call.weight.detach().double()
     if call.is_conv:
         kernel = weight.shape[-2:]
@@ -60,7 +72,11 @@ def _samples(call: LayerCall) -> tuple[Tensor, Tensor, Tensor]:
     x = inputs.view(inputs.shape[0], groups, -1)
     w = weight.reshape(groups, out_channels // groups, -1)
     bias = call.bias.detach().double() if call.bias is not None else torch.zeros(out_channels)
-    return x, w, bias.to(w).view(groups, -1)
+    bias = bias.to(w)
+    if context.scale is not None:
+        w = w * context.scale.to(w).view(groups, -1, 1)
+        bias = bias * context.scale.to(w) + context.shift.to(w)
+    return x, w, bias.view(groups, -1)
 
 
 @dataclass
@@ -110,10 +126,11 @@ class PatternSet:
     model: str
     fingerprint: str
     estimator: Estimator
-    patterns: dict[str, Tensor]
+    patterns: dict[str, Tensor]  # of the layer with its BatchNorm folded in, where it has one
     layer_estimators: dict[str, Estimator]
     samples: int  # images seen
     source: str = ""
+    scales: dict[str, Tensor] = field(default_factory=dict)  # folded BatchNorm scale s per unit
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self, model: nn.Module) -> None:
@@ -129,6 +146,7 @@ class PatternSet:
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"format": FORMAT, **vars(self)}
         record["patterns"] = {k: v.float().cpu() for k, v in self.patterns.items()}
+        record["scales"] = {k: v.float().cpu() for k, v in self.scales.items()}
         torch.save(record, path)
         return path
 
@@ -158,41 +176,44 @@ def estimate_patterns(
     layers = weighted_layers(model)
     moments: dict[str, tuple[_Moments, _Moments | None]] = {}
     weights: dict[str, Tensor] = {}
-    order: list[str] = []
+    contexts: dict[str, LayerContext] = {}
 
     def record(call: LayerCall) -> None:
-        x, w, bias = _samples(call)
+        context = contexts.get(call.name, LayerContext())
+        x, w, bias = _samples(call, context)
         y = torch.einsum("ngd,gcd->ngc", x, w)
         if call.name not in moments:
-            order.append(call.name)
             weights[call.name] = w
-            positive = _Moments.zeros(w) if estimator == "two_component" else None
-            moments[call.name] = (_Moments.zeros(w), positive)
+            two_component = estimator == "two_component" and context.rectified
+            moments[call.name] = (_Moments.zeros(w), _Moments.zeros(w) if two_component else None)
         everything, positive = moments[call.name]
-        everything.add(x, y, None)
-        if positive is not None:
+        if positive is None:
+            everything.add(x, y, None)
+        else:
             positive.add(x, y, (y + bias > 0).to(y))
 
     seen = 0
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), LayerCalls(layers, record):
-            for batch in batches:
+        for batch in batches:
+            if not contexts:
+                contexts.update(layer_contexts(model, batch[:1]))
+            with torch.no_grad(), LayerCalls(layers, record):
                 model(batch)
-                seen += batch.shape[0]
-                if progress is not None:
-                    progress(seen, total or seen)
+            seen += batch.shape[0]
+            if progress is not None:
+                progress(seen, total or seen)
     finally:
         model.train(was_training)
-    if not order:
+    if not moments:
         raise PatternError("the model ran no Conv2d or Linear layer: nothing to estimate")
+    modules = dict(model.named_modules())
     patterns, chosen = {}, {}
-    for name in order:
-        everything, positive = moments[name]
-        use_linear = positive is None or name == order[-1]
-        chosen[name] = "linear" if use_linear else "two_component"
-        stats = everything if use_linear else positive
-        shape = dict(model.named_modules())[name].weight.shape
-        patterns[name] = stats.pattern(weights[name]).reshape(shape).float()
-    return PatternSet(model_name, model_fingerprint(model), estimator, patterns, chosen, seen)
+    for name, (everything, positive) in moments.items():
+        chosen[name] = "linear" if positive is None else "two_component"
+        stats = everything if positive is None else positive
+        patterns[name] = stats.pattern(weights[name]).reshape(modules[name].weight.shape).float()
+    scales = {name: c.scale.float() for name, c in contexts.items() if c.scale is not None}
+    return PatternSet(model_name, model_fingerprint(model), estimator, patterns, chosen, seen,
+                      scales=scales)  # fmt: skip

@@ -122,3 +122,74 @@ class LayerCalls(TorchFunctionMode):
                 if result is not None:
                     return result
         return func(*args, **kwargs)
+
+
+_RECTIFIERS = {F.relu, F.relu_, F.relu6, F.hardtanh, F.hardtanh_, torch.relu, torch.relu_,
+               Tensor.relu, Tensor.relu_}  # fmt: skip
+
+
+_BATCH_NORM_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training",
+                    "momentum", "eps")  # fmt: skip
+
+
+@dataclass
+class LayerContext:
+    """What follows a weighted layer: an eval-mode BatchNorm folded into it as y ↦ s·y + t
+    (per output channel), and whether its (folded) output enters a rectifier."""
+
+    scale: Tensor | None = None
+    shift: Tensor | None = None
+    rectified: bool = False
+
+
+class _Topology(TorchFunctionMode):
+    """Follows layer outputs by identity through one forward pass (outputs are kept alive, so
+    an id cannot be reused within the pass)."""
+
+    def __init__(self, layers: dict[int, str]):
+        super().__init__()
+        self.layers = layers
+        self.found: dict[str, LayerContext] = {}
+        self.outputs: dict[int, str] = {}
+        self.alive: list[Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        source = self.outputs.get(id(args[0])) if args and isinstance(args[0], Tensor) else None
+        if func in (F.conv2d, F.linear):
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            name = self.layers.get(id(weight))
+            if name is not None:
+                self.found.setdefault(name, LayerContext())
+                self._follow(result, name)
+        elif source is not None and func is F.batch_norm:
+            bound = dict(zip(_BATCH_NORM_ARGS, args, strict=False), **kwargs)
+            if not bound.get("training", False):
+                self._fold(source, bound)
+                self._follow(result, source)
+        elif source is not None and func in _RECTIFIERS:
+            self.found[source].rectified = True
+        return result
+
+    def _follow(self, tensor: Tensor, name: str) -> None:
+        self.outputs[id(tensor)] = name
+        self.alive.append(tensor)
+
+    def _fold(self, name: str, bound: dict) -> None:
+        variance, mean = bound["running_var"].double(), bound["running_mean"].double()
+        gamma = bound.get("weight")
+        beta = bound.get("bias")
+        scale = (gamma.double() if gamma is not None else 1) / torch.sqrt(variance + bound["eps"])
+        shift = (beta.double() if beta is not None else 0) - scale * mean
+        self.found[name] = LayerContext(scale, shift, self.found[name].rectified)
+
+
+@torch.no_grad()
+def layer_contexts(model: nn.Module, sample: Tensor) -> dict[str, LayerContext]:
+    """For each weighted layer run on ``sample``: a BatchNorm directly after it, and whether a
+    rectifier consumes its output (directly or after that BatchNorm)."""
+    topology = _Topology(weighted_layers(model))
+    with topology:
+        model(sample)
+    return topology.found

@@ -5,6 +5,11 @@ real network; only each Conv2d/Linear layer's backward uses the substitute weigh
 custom autograd function (never by changing the weights in place). Biases do not enter the
 backward. With every pattern equal to 1, PatternAttribution's substitute is W itself and the
 rule gives the ordinary gradient.
+
+A layer with a BatchNorm folded in (scale s per unit, see :mod:`.estimate`) has pattern A' of the
+folded weights s·W. The BatchNorm's own backward still multiplies by s, so the substitute is
+chosen to make the pair act as the folded layer: W ⊙ A' for PatternAttribution (s·W ⊙ A' overall)
+and A'/s for PatternNet (A' overall).
 """
 
 from __future__ import annotations
@@ -52,7 +57,15 @@ class PatternRule:
         for name, pattern in self.patterns.patterns.items():
             weight = modules[name].weight
             pattern = pattern.to(weight.device, weight.dtype)
-            result[name] = pattern if self.kind == "net" else weight.detach() * pattern
+            if self.kind == "attribution":
+                result[name] = weight.detach() * pattern
+                continue
+            scale = self.patterns.scales.get(name)
+            if scale is not None:
+                scale = scale.to(pattern).view(-1, *[1] * (pattern.ndim - 1))
+                safe = torch.where(scale.abs() > 1e-12, scale, torch.ones_like(scale))
+                pattern = torch.where(scale.abs() > 1e-12, pattern / safe, 0.0)
+            result[name] = pattern
         return result
 
     @contextlib.contextmanager
