@@ -461,14 +461,22 @@ def _check_limits(parsed, settings: Settings) -> None:
             f"method {parsed.method} is not allowed for model {parsed.model}; allowed: "
             + ", ".join(allowed),
         )  # fmt: skip
-    for name in ITERATION_FIELDS:
-        value = getattr(parsed.options, name, None)
-        if isinstance(value, int) and value > settings.max_iterations:
-            raise ApiError(422, "limit_exceeded",
-                           f"options.{name}={value} is above this server's limit "
-                           f"{settings.max_iterations}")  # fmt: skip
-    if getattr(parsed.options, "references", "samples") != "samples":
+    options = parsed.options.model_dump()
+    # An add-on's base method has its own options: the limits hold for them too.
+    for prefix, values in (("", options), ("base_options.", options.get("base_options") or {})):
+        for name in ITERATION_FIELDS:
+            value = values.get(name)
+            if isinstance(value, int) and value > settings.max_iterations:
+                raise ApiError(422, "limit_exceeded",
+                               f"options.{prefix}{name}={value} is above this server's limit "
+                               f"{settings.max_iterations}")  # fmt: skip
+    if options.get("references", "samples") != "samples":
         raise ApiError(422, "invalid_option", "over the API, references must be 'samples'")
+    for name in ("patterns", "support_set"):
+        if options.get(name) is not None:
+            raise ApiError(422, "invalid_option",
+                           f"over the API, {name} cannot name a file: the worker uses the set "
+                           "stored in its cache for the model")  # fmt: skip
 
 
 def _check_metrics(parsed) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,10 +12,11 @@ import pytest
 from PIL import Image
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=300,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -113,3 +115,51 @@ def test_every_mask_method_with_every_init_writes_its_outputs(tmp_path):
             assert np.load(out / "attribution.npy").shape == (1, 32, 32)
             summary = json.loads((out / "summary.json").read_text())
             assert summary["options"]["init"] == init and summary["iterations_run"] == 2
+
+
+def photo_folder(folder, names):
+    """A folder of PNG files of bundled photographs, as a user's image folder would be."""
+    from engine.data import load_image
+
+    folder.mkdir()
+    for name in names:
+        pixels = (load_image(name, (96, 96))[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    return folder
+
+
+def test_patterns_are_estimated_from_a_folder_then_pgig_explains_a_photo(tmp_path):
+    env = {"EXPLAINER_CACHE_DIR": str(tmp_path / "cache")}
+    before = run("explain", "chelsea", "--method", "pattern_guided_ig", "--out", str(tmp_path),
+                 env=env)  # fmt: skip
+    assert before.returncode == 2 and "estimate-patterns" in before.stderr
+    photos = photo_folder(tmp_path / "photos", ["astronaut", "coffee", "rocket", "clock"])
+    done = run("estimate-patterns", str(photos), "--image-size", "96", "--batch-size", "2", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "patterns of 50 layers of efficientnet_lite0 from 4 images" in done.stdout
+    out = tmp_path / "pgig"
+    explained = run("explain", "chelsea", "--method", "pattern_guided_ig", "-o", "steps=4",
+                    "--out", str(out), env=env)  # fmt: skip
+    assert explained.returncode == 0, explained.stderr
+    attribution = np.load(out / "attribution.npy")
+    assert attribution.shape == (3, 224, 224) and np.isfinite(attribution).all()
+    assert np.abs(attribution).max() > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "completeness_gap" in summary["scores"]
+
+
+def test_gad_support_set_is_trained_from_folders_then_used(tmp_path):
+    env = {"EXPLAINER_CACHE_DIR": str(tmp_path / "cache")}
+    cats = photo_folder(tmp_path / "cats", ["chelsea", "coffee"])
+    others = photo_folder(tmp_path / "others", ["astronaut", "rocket"])
+    done = run("train-gad", "--class-a", "Egyptian cat", "--images-a", str(cats),
+               "--class-b", "281", "--images-b", str(others), "--epochs", "1", "--image-size",
+               "64", "--alphas", "2,8", env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "α=8: MSE" in done.stdout and "classes (285, 281)" in done.stdout
+    out = tmp_path / "gad"
+    explained = run("explain", "chelsea", "--method", "gad", "-o", "base=gradient_x_input",
+                    "--out", str(out), env=env)  # fmt: skip
+    assert explained.returncode == 0, explained.stderr
+    scores = json.loads((out / "summary.json").read_text())["scores"]
+    assert 0 < scores["gad_rc"] <= 1 and 0 < scores["gad_pixel_share"] <= 0.5

@@ -95,6 +95,30 @@ def test_bad_images(api, data, status, words):
         ({"sample": "chelsea", "method": "saliency", "metrics": ["xyz"]}, 422, ["unknown metric"]),
         ({"sample": "chelsea", "method": "extremal_mask"}, 422, ["does not explain image"]),
         (
+            {"sample": "chelsea", "method": "pattern_net", "options": {"patterns": "/etc/passwd"}},
+            422,
+            ["patterns cannot name a file"],
+        ),
+        (
+            {
+                "sample": "chelsea",
+                "method": "crigrad",
+                "options": {"base": "integrated_gradients", "base_options": {"steps": 100000}},
+            },
+            422,
+            ["steps"],
+        ),
+        (
+            {
+                "sample": "chelsea",
+                "method": "gad",
+                "options": {"base": "smoothgrad", "base_options": {"samples": 999}},
+            },
+            422,
+            ["base_options.samples", "limit"],
+        ),
+        ({"sample": "chelsea", "method": "crigrad", "options": {"base": "gradcam"}}, 422, ["base"]),
+        (
             {
                 "sample": "chelsea",
                 "method": "saliency",
