@@ -295,3 +295,21 @@ def test_a_batchnorm_after_a_layer_is_folded_into_it():
         got = attribute(with_norm, x, method, targets=targets, extras={"patterns": ours})
         expected = attribute(folded, x, method, targets=targets, extras={"patterns": reference})
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_pattern_methods_degrade_faster_than_the_gradient_on_digits():
+    """The pgig claim on the digits CNN: removing the patches PatternAttribution and PGIG rank
+    first (signed channel sum, 2×2 patches → their means) lowers the target probability faster
+    than removing those the plain gradient ranks first (lower MoRF AUC)."""
+    from engine.metrics.perturbation import degradation_curve, normalised_auc
+
+    data, model = digits()
+    x = data.test_x
+    targets = model(x).argmax(1)
+    patterns = estimate_patterns(model, data.train_x.split(256))
+    auc = {}
+    for method in ("saliency", "pattern_attribution", "pattern_guided_ig"):
+        heat = attribute(model, x, method, targets=targets, extras={"patterns": patterns}).sum(1)
+        auc[method] = normalised_auc(degradation_curve(model, x, targets, heat, patch=2)).mean()
+    assert auc["pattern_attribution"] < auc["saliency"] - 0.02
+    assert auc["pattern_guided_ig"] < auc["saliency"] - 0.02

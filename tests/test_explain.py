@@ -128,7 +128,8 @@ def test_registry_describes_every_method():
     assert names >= {
         "saliency", "gradient_x_input", "integrated_gradients", "smoothgrad", "smoothgrad_sq",
         "vargrad", "smoothgrad_ig", "expected_gradients", "guided_backprop", "deconvolution",
-        "gradcam", "guided_gradcam",
+        "gradcam", "guided_gradcam", "pattern_net", "pattern_attribution", "pattern_guided_ig",
+        "crigrad", "gad",
     }  # fmt: skip
     for method in all_methods():
         described = method.describe()

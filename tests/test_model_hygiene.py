@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine import explain
+from engine.addons.gad import train_support_set
+from engine.addons.pattern import estimate_patterns
 from engine.attribution.base import MethodError
 from engine.models import load_model
 from engine.models.series import SeriesClassifier
@@ -21,6 +23,7 @@ FAST_OPTIONS = {
     "vargrad": {"samples": 2},
     "smoothgrad_ig": {"steps": 2, "samples": 2},
     "expected_gradients": {"samples": 2},
+    "pattern_guided_ig": {"steps": 2},
     "gradcam": {"layer": "classifier.layer4"},  # a plain module declares no CAM layer
     "guided_gradcam": {"layer": "classifier.layer4"},
     **{
@@ -28,6 +31,18 @@ FAST_OPTIONS = {
         for mask in ("pixelmask", "smoothmask", "cartoonx", "waveletx", "shearletx")
     },
 }
+
+
+def addon_extras(method: str, model: nn.Module) -> dict:
+    """The pattern set or GAD support set a method needs, made from the model itself."""
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    if method.startswith("pattern"):
+        return {"patterns": estimate_patterns(model, [images[:2], images[2:]])}
+    if method == "gad":
+        labels = torch.tensor([1, 2, 1, 2])
+        support = train_support_set(model, images, labels, (1, 2), alphas=(2.0,), epochs=1)
+        return {"support_set": support}
+    return {}
 
 
 def hook_count(model: nn.Module) -> int:
@@ -45,7 +60,8 @@ def test_model_left_exactly_as_it_was(method):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     hooks = hook_count(model)
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    explain(model, x, method, FAST_OPTIONS.get(method), target=[1, 2], resize="none")
+    extras = addon_extras(method, model)  # estimation and fine-tuning leave the model as well
+    explain(model, x, method, FAST_OPTIONS.get(method), target=[1, 2], resize="none", extras=extras)
     assert model.training
     assert all(p.requires_grad for p in model.parameters())
     assert hook_count(model) == hooks
