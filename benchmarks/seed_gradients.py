@@ -68,9 +68,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pair", type=int, nargs=2, default=(3, 8))
-    parser.add_argument("--patch", type=int, default=4, help="degradation/Sensitivity-n patch")
+    parser.add_argument("--patch", type=int, default=6, help="degradation/Sensitivity-n patch")
+    parser.add_argument("--sn-images", type=int, default=100, help="images for Sensitivity-n")
     parser.add_argument("--subsets", type=int, default=50, help="Sensitivity-n subsets per n")
-    parser.add_argument("--roar-epochs", type=int, default=15)
+    parser.add_argument("--roar-epochs", type=int, default=10)
     parser.add_argument("--skip-roar", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -121,7 +122,7 @@ def main() -> None:
     print("\n## Degradation (patch means, all patches; MoRF lower / LeRF higher is better), pixel "
           "perturbation (fractional logit change, k% least salient → image mean; lower is "
           f"better), Sensitivity-n ({args.patch}×{args.patch} features, {args.subsets} subsets, "
-          "Pearson r; higher is better)")  # fmt: skip
+          f"first {args.sn_images} images, Pearson r; higher is better)")  # fmt: skip
     print(header)
     for pair_only in (False, True):
         x, y = (x_all[in_pair], y_all[in_pair]) if pair_only else (x_all, y_all)
@@ -138,8 +139,10 @@ def main() -> None:
             )  # fmt: skip
             pp = [pixel_perturbation(model, x, targets, absolute, fraction=k / 100).mean()
                   for k in (1, 5, 10, 25, 50)]  # fmt: skip
-            sn = sensitivity_n(model, x, targets, signed, grid, subsets=args.subsets,
-                               patch=args.patch, generator=generator).mean(0)  # fmt: skip
+            few = slice(0, args.sn_images)
+            sn = sensitivity_n(model, x[few], targets[few], signed[few], grid,
+                               subsets=args.subsets, patch=args.patch,
+                               generator=generator).mean(0)  # fmt: skip
             print(f"{label:<22} {morf:9.4f} {lerf:9.4f} "
                   + " ".join(f"{v:7.4f}" for v in pp) + " "
                   + " ".join(f"{v:9.4f}" for v in sn.tolist()))  # fmt: skip

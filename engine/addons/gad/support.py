@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from engine.addons.pattern.estimate import model_fingerprint
 from engine.attribution.base import MethodError, ProgressFn
-from engine.storage import cache_dir
+from engine.storage import cache_dir, load_record, save_record
 
 FORMAT = "explainer-gad-support/1"
 
@@ -72,23 +72,14 @@ class SupportSet:
         return result
 
     def save(self, path: str | Path | None = None) -> Path:
-        path = Path(path) if path else default_support_path(self.fingerprint, self.classes)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"format": FORMAT, **vars(self), "classes": list(self.classes)}
+        record = {**vars(self), "classes": list(self.classes)}
         record["states"] = [{k: v.cpu() for k, v in s.items()} for s in self.states]
-        torch.save(record, path)
-        return path
+        path = path or default_support_path(self.fingerprint, self.classes)
+        return save_record(path, FORMAT, record)
 
     @classmethod
     def load(cls, path: str | Path) -> SupportSet:
-        try:
-            record = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except FileNotFoundError as error:
-            raise SupportSetError(f"no GAD support set at {path}") from error
-        except Exception as error:
-            raise SupportSetError(f"{path} is not a GAD support set: {error}") from error
-        if not isinstance(record, dict) or record.pop("format", None) != FORMAT:
-            raise SupportSetError(f"{path} is not a GAD support set ({FORMAT})")
+        record = load_record(path, FORMAT, SupportSetError, "GAD support set")
         record["classes"] = tuple(record["classes"])
         return cls(**record)
 

@@ -39,6 +39,7 @@ from engine.addons.pattern.layers import (
     weighted_layers,
 )
 from engine.attribution.base import MethodError, ProgressFn
+from engine.storage import load_record, save_record
 
 Estimator = Literal["two_component", "linear"]
 FORMAT = "explainer-patterns/1"
@@ -142,25 +143,14 @@ class PatternSet:
             )
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"format": FORMAT, **vars(self)}
+        record = {**vars(self)}
         record["patterns"] = {k: v.float().cpu() for k, v in self.patterns.items()}
         record["scales"] = {k: v.float().cpu() for k, v in self.scales.items()}
-        torch.save(record, path)
-        return path
+        return save_record(path, FORMAT, record)
 
     @classmethod
     def load(cls, path: str | Path) -> PatternSet:
-        try:
-            record = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except FileNotFoundError as error:
-            raise PatternError(f"no pattern file at {path}") from error
-        except Exception as error:  # a truncated or foreign file
-            raise PatternError(f"{path} is not a pattern file: {error}") from error
-        if not isinstance(record, dict) or record.pop("format", None) != FORMAT:
-            raise PatternError(f"{path} is not a pattern file ({FORMAT})")
-        return cls(**record)
+        return cls(**load_record(path, FORMAT, PatternError, "pattern file"))
 
 
 def estimate_patterns(
