@@ -90,6 +90,12 @@ def test_conv_patterns_equal_a_hand_computation_with_stride_padding_groups():
     np.testing.assert_allclose(got.numpy(), expected, rtol=2e-4, atol=1e-5)
 
 
+def test_layers_patterns_cannot_cover_are_refused():
+    model = nn.Sequential(nn.ConvTranspose2d(1, 2, 2), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(PatternError, match="ConvTranspose2d"):
+        estimate_patterns(model, [torch.rand(1, 1, 4, 4)])
+
+
 def test_same_padding_is_seen_as_explicit_padding():
     """A conv with padding='same' gets the patterns of the equivalent padding=1 conv."""
     torch.manual_seed(0)

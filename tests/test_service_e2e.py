@@ -179,7 +179,8 @@ def test_listings_health_and_metrics(stack):
     assert models[0]["name"] == "efficientnet_lite0"
     quality = {m["name"]: m for m in stack.client.get("/quality-metrics").json()}
     assert set(quality) == {"cp_shearletx", "cp_startgrad", "hallucination", "faithfulness",
-                            "iterations_to_target"}  # fmt: skip
+                            "iterations_to_target", "degradation", "pixel_perturbation",
+                            "sensitivity_n"}  # fmt: skip
     assert quality["hallucination"]["options_schema"]["properties"]["threshold"]["default"] == 0.1
     health = stack.client.get("/health").json()
     assert health == {"status": "ok", "mode": "distributed", "redis": True, "workers": 1,

@@ -42,6 +42,8 @@ from engine.attribution.base import MethodError, ProgressFn
 from engine.storage import load_record, save_record
 
 Estimator = Literal["two_component", "linear"]
+UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+               nn.Bilinear)  # fmt: skip
 FORMAT = "explainer-patterns/1"
 
 
@@ -162,7 +164,15 @@ def estimate_patterns(
     progress: ProgressFn | None = None,
     total: int | None = None,
 ) -> PatternSet:
-    """Patterns of every Conv2d/Linear layer from the input batches (one pass, eval mode)."""
+    """Patterns of every Conv2d/Linear layer from the input batches (one pass, eval mode).
+
+    Other layers with weights that act linearly on their input (Conv1d/Conv3d, transposed
+    convolutions, Bilinear) are refused: the backward rule could not replace their weights.
+    """
+    unsupported = sorted({type(m).__name__ for m in model.modules() if isinstance(m, UNSUPPORTED)})
+    if unsupported:
+        raise PatternError(f"patterns are estimated for Conv2d and Linear layers only; this "
+                           f"model has {', '.join(unsupported)}")  # fmt: skip
     layers = weighted_layers(model)
     moments: dict[str, tuple[_Moments, _Moments | None]] = {}
     weights: dict[str, Tensor] = {}
