@@ -51,7 +51,7 @@ class GAD(Attribution):
             else:
                 mask &= kept
             self._report(index + 1, len(self.methods))
-        self.extras = {"gad_mask": mask, "original_mask": original_kept, "original": original}
+        self.extras = {"gad_mask": mask, "original_mask": original_kept}
         return original * mask.unsqueeze(1).to(original.dtype)
 
 
@@ -90,7 +90,7 @@ def resolve_support_set(ctx: MethodContext, options: GADOptions, targets: Tensor
     return SupportSet.load(matching[0])
 
 
-class _GADBuilder(Attribution):
+class _GADWithSupportSet(Attribution):
     """Resolves the support set once the targets are known, then runs :class:`GAD`."""
 
     def __init__(self, ctx: MethodContext, options: GADOptions):
@@ -130,7 +130,7 @@ register(
         "with `python -m engine train-gad`); scores RC and RS.",
         citation="Mazini Rodrigues, Boutry & Najman, Pattern Recognition Letters (GAD)",
         options=GADOptions,
-        build=_GADBuilder,
+        build=_GADWithSupportSet,
         scores=_scores,
     )
 )
