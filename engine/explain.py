@@ -221,7 +221,7 @@ def explain(
         attribution_method = spec.build(ctx, options)
         attribution_method.progress = progress
         tick = time.perf_counter()
-        attribution = attribution_method.attribute(x, targets)
+        attribution = finite(attribution_method.attribute(x, targets), method)
         timings["attribute_s"] = time.perf_counter() - tick
         extra_scores = {}
         if spec.scores is not None:
@@ -307,7 +307,17 @@ def attribute(
         generator = torch.Generator().manual_seed(seed)
         ctx = MethodContext(net, loaded.spec, size, loaded.cam_layer, x.device, generator, seed,
                             None, dict(extras or {}))  # fmt: skip
-        return spec.build(ctx, options).attribute(x, targets.to(x.device)).detach()
+        return finite(spec.build(ctx, options).attribute(x, targets.to(x.device)).detach(), method)
+
+
+def finite(attribution: Tensor, method: str) -> Tensor:
+    """The attribution, or a clear error where it overflowed (never a NaN map called a result)."""
+    if not torch.isfinite(attribution).all():
+        raise MethodError(
+            f"{method} produced non-finite values for this model and input (a float32 overflow "
+            "or NaN in its backward pass)"
+        )
+    return attribution
 
 
 def _series_probabilities(logits: Tensor) -> Tensor:

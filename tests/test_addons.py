@@ -14,6 +14,7 @@ from engine.addons.crigrad import critical_mask
 from engine.addons.gad import GAD, SupportSet, SupportSetError, train_support_set
 from engine.addons.gad.support import offset_targets
 from engine.addons.pattern import PatternError, PatternSet, estimate_patterns
+from engine.attribution.base import MethodError
 from engine.explain import attribute
 from engine.models.digits import accuracy, load_digits_data, train_digits_cnn
 from engine.registry import OptionsError
@@ -161,6 +162,14 @@ def test_a_pattern_set_is_tied_to_its_model(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a pattern file")
     with pytest.raises(PatternError, match="not a pattern file"):
         PatternSet.load(tmp_path / "junk.pt")
+
+
+def test_an_overflowing_backward_pass_is_an_error_not_a_nan_map():
+    data, model = digits()
+    patterns = estimate_patterns(model, [data.train_x[:100]])
+    huge = ones_like(patterns, {k: torch.full_like(v, 1e30) for k, v in patterns.patterns.items()})
+    with pytest.raises(MethodError, match="non-finite"):
+        attribute(model, data.test_x[:2], "pattern_net", extras={"patterns": huge})
 
 
 def test_pattern_methods_need_patterns(tmp_path, monkeypatch):
