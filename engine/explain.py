@@ -194,7 +194,6 @@ def explain(
         x, records = prepare_inputs(inputs, size, resize)
     parameter = next(loaded.module.parameters(), None)
     x = x.to(loaded.device, parameter.dtype if parameter is not None else torch.float32)
-    generator = torch.Generator().manual_seed(seed)
     timings: dict[str, float] = {}
     with prepared(loaded.module) as net:
         tick = time.perf_counter()
@@ -207,17 +206,7 @@ def explain(
         if (targets < 0).any() or (targets >= probabilities.shape[1]).any():
             raise MethodError(f"target outside 0..{probabilities.shape[1] - 1}")
         timings["predict_s"] = time.perf_counter() - tick
-        ctx = MethodContext(
-            net,
-            loaded.spec,
-            (x.shape[-2], x.shape[-1]),
-            loaded.cam_layer,
-            loaded.device,
-            generator,
-            seed,
-            progress,
-            dict(extras or {}),
-        )
+        ctx = method_context(net, loaded, x, seed, progress, extras)
         attribution_method = spec.build(ctx, options)
         attribution_method.progress = progress
         tick = time.perf_counter()
@@ -303,11 +292,23 @@ def attribute(
         if targets is None:
             with torch.no_grad():
                 targets = net(x).argmax(1)
-        size = (x.shape[-2], x.shape[-1])
-        generator = torch.Generator().manual_seed(seed)
-        ctx = MethodContext(net, loaded.spec, size, loaded.cam_layer, x.device, generator, seed,
-                            None, dict(extras or {}))  # fmt: skip
+        ctx = method_context(net, loaded, x, seed, None, extras)
         return finite(spec.build(ctx, options).attribute(x, targets.to(x.device)).detach(), method)
+
+
+def method_context(
+    net: nn.Module,
+    loaded: LoadedModel,
+    x: Tensor,
+    seed: int,
+    progress: ProgressFn | None,
+    extras: dict[str, Any] | None,
+) -> MethodContext:
+    """What a method builder sees for batch x: the prepared model, its spec, a seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    size = (x.shape[-2], x.shape[-1])
+    return MethodContext(net, loaded.spec, size, loaded.cam_layer, loaded.device, generator, seed,
+                         progress, dict(extras or {}))  # fmt: skip
 
 
 def finite(attribution: Tensor, method: str) -> Tensor:

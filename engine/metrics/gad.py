@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from engine.metrics.perturbation import ranking
+
 
 def important_pixels(heat: Tensor, binarisation: str = "top_fraction", top_fraction: float = 0.5,
                      threshold: float = 0.1) -> Tensor:  # fmt: skip
@@ -30,9 +32,7 @@ def important_pixels(heat: Tensor, binarisation: str = "top_fraction", top_fract
     if binarisation == "threshold":
         return ((flat >= threshold * flat.amax(1, keepdim=True)) & (flat > 0)).view_as(heat)
     count = max(1, math.ceil(top_fraction * flat.shape[1]))
-    order = torch.argsort(flat, dim=1, descending=True, stable=True)[:, :count]
-    kept = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
-    return (kept & (flat > 0)).view_as(heat)
+    return ((ranking(flat, "morf") < count) & (flat > 0)).view_as(heat)
 
 
 def convex_hull(mask: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Literal
 
-import torch
 from pydantic import Field
 from torch import Tensor
 
@@ -28,6 +27,7 @@ from engine.addons.pattern.estimate import model_fingerprint
 from engine.attribution.base import Attribution
 from engine.metrics.gad import gad_scores, important_pixels
 from engine.registry import MethodContext, MethodSpec, register
+from engine.storage import cache_dir
 
 Binarisation = Literal["top_fraction", "threshold"]
 
@@ -78,7 +78,7 @@ def resolve_support_set(ctx: MethodContext, options: GADOptions, targets: Tensor
     fingerprint = model_fingerprint(ctx.model)
     if options.classes is not None:
         return SupportSet.load(default_support_path(fingerprint, options.classes))
-    found = sorted(default_support_path(fingerprint, (0, 0)).parent.glob(f"{fingerprint[:24]}-*"))
+    found = sorted(cache_dir("gad").glob(f"{fingerprint[:24]}-*"))
     wanted = set(targets.tolist())
     matching = [p for p in found if wanted <= {int(c) for c in p.stem.split("-")[1:]}]
     if len(matching) != 1:
@@ -117,8 +117,7 @@ class _GADWithSupportSet(Attribution):
 
 def _scores(ctx, method, x, attribution, targets, options) -> dict[str, Tensor]:
     extras = method.extras
-    with torch.no_grad():
-        return gad_scores(ctx.model, x, targets, extras["gad_mask"], extras["original_mask"])
+    return gad_scores(ctx.model, x, targets, extras["gad_mask"], extras["original_mask"])
 
 
 register(

@@ -174,7 +174,7 @@ def estimate_patterns(
         raise PatternError(f"patterns are estimated for Conv2d and Linear layers only; this "
                            f"model has {', '.join(unsupported)}")  # fmt: skip
     layers = weighted_layers(model)
-    moments: dict[str, tuple[_Moments, _Moments | None]] = {}
+    moments: dict[str, tuple[_Moments, bool]] = {}  # per layer: sums, positive regime only?
     weights: dict[str, Tensor] = {}
     contexts: dict[str, LayerContext] = {}
 
@@ -185,12 +185,9 @@ def estimate_patterns(
         if call.name not in moments:
             weights[call.name] = w
             two_component = estimator == "two_component" and context.rectified
-            moments[call.name] = (_Moments.zeros(w), _Moments.zeros(w) if two_component else None)
-        everything, positive = moments[call.name]
-        if positive is None:
-            everything.add(x, y, None)
-        else:
-            positive.add(x, y, (y + bias > 0).to(y))
+            moments[call.name] = (_Moments.zeros(w), two_component)
+        sums, two_component = moments[call.name]
+        sums.add(x, y, (y + bias > 0).to(y) if two_component else None)
 
     seen = 0
     was_training = model.training
@@ -210,10 +207,9 @@ def estimate_patterns(
         raise PatternError("the model ran no Conv2d or Linear layer: nothing to estimate")
     modules = dict(model.named_modules())
     patterns, chosen = {}, {}
-    for name, (everything, positive) in moments.items():
-        chosen[name] = "linear" if positive is None else "two_component"
-        stats = everything if positive is None else positive
-        patterns[name] = stats.pattern(weights[name]).reshape(modules[name].weight.shape).float()
+    for name, (sums, two_component) in moments.items():
+        chosen[name] = "two_component" if two_component else "linear"
+        patterns[name] = sums.pattern(weights[name]).reshape(modules[name].weight.shape).float()
     scales = {name: c.scale.float() for name, c in contexts.items() if c.scale is not None}
     return PatternSet(model_name, model_fingerprint(model), estimator, patterns, chosen, seen,
                       scales=scales)  # fmt: skip

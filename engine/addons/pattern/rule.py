@@ -46,7 +46,9 @@ class PatternRule:
     def __init__(self, patterns: PatternSet, kind: PatternKind = "attribution"):
         self.patterns = patterns
         self.kind = kind
-        self._checked: set[int] = set()  # ids of models whose fingerprint matched
+        # Per model id, after its fingerprint matched: the substitute weights (IG and SmoothGrad
+        # enter the rule once per chunk of the same model).
+        self._substitutes: dict[int, dict[str, Tensor]] = {}
 
     def substitutes(self, model: nn.Module) -> dict[str, Tensor]:
         modules = dict(model.named_modules())
@@ -70,17 +72,18 @@ class PatternRule:
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[None]:
-        if id(model) not in self._checked:
+        if id(model) not in self._substitutes:
             self.patterns.check(model)
-            self._checked.add(id(model))
-        substitutes = self.substitutes(model)
+            self._substitutes[id(model)] = self.substitutes(model)
+        substitutes = self._substitutes[id(model)]
 
         def replace(call: LayerCall) -> Tensor | None:
             substitute = substitutes.get(call.name)
             if substitute is None:
                 return None  # a layer the estimation pass never saw: ordinary gradient
-            output = call.output()
-            return _SubstituteBackward.apply(call.x, output.detach(), call, substitute)
+            with torch.no_grad():
+                output = call.output()
+            return _SubstituteBackward.apply(call.x, output, call, substitute)
 
         with LayerCalls(weighted_layers(model), replace):
             yield
