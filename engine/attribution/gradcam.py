@@ -53,7 +53,14 @@ class GradCAM(Attribution):
     def layer_map(self, x: Tensor, targets: Tensor) -> Tensor:
         """The class activation map at the layer's resolution, (B, 1, h, w)."""
         activations: list[Tensor] = []
-        handle = self.module.register_forward_hook(lambda m, i, out: activations.append(out))
+
+        def keep(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:
+            # The rest of the network gets a copy, so an in-place operation after the layer
+            # (ReLU(inplace=True), a residual +=) cannot overwrite the activation we explain.
+            activations.append(output)
+            return output.clone() if isinstance(output, Tensor) else None
+
+        handle = self.module.register_forward_hook(keep)
         try:
             with torch.enable_grad():
                 leaf = x.detach().requires_grad_(True)

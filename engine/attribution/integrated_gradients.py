@@ -32,27 +32,32 @@ BaselineKind = Literal["zero", "black", "mean", "blur", "uniform"]
 def quadrature(rule: QuadratureRule, steps: int) -> tuple[Tensor, Tensor]:
     """Points α_k ∈ [0, 1] and weights w_k (Σ w_k = 1) of a rule with ``steps`` points.
 
-    The Riemann rules and Gauss–Legendre use Captum's points and weights. The trapezoid rule uses
-    the textbook weights h/2, h, …, h, h/2 with h = 1/(steps − 1); Captum's weights there are
-    (steps − 1)/steps times these and do not sum to 1.
+    Every rule uses Captum's points: the Riemann points come from a float32 ``torch.linspace``,
+    as Captum builds them (a float64 grid differs by one float32 step at some counts, e.g. 7,
+    8, 50, 64 for the trapezoid, enough to flip a ReLU or a max-pool choice). The weights are
+    Captum's too, except the trapezoid's: textbook h/2, h, …, h, h/2 with h = 1/(steps − 1),
+    where Captum's are (steps − 1)/steps times these and do not sum to 1.
     """
     if rule == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         return torch.tensor(0.5 * (1 + nodes)), torch.tensor(0.5 * weights)
     if steps < 2:
         raise MethodError("Riemann rules need at least 2 steps")
+    intervals = {
+        "riemann_left": (0.0, 1 - 1 / steps),
+        "riemann_right": (1 / steps, 1.0),
+        "riemann_middle": (1 / (2 * steps), 1 - 1 / (2 * steps)),
+        "riemann_trapezoid": (0.0, 1.0),
+    }
+    if rule not in intervals:
+        raise MethodError(f"unknown quadrature rule {rule!r}")
+    alphas = torch.linspace(*intervals[rule], steps, dtype=torch.float32).to(torch.float64)
     if rule == "riemann_trapezoid":
-        alphas = torch.linspace(0, 1, steps, dtype=torch.float64)
         weights = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
         weights[[0, -1]] /= 2
-        return alphas, weights
-    starts = {"riemann_left": (0.0, 1 - 1 / steps), "riemann_right": (1 / steps, 1.0)}
-    start, end = starts.get(rule, (1 / (2 * steps), 1 - 1 / (2 * steps)))
-    if rule not in (*starts, "riemann_middle"):
-        raise MethodError(f"unknown quadrature rule {rule!r}")
-    # Captum builds these points in float32 with torch.linspace; do the same for parity.
-    alphas = torch.linspace(start, end, steps).to(torch.float64)
-    return alphas, torch.full((steps,), 1.0 / steps, dtype=torch.float64)
+    else:
+        weights = torch.full((steps,), 1.0 / steps, dtype=torch.float64)
+    return alphas, weights
 
 
 def make_baseline(
