@@ -128,6 +128,35 @@ def test_functional_relu_is_refused(method):
     explain(model, torch.rand(1, 3, 16, 16), "saliency", resize="none")
 
 
+class SwitchableNet(nn.Module):
+    """Calls its nn.ReLU module, or F.relu once ``functional`` is set (a forward that changes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4, 3)
+        self.functional = False
+
+    def forward(self, x):
+        hidden = F.relu(self.conv(x)) if self.functional else self.relu(self.conv(x))
+        return self.fc(hidden.mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["guided_backprop", "deconvolution"])
+def test_functional_relu_is_refused_after_earlier_clean_calls(method):
+    """The guard runs on every call, not only a model's first one."""
+    model = SwitchableNet()
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    explain(model, x, method, resize="none")
+    explain(model, x, method, resize="none")
+    model.functional = True
+    with pytest.raises(MethodError, match="functionally"):
+        explain(model, x, method, resize="none")
+    model.functional = False
+    assert explain(model, x, method, resize="none").attribution.abs().max() > 0
+
+
 @pytest.mark.parametrize("arch", ["vgg16", "mobilenet_v3_small"])
 def test_other_torchvision_architectures(arch):
     loaded = load_model(arch, weights="random:0")
