@@ -148,12 +148,27 @@ def test_white_box_metrics_by_hand():
     recall = [t[a >= th].sum() / t.sum() for th in thresholds]
     assert scores["aup"] == pytest.approx(np.trapezoid(precision, thresholds))
     assert scores["aur"] == pytest.approx(np.trapezoid(recall, thresholds))
-    salient = a[t == 1]
-    assert scores["information"] == pytest.approx(-np.log2(1 - salient + 1e-5).sum())
-    entropy = -(salient * np.log2(salient + 1e-5) + (1 - salient) * np.log2(1 - salient + 1e-5))
-    assert scores["entropy"] == pytest.approx(entropy.sum())
+    # Salient ã = 1 − 1e-5/0.80001 (≈ 1) and 0.5/0.80001 = 0.62499…; log₂ of (p + ε)/(1 + ε).
+    top, middle = 1 - 1e-5 / 0.80001, 0.5 / 0.80001
+    rho = {p: (p + 1e-5) / (1 + 1e-5) for p in (top, 1 - top, middle, 1 - middle)}
+    information = -np.log2(rho[1 - top]) - np.log2(rho[1 - middle])
+    assert scores["information"] == pytest.approx(information, rel=1e-6)
+    # by hand: ρ(1 − top) ≈ 1.25e-5 + 1e-5, ρ(1 − middle) ≈ 0.375
+    assert information == pytest.approx(-np.log2(2.25e-5) - np.log2(0.375), abs=1e-3)
+    entropy = sum(-(p * np.log2(rho[p]) + (1 - p) * np.log2(rho[1 - p])) for p in (top, middle))
+    assert scores["entropy"] == pytest.approx(entropy, rel=1e-6)
     assert scores["auroc"] == 1.0 and scores["mae"] == pytest.approx(np.abs(t - a).mean())
-    assert white_box(torch.ones(1, 4, 1), truth)["aup"] == 0  # a constant mask
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, 1.0, -3.0])
+def test_white_box_constant_mask_scores_zero_not_negative(value):
+    """A constant mask (ones or uniform at step 0) normalises to ã = 0: no information, no
+    entropy, and no precision or recall area, all exactly 0 (not −1.4e-5 bits per entry)."""
+    truth = torch.tensor([[[1, 0], [0, 1], [1, 1]]])
+    scores = white_box(torch.full((1, 3, 2), value), truth)
+    assert scores["information"] == 0.0 and scores["entropy"] == 0.0
+    assert scores["aup"] == 0.0 and scores["aur"] == 0.0
+    assert np.signbit(scores["information"]) == np.signbit(scores["entropy"]) == False  # noqa: E712
 
 
 class StepModel(nn.Module):

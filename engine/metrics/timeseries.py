@@ -5,8 +5,11 @@ White-box, against the ground truth A ∈ {0, 1}^{B×T×D}: every series' attrib
 normalised, ã = (a − min)/(max − min + 1e-5), then all B·T·D entries are pooled.
   AUP, AUR: areas under precision p(τ) and recall r(τ) over the thresholds τ (the distinct
   scores; not the PR-AUC); 0 for a constant attribution.
-  information I = Σ_{A=1} −log₂(1 − ã + 1e-5) (↑);  entropy H = Σ_{A=1} −[ã log₂(ã + 1e-5) +
-  (1 − ã) log₂(1 − ã + 1e-5)] (↓); AUROC, AUPRC (average precision), MAE, MSE.
+  information I = Σ_{A=1} −log₂ ρ(1 − ã) (↑);  entropy H = Σ_{A=1} −[ã log₂ ρ(ã) +
+  (1 − ã) log₂ ρ(1 − ã)] (↓), with ρ(p) = (p + ε)/(1 + ε), ε = 1e-5; AUROC, AUPRC (average
+  precision), MAE, MSE. The published ρ(p) = p + ε makes both slightly negative for a constant
+  mask (−1.4e-5 bits per entry); dividing by 1 + ε keeps ρ ≤ 1, so I, H ≥ 0 and a constant mask
+  scores exactly 0, while other values move by at most 1.4e-5 bits per entry.
 Black-box, per series the k = ⌊top·T·D⌋ largest attributions replaced by a baseline (zeros or the
 series' mean over time). The classifiers give one logit per step, so p_c = σ(z_t) for the step's
 predicted class c (1 − σ(z_t) when c = 0), averaged over series and steps:
@@ -33,14 +36,19 @@ def normalise_per_series(attribution: Tensor) -> Tensor:
     return ((flat - low) / (high - low + EPS)).view_as(attribution)
 
 
+def _log2_regularised(p: np.ndarray) -> np.ndarray:
+    """log₂((p + ε)/(1 + ε)): finite at p = 0 and exactly 0 at p = 1."""
+    return np.log2((p + EPS) / (1 + EPS))
+
+
 def white_box(attribution: Tensor, truth: Tensor) -> dict[str, float]:
     """AUP, AUR, information, entropy, AUROC, AUPRC, MAE, MSE of an attribution (B, T, D)."""
     scores = normalise_per_series(attribution.detach().double()).flatten().cpu().numpy()
     truth = truth.flatten().cpu().numpy().astype(int)
     salient = scores[truth == 1]
-    information = float(-np.log2(1 - salient + EPS).sum()) + 0.0  # + 0.0: no −0.0
-    entropy = float(-(salient * np.log2(salient + EPS)
-                      + (1 - salient) * np.log2(1 - salient + EPS)).sum())  # fmt: skip
+    information = float(-_log2_regularised(1 - salient).sum()) + 0.0  # + 0.0: no −0.0
+    entropy = float(-(salient * _log2_regularised(salient)
+                      + (1 - salient) * _log2_regularised(1 - salient)).sum()) + 0.0  # fmt: skip
     precision, recall, thresholds = precision_recall_curve(truth, scores)
     if len(thresholds) < 2:
         aup = aur = 0.0
