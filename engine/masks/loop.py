@@ -3,7 +3,7 @@ WaveletX, ShearletX).
 
 For a representation T with coefficients c = T(x), a mask m ∈ [0,1] and noise v_i:
     x̃_i = T⁻¹(m ⊙ c + (1 − m) ⊙ v_i),   i = 1..n
-    loss = mean_i (t − p_y(x̃_i))² + λ₁ Σ|m|/N + λ₂ Σ|clamp(T⁻¹(m ⊙ c_grey), 0, 1)|/(HW)
+    loss = mean_i (t − p_y(x̃_i))² + λ₁ Σ|m|/N + λ₂ Σ clamp(T⁻¹(m ⊙ c_grey), 0, 1)/(HW)
            + λ_tv TV(m)
 with t = 1 (ShearletX paper) or p_y(x) (StartGrad), minimised by Adam on m with projection to
 [0, 1] after every step (Kolek et al., CVPR 2023; Bükkaya et al., ICLR 2025). Images of a batch
@@ -21,7 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from engine.attribution.base import ProgressFn
-from engine.masks.representation import Coefficients, NoiseModel, Representation, obfuscate
+from engine.masks.representation import (
+    Coefficients,
+    NoiseModel,
+    Representation,
+    obfuscate,
+    unit_clamp,
+)
 from engine.metrics.cp import l1_share, pixel_share
 
 DistortionTarget = Literal["one", "original"]
@@ -108,10 +114,10 @@ class MaskLoop:
         size = sum(m[0].numel() for m in masks)
         terms["l1"] = sum(m.abs().flatten(1).sum(1) for m in masks) / size
         if self.objective.energy:
-            spatial = self.representation.reconstruct(
-                [m * g for m, g in zip(masks, grey, strict=True)]
-            ).clamp(0, 1)
-            terms["energy"] = spatial.abs().flatten(1).sum(1) / spatial[0, 0].numel()
+            spatial = unit_clamp(
+                self.representation.reconstruct([m * g for m, g in zip(masks, grey, strict=True)])
+            )  # ≥ 0, so Σ|·| is Σ·
+            terms["energy"] = spatial.flatten(1).sum(1) / spatial[0, 0].numel()
         if self.objective.tv:
             terms["tv"] = total_variation(masks[0])
         terms["loss"] = (

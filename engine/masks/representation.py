@@ -106,6 +106,35 @@ class PixelRepresentation(Representation):
         return NoiseModel([mean], [std], kind=kind)
 
 
+class _UnitClamp(torch.autograd.Function):
+    """clamp(z, 0, 1) whose gradient also passes within rounding (64 ulp) of the bounds.
+
+    Torch's clamp passes the gradient for 0 ≤ z ≤ 1 only. A value that is exactly on a bound in
+    exact arithmetic (a black pixel, a shearlet coefficient of a flat region under an all-ones
+    mask) comes out of a transform as ±1e-16 (float64) or ±1e-7 (float32), so rounding, which
+    differs between a batch and one image or between devices, would decide its gradient, and
+    Adam's sign-like first step turns each such flip into a step of the full learning rate.
+    Widening the band by the rounding tolerance makes those ties pass, always; values are the
+    ordinary clamp's.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:
+        ctx.save_for_backward(z)
+        return z.clamp(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (z,) = ctx.saved_tensors
+        tolerance = 64 * torch.finfo(z.dtype).eps
+        return grad * ((z > -tolerance) & (z < 1 + tolerance))
+
+
+def unit_clamp(z: Tensor) -> Tensor:
+    """clamp(z, 0, 1), with ties at the bounds broken the same way whatever the rounding."""
+    return _UnitClamp.apply(z)
+
+
 def obfuscate(
     representation: Representation,
     coefficients: Coefficients,
@@ -132,7 +161,7 @@ def obfuscate(
     kept = representation.reconstruct([m * c for m, c in zip(masks, coefficients, strict=True)])
     if coefficient_clamp:
         mixed = [
-            ((m * c).unsqueeze(1) + f).clamp(0, 1).flatten(0, 1)
+            unit_clamp((m * c).unsqueeze(1) + f).flatten(0, 1)
             for m, c, f in zip(masks, coefficients, fillers, strict=True)
         ]
         return representation.reconstruct(mixed), kept
@@ -140,4 +169,4 @@ def obfuscate(
     # where the noise is), then add. Same value, a fraction of the transforms.
     filler = representation.reconstruct([f.flatten(0, 1) for f in fillers])
     image = (kept.unsqueeze(1) + filler.unflatten(0, (-1, n))).flatten(0, 1)
-    return (image.clamp(0, 1) if pixel_clamp else image), kept
+    return (unit_clamp(image) if pixel_clamp else image), kept

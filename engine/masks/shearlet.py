@@ -40,16 +40,16 @@ def build_system(height: int, width: int, scales: int) -> tuple[np.ndarray, np.n
 
 
 def load_system(height: int, width: int, scales: int) -> tuple[np.ndarray, np.ndarray]:
-    path = cache_dir() / "shearlets" / f"{height}x{width}_scales{scales}.npz"
+    path = cache_dir() / "shearlets" / f"{height}x{width}_scales{scales}_f64.npz"
     if path.is_file():
         with np.load(path) as stored:
             return stored["filters"], stored["dual"]
     filters, dual = build_system(height, width, scales)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, filters=filters.astype(np.float32), dual=dual.astype(np.float32))
+    np.savez(tmp, filters=filters, dual=dual)
     os.replace(tmp, path)
-    return filters.astype(np.float32), dual.astype(np.float32)
+    return filters, dual
 
 
 def shearlet_system(
@@ -66,8 +66,8 @@ def shearlet_system(
             filters, dual = load_system(height, width, used)
         except (ValueError, SystemExit):  # no such system at this size (pyShearLab may sys.exit)
             continue
-        shifted = torch.fft.ifftshift(torch.from_numpy(np.asarray(filters, np.float32)), (-2, -1))
-        weights = torch.fft.ifftshift(torch.from_numpy(np.asarray(dual, np.float32)), (-2, -1))
+        shifted = torch.fft.ifftshift(torch.from_numpy(np.asarray(filters, np.float64)), (-2, -1))
+        weights = torch.fft.ifftshift(torch.from_numpy(np.asarray(dual, np.float64)), (-2, -1))
         pair = (shifted.to(device), weights.to(device))
         with _LOCK:
             _MEMORY[key] = pair
