@@ -183,6 +183,21 @@ def test_history_early_stop_and_scores(lite0):
     assert stopped.extras["stopped_early"] and stopped.extras["iterations_run"] == 0
 
 
+@pytest.mark.parametrize("metric", ["cp_pixel_sg", "loss"])
+def test_early_stop_at_the_first_step_that_reaches_the_value(lite0, metric):
+    """Seeded runs share their history, so stopping at the value a full run reaches first at
+    some step k ends exactly at k (CP rises to the value, the loss falls to it)."""
+    options = {**FAST, "iterations": 8, "image_size": 64}
+    full = explain(lite0, "chelsea", "waveletx", options).extras["history"][0][metric]
+    rising = metric == "cp_pixel_sg"
+    best = np.maximum.accumulate(full) if rising else np.minimum.accumulate(full)
+    step = next(k for k in range(3, 9) if best[k] != best[k - 1])  # a new record at k ≥ 3
+    stopped = explain(lite0, "chelsea", "waveletx",
+                      {**options, "stop_metric": metric, "stop_value": full[step]})  # fmt: skip
+    assert stopped.extras["iterations_run"] == step and stopped.extras["stopped_early"]
+    assert stopped.extras["history"][0][metric] == full[: step + 1]
+
+
 def test_progress_reports_loss_and_cancellation_stops(lite0):
     seen = []
 

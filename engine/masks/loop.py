@@ -31,7 +31,8 @@ from engine.masks.representation import (
 from engine.metrics.cp import l1_share, pixel_share
 
 DistortionTarget = Literal["one", "original"]
-StopMetric = Literal["retained_probability", "distortion", "loss"]
+StopMetric = Literal["retained_probability", "cp_pixel_sg", "cp_l1_sg", "distortion", "loss"]
+RISING_METRICS = ("retained_probability", "cp_pixel_sg", "cp_l1_sg")  # stop once ≥ the value
 
 
 @dataclass
@@ -188,8 +189,4 @@ class MaskLoop:
         if metric is None or value is None or math.isnan(value):
             return False
         current = record[metric]
-        return bool(
-            (current >= value).all()
-            if metric == "retained_probability"
-            else (current <= value).all()
-        )
+        return bool((current >= value if metric in RISING_METRICS else current <= value).all())

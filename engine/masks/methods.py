@@ -50,7 +50,10 @@ class MaskOptions(MethodOptions):
     image_size: int | None = Field(
         None, ge=16, le=2048, description="Explain at size×size (default: the model's size)."
     )
-    stop_metric: StopMetric | None = Field(None, description="Early stopping on this value...")
+    stop_metric: StopMetric | None = Field(
+        None, description="Early stopping on this history value (retained probability and the "
+        "StartGrad CP scores rising to stop_value, distortion and loss falling to it)...",
+    )  # fmt: skip
     stop_value: float | None = Field(None, description="...once every image reaches it.")
     l1: float = Field(1.0, ge=0, description="λ₁: weight of the mean |mask|.")
 
