@@ -36,6 +36,7 @@ from captum.attr import (
 from engine.data import SAMPLES, load_image, reference_set
 from engine.models import load_model
 from engine.registry import MethodContext, get_method
+from engine.runtime import keep_freed_memory
 from tests.captum_reference import relu6_as_relu
 
 
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--methods", nargs="*", default=None)
     args = parser.parse_args()
+    keep_freed_memory()
 
     device = torch.device(args.device)
     gpu = device.type == "cuda"

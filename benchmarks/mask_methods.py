@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine import explain
 from engine.data import load_image
 from engine.models import load_model
+from engine.runtime import keep_freed_memory
 
 TARGETS = {"pixelmask": 1.3, "waveletx": 1.3, "shearletx": 2.0}
 
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="images for the batch-cost row")
     parser.add_argument("--check-defaults", action="store_true")
     args = parser.parse_args()
+    keep_freed_memory()
     device = torch.device(args.device)
     model = load_model("efficientnet_lite0", device=device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

@@ -21,6 +21,7 @@ from engine.attribution import rectifier_rules
 from engine.attribution.base import InputGradient
 from engine.data import load_image
 from engine.models import load_model
+from engine.runtime import keep_freed_memory
 
 MODELS = {"efficientnet_lite0": None, "resnet18": "random:0", "vgg16": "random:0"}
 
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    keep_freed_memory()
     device = torch.device(args.device)
     print(f"Guided Backprop gradient, 224² photographs, device {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip

@@ -37,6 +37,7 @@ from engine.metrics.perturbation import (
 )
 from engine.metrics.roar import roar
 from engine.models.digits import DigitsCNN, accuracy, load_digits_data, train_classifier
+from engine.runtime import keep_freed_memory
 
 BASES = ("saliency", "gradient_x_input", "integrated_gradients", "smoothgrad",
          "guided_backprop", "deconvolution")  # fmt: skip
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--roar-epochs", type=int, default=10)
     parser.add_argument("--skip-roar", action="store_true")
     args = parser.parse_args()
+    keep_freed_memory()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     started = time.perf_counter()

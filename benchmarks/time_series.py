@@ -30,6 +30,7 @@ from engine.data.timeseries import DATASETS
 from engine.metrics.timeseries import white_box
 from engine.models.series import SeriesClassifier, TrainingSettings, step_accuracy, train_classifier
 from engine.models.spec import LoadedModel, ModelSpec
+from engine.runtime import keep_freed_memory
 
 INITS = ("uniform", "ones", "startgrad")
 METRICS = ("aup", "aur", "information", "entropy")
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    keep_freed_memory()
     args.device = torch.device(args.device)
     steps = [s for s in (0, 50, 100, 300, 500) if s <= args.iterations]
     print(f"{args.series} series of {args.length} steps, fold 0 ({args.test_series} test series "

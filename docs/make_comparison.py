@@ -20,6 +20,7 @@ from engine import explain
 from engine.data import load_image
 from engine.models import load_model
 from engine.render import image_from_tensor
+from engine.runtime import keep_freed_memory
 
 METHODS = ("shearletx", "waveletx", "pixelmask")
 
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--out", default=str(Path(__file__).with_name("mask_comparison.png")))
     args = parser.parse_args()
+    keep_freed_memory()
 
     model = load_model("efficientnet_lite0")
     image, _ = load_image(args.sample, (args.size, args.size))

@@ -13,6 +13,7 @@ from engine.data import InputError
 from engine.metrics.registry import MetricError
 from engine.models import MODELS, ModelError
 from engine.registry import OptionsError, all_methods
+from engine.runtime import keep_freed_memory
 
 
 def parse_option(text: str) -> tuple[list[str], Any]:
@@ -342,6 +343,7 @@ def command_metrics(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     handlers = {
         "explain": command_explain,
         "methods": command_methods,

@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
+    from engine.runtime import keep_freed_memory
     from service.app import create_app
+
+    keep_freed_memory()
 
     mode = (
         "embedded (in-process worker)"

@@ -8,8 +8,10 @@ import torch
 
 from engine.data import load_image
 from engine.models import load_model
+from engine.runtime import keep_freed_memory
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
+keep_freed_memory()  # as every entry point does: large temporaries reuse the heap
 
 
 @pytest.fixture(scope="session")

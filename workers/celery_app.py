@@ -62,7 +62,10 @@ def process_runtime() -> tuple[RedisJobStore, ArtifactStore, str]:
 
 @signals.worker_process_init.connect
 def _load_models(**_: object) -> None:
+    from engine.runtime import keep_freed_memory
     from workers.runner import preload_models
+
+    keep_freed_memory()
 
     store, _, device = process_runtime()
     store.redis.sadd("explainer:devices", device)
