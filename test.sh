@@ -16,4 +16,5 @@ venv="${EXPLAINER_VENV:-$root/.venv}"
 cd "$root"
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
+"$venv/bin/lint-imports" --no-cache  # the architecture in .importlinter
 exec "$venv/bin/python" -m pytest "$@"

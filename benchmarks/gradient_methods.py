@@ -4,22 +4,17 @@ Prints, per method and batch size, the median time of ours, of Captum's equivale
 ratio ours/Captum (≤ 1.0 means we are as fast or faster). Both sides get identical settings
 (steps, samples, chunk sizes), the same photographs, and alternate in order to share any drift.
 
-    python benchmarks/gradient_methods.py [--device cuda] [--batches 1 16] [--repeats 5]
+    python -m benchmarks.gradient_methods [--device cuda] [--batches 1 16] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from captum.attr import (
     Deconvolution,
     GradientShap,
@@ -33,11 +28,12 @@ from captum.attr import (
     Saliency,
 )
 
+from engine.catalogue import get_method
 from engine.data import SAMPLES, load_image, reference_set
+from engine.method import MethodContext
 from engine.models import load_model
-from engine.registry import MethodContext, get_method
 from engine.runtime import keep_freed_memory
-from tests.captum_reference import relu6_as_relu
+from testkit.captum import relu6_as_relu
 
 
 def photos(batch: int, size: tuple[int, int]) -> torch.Tensor:

@@ -2,7 +2,7 @@
 same noise batch (the floor of the ratio is 1.0), per method and size, plus the time per
 explanation at the default 300 iterations and the per-image cost of a batch.
 
-    python benchmarks/mask_methods.py [--sizes 224 256] [--device cuda] [--iterations 6]
+    python -m benchmarks.mask_methods [--sizes 224 256] [--device cuda] [--iterations 6]
 
 Timings are the fastest iteration and the fastest model pass (the least disturbed by other
 load). Optionally (--check-defaults) runs ShearletX, WaveletX and PixelMask with their default
@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import explain
 from engine.data import load_image

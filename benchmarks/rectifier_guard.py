@@ -5,7 +5,7 @@ hooked module replaced (``functional_rectifier``). This prints, per model and ba
 number of graph nodes walked and the median time of one Guided Backprop gradient with the check
 and with it switched off (same hooks otherwise), alternating the two to share any drift.
 
-    python benchmarks/rectifier_guard.py [--repeats 25] [--device cuda]
+    python -m benchmarks.rectifier_guard [--repeats 25] [--device cuda]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 (patterns, CriGrad, GAD), judged by degradation, pixel perturbation, Sensitivity-n, ROAR/KAR and
 GAD's RC/RS.
 
-    python benchmarks/seed_gradients.py [--size 24] [--seed 0] [--pair 3 8] [--skip-roar]
+    python -m benchmarks.seed_gradients [--size 24] [--seed 0] [--pair 3 8] [--skip-roar]
 
 Test bed: scikit-learn digits upsampled to size×size, a DigitsCNN trained with a fixed seed,
 patterns estimated on the training split, a GAD support set (α = 2, 4, 6, 8, 10 epochs, Adam lr
@@ -15,18 +15,15 @@ and GAD. Time ratios compare an add-on with its base method in the same run (sam
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from engine.addons.gad import train_support_set
 from engine.addons.pattern import estimate_patterns
-from engine.explain import attribute, reduce_channels
+from engine.explain import attribute
+from engine.kinds import reduce_channels
 from engine.metrics.gad import gad_scores, important_pixels
 from engine.metrics.perturbation import (
     degradation_curve,

@@ -1,7 +1,7 @@
 """Service overhead: submit→done time minus the engine's own compute time, and submission
 throughput, with a real redis-server, one real Celery worker and the API over HTTP.
 
-    python benchmarks/service.py [--jobs 40] [--burst 200]
+    python -m benchmarks.service [--jobs 40] [--burst 200]
 
 Overhead = (time from POST /explain to the first GET /jobs/{id} that shows 'succeeded') −
 (the engine's `total_s` for that job). It includes HTTP, Redis, Celery dispatch, the job record
@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.stack import Api, RedisServer, Worker, service_env
+from testkit.stack import Api, RedisServer, Worker, service_env
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -62,7 +62,7 @@ def run(model, method: str, init: str, args) -> dict[str, np.ndarray]:
     history = []  # one photograph at a time: a batch of 256² ShearletX obfuscations is large
     for photo in PHOTOS[: args.images]:
         result = explain(model, photo, method, options, resize="resize", seed=args.seed)
-        history += result.extras["history"]
+        history += result.outputs.history
     elapsed = time.perf_counter() - started
     curves = {key: np.array([h[key] for h in history]) for key in ("cp_pixel_sg", "cp_l1_sg")}
     print(f"  {method:<10} {init:<10} {elapsed:7.1f} s", file=sys.stderr, flush=True)

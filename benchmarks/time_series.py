@@ -1,7 +1,7 @@
 """StartGrad's time-series table: ExtremalMask from uniform (½), all-ones and StartGrad masks on
 the state and switch-feature datasets, preservation and deletion games, GRU (and LSTM).
 
-    python benchmarks/time_series.py [--length 200] [--seeds 1 2 3] [--cells gru lstm]
+    python -m benchmarks.time_series [--length 200] [--seeds 1 2 3] [--cells gru lstm]
 
 Per dataset and seed: N series (one seeded generator), fold 0 of KFold(5) (800 train / 200
 test), a classifier trained with the paper's settings (hidden 200, Adam lr 1e-4, weight decay
@@ -18,12 +18,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import explain
 from engine.data.timeseries import DATASETS
@@ -67,7 +64,7 @@ def classifier(dataset: str, cell: str, seed: int, args):
 def curves(model, test, game: str, init: str, args) -> dict[str, np.ndarray]:
     options = {"game": game, "init": init, "iterations": args.iterations, "checkpoint_every": 10}
     result = explain(model, test.x.to(args.device), "extremal_mask", options, seed=0)
-    checkpoints = result.extras["checkpoints"]
+    checkpoints = result.outputs.checkpoints
     scores = [white_box(checkpoints[s], test.truth) for s in sorted(checkpoints)]
     return {m: np.array([s[m] for s in scores]) for m in METRICS}
 

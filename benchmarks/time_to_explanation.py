@@ -44,11 +44,11 @@ def measure(model, method: str, args) -> dict[str, np.ndarray]:
     rows = []
     for photo in PHOTOS[: args.images]:
         ones, ones_seconds = timed_explain(model, photo, method, base, args)
-        target = ones.extras["history"][0]["cp_pixel_sg"][-1]
+        target = ones.outputs.history[0]["cp_pixel_sg"][-1]
         fast = {**base, "init": "startgrad", "stop_metric": "cp_pixel_sg", "stop_value": target}
         startgrad, startgrad_seconds = timed_explain(model, photo, method, fast, args)
-        reached = startgrad.extras["stopped_early"]
-        iterations = startgrad.extras["iterations_run"]
+        reached = startgrad.outputs.stopped_early
+        iterations = startgrad.outputs.iterations_run
         rows.append((ones_seconds, startgrad_seconds, reached, iterations, target))
         print(f"  {method:<11}{photo:<17} ones {ones_seconds:7.1f} s (CP-pixel {target:7.2f}); "
               f"StartGrad {startgrad_seconds:7.1f} s, {iterations:3d} iterations"

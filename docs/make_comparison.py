@@ -9,12 +9,9 @@ the predicted one. Under each panel: the retained probability and the mask's mea
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import explain
 from engine.data import load_image
@@ -43,7 +40,7 @@ def main() -> None:
         caption = (
             f"retained p {scores['retained_probability']:.2f}, mask mean {scores['mask_mean']:.3f}"
         )
-        picture = image_from_tensor(result.extras["explanation"][0].numpy())
+        picture = image_from_tensor(result.outputs.explanation[0].numpy())
         panels.append((method, picture, caption))
         print(f"{method}: {caption}", flush=True)
     label = result.predictions[0].label

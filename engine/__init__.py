@@ -1,8 +1,9 @@
 """Explanations for PyTorch classifiers: ``from engine import explain``."""
 
-from engine.explain import Explanation, Prediction, explain
+from engine.catalogue import all_methods, get_method
+from engine.explain import explain
 from engine.models import MODELS, load_model
-from engine.registry import all_methods, get_method
+from engine.result import Explanation, Prediction
 
 __all__ = [
     "MODELS",

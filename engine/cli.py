@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.attribution.base import MethodError
+from engine.catalogue import all_methods
 from engine.data import InputError
-from engine.metrics.registry import MetricError
+from engine.method import MethodError, OptionsError
+from engine.metrics.base import MetricError
 from engine.models import MODELS, ModelError
-from engine.registry import OptionsError, all_methods
 from engine.runtime import keep_freed_memory
 
 
@@ -328,7 +328,7 @@ def command_models(args: argparse.Namespace) -> int:
 
 
 def command_metrics(args: argparse.Namespace) -> int:
-    from engine.metrics.registry import all_metrics
+    from engine.catalogue import all_metrics
 
     metrics = [m.describe() for m in all_metrics()]
     if args.json:

@@ -1,88 +1,30 @@
-"""``explain(model, input, method, options) → Explanation``: the one entry point of the engine."""
+"""``explain(model, input, method, options) → Explanation``: the one entry point of the engine.
+
+What differs between images and time series (preparing inputs, class probabilities, the heat
+map, the scores every result gets) is the input kind's (``engine.kinds``); this module only
+runs the steps in order and keeps the record.
+"""
 
 from __future__ import annotations
 
 import functools
-import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from engine.attribution.base import MethodError, ProgressFn, prepared
-from engine.data import ImageSource, InputRecord, ResizePolicy, load_image
-from engine.data.timeseries import SeriesRecord, load_series
-from engine.metrics.registry import MetricError, compute_metrics, heatmap_view, parse_metrics
+from engine.attribution.base import prepared
+from engine.catalogue import get_method, parse_metrics
+from engine.data import ImageSource, ResizePolicy
+from engine.kinds import input_kind
+from engine.method import MethodContext, MethodError, MethodOptions, ProgressFn
 from engine.models import LoadedModel, ModelError, ModelSpec, load_model
-from engine.registry import MethodContext, MethodOptions, Reduction, get_method
+from engine.provenance import device_name, versions
+from engine.result import Explanation, Prediction
 
 Target = int | str | None  # class index, label, or None / "predicted"
-
-
-def reduce_channels(attribution: Tensor, reduction: Reduction) -> Tensor:
-    """(B, C, H, W) → (B, H, W): Σ_c|A_c|, Σ_c A_c or max_c|A_c|."""
-    if reduction == "abs_sum":
-        return attribution.abs().sum(1)
-    if reduction == "signed_sum":
-        return attribution.sum(1)
-    if reduction == "max_abs":
-        return attribution.abs().amax(1)
-    raise ValueError(f"unknown heat-map reduction {reduction!r}")
-
-
-@dataclass
-class Prediction:
-    class_index: int
-    label: str
-    probability: float
-    target: int
-    target_label: str
-    target_probability: float
-
-
-@dataclass
-class Explanation:
-    """The result of :func:`explain` for a batch of B inputs (tensors on the CPU).
-
-    ``attribution`` has the input's shape (B, C, H, W) (Grad-CAM: C = 1); ``heatmap`` (B, H, W)
-    is its channel reduction named in ``options['heatmap_reduction']``; ``inputs`` are the
-    explained images in [0, 1]; ``scores`` holds per-image scalars (e.g. IG's completeness gap).
-    Mask methods put their masks (per coefficient group), explanation images, initial masks and
-    iteration history in ``extras``; their ``attribution`` is a pixel-space map (B, 1, H, W).
-    """
-
-    method: str
-    model: str
-    attribution: Tensor
-    heatmap: Tensor
-    inputs: Tensor
-    predictions: list[Prediction]
-    options: dict[str, Any]
-    scores: list[dict[str, float]]
-    metadata: dict[str, Any]
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def targets(self) -> list[int]:
-        return [p.target for p in self.predictions]
-
-    def summary(self, index: int = 0) -> dict[str, Any]:
-        """A JSON-able record of image ``index``: prediction, scores, options, reproducibility."""
-        meta = dict(self.metadata)
-        meta["inputs"] = [meta["inputs"][index]] if meta.get("inputs") else []
-        return {
-            "method": self.method,
-            "model": self.model,
-            "prediction": vars(self.predictions[index]),
-            "scores": self.scores[index],
-            "options": self.options,
-            "attribution_shape": list(self.attribution.shape[1:]),
-            "metadata": meta,
-        }
 
 
 @functools.lru_cache(maxsize=4)
@@ -110,29 +52,10 @@ def resolve_model(
     raise ModelError(f"unsupported model of type {type(model).__name__}")
 
 
-def prepare_inputs(
-    inputs: ImageSource | Sequence[ImageSource] | Tensor,
-    size: tuple[int, int],
-    resize: ResizePolicy,
-) -> tuple[Tensor, list[InputRecord]]:
-    """One source, a list of sources, or a (B, 3, H, W) tensor → batch in [0, 1] with records."""
-    if isinstance(inputs, Tensor) and inputs.ndim == 4:
-        sources: list[ImageSource] = list(inputs)
-    elif isinstance(inputs, list | tuple):
-        sources = list(inputs)
-    else:
-        sources = [inputs]
-    loaded = [load_image(source, size if resize != "none" else None, resize) for source in sources]
-    shapes = {tuple(t.shape) for t, _ in loaded}
-    if len(shapes) != 1:
-        raise MethodError(f"images of a batch must share one size, got {sorted(shapes)}")
-    return torch.stack([t for t, _ in loaded]), [r for _, r in loaded]
-
-
 def resolve_targets(
     target: Target | Sequence[Target], predicted: Tensor, spec: ModelSpec
 ) -> Tensor:
-    """Per-image target classes: given indices/labels, or the predicted class where None."""
+    """Per-input target classes: given indices/labels, or the predicted class where None."""
     targets = list(target) if isinstance(target, list | tuple) else [target] * len(predicted)
     if len(targets) != len(predicted):
         raise MethodError(f"{len(targets)} targets for {len(predicted)} inputs")
@@ -170,7 +93,7 @@ def explain(
     ``inputs``: a sample name, file path, bytes, PIL image, array, (3, H, W) or (B, 3, H, W)
     tensor, or a list of these; for series models a T × D array, tensor or .npy/.csv file, a
     list of them, or a (B, T, D) tensor.
-    ``target``: class index or label per image; default: the predicted class. ``options`` are
+    ``target``: class index or label per input; default: the predicted class. ``options`` are
     validated by the method's options model. ``metrics``: quality metrics to score the result
     with, by name or as ``{"name": ..., **parameters}`` (see :mod:`engine.metrics`). The model
     is left as it was.
@@ -182,25 +105,16 @@ def explain(
     loaded = resolve_model(model, weights, device)
     if loaded.spec.input_kind not in spec.input_kinds:
         raise MethodError(f"{method} does not accept {loaded.spec.input_kind} models")
-    series = loaded.spec.input_kind == "timeseries"
-    if series:
-        if metric_requests:
-            raise MetricError("the quality metrics are for images; for time series see "
-                              "engine.metrics.timeseries (they need the ground truth)")  # fmt: skip
-        x, records = prepare_series(inputs)
-    else:
-        image_size = getattr(options, "image_size", None)
-        size = (image_size, image_size) if image_size else loaded.spec.input_size
-        x, records = prepare_inputs(inputs, size, resize)
+    kind = input_kind(loaded.spec.input_kind)
+    kind.check_metrics(metric_requests)
+    x, records = kind.prepare(inputs, loaded.spec, options, resize)
     parameter = next(loaded.module.parameters(), None)
     x = x.to(loaded.device, parameter.dtype if parameter is not None else torch.float32)
     timings: dict[str, float] = {}
     with prepared(loaded.module) as net:
         tick = time.perf_counter()
         with torch.no_grad():
-            # A series model gives one logit per step and is explained on all of them: its
-            # "class" is the majority of step predictions, with the mean step probability.
-            probabilities = _series_probabilities(net(x)) if series else net(x).softmax(1)
+            probabilities = kind.probabilities(net(x))
         predicted = probabilities.argmax(1)
         targets = resolve_targets(target, predicted.cpu(), loaded.spec).to(x.device)
         if (targets < 0).any() or (targets >= probabilities.shape[1]).any():
@@ -212,24 +126,14 @@ def explain(
         tick = time.perf_counter()
         attribution = finite(attribution_method.attribute(x, targets), method)
         timings["attribute_s"] = time.perf_counter() - tick
-        extra_scores = {}
+        scores = {}
         if spec.scores is not None:
-            extra_scores = spec.scores(ctx, attribution_method, x, attribution, targets, options)
-        heatmap = attribution.detach().float()  # a series attribution (B, T, D) is its own map
-        if not series:
-            heatmap = reduce_channels(heatmap, options.heatmap_reduction)
-        if metric_requests:
-            tick = time.perf_counter()
-            view = (
-                attribution_method.mask_view()
-                if hasattr(attribution_method, "mask_view")
-                else heatmap_view(net, x, targets, heatmap, seed)
-            )
-            view.heatmap = heatmap
-            extra_scores.update(compute_metrics(view, metric_requests))
-            timings["metrics_s"] = time.perf_counter() - tick
-    attribution = attribution.detach().float().cpu()
-    heatmap = heatmap.cpu()
+            scores = spec.scores(ctx, attribution_method, x, attribution, targets, options)
+        heatmap = kind.heatmap(attribution.detach().float(), options.heatmap_reduction)
+        tick = time.perf_counter()
+        scores.update(kind.scores(net, x, targets, attribution, heatmap, attribution_method,
+                                  metric_requests, seed))  # fmt: skip
+        timings["metrics_s"] = time.perf_counter() - tick
     predictions = [
         Prediction(
             class_index=int(p),
@@ -241,16 +145,13 @@ def explain(
         )
         for i, (p, t) in enumerate(zip(predicted.tolist(), targets.tolist(), strict=True))
     ]
-    scores = [
-        {name: float(values[i]) for name, values in extra_scores.items()} for i in range(x.shape[0])
-    ]
     timings["total_s"] = time.perf_counter() - started
     metadata = {
         "seed": seed,
         "device": str(loaded.device),
-        "device_name": _device_name(loaded.device),
+        "device_name": device_name(loaded.device),
         "model": loaded.record(),
-        "inputs": [r.to_dict() for r in records],
+        "inputs": records,
         "heatmap_reduction": options.heatmap_reduction,
         "metrics": [request.record() for request in metric_requests],
         "timings": timings,
@@ -259,14 +160,15 @@ def explain(
     return Explanation(
         method=method,
         model=loaded.spec.name,
-        attribution=attribution,
-        heatmap=heatmap,
+        input_kind=kind.name,
+        attribution=attribution.detach().float().cpu(),
+        heatmap=heatmap.cpu(),
         inputs=x.detach().cpu(),
         predictions=predictions,
         options=options.model_dump(mode="json"),
-        scores=scores,
+        scores=[{name: float(v[i]) for name, v in scores.items()} for i in range(x.shape[0])],
         metadata=metadata,
-        extras=getattr(attribution_method, "extras", {}),
+        outputs=attribution_method.outputs,
     )
 
 
@@ -319,45 +221,3 @@ def finite(attribution: Tensor, method: str) -> Tensor:
             "or NaN in its backward pass)"
         )
     return attribution
-
-
-def _series_probabilities(logits: Tensor) -> Tensor:
-    """(B, T) step logits → (B, 2): mean probability of a negative and of a positive step."""
-    positive = torch.sigmoid(logits).mean(1)
-    return torch.stack([1 - positive, positive], dim=1)
-
-
-def prepare_series(inputs) -> tuple[Tensor, list[SeriesRecord]]:
-    """A series (T × D array, tensor, .npy/.csv path), a list of them, or a (B, T, D) tensor."""
-    batch = isinstance(inputs, Tensor | np.ndarray) and inputs.ndim == 3
-    listed = (
-        isinstance(inputs, list | tuple)
-        and len(inputs) > 0
-        and not isinstance(inputs[0], float | int | list)
-    )
-    sources = list(inputs) if batch or listed else [inputs]
-    loaded = [load_series(source) for source in sources]
-    if len({tuple(s.shape) for s in loaded}) != 1:
-        raise MethodError("series of a batch must share one length and feature count")
-    records = [SeriesRecord.of(source, s) for source, s in zip(sources, loaded, strict=True)]
-    return torch.stack(loaded), records
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
-
-
-@functools.cache
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    found = {"python": platform.python_version()}
-    for package in ("explainer-service", "torch", "torchvision"):
-        try:
-            found[package] = md.version(package)
-        except md.PackageNotFoundError:
-            continue
-    found["numpy"] = np.__version__
-    return found

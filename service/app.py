@@ -18,10 +18,10 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine.catalogue import all_methods, all_metrics, get_method, parse_metrics
 from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
-from engine.metrics.registry import MetricError, all_metrics, parse_metrics
+from engine.metrics.base import MetricError
 from engine.models import MODELS
-from engine.registry import all_methods, get_method
 from service.artifacts import MEDIA_TYPES, ArtifactStore
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.jobstore import (

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
-from engine.registry import all_methods
+from engine.catalogue import all_methods
 from service.jobstore import JobStatus
 
 

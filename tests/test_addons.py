@@ -14,10 +14,9 @@ from engine.addons.crigrad import critical_mask
 from engine.addons.gad import GAD, SupportSet, SupportSetError, train_support_set
 from engine.addons.gad.support import offset_targets
 from engine.addons.pattern import PatternError, PatternSet, estimate_patterns
-from engine.attribution.base import MethodError
 from engine.explain import attribute
+from engine.method import MethodError, OptionsError
 from engine.models.digits import accuracy, load_digits_data, train_digits_cnn
-from engine.registry import OptionsError
 
 
 @functools.cache

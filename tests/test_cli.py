@@ -71,6 +71,10 @@ def test_metrics_are_scored_and_listed(tmp_path):
 def test_listings_are_machine_readable():
     methods = json.loads(run("methods", "--json").stdout)
     assert {m["name"] for m in methods} >= {"integrated_gradients", "gradcam", "vargrad"}
+    assert {m["name"] for m in methods if m["family"] == "cam"} == {
+        "gradcam", "gradcam_plusplus", "xgradcam", "hirescam", "layercam", "scorecam",
+        "eigencam", "guided_gradcam"}  # fmt: skip
+    assert "scorecam" in run("methods").stdout  # the text listing too
     ig = next(m for m in methods if m["name"] == "integrated_gradients")
     assert ig["options_schema"]["properties"]["steps"]["default"] == 50
     models = json.loads(run("models", "--json").stdout)

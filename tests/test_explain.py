@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from engine import explain
-from engine.attribution.base import MethodError
-from engine.registry import OptionsError, all_methods, get_method
+from engine.catalogue import all_methods, get_method
+from engine.method import MethodError, OptionsError
 
-# The cat in chelsea stretched to 224×224 ("resize" policy): columns 0..179, every row. Right of
-# it is the wall. Area fraction: 180/224 = 0.80.
-CAT_BOX = (slice(0, 224), slice(0, 180))
+# The cat's face in chelsea stretched to 224×224 ("resize"): rows 55..199, columns 60..174, from
+# the eyes to below the nose (drawn on a grid when the test was written). 33 % of the image.
+FACE = (slice(55, 200), slice(60, 175))
+FACE_AREA = 145 * 115 / 224**2
 
 
 @pytest.mark.slow
@@ -24,18 +25,27 @@ def test_integrated_gradients_completeness_with_200_gauss_legendre_steps(lite0):
     assert abs(scores["completeness_gap"]) < 0.01 * abs(scores["score_difference"])
 
 
+def face_share(heatmap: torch.Tensor) -> float:
+    positive = heatmap.clamp(min=0)
+    return float(positive[FACE].sum() / positive.sum())
+
+
 @pytest.mark.parametrize(
-    ("method", "options"),
-    [("integrated_gradients", {"steps": 32, "internal_batch_size": 16}), ("gradcam", {})],
-)
-def test_heat_map_mass_is_on_the_cat(lite0, method, options):
+    ("method", "options", "factor"),
+    [("integrated_gradients", {"steps": 32, "internal_batch_size": 16}, 1.1),
+     ("gradcam", {}, 1.4), ("layercam", {}, 1.4)],
+)  # fmt: skip
+def test_heat_map_mass_is_on_the_cat_face(lite0, method, options, factor):
+    """More of the map lies on the face than its area (a uniform map's share) or than the same
+    map's pixels shuffled would put there; measured 0.38 (IG), 0.53 (CAMs) in 33 % of the area."""
     result = explain(lite0, "chelsea", method, options, resize="resize")
     assert result.predictions[0].class_index == 285
-    heatmap = result.heatmap[0].clamp(min=0)
-    inside = heatmap[CAT_BOX].sum()
-    assert inside > heatmap.sum() - inside
-    if method == "gradcam":
-        assert inside / heatmap.sum() > 0.85  # denser on the cat than a uniform map (0.80)
+    heatmap = result.heatmap[0]
+    shuffled = heatmap.flatten()[
+        torch.randperm(heatmap.numel(), generator=torch.Generator().manual_seed(0))
+    ]
+    assert face_share(heatmap) > factor * FACE_AREA
+    assert face_share(heatmap) > factor * face_share(shuffled.view_as(heatmap))
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from engine.attribution.integrated_gradients import IntegratedGradients as OurIG
 from engine.attribution.integrated_gradients import quadrature
 from engine.attribution.smoothing import noise_scale
 from engine.models import load_model
-from tests.captum_reference import relu6_as_relu
+from testkit.captum import relu6_as_relu
 from tests.conftest import assert_relative_close
 
 TARGETS = [285, 409]  # Egyptian cat, analog clock: deliberately not both the predicted class

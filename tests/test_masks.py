@@ -95,7 +95,7 @@ def test_startgrad_initial_mask_is_uniform_in_rank_within_each_map(lite0, method
                                                 "image_size": size})  # fmt: skip
     from scipy.stats import rankdata
 
-    for mask in result.extras["initial_masks"]:
+    for mask in result.outputs.initial_masks:
         maps = mask[0, 0].reshape(-1, mask.shape[-2] * mask.shape[-1]).double().numpy()
         for row in maps:  # each map is its own empirical CDF: (average rank − 1)/(N − 1)
             assert np.allclose(row, (rankdata(row) - 1) / (row.size - 1), atol=1e-6)
@@ -111,14 +111,14 @@ def test_all_ones_mask_keeps_the_image(lite0, method, options):
     """With every coefficient kept, obfuscations equal the image: retained probability 1."""
     options = {**FAST, "iterations": 0, "image_size": 128, **options}
     result = explain(lite0, "coffee", method, options)
-    assert result.extras["history"][0]["retained_probability"][0] == pytest.approx(1, abs=1e-4)
+    assert result.outputs.history[0]["retained_probability"][0] == pytest.approx(1, abs=1e-4)
 
 
 def test_published_shearletx_obfuscation_changes_the_image_under_an_all_ones_mask(lite0):
     """The default (published) coefficient clamp zeroes the ≈half of shearlet coefficients that
     are negative, so even the all-ones mask loses class evidence (StartGrad's step-0 CP < 1)."""
     result = explain(lite0, "coffee", "shearletx", {**FAST, "iterations": 0, "image_size": 128})
-    retained = result.extras["history"][0]["retained_probability"][0]
+    retained = result.outputs.history[0]["retained_probability"][0]
     assert retained != pytest.approx(1, abs=1e-3)
 
 
@@ -141,7 +141,7 @@ def test_batch_equals_one_at_a_time(lite0_float64, method, size, options):
     batch = explain(lite0_float64, images, method, opts, target=[285, 409], seed=3)
     for i, target in enumerate([285, 409]):
         single = explain(lite0_float64, images[i], method, opts, target=target, seed=3)
-        for batched, alone in zip(batch.extras["masks"], single.extras["masks"], strict=True):
+        for batched, alone in zip(batch.outputs.masks, single.outputs.masks, strict=True):
             assert batched.dtype == torch.float64
             torch.testing.assert_close(batched[i : i + 1], alone, rtol=0, atol=1e-9)
 
@@ -150,7 +150,7 @@ def test_initialisations(lite0):
     def first_mask(init, **extra):
         options = {**FAST, "iterations": 0, "init": init, "image_size": 64, **extra}
         result = explain(lite0, "chelsea", "pixelmask", options)
-        return result.extras["initial_masks"][0]
+        return result.outputs.initial_masks[0]
 
     assert first_mask("ones").eq(1).all() and first_mask("zeros").eq(0).all()
     assert first_mask("constant", init_constant=0.3).eq(0.3).all()
@@ -172,7 +172,7 @@ def test_loss_terms_by_hand():
 
 def test_history_early_stop_and_scores(lite0):
     result = explain(lite0, "chelsea", "pixelmask", {**FAST, "iterations": 4, "image_size": 64})
-    history = result.extras["history"][0]
+    history = result.outputs.history[0]
     assert len(history["loss"]) == 5  # steps 0..4, step 0 = the initial mask
     loss = np.array(history["loss"])
     total = np.array(history["distortion"]) + np.array(history["l1"])
@@ -180,7 +180,7 @@ def test_history_early_stop_and_scores(lite0):
     assert result.scores[0]["mask_mean"] == pytest.approx(history["mask_mean"][-1])
     stopped = explain(lite0, "chelsea", "pixelmask", {**FAST, "iterations": 50, "image_size": 64,
                       "stop_metric": "retained_probability", "stop_value": 0.0})  # fmt: skip
-    assert stopped.extras["stopped_early"] and stopped.extras["iterations_run"] == 0
+    assert stopped.outputs.stopped_early and stopped.outputs.iterations_run == 0
 
 
 @pytest.mark.parametrize("metric", ["cp_pixel_sg", "loss"])
@@ -188,14 +188,14 @@ def test_early_stop_at_the_first_step_that_reaches_the_value(lite0, metric):
     """Seeded runs share their history, so stopping at the value a full run reaches first at
     some step k ends exactly at k (CP rises to the value, the loss falls to it)."""
     options = {**FAST, "iterations": 8, "image_size": 64}
-    full = explain(lite0, "chelsea", "waveletx", options).extras["history"][0][metric]
+    full = explain(lite0, "chelsea", "waveletx", options).outputs.history[0][metric]
     rising = metric == "cp_pixel_sg"
     best = np.maximum.accumulate(full) if rising else np.minimum.accumulate(full)
     step = next(k for k in range(3, 9) if best[k] != best[k - 1])  # a new record at k ≥ 3
     stopped = explain(lite0, "chelsea", "waveletx",
                       {**options, "stop_metric": metric, "stop_value": full[step]})  # fmt: skip
-    assert stopped.extras["iterations_run"] == step and stopped.extras["stopped_early"]
-    assert stopped.extras["history"][0][metric] == full[: step + 1]
+    assert stopped.outputs.iterations_run == step and stopped.outputs.stopped_early
+    assert stopped.outputs.history[0][metric] == full[: step + 1]
 
 
 def test_progress_reports_loss_and_cancellation_stops(lite0):

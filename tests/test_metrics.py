@@ -11,8 +11,11 @@ import torch
 from torch import nn
 
 from engine import explain
+from engine.catalogue import parse_metrics
 from engine.masks.representation import PixelRepresentation
+from engine.masks.view import MaskView, heatmap_view
 from engine.masks.wavelet import WaveletRepresentation
+from engine.metrics.base import MetricError
 from engine.metrics.convergence import (
     IterationsToTargetOptions,
     first_reaching,
@@ -28,7 +31,6 @@ from engine.metrics.hallucination import (
     hallucination,
     hallucination_score,
 )
-from engine.metrics.registry import MaskView, MetricError, heatmap_view, parse_metrics
 
 
 def pixel_view(model, x, mask, targets=None, seed=0) -> MaskView:
@@ -276,7 +278,7 @@ def test_mask_history_logs_startgrad_cp_and_metrics_land_in_scores(lite0):
     metrics = ["cp_shearletx", {"name": "iterations_to_target", "target": 0.5}]
     options = {"iterations": 3, "noise_samples": 2, "image_size": 64}
     result = explain(lite0, "chelsea", "pixelmask", options, metrics=metrics)
-    history = result.extras["history"][0]
+    history = result.outputs.history[0]
     assert history["cp_l1_sg"][0] == pytest.approx(1.0, abs=1e-5)  # all-ones mask at step 0
     assert history["cp_pixel_sg"][0] == pytest.approx(1.0, abs=1e-5)
     scores = result.scores[0]

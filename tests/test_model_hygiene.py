@@ -11,10 +11,10 @@ from torch import nn
 from engine import explain
 from engine.addons.gad import train_support_set
 from engine.addons.pattern import estimate_patterns
-from engine.attribution.base import MethodError
+from engine.catalogue import all_methods
+from engine.method import MethodError
 from engine.models import load_model
 from engine.models.series import SeriesClassifier
-from engine.registry import all_methods
 
 FAST_OPTIONS = {
     "integrated_gradients": {"steps": 2},
@@ -24,8 +24,9 @@ FAST_OPTIONS = {
     "smoothgrad_ig": {"steps": 2, "samples": 2},
     "expected_gradients": {"samples": 2},
     "pattern_guided_ig": {"steps": 2},
-    "gradcam": {"layer": "classifier.layer4"},  # a plain module declares no CAM layer
-    "guided_gradcam": {"layer": "classifier.layer4"},
+    # a plain module declares no CAM layer
+    **{m.name: {"layer": "classifier.layer4"} for m in all_methods() if m.family == "cam"},
+    "scorecam": {"layer": "classifier.layer2"},  # 128 channels: 128 forward passes per image
     **{
         mask: {"iterations": 2, "noise_samples": 2, "init": "startgrad"}
         for mask in ("pixelmask", "smoothmask", "cartoonx", "waveletx", "shearletx")

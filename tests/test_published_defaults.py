@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from engine import explain
+from engine.catalogue import get_method
 from engine.data import load_image
 from engine.masks.representation import NoiseModel, obfuscate
 from engine.masks.shearlet import ShearletRepresentation
-from engine.registry import get_method
 
 # The ShearletX paper's experiments (Kolek et al., CVPR 2023; spec mask_methods.md §2):
 # Adam lr 0.1, 300 steps, 16 uniform noise samples, all-ones init, distortion towards 1.
@@ -184,9 +184,9 @@ def test_shearletx_defaults_equal_the_published_method(lite0_float64, system, ph
     target = result.targets[0]
     draws = native_draws(5, 3, tuple(filters.shape), 3)
     reference = published_shearletx(lite0_float64.module, x, target, filters, dual, draws)
-    ours = result.extras["masks"][0][0, 0]  # pyShearLab's layout
+    ours = result.outputs.masks[0][0, 0]  # pyShearLab's layout
     assert (ours - reference).abs().max() < 1e-5
     assert (reference - 1).abs().max() > 0.05  # the three steps moved the mask
     unclamped = explain(lite0_float64, x, "shearletx", {**options, "coefficient_clamp": False},
-                        seed=5, resize="none").extras["masks"][0][0, 0]  # fmt: skip
+                        seed=5, resize="none").outputs.masks[0][0, 0]  # fmt: skip
     assert (unclamped - reference).abs().max() > 1e-2

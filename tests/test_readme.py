@@ -9,7 +9,7 @@ import subprocess
 
 import httpx
 
-from tests.stack import ROOT, Process, free_port, wait_for
+from testkit.stack import ROOT, Process, free_port, wait_for
 
 
 def readme_example() -> str:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from engine.data import load_sample
-from tests.stack import Api, service_env
+from testkit.stack import Api, service_env
 from tests.test_inputs import png_header_only
 
 LIMIT_BYTES = 1_000_000

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from engine.data import load_sample
-from tests.stack import Api, RedisServer, Worker, service_env, wait_for
+from testkit.stack import Api, RedisServer, Worker, service_env, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +173,11 @@ def test_cancel_queued_and_running_jobs(stack):
 
 def test_listings_health_and_metrics(stack):
     methods = stack.client.get("/methods").json()
+    cams = {m["name"] for m in methods if m["family"] == "cam"}
+    assert cams == {"gradcam", "gradcam_plusplus", "xgradcam", "hirescam", "layercam",
+                    "scorecam", "eigencam", "guided_gradcam"}  # fmt: skip
+    scorecam = next(m for m in methods if m["name"] == "scorecam")
+    assert scorecam["options_schema"]["properties"]["batch_size"]["maximum"] == 1024
     ig = next(m for m in methods if m["name"] == "integrated_gradients")
     assert ig["options_schema"]["properties"]["steps"]["minimum"] == 1
     models = stack.client.get("/models").json()

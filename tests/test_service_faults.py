@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.stack import Api, RedisServer, Worker, service_env, wait_for
+from testkit.stack import Api, RedisServer, Worker, service_env, wait_for
 
 # Short limits so a lost job is redelivered within seconds: soft < hard < visibility timeout.
 FAST_REDELIVERY = {"soft_time_limit_s": 50, "hard_time_limit_s": 55, "visibility_timeout_s": 60}

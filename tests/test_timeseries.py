@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from engine import explain
-from engine.attribution.base import MethodError
 from engine.data import InputError
 from engine.data.timeseries import load_series, state_dataset, switch_feature_dataset
 from engine.masks.extremal import ExtremalMask, ExtremalMaskOptions
+from engine.method import MethodError
 from engine.metrics.timeseries import black_box, white_box
 from engine.models.series import (
     SeriesClassifier,
@@ -102,7 +102,7 @@ def test_startgrad_is_faster_and_every_init_beats_a_random_mask(seeded_model):
     results = {init: run(model, test, init) for init in ("uniform", "ones", "startgrad")}
     info = {i: white_box(r.attribution, test.truth)["information"] for i, r in results.items()}
     assert info["startgrad"] >= 1.2 * max(info["uniform"], info["ones"]), info
-    start = white_box(results["startgrad"].extras["checkpoints"][0], test.truth)
+    start = white_box(results["startgrad"].outputs.checkpoints[0], test.truth)
     assert start["aup"] > 0.5 and start["aur"] > 0.7, start
     random_mask = white_box(torch.rand(test.x.shape, generator=torch.Generator().manual_seed(0)),
                             test.truth)  # fmt: skip
@@ -110,27 +110,27 @@ def test_startgrad_is_faster_and_every_init_beats_a_random_mask(seeded_model):
         final = white_box(result.attribution, test.truth)
         assert final["aup"] > random_mask["aup"] and final["aur"] > random_mask["aur"], init
     # one freshly seeded perturbation net per init: the same perturbation penalty at step 0
-    penalties = {r.extras["history"][0]["perturbation"][0] for r in results.values()}
+    penalties = {r.outputs.history[0]["perturbation"][0] for r in results.values()}
     assert len(penalties) == 1
 
 
 def test_startgrad_mask_is_uniform_in_rank_per_series_and_flipped_for_deletion(one_model):
     model, test = one_model
     few = test.subset(np.arange(4))
-    preserve = run(model, few, "startgrad", iterations=0).extras["checkpoints"][0]
+    preserve = run(model, few, "startgrad", iterations=0).outputs.checkpoints[0]
     delete = run(model, few, "startgrad", iterations=0, game="deletion")
     ranks = torch.linspace(0, 1, 50 * 3)
     for series in preserve:
         assert torch.allclose(series.flatten().sort().values, ranks, atol=1e-3)
     # deletion starts from M = 1 − m₀, so its attribution 1 − M is m₀ as well
-    torch.testing.assert_close(delete.extras["checkpoints"][0], preserve)
-    assert delete.extras["game"] == "deletion"
+    torch.testing.assert_close(delete.outputs.checkpoints[0], preserve)
+    assert delete.outputs.game == "deletion"
 
 
 def test_deletion_game_improves_on_its_start(one_model):
     model, test = one_model
     result = run(model, test.subset(np.arange(40)), "startgrad", iterations=50, game="deletion")
-    loss = np.array([h["loss"] for h in result.extras["history"]])
+    loss = np.array([h["loss"] for h in result.outputs.history])
     assert loss[:, -1].mean() < loss[:, 0].mean()
 
 

@@ -13,12 +13,11 @@ import time
 from typing import Any
 
 from engine.artifacts import write_artifacts
-from engine.attribution.base import MethodError
 from engine.data import InputError
 from engine.explain import cached_model, explain
-from engine.metrics.registry import MetricError
+from engine.method import MethodError, OptionsError
+from engine.metrics.base import MetricError
 from engine.models import ModelError
-from engine.registry import OptionsError
 from service.artifacts import ArtifactStore
 from service.jobstore import JobStore
 

@@ -7,7 +7,7 @@
   model and on support regression models.
 
 An add-on either runs a base method's builder with an extra backward rule in its
-:class:`~engine.registry.MethodContext` (every gradient the base computes then passes through the
+:class:`~engine.method.MethodContext` (every gradient the base computes then passes through the
 rule), or runs the base method on other models.
 """
 
@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from engine.attribution.base import Attribution, BackwardRule
-from engine.registry import MethodContext, MethodOptions, get_method
+from engine.attribution.methods import GRADIENT_METHODS
+from engine.method import Attribution, BackwardRule, MethodContext, MethodOptions
 
 # The methods built on the input gradient (the ones a backward rule reaches).
 GradientBase = Literal[
@@ -46,7 +46,7 @@ class AddonOptions(MethodOptions):
 
     @model_validator(mode="after")
     def _validate_base_options(self) -> AddonOptions:
-        parsed = get_method(self.base).parse_options(self.base_options)
+        parsed = GRADIENT_METHODS[self.base].parse_options(self.base_options)
         self.base_options = parsed.model_dump(mode="json")
         return self
 
@@ -57,5 +57,5 @@ def with_rule(ctx: MethodContext, rule: BackwardRule) -> MethodContext:
 
 
 def build_base(ctx: MethodContext, base: str, base_options: dict[str, Any]) -> Attribution:
-    spec = get_method(base)
+    spec = GRADIENT_METHODS[base]
     return spec.build(ctx, spec.parse_options(base_options))

@@ -8,19 +8,15 @@ read as a logit, softmax probability or log-softmax; a batch is explained with o
 from __future__ import annotations
 
 import contextlib
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Literal, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from engine.method import BackwardRule, MethodError
+
 ScoreType = Literal["logit", "softmax", "log_softmax"]
-ProgressFn = Callable[..., None]  # (done, total, **values such as loss); may raise to cancel
-
-
-class MethodError(ValueError):
-    """A method cannot be applied to this model or input (e.g. Guided Backprop on F.relu)."""
 
 
 def class_scores(outputs: Tensor, targets: Tensor, score: ScoreType = "logit") -> Tensor:
@@ -32,12 +28,6 @@ def class_scores(outputs: Tensor, targets: Tensor, score: ScoreType = "logit") -
     elif score != "logit":
         raise MethodError(f"unknown score type {score!r}")
     return outputs.gather(1, targets.view(-1, 1)).squeeze(1)
-
-
-class BackwardRule(Protocol):
-    """Changes how gradients flow through a model while active (Guided Backprop, patterns, ...)."""
-
-    def applied(self, model: nn.Module) -> contextlib.AbstractContextManager: ...
 
 
 class StackedRules:
@@ -88,23 +78,6 @@ class InputGradient:
             scores = class_scores(self.model(leaf), targets, self.score)
             (grad,) = torch.autograd.grad(scores.sum(), leaf)
         return grad
-
-
-class Attribution(ABC):
-    """An attribution method: ``attribute(x, targets) → tensor shaped like x`` (Captum style).
-
-    ``progress`` (optional) is called with (done, total) by methods that take several passes;
-    raising from it cancels the computation.
-    """
-
-    progress: ProgressFn | None = None
-
-    @abstractmethod
-    def attribute(self, x: Tensor, targets: Tensor) -> Tensor: ...
-
-    def _report(self, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.progress(done, total)
 
 
 def chunks(total: int, size: int | None) -> Iterator[slice]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from engine.attribution.base import Attribution, GradientFn, MethodError, chunks
+from engine.attribution.base import GradientFn, chunks
+from engine.method import Attribution, MethodError
 
 
 class ExpectedGradients(Attribution):

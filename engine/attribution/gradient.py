@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from engine.attribution.base import Attribution, GradientFn
+from engine.attribution.base import GradientFn
+from engine.method import Attribution
 
 
 class Saliency(Attribution):

@@ -14,14 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.attribution.base import (
-    Attribution,
-    GradientFn,
-    MethodError,
-    ScoreType,
-    chunks,
-    class_scores,
-)
+from engine.attribution.base import GradientFn, ScoreType, chunks, class_scores
+from engine.method import Attribution, MethodError
 
 QuadratureRule = Literal[
     "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"

@@ -9,9 +9,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from engine.attribution.base import Attribution, InputGradient, MethodError, ScoreType, stacked
+from engine.attribution.base import InputGradient, ScoreType, stacked
 from engine.attribution.expected_gradients import ExpectedGradients
-from engine.attribution.gradcam import GradCAM, GuidedGradCAM, Interpolation
 from engine.attribution.gradient import GradientXInput, Saliency
 from engine.attribution.integrated_gradients import (
     BaselineKind,
@@ -21,7 +20,7 @@ from engine.attribution.integrated_gradients import (
 )
 from engine.attribution.rectifier_rules import DeconvolutionRule, GuidedBackpropRule
 from engine.attribution.smoothing import NoiseTunnel, SmoothedGradient, SmoothingKind
-from engine.registry import MethodContext, MethodOptions, MethodSpec, Reduction, register
+from engine.method import Attribution, MethodContext, MethodOptions, MethodSpec, index
 
 BatchSize = Field(
     None, ge=1, le=4096, description="Rows per forward/backward pass (None: all at once)."
@@ -92,15 +91,6 @@ class ExpectedGradientsOptions(GradientOptions):
     internal_batch_size: int | None = BatchSize
 
 
-class GradCAMOptions(ScoreOptions):
-    heatmap_reduction: Reduction = "signed_sum"
-    layer: str | None = Field(None, description="Module path; default: the model's CAM layer.")
-    relu: bool = Field(True, description="ReLU on the weighted sum (the paper's Grad-CAM).")
-    interpolation: Interpolation = "bilinear"
-    align_corners: bool = False
-    call_index: int = Field(-1, description="Which call of a layer run several times (-1: last).")
-
-
 def input_gradient(ctx: MethodContext, options: ScoreOptions, rule=None) -> InputGradient:
     return InputGradient(ctx.model, options.score, stacked(rule, *ctx.rules))
 
@@ -112,19 +102,9 @@ def smoothed(ctx: MethodContext, options: GradientOptions, method: Attribution) 
     return NoiseTunnel(method, s.kind, s.samples, s.noise_level, s.batch_size, ctx.generator)
 
 
-def _cam(ctx: MethodContext, options: GradCAMOptions) -> GradCAM:
-    layer = options.layer or ctx.cam_layer
-    if layer is None:
-        raise MethodError("this model declares no Grad-CAM layer; pass the 'layer' option")
-    return GradCAM(
-        ctx.model,
-        layer,
-        options.score,
-        options.relu,
-        options.interpolation,
-        options.align_corners,
-        options.call_index,
-    )
+def guided_backprop(ctx: MethodContext, options: ScoreOptions) -> Attribution:
+    """Guided Backpropagation's gradient (also Guided Grad-CAM's first factor)."""
+    return Saliency(input_gradient(ctx, options, GuidedBackpropRule()))
 
 
 def build_integrated_gradients(
@@ -195,127 +175,89 @@ def _expected_gradients(ctx: MethodContext, options: ExpectedGradientsOptions) -
     return smoothed(ctx, options, method)
 
 
-register(
-    MethodSpec(
-        name="saliency",
-        family="gradient",
-        summary="Vanilla gradient ∂S_c/∂x (signed).",
-        citation="Simonyan, Vedaldi & Zisserman, ICLR Workshop 2014",
-        options=GradientOptions,
-        build=lambda ctx, o: smoothed(ctx, o, Saliency(input_gradient(ctx, o))),
-    )
-)
-register(
-    MethodSpec(
-        name="gradient_x_input",
-        family="gradient",
-        summary="Gradient × Input: x ⊙ ∂S_c/∂x.",
-        citation="Shrikumar et al., arXiv:1605.01713, 2016",
-        options=GradientOptions,
-        build=lambda ctx, o: smoothed(ctx, o, GradientXInput(input_gradient(ctx, o))),
-    )
-)
-register(
-    MethodSpec(
-        name="integrated_gradients",
-        family="gradient",
-        summary="Integrated Gradients along the straight path from a baseline; reports the "
-        "completeness gap Σ IG − (S(x) − S(x')).",
-        citation="Sundararajan, Taly & Yan, ICML 2017",
-        options=IntegratedGradientsOptions,
-        build=build_integrated_gradients,
-        scores=ig_scores,
-    )
-)
-for _kind, _summary, _citation in [
+NOISE_TUNNELS = [
     ("smoothgrad", "mean of gradients at noisy copies", "Smilkov et al., arXiv:1706.03825, 2017"),
     ("smoothgrad_sq", "mean of squared gradients at noisy copies", "Hooker et al., NeurIPS 2019"),
     ("vargrad", "variance of gradients at noisy copies", "Adebayo et al., ICLR Workshop 2018"),
-]:
-    register(
+]
+GRADIENT_METHODS: dict[str, MethodSpec] = index(
+    [
         MethodSpec(
-            name=_kind,
+            name="saliency",
             family="gradient",
-            summary=f"{_kind}: {_summary}; σ = s·(max x − min x) per image, seeded.",
-            citation=_citation,
-            options=SmoothGradOptions,
-            build=_smoothgrad(_kind),
+            summary="Vanilla gradient ∂S_c/∂x (signed).",
+            citation="Simonyan, Vedaldi & Zisserman, ICLR Workshop 2014",
+            options=GradientOptions,
+            build=lambda ctx, o: smoothed(ctx, o, Saliency(input_gradient(ctx, o))),
+        ),
+        MethodSpec(
+            name="gradient_x_input",
+            family="gradient",
+            summary="Gradient × Input: x ⊙ ∂S_c/∂x.",
+            citation="Shrikumar et al., arXiv:1605.01713, 2016",
+            options=GradientOptions,
+            build=lambda ctx, o: smoothed(ctx, o, GradientXInput(input_gradient(ctx, o))),
+        ),
+        MethodSpec(
+            name="integrated_gradients",
+            family="gradient",
+            summary="Integrated Gradients along the straight path from a baseline; reports the "
+            "completeness gap Σ IG − (S(x) − S(x')).",
+            citation="Sundararajan, Taly & Yan, ICML 2017",
+            options=IntegratedGradientsOptions,
+            build=build_integrated_gradients,
+            scores=ig_scores,
+        ),
+        *(
+            MethodSpec(
+                name=kind,
+                family="gradient",
+                summary=f"{kind}: {summary}; σ = s·(max x − min x) per image, seeded.",
+                citation=citation,
+                options=SmoothGradOptions,
+                build=_smoothgrad(kind),
+                stochastic=True,
+            )
+            for kind, summary, citation in NOISE_TUNNELS
+        ),
+        MethodSpec(
+            name="smoothgrad_ig",
+            family="gradient",
+            summary="SmoothGrad-IG (pgig variant): IG whose path gradients are SmoothGrad "
+            "estimates at each path point, σ from that point's range. Not NoiseTunnel(IG): for "
+            "that use integrated_gradients with the 'smoothing' option.",
+            citation="Schwarzenberg & Castle, ICML WHI 2020 (pgig)",
+            options=SmoothGradIGOptions,
+            build=_smoothgrad_ig,
             stochastic=True,
-        )
-    )
-register(
-    MethodSpec(
-        name="smoothgrad_ig",
-        family="gradient",
-        summary="SmoothGrad-IG (pgig variant): IG whose path gradients are SmoothGrad estimates "
-        "at each path point, σ from that point's range. Not NoiseTunnel(IG): for that use "
-        "integrated_gradients with the 'smoothing' option.",
-        citation="Schwarzenberg & Castle, ICML WHI 2020 (pgig)",
-        options=SmoothGradIGOptions,
-        build=_smoothgrad_ig,
-        stochastic=True,
-    )
-)
-register(
-    MethodSpec(
-        name="expected_gradients",
-        family="gradient",
-        summary="Expected Gradients: E over reference images x' and α~U(0,1) of "
-        "(x − x') ⊙ ∇S(x' + α(x − x')).",
-        citation="Erion et al., Nature Machine Intelligence 2021",
-        options=ExpectedGradientsOptions,
-        build=_expected_gradients,
-        stochastic=True,
-    )
-)
-register(
-    MethodSpec(
-        name="guided_backprop",
-        family="gradient",
-        summary="Guided Backpropagation: rectifier backward 1[x>0]·max(g,0).",
-        citation="Springenberg et al., ICLR Workshop 2015",
-        options=GradientOptions,
-        build=lambda ctx, o: smoothed(
-            ctx, o, Saliency(input_gradient(ctx, o, GuidedBackpropRule()))
         ),
-    )
-)
-register(
-    MethodSpec(
-        name="deconvolution",
-        family="gradient",
-        summary="Deconvolution: rectifier backward max(g,0), ignoring the forward mask.",
-        citation="Zeiler & Fergus, ECCV 2014",
-        options=GradientOptions,
-        build=lambda ctx, o: smoothed(
-            ctx, o, Saliency(input_gradient(ctx, o, DeconvolutionRule()))
+        MethodSpec(
+            name="expected_gradients",
+            family="gradient",
+            summary="Expected Gradients: E over reference images x' and α~U(0,1) of "
+            "(x − x') ⊙ ∇S(x' + α(x − x')).",
+            citation="Erion et al., Nature Machine Intelligence 2021",
+            options=ExpectedGradientsOptions,
+            build=_expected_gradients,
+            stochastic=True,
         ),
-    )
-)
-register(
-    MethodSpec(
-        name="gradcam",
-        family="cam",
-        summary="Grad-CAM: ReLU(Σ_k mean(∂S/∂A^k)·A^k) at a conv layer, upsampled to the input.",
-        citation="Selvaraju et al., ICCV 2017",
-        options=GradCAMOptions,
-        build=_cam,
-    )
-)
-
-
-def _guided_gradcam(ctx: MethodContext, options: GradCAMOptions) -> Attribution:
-    guided = Saliency(input_gradient(ctx, options, GuidedBackpropRule()))
-    return GuidedGradCAM(_cam(ctx, options), guided)
-
-
-register(
-    MethodSpec(
-        name="guided_gradcam",
-        family="cam",
-        summary="Guided Grad-CAM: Guided Backprop ⊙ upsampled Grad-CAM.",
-        citation="Selvaraju et al., ICCV 2017",
-        options=GradCAMOptions,
-        build=_guided_gradcam,
-    )
+        MethodSpec(
+            name="guided_backprop",
+            family="gradient",
+            summary="Guided Backpropagation: rectifier backward 1[x>0]·max(g,0).",
+            citation="Springenberg et al., ICLR Workshop 2015",
+            options=GradientOptions,
+            build=lambda ctx, o: smoothed(ctx, o, guided_backprop(ctx, o)),
+        ),
+        MethodSpec(
+            name="deconvolution",
+            family="gradient",
+            summary="Deconvolution: rectifier backward max(g,0), ignoring the forward mask.",
+            citation="Zeiler & Fergus, ECCV 2014",
+            options=GradientOptions,
+            build=lambda ctx, o: smoothed(
+                ctx, o, Saliency(input_gradient(ctx, o, DeconvolutionRule()))
+            ),
+        ),
+    ]
 )

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from engine.attribution.base import MethodError
+from engine.method import MethodError
 
 RECTIFIER_MODULES = (nn.ReLU, nn.ReLU6)
 # Autograd nodes of relu, relu_, Tensor.relu (ReluBackward0), relu6 and hardtanh (Hardtanh...).

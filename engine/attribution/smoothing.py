@@ -15,7 +15,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from engine.attribution.base import Attribution, GradientFn, chunks
+from engine.attribution.base import GradientFn, chunks
+from engine.method import Attribution
 
 SmoothingKind = Literal["smoothgrad", "smoothgrad_sq", "vargrad"]
 

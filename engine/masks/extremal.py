@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from engine.attribution.base import Attribution
+from engine.attribution.smoothing import noise_scale
 from engine.masks.inits import rank_transform
-from engine.metrics.timeseries import black_box
-from engine.registry import MethodContext, MethodOptions, MethodSpec, register
+from engine.method import Attribution, MethodContext, MethodOptions, MethodSpec
 
 Game = Literal["preservation", "deletion"]
 SeriesInit = Literal["ones", "uniform", "zeros", "startgrad", "startgrad_smoothgrad"]
@@ -70,13 +70,14 @@ def recurrent_backward_mode(model: nn.Module, device: torch.device) -> Iterator[
 
 def startgrad_series(
     model: nn.Module, x: Tensor, samples: int = 0, generator: torch.Generator | None = None,
-    absolute: bool = False,
+    absolute: bool = False, noise_level: float = 0.15,
 ) -> Tensor:  # fmt: skip
     """m₀ = rank transform per series of ∂(Σ_t z_t)/∂x (signed by default); with ``samples`` > 0
-    the gradient is the mean over x + N(0, (0.15·(max − min of the series))²) (SmoothGrad)."""
+    the gradient is the mean over x + N(0, σ²), σ = noise_level·(max − min of the series)
+    (SmoothGrad's rule)."""
     points = [x]
     if samples:
-        spread = 0.15 * (x.amax((1, 2), keepdim=True) - x.amin((1, 2), keepdim=True))
+        spread = noise_scale(x, noise_level)
         points = [
             x + spread * torch.randn(x.shape, generator=generator).to(x) for _ in range(samples)
         ]
@@ -104,13 +105,22 @@ class ExtremalMaskOptions(MethodOptions):
     checkpoint_every: int = Field(50, ge=1, description="Keep the attribution every N steps.")
 
 
+@dataclass
+class SeriesMaskOutputs:
+    """What ExtremalMask gives besides the attribution, per series b of the batch."""
+
+    history: list[dict[str, list[float]]]  # per series: every loss term per iteration
+    checkpoints: dict[int, Tensor]  # iteration → attribution (B, T, D) at that step
+    game: Game
+
+
 class ExtremalMask(Attribution):
     """Attribution (B, T, D) in [0, 1]; the loss per iteration and the attributions at the
-    checkpoints are left in :attr:`extras`."""
+    checkpoints are its :class:`SeriesMaskOutputs`."""
 
     def __init__(self, ctx: MethodContext, options: ExtremalMaskOptions):
         self.ctx, self.options = ctx, options
-        self.extras: dict = {}
+        self.outputs: SeriesMaskOutputs | None = None
 
     def initial_mask(self, x: Tensor) -> Tensor:
         o = self.options
@@ -167,40 +177,32 @@ class ExtremalMask(Attribution):
                 if self.progress is not None:
                     self.progress(step + 1, o.iterations, loss=float(per_series.mean()))
         stacked = {name: torch.stack(values, 1).cpu() for name, values in terms.items()}
-        self.extras = {
-            "history": [
+        self.outputs = SeriesMaskOutputs(
+            history=[
                 {name: v[b].tolist() for name, v in stacked.items()} for b in range(x.shape[0])
             ],
-            "checkpoints": checkpoints,
-            "initial_masks": [checkpoints[0]],
-            "game": o.game,
-        }
+            checkpoints=checkpoints,
+            game=o.game,
+        )
         return attribution(mask.detach())
 
 
 def _scores(ctx, method, x, attribution, targets, options) -> dict[str, Tensor]:
-    """Final loss and mask size, and the black-box metrics of the attribution (top 20 % of
-    entries replaced by zeros)."""
-    final = {name: torch.tensor([h[name][-1] for h in method.extras["history"]])
+    """Final loss and distortion, and the mean attribution."""
+    final = {name: torch.tensor([h[name][-1] for h in method.outputs.history])
              for name in ("loss", "distortion")}  # fmt: skip
-    return {
-        **final,
-        "attribution_mean": attribution.flatten(1).mean(1).cpu(),
-        **black_box(ctx.model, x, attribution),
-    }
+    return {**final, "attribution_mean": attribution.flatten(1).mean(1).cpu()}
 
 
-register(
-    MethodSpec(
-        name="extremal_mask",
-        family="mask",
-        summary="ExtremalMask: a mask over time and features, with a learned perturbation, that "
-        "keeps (or removes) the prediction of every time step.",
-        citation="Enguehard, ICML 2023; Bükkaya et al., ICLR 2025 (StartGrad init)",
-        options=ExtremalMaskOptions,
-        build=ExtremalMask,
-        input_kinds=("timeseries",),
-        stochastic=True,
-        scores=_scores,
-    )
+EXTREMAL_MASK = MethodSpec(
+    name="extremal_mask",
+    family="mask",
+    summary="ExtremalMask: a mask over time and features, with a learned perturbation, that "
+    "keeps (or removes) the prediction of every time step.",
+    citation="Enguehard, ICML 2023; Bükkaya et al., ICLR 2025 (StartGrad init)",
+    options=ExtremalMaskOptions,
+    build=ExtremalMask,
+    input_kinds=("timeseries",),
+    stochastic=True,
+    scores=_scores,
 )

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.attribution.base import ScoreType, class_scores
+from engine.attribution.smoothing import noise_scale
 from engine.masks.representation import Coefficients, Representation
 
 InitKind = Literal[
@@ -73,14 +74,13 @@ def startgrad(
     """StartGrad masks, one per coefficient group, shaped (B, 1, ...)."""
     if variant == "startgrad_smoothgrad":
         image = representation.reconstruct(coefficients)
-        flat = image.flatten(1)
-        sigma = noise_level * (flat.max(1).values - flat.min(1).values)
+        sigma = noise_scale(image, noise_level)
         total = [torch.zeros_like(c) for c in coefficients]
         for _ in range(samples):
             noise = torch.stack([torch.randn(image.shape[1:], generator=g) for g in generators]).to(
                 image
             )
-            noisy = representation.decompose(image + noise * sigma.view(-1, 1, 1, 1))
+            noisy = representation.decompose(image + noise * sigma)
             grads = coefficient_gradients(model, representation, noisy, targets, score)
             total = [t + g.abs() for t, g in zip(total, grads, strict=True)]
         magnitudes = [t / samples for t in total]

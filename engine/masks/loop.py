@@ -20,7 +20,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from engine.attribution.base import ProgressFn
 from engine.masks.representation import (
     Coefficients,
     NoiseModel,
@@ -28,7 +27,8 @@ from engine.masks.representation import (
     obfuscate,
     unit_clamp,
 )
-from engine.metrics.cp import l1_share, pixel_share
+from engine.masks.view import l1_share, pixel_share
+from engine.method import ProgressFn
 
 DistortionTarget = Literal["one", "original"]
 StopMetric = Literal["retained_probability", "cp_pixel_sg", "cp_l1_sg", "distortion", "loss"]

@@ -14,20 +14,21 @@ comparison.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from engine.attribution.base import Attribution, ScoreType
+from engine.attribution.base import ScoreType
 from engine.masks.inits import InitKind, initial_masks, startgrad
 from engine.masks.loop import DistortionTarget, LoopSettings, MaskLoop, Objective, StopMetric
 from engine.masks.representation import PixelRepresentation, Representation, image_generators
 from engine.masks.shearlet import ShearletRepresentation
+from engine.masks.view import MaskView
 from engine.masks.wavelet import WaveletRepresentation
-from engine.metrics.registry import MaskView
-from engine.registry import MethodContext, MethodOptions, MethodSpec, register
+from engine.method import Attribution, MethodContext, MethodOptions, MethodSpec, index
 
 
 class MaskOptions(MethodOptions):
@@ -93,9 +94,22 @@ class ShearletXOptions(MaskOptions):
     )  # fmt: skip
 
 
+@dataclass
+class MaskOutputs:
+    """What a mask method gives besides its pixel-space map, per image b of the batch."""
+
+    masks: list[Tensor]  # final mask per coefficient group (B, 1, ...), in the user's layout
+    initial_masks: list[Tensor]  # the init, same layout
+    explanation: Tensor  # (B, 3, H, W) clamp(T⁻¹(m ⊙ c), 0, 1): the kept part of the image
+    history: list[dict[str, list[float]]]  # per image: every loss term per iteration
+    representation: dict  # what the representation was (scales used, padding, ...)
+    iterations_run: int
+    stopped_early: bool
+
+
 class MaskMethod(Attribution):
     """Runs the loop and returns a pixel-space heat map (B, 1, H, W); the mask in its
-    representation, the explanation image and the history are left in :attr:`extras`."""
+    representation, the explanation image and the history are its :class:`MaskOutputs`."""
 
     def __init__(
         self,
@@ -106,7 +120,7 @@ class MaskMethod(Attribution):
     ):
         self.ctx, self.options = ctx, options
         self.representation, self.objective = representation, objective
-        self.extras: dict = {}
+        self.outputs: MaskOutputs | None = None
 
     def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         o = self.options
@@ -147,15 +161,15 @@ class MaskMethod(Attribution):
             self.ctx.model, x, targets, representation, coefficients, result.masks, noise_model,
             self.ctx.seed, settings.pixel_clamp, settings.coefficient_clamp, result.history,
         )  # fmt: skip
-        self.extras = {
-            "masks": representation.output_masks(result.masks),
-            "initial_masks": representation.output_masks(init),
-            "explanation": explanation,
-            "history": result.history,
-            "representation": representation.describe(),
-            "iterations_run": result.iterations_run,
-            "stopped_early": result.stopped_early,
-        }
+        self.outputs = MaskOutputs(
+            masks=representation.output_masks(result.masks),
+            initial_masks=representation.output_masks(init),
+            explanation=explanation,
+            history=result.history,
+            representation=representation.describe(),
+            iterations_run=result.iterations_run,
+            stopped_early=result.stopped_early,
+        )
         return pixel_space
 
     def mask_view(self) -> MaskView:
@@ -164,73 +178,61 @@ class MaskMethod(Attribution):
 
 
 def _scores(ctx, method, x, attribution, targets, options) -> dict[str, Tensor]:
-    history = method.extras["history"]
+    history = method.outputs.history
     final = {name: torch.tensor([h[name][-1] for h in history]) for name in history[0]}
     return {
         "retained_probability": final["retained_probability"],
         "mask_mean": final["mask_mean"],
         "loss": final["loss"],
-        "iterations": torch.full((len(history),), float(method.extras["iterations_run"])),
+        "iterations": torch.full((len(history),), float(method.outputs.iterations_run)),
     }
 
 
-def _register(
-    name: str,
-    summary: str,
-    citation: str,
-    options: type[MaskOptions],
-    representation: Callable[[MaskOptions], Representation],
-) -> None:
+def _builder(representation: Callable[[MaskOptions], Representation]):
     def build(ctx: MethodContext, o: MaskOptions) -> Attribution:
         objective = Objective(o.distortion, o.l1, getattr(o, "energy", 0.0), getattr(o, "tv", 0.0))
         return MaskMethod(ctx, o, representation(o), objective)
 
-    register(
+    return build
+
+
+def _pixels(o: MaskOptions) -> Representation:
+    return PixelRepresentation()
+
+
+def _wavelets(o: WaveletOptions) -> Representation:
+    return WaveletRepresentation(o.wave, o.levels, o.mode)
+
+
+def _shearlets(o: ShearletXOptions) -> Representation:
+    return ShearletRepresentation(o.scales)
+
+
+# (name, summary, citation, options, representation)
+_FAMILY = [
+    ("pixelmask", "Pixel mask (RDE): keep few pixels, fill the rest with noise, keep the class.",
+     "Macdonald et al. 2019; Kolek et al., CVPR 2023", PixelMaskOptions, _pixels),
+    ("smoothmask", "PixelMask plus a total-variation penalty for smooth masks.",
+     "Fong & Vedaldi 2017; Bükkaya et al., ICLR 2025", SmoothMaskOptions, _pixels),
+    ("cartoonx", "CartoonX: a sparse mask on the image's wavelet (DWT) coefficients.",
+     "Kolek et al., ECCV 2022", CartoonXOptions, _wavelets),
+    ("waveletx", "WaveletX: CartoonX plus a spatial energy penalty on the explanation.",
+     "Kolek et al., CVPR 2023", WaveletXOptions, _wavelets),
+    ("shearletx", "ShearletX: a sparse mask on shearlet coefficients plus a spatial energy "
+     "penalty.", "Kolek et al., CVPR 2023", ShearletXOptions, _shearlets),
+]  # fmt: skip
+MASK_METHODS: dict[str, MethodSpec] = index(
+    [
         MethodSpec(
             name=name,
             family="mask",
             summary=summary,
             citation=citation,
             options=options,
-            build=build,
+            build=_builder(representation),
             stochastic=True,
             scores=_scores,
         )
-    )
-
-
-_register(
-    "pixelmask",
-    "Pixel mask (RDE): keep few pixels, fill the rest with noise, keep the class.",
-    "Macdonald et al. 2019; Kolek et al., CVPR 2023",
-    PixelMaskOptions,
-    lambda o: PixelRepresentation(),
-)
-_register(
-    "smoothmask",
-    "PixelMask plus a total-variation penalty for smooth masks.",
-    "Fong & Vedaldi 2017; Bükkaya et al., ICLR 2025",
-    SmoothMaskOptions,
-    lambda o: PixelRepresentation(),
-)
-_register(
-    "cartoonx",
-    "CartoonX: a sparse mask on the image's wavelet (DWT) coefficients.",
-    "Kolek et al., ECCV 2022",
-    CartoonXOptions,
-    lambda o: WaveletRepresentation(o.wave, o.levels, o.mode),
-)
-_register(
-    "waveletx",
-    "WaveletX: CartoonX plus a spatial energy penalty on the explanation.",
-    "Kolek et al., CVPR 2023",
-    WaveletXOptions,
-    lambda o: WaveletRepresentation(o.wave, o.levels, o.mode),
-)
-_register(
-    "shearletx",
-    "ShearletX: a sparse mask on shearlet coefficients plus a spatial energy penalty.",
-    "Kolek et al., CVPR 2023",
-    ShearletXOptions,
-    lambda o: ShearletRepresentation(o.scales),
+        for name, summary, citation, options, representation in _FAMILY
+    ]
 )

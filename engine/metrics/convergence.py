@@ -21,7 +21,8 @@ from pydantic import Field
 from scipy.stats import trim_mean
 from torch import Tensor
 
-from engine.metrics.registry import MaskView, MetricOptions, MetricSpec, register_metric
+from engine.masks.view import MaskView
+from engine.metrics.base import MetricOptions, MetricSpec
 
 
 def interquartile_mean(values: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -98,15 +99,13 @@ def iterations_to_target_metric(
     }
 
 
-register_metric(
-    MetricSpec(
-        name="iterations_to_target",
-        summary="First iteration at which a history curve reaches a target value (the number "
-        "of iterations run + 1 when it never does; see target_reached).",
-        definition="Iterations to target (Bükkaya et al., ICLR 2025)",
-        options=IterationsToTargetOptions,
-        compute=iterations_to_target_metric,
-        keys=("iterations_to_target", "target_reached"),
-        needs_history=True,
-    )
+ITERATIONS_TO_TARGET = MetricSpec(
+    name="iterations_to_target",
+    summary="First iteration at which a history curve reaches a target value (the number "
+    "of iterations run + 1 when it never does; see target_reached).",
+    definition="Iterations to target (Bükkaya et al., ICLR 2025)",
+    options=IterationsToTargetOptions,
+    compute=iterations_to_target_metric,
+    keys=("iterations_to_target", "target_reached"),
+    needs_history=True,
 )

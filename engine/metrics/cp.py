@@ -18,25 +18,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from engine.masks.representation import Coefficients, obfuscate
-from engine.metrics.registry import MaskView, MetricOptions, MetricSpec, register_metric
-
-TINY = 1e-12  # an empty explanation has share 0: its CP is large and finite, never inf
-
-
-def _per_image_sum(values: Tensor) -> Tensor:
-    return values.abs().flatten(1).sum(1)
-
-
-def l1_share(masks: list[Tensor], coefficients: Coefficients) -> Tensor:
-    """Σ|m ⊙ c| / Σ|c| per image, over every coefficient group and colour."""
-    kept = sum(_per_image_sum(m * c) for m, c in zip(masks, coefficients, strict=True))
-    return (kept / sum(_per_image_sum(c) for c in coefficients)).clamp_min(TINY)
-
-
-def pixel_share(image: Tensor, x: Tensor) -> Tensor:
-    """Σ|image| / Σ|x| per image."""
-    return (_per_image_sum(image) / _per_image_sum(x)).clamp_min(TINY)
+from engine.masks.representation import obfuscate
+from engine.masks.view import TINY, MaskView, l1_share, pixel_share
+from engine.metrics.base import MetricOptions, MetricSpec
 
 
 def entropy(values: list[Tensor]) -> Tensor:
@@ -104,25 +88,21 @@ def cp_startgrad(view: MaskView, options: StartGradCPOptions) -> dict[str, Tenso
     }
 
 
-register_metric(
-    MetricSpec(
-        name="cp_shearletx",
-        summary="CP-ℓ1, CP-ℓ1-pixel and CP-entropy: largest class probability of the "
-        "max-normalised explanation per unit of kept information.",
-        definition="ShearletX CP scores (Kolek et al., CVPR 2023, Fig. 4)",
-        options=MetricOptions,
-        compute=cp_shearletx,
-        keys=("cp_l1_sx", "cp_l1_pixel_sx", "cp_entropy_sx"),
-    )
+CP_SHEARLETX = MetricSpec(
+    name="cp_shearletx",
+    summary="CP-ℓ1, CP-ℓ1-pixel and CP-entropy: largest class probability of the "
+    "max-normalised explanation per unit of kept information.",
+    definition="ShearletX CP scores (Kolek et al., CVPR 2023, Fig. 4)",
+    options=MetricOptions,
+    compute=cp_shearletx,
+    keys=("cp_l1_sx", "cp_l1_pixel_sx", "cp_entropy_sx"),
 )
-register_metric(
-    MetricSpec(
-        name="cp_startgrad",
-        summary="Retained target probability over noisy obfuscations, and CP-ℓ1 / CP-pixel: "
-        "that retention per unit of kept coefficients / pixels.",
-        definition="StartGrad CP scores (Bükkaya et al., ICLR 2025)",
-        options=StartGradCPOptions,
-        compute=cp_startgrad,
-        keys=("retained_probability_sg", "cp_l1_sg", "cp_pixel_sg"),
-    )
+CP_STARTGRAD = MetricSpec(
+    name="cp_startgrad",
+    summary="Retained target probability over noisy obfuscations, and CP-ℓ1 / CP-pixel: "
+    "that retention per unit of kept coefficients / pixels.",
+    definition="StartGrad CP scores (Bükkaya et al., ICLR 2025)",
+    options=StartGradCPOptions,
+    compute=cp_startgrad,
+    keys=("retained_probability_sg", "cp_l1_sg", "cp_pixel_sg"),
 )

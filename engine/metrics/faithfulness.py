@@ -21,8 +21,9 @@ from pydantic import Field
 from torch import Tensor
 
 from engine.masks.representation import NoiseModel, obfuscate
+from engine.masks.view import MaskView
+from engine.metrics.base import MetricOptions, MetricSpec
 from engine.metrics.cp import target_probability
-from engine.metrics.registry import MaskView, MetricOptions, MetricSpec, register_metric
 
 BATCH = 64  # obfuscated images per forward pass
 COEFFICIENTS_PER_CHUNK = 2**26
@@ -116,14 +117,12 @@ def faithfulness(view: MaskView, options: FaithfulnessOptions) -> dict[str, Tens
     return {"faithfulness": remove - keep, "auc_keep_top": keep, "auc_remove_top": remove}
 
 
-register_metric(
-    MetricSpec(
-        name="faithfulness",
-        summary="AUC of the damage when the top-ranked fraction is removed minus when only it "
-        "is kept (higher: the ranking matters to the model).",
-        definition="Faithfulness (Bükkaya et al., ICLR 2025)",
-        options=FaithfulnessOptions,
-        compute=faithfulness,
-        keys=("faithfulness", "auc_keep_top", "auc_remove_top"),
-    )
+FAITHFULNESS = MetricSpec(
+    name="faithfulness",
+    summary="AUC of the damage when the top-ranked fraction is removed minus when only it "
+    "is kept (higher: the ranking matters to the model).",
+    definition="Faithfulness (Bükkaya et al., ICLR 2025)",
+    options=FaithfulnessOptions,
+    compute=faithfulness,
+    keys=("faithfulness", "auc_keep_top", "auc_remove_top"),
 )

@@ -15,9 +15,10 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from engine.masks.view import MaskView
+from engine.metrics.base import MetricOptions, MetricSpec
 from engine.metrics.cp import max_normalised
 from engine.metrics.edges import edge_measure
-from engine.metrics.registry import MaskView, MetricOptions, MetricSpec, register_metric
 
 
 class HallucinationOptions(MetricOptions):
@@ -47,14 +48,12 @@ def hallucination(view: MaskView, options: HallucinationOptions) -> dict[str, Te
     return {"hallucination": score.float(), "image_edges": image_edges.flatten(1).sum(1).float()}
 
 
-register_metric(
-    MetricSpec(
-        name="hallucination",
-        summary="Share of the explanation's CoShREM edges that lie away from the image's edges "
-        "(0: no artificial edges).",
-        definition="Hallucination score (Kolek et al., CVPR 2023)",
-        options=HallucinationOptions,
-        compute=hallucination,
-        keys=("hallucination", "image_edges"),
-    )
+HALLUCINATION = MetricSpec(
+    name="hallucination",
+    summary="Share of the explanation's CoShREM edges that lie away from the image's edges "
+    "(0: no artificial edges).",
+    definition="Hallucination score (Kolek et al., CVPR 2023)",
+    options=HallucinationOptions,
+    compute=hallucination,
+    keys=("hallucination", "image_edges"),
 )

@@ -28,7 +28,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from engine.attribution.base import ScoreType, class_scores
-from engine.metrics.registry import MaskView, MetricOptions, MetricSpec, register_metric
+from engine.masks.view import MaskView
+from engine.metrics.base import MetricOptions, MetricSpec, pixel_heatmap
 
 BATCH = 128  # perturbed images per forward pass
 Order = Literal["morf", "lerf", "random"]
@@ -159,7 +160,7 @@ class DegradationOptions(MetricOptions):
 
 
 def _degradation(view: MaskView, options: DegradationOptions) -> dict[str, Tensor]:
-    heat, (height, width) = view.pixel_heatmap(), view.x.shape[-2:]
+    heat, (height, width) = pixel_heatmap(view), view.x.shape[-2:]
     count = patch_ids(height, width, options.patch)[1]
     steps = max(1, math.ceil(options.fraction * count))
     generator = torch.Generator().manual_seed(view.seed)
@@ -179,7 +180,7 @@ class PixelPerturbationOptions(MetricOptions):
 def _pixel_perturbation(view: MaskView, options: PixelPerturbationOptions) -> dict[str, Tensor]:
     generator = torch.Generator().manual_seed(view.seed)
     common = dict(fraction=options.fraction, fill=options.fill)
-    heat = view.pixel_heatmap()
+    heat = pixel_heatmap(view)
     return {
         "pixel_perturbation": pixel_perturbation(view.model, view.x, view.targets, heat, **common),
         "pixel_perturbation_random": pixel_perturbation(
@@ -200,42 +201,36 @@ def _sensitivity_n(view: MaskView, options: SensitivityOptions) -> dict[str, Ten
     features = patch_ids(height, width, options.patch)[1]
     grid = sensitivity_grid(features, options.points, options.max_fraction)
     correlations = sensitivity_n(
-        view.model, view.x, view.targets, view.pixel_heatmap(), grid, subsets=options.subsets,
+        view.model, view.x, view.targets, pixel_heatmap(view), grid, subsets=options.subsets,
         patch=options.patch, generator=torch.Generator().manual_seed(view.seed),
     )  # fmt: skip
     return {"sensitivity_n": correlations.mean(1)}
 
 
-register_metric(
-    MetricSpec(
-        name="degradation",
-        summary="Normalised AUC of the target probability as the most (MoRF), least (LeRF) or "
-        "randomly ranked patches are replaced by their mean (MoRF: lower is better).",
-        definition="Degradation test (pgig, Schwarzenberg & Castle 2020; Samek et al. 2017)",
-        options=DegradationOptions,
-        compute=_degradation,
-        keys=("degradation_morf", "degradation_lerf", "degradation_random"),
-    )
+DEGRADATION = MetricSpec(
+    name="degradation",
+    summary="Normalised AUC of the target probability as the most (MoRF), least (LeRF) or "
+    "randomly ranked patches are replaced by their mean (MoRF: lower is better).",
+    definition="Degradation test (pgig, Schwarzenberg & Castle 2020; Samek et al. 2017)",
+    options=DegradationOptions,
+    compute=_degradation,
+    keys=("degradation_morf", "degradation_lerf", "degradation_random"),
 )
-register_metric(
-    MetricSpec(
-        name="pixel_perturbation",
-        summary="Fractional logit change when the least salient fraction of pixels is removed "
-        "(lower is better), and for as many random pixels.",
-        definition="Pixel perturbation (Srinivas & Fleuret, NeurIPS 2019)",
-        options=PixelPerturbationOptions,
-        compute=_pixel_perturbation,
-        keys=("pixel_perturbation", "pixel_perturbation_random"),
-    )
+PIXEL_PERTURBATION = MetricSpec(
+    name="pixel_perturbation",
+    summary="Fractional logit change when the least salient fraction of pixels is removed "
+    "(lower is better), and for as many random pixels.",
+    definition="Pixel perturbation (Srinivas & Fleuret, NeurIPS 2019)",
+    options=PixelPerturbationOptions,
+    compute=_pixel_perturbation,
+    keys=("pixel_perturbation", "pixel_perturbation_random"),
 )
-register_metric(
-    MetricSpec(
-        name="sensitivity_n",
-        summary="Mean over a log grid of n of the correlation between the attribution summed "
-        "over n random features and the logit drop when they are zeroed (higher is better).",
-        definition="Sensitivity-n (Ancona et al., ICLR 2018)",
-        options=SensitivityOptions,
-        compute=_sensitivity_n,
-        keys=("sensitivity_n",),
-    )
+SENSITIVITY_N = MetricSpec(
+    name="sensitivity_n",
+    summary="Mean over a log grid of n of the correlation between the attribution summed "
+    "over n random features and the logit drop when they are zeroed (higher is better).",
+    definition="Sensitivity-n (Ancona et al., ICLR 2018)",
+    options=SensitivityOptions,
+    compute=_sensitivity_n,
+    keys=("sensitivity_n",),
 )

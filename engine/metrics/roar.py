@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from engine.attribution.base import ProgressFn
+from engine.method import ProgressFn
 from engine.metrics.perturbation import ranking
 
 HeatFn = Callable[[Tensor, Tensor], Tensor]  # (images, labels) → heat maps (N, H, W)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from engine.models.spec import LoadedModel, ModelError, ModelSpec, file_sha256
+from engine.provenance import versions
 
 Cell = Literal["gru", "lstm"]
 
@@ -86,8 +87,6 @@ def train_classifier(
 
 
 def save_classifier(model: SeriesClassifier, path: str | Path, record: dict) -> None:
-    from engine.explain import versions
-
     record = {**record, "versions": versions(), "saved_at": time.time()}
     architecture = {"cell": model.cell, "features": model.features, "hidden": model.hidden}
     torch.save({"architecture": architecture, "state_dict": model.state_dict(), "record": record},

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-InputKind = Literal["image", "timeseries"]
+InputKindName = Literal["image", "timeseries"]
 
 
 class ModelError(ValueError):
@@ -29,7 +29,7 @@ class ModelSpec:
     name: str
     description: str
     build: Callable[[str | None], tuple[nn.Module, str]]  # weights arg -> (module, weights source)
-    input_kind: InputKind = "image"
+    input_kind: InputKindName = "image"
     input_size: tuple[int, int] = (224, 224)
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
@@ -108,4 +108,14 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over the names and values of the model's parameters and buffers: what a pattern
+    set or GAD support set is tied to."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

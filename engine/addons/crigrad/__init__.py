@@ -30,9 +30,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from engine.addons import AddonOptions, build_base, with_rule
-from engine.attribution.base import Attribution, MethodError
 from engine.attribution.rectifier_rules import RECTIFIER_MODULES
-from engine.registry import MethodContext, MethodSpec, register
+from engine.method import Attribution, MethodContext, MethodError, MethodSpec
 
 Importance = Literal["gxi", "abs_gxi", "abs_grad"]
 Granularity = Literal["unit", "channel"]
@@ -122,15 +121,13 @@ def _crigrad(ctx: MethodContext, options: CriGradOptions) -> Attribution:
     return build_base(with_rule(ctx, rule), options.base, options.base_options)
 
 
-register(
-    MethodSpec(
-        name="crigrad",
-        family="addon",
-        summary="CriGrad (reconstruction): the base gradient method with the gradient kept only "
-        "through the top fraction ρ of units by activation×gradient at each ReLU, filtered "
-        "layer by layer on the way down. ρ = 1 gives the base method.",
-        citation="CriGrad README (no public code); reconstruction after RectGrad (Kim et al. 2019)",
-        options=CriGradOptions,
-        build=_crigrad,
-    )
+CRIGRAD_METHOD = MethodSpec(
+    name="crigrad",
+    family="addon",
+    summary="CriGrad (reconstruction): the base gradient method with the gradient kept only "
+    "through the top fraction ρ of units by activation×gradient at each ReLU, filtered "
+    "layer by layer on the way down. ρ = 1 gives the base method.",
+    citation="CriGrad README (no public code); reconstruction after RectGrad (Kim et al. 2019)",
+    options=CriGradOptions,
+    build=_crigrad,
 )

@@ -23,10 +23,9 @@ from engine.addons.gad.support import (
     default_support_path,
     train_support_set,
 )
-from engine.addons.pattern.estimate import model_fingerprint
-from engine.attribution.base import Attribution
+from engine.method import Attribution, MethodContext, MethodSpec
 from engine.metrics.gad import gad_scores, important_pixels
-from engine.registry import MethodContext, MethodSpec, register
+from engine.models.spec import model_fingerprint
 from engine.storage import cache_dir
 
 Binarisation = Literal["top_fraction", "threshold"]
@@ -39,7 +38,8 @@ class GAD(Attribution):
                  top_fraction: float = 0.5, threshold: float = 0.1):  # fmt: skip
         self.methods = methods
         self.binarise = (binarisation, top_fraction, threshold)
-        self.extras: dict[str, Tensor] = {}
+        self.gad_mask: Tensor | None = None  # (B, H, W) pixels important on every model
+        self.original_mask: Tensor | None = None  # (B, H, W) pixels important on the original
 
     def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         original = None
@@ -51,7 +51,7 @@ class GAD(Attribution):
             else:
                 mask &= kept
             self._report(index + 1, len(self.methods))
-        self.extras = {"gad_mask": mask, "original_mask": original_kept}
+        self.gad_mask, self.original_mask = mask, original_kept
         return original * mask.unsqueeze(1).to(original.dtype)
 
 
@@ -95,7 +95,7 @@ class _GADWithSupportSet(Attribution):
 
     def __init__(self, ctx: MethodContext, options: GADOptions):
         self.ctx, self.options = ctx, options
-        self.extras: dict[str, Tensor] = {}
+        self.gad: GAD | None = None
 
     def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         ctx, o = self.ctx, self.options
@@ -108,30 +108,25 @@ class _GADWithSupportSet(Attribution):
             )
         models = [ctx.model, *[m.to(x.device) for m in support.models(ctx.model)]]
         methods = [build_base(replace(ctx, model=m), o.base, o.base_options) for m in models]
-        gad = GAD(methods, o.binarisation, o.top_fraction, o.threshold)
-        gad.progress = self.progress
-        result = gad.attribute(x, targets)
-        self.extras = gad.extras
-        return result
+        self.gad = GAD(methods, o.binarisation, o.top_fraction, o.threshold)
+        self.gad.progress = self.progress
+        return self.gad.attribute(x, targets)
 
 
 def _scores(ctx, method, x, attribution, targets, options) -> dict[str, Tensor]:
-    extras = method.extras
-    return gad_scores(ctx.model, x, targets, extras["gad_mask"], extras["original_mask"])
+    return gad_scores(ctx.model, x, targets, method.gad.gad_mask, method.gad.original_mask)
 
 
-register(
-    MethodSpec(
-        name="gad",
-        family="addon",
-        summary="GAD: the base gradient method's map kept only where it is important on the "
-        "original model and on every support regression network of a class pair (trained "
-        "with `python -m engine train-gad`); scores RC and RS.",
-        citation="Mazini Rodrigues, Boutry & Najman, Pattern Recognition Letters (GAD)",
-        options=GADOptions,
-        build=_GADWithSupportSet,
-        scores=_scores,
-    )
+GAD_METHOD = MethodSpec(
+    name="gad",
+    family="addon",
+    summary="GAD: the base gradient method's map kept only where it is important on the "
+    "original model and on every support regression network of a class pair (trained "
+    "with `python -m engine train-gad`); scores RC and RS.",
+    citation="Mazini Rodrigues, Boutry & Najman, Pattern Recognition Letters (GAD)",
+    options=GADOptions,
+    build=_GADWithSupportSet,
+    scores=_scores,
 )
 
 __all__ = ["GAD", "SupportSet", "SupportSetError", "train_support_set"]

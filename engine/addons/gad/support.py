@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from engine.addons.pattern.estimate import model_fingerprint
-from engine.attribution.base import MethodError, ProgressFn
+from engine.method import MethodError, ProgressFn
+from engine.models.spec import model_fingerprint
 from engine.storage import cache_dir, load_record, save_record
 
 FORMAT = "explainer-gad-support/1"

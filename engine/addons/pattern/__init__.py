@@ -17,12 +17,7 @@ from pathlib import Path
 from pydantic import Field
 
 from engine.addons import with_rule
-from engine.addons.pattern.estimate import (
-    PatternError,
-    PatternSet,
-    estimate_patterns,
-    model_fingerprint,
-)
+from engine.addons.pattern.estimate import PatternError, PatternSet, estimate_patterns
 from engine.addons.pattern.rule import PatternKind, PatternRule
 from engine.attribution.gradient import Saliency
 from engine.attribution.methods import (
@@ -33,7 +28,8 @@ from engine.attribution.methods import (
     input_gradient,
     smoothed,
 )
-from engine.registry import MethodContext, MethodSpec, register
+from engine.method import MethodContext, MethodSpec, index
+from engine.models.spec import model_fingerprint
 from engine.storage import cache_dir
 
 PatternsField = Field(
@@ -88,38 +84,35 @@ def _pattern_guided_ig(ctx: MethodContext, options: PatternIGOptions):
 
 
 _CITATION = "Kindermans et al., ICLR 2018 (Learning how to explain neural networks)"
-register(
-    MethodSpec(
-        name="pattern_net",
-        family="pattern",
-        summary="PatternNet: the backward pass with weights replaced by their patterns A; a "
-        "signal estimate in input space. Needs a pattern set for the model.",
-        citation=_CITATION,
-        options=PatternOptions,
-        build=_pattern_gradient("net"),
-    )
+_PATTERN_NET = MethodSpec(
+    name="pattern_net",
+    family="pattern",
+    summary="PatternNet: the backward pass with weights replaced by their patterns A; a "
+    "signal estimate in input space. Needs a pattern set for the model.",
+    citation=_CITATION,
+    options=PatternOptions,
+    build=_pattern_gradient("net"),
 )
-register(
-    MethodSpec(
-        name="pattern_attribution",
-        family="pattern",
-        summary="PatternAttribution: the backward pass with weights W ⊙ A. Needs a pattern set.",
-        citation=_CITATION,
-        options=PatternOptions,
-        build=_pattern_gradient("attribution"),
-    )
+_PATTERN_ATTRIBUTION = MethodSpec(
+    name="pattern_attribution",
+    family="pattern",
+    summary="PatternAttribution: the backward pass with weights W ⊙ A. Needs a pattern set.",
+    citation=_CITATION,
+    options=PatternOptions,
+    build=_pattern_gradient("attribution"),
 )
-register(
-    MethodSpec(
-        name="pattern_guided_ig",
-        family="pattern",
-        summary="Pattern-Guided IG: Integrated Gradients with PatternAttribution path "
-        "gradients (equal to IG when A ≡ 1). Needs a pattern set.",
-        citation="Schwarzenberg & Castle, ICML WHI 2020 (Pattern-Guided Integrated Gradients)",
-        options=PatternIGOptions,
-        build=_pattern_guided_ig,
-        scores=ig_scores,
-    )
+_PATTERN_GUIDED_IG = MethodSpec(
+    name="pattern_guided_ig",
+    family="pattern",
+    summary="Pattern-Guided IG: Integrated Gradients with PatternAttribution path "
+    "gradients (equal to IG when A ≡ 1). Needs a pattern set.",
+    citation="Schwarzenberg & Castle, ICML WHI 2020 (Pattern-Guided Integrated Gradients)",
+    options=PatternIGOptions,
+    build=_pattern_guided_ig,
+    scores=ig_scores,
+)
+PATTERN_METHODS: dict[str, MethodSpec] = index(
+    [_PATTERN_NET, _PATTERN_ATTRIBUTION, _PATTERN_GUIDED_IG]
 )
 
 __all__ = [
@@ -128,5 +121,4 @@ __all__ = [
     "PatternSet",
     "default_pattern_path",
     "estimate_patterns",
-    "model_fingerprint",
 ]

@@ -21,7 +21,6 @@ as iNNvestigate does. ReLU6's upper saturation is not modelled (regime z' > 0).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,8 @@ from engine.addons.pattern.layers import (
     layer_contexts,
     weighted_layers,
 )
-from engine.attribution.base import MethodError, ProgressFn
+from engine.method import MethodError, ProgressFn
+from engine.models.spec import model_fingerprint
 from engine.storage import load_record, save_record
 
 Estimator = Literal["two_component", "linear"]
@@ -49,15 +49,6 @@ FORMAT = "explainer-patterns/1"
 
 class PatternError(MethodError):
     """A pattern set that is missing, unreadable, or made for another model."""
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over the names and values of the model's parameters and buffers."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _samples(call: LayerCall, context: LayerContext) -> tuple[Tensor, Tensor, Tensor]:

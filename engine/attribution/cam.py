@@ -1,0 +1,313 @@
+"""Class activation maps: one base that owns the layer hook, the target, the ReLU and the
+upsampling; each method says only how the layer's activations A (B, C, h, w) and, for the
+gradient CAMs, G = ∂S_c/∂A become a map at the layer's resolution:
+
+  Grad-CAM    Σ_k w_k A_k,  w_k = mean_ij G_kij                     Selvaraju et al., ICCV 2017
+  Grad-CAM++  Σ_k w_k A_k,  w_k = Σ_ij α_kij ReLU(G_kij),
+              α = G² / (2G² + (Σ_ij A_kij) G³ + 1e-6)              Chattopadhay et al., WACV 2018
+  XGrad-CAM   Σ_k w_k A_k,  w_k = Σ_ij G_kij A_kij / (Σ_ij A_kij + 1e-7)    Fu et al., BMVC 2020
+  Score-CAM   Σ_k w_k A_k,  w = softmax_k S_c(x ⊙ n(up(A_k))), n = min-max to [0, 1]
+                                                                    Wang et al., CVPR-W 2020
+  HiResCAM    Σ_k G_k ⊙ A_k                                         Draelos & Carin, 2020
+  LayerCAM    Σ_k ReLU(G_k) ⊙ A_k                                   Jiang et al., IEEE TIP 2021
+  EigenCAM    (A − mean) projected on its first principal direction  Muhammad & Yeasin, IJCNN 2020
+
+then ReLU (an option) and upsampling to the input. The definitions, constants included, are
+pytorch-grad-cam's, which the tests compare with. The network continues on a copy of the hooked
+output, so an in-place operation after the layer cannot overwrite what is explained.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from engine.attribution.base import ScoreType, class_scores
+from engine.attribution.methods import guided_backprop
+from engine.method import (
+    Attribution,
+    MethodContext,
+    MethodError,
+    MethodOptions,
+    MethodSpec,
+    Reduction,
+    index,
+)
+
+Interpolation = Literal["bilinear", "nearest", "bicubic"]
+
+
+def find_layer(model: nn.Module, path: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError as error:
+        raise MethodError(f"model has no layer {path!r}") from error
+
+
+class CAM(Attribution):
+    """The shared part of every CAM at ``layer`` (a module path); returns (B, 1, H, W).
+
+    ``call_index`` picks which call of the layer to use when the module runs several times in
+    one forward pass (-1: the last, e.g. EfficientNet's shared activation at the head).
+    Subclasses define :meth:`weights` (one weight per channel) or :meth:`combine`.
+    """
+
+    uses_gradient = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str,
+        score: ScoreType = "logit",
+        relu: bool = True,
+        interpolation: Interpolation = "bilinear",
+        align_corners: bool = False,
+        call_index: int = -1,
+    ):
+        self.model = model
+        self.layer = layer
+        self.module = find_layer(model, layer)
+        self.score = score
+        self.relu = relu
+        self.interpolation = interpolation
+        self.align_corners = align_corners
+        self.call_index = call_index
+
+    def weights(self, activation: Tensor, gradient: Tensor, x: Tensor, targets: Tensor) -> Tensor:
+        """One weight per channel (B, C)."""
+        raise NotImplementedError
+
+    def combine(self, activation: Tensor, gradient: Tensor, x: Tensor, targets: Tensor) -> Tensor:
+        """The map at the layer's resolution (B, h, w); by default Σ_k w_k A_k."""
+        weights = self.weights(activation, gradient, x, targets)
+        return (weights[:, :, None, None] * activation).sum(1)
+
+    def activation_and_gradient(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The layer's output (B, C, h, w) on x and, for gradient CAMs, ∂S_c/∂output."""
+        outputs: list[Tensor] = []
+
+        def keep(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:
+            outputs.append(output)
+            return output.clone() if isinstance(output, Tensor) else None
+
+        handle = self.module.register_forward_hook(keep)
+        try:
+            with torch.set_grad_enabled(self.uses_gradient):
+                leaf = x.detach().requires_grad_(self.uses_gradient)
+                logits = self.model(leaf)
+                if not outputs:
+                    raise MethodError(f"layer {self.layer!r} did not run in the forward pass")
+                activation = outputs[self.call_index]
+                if not isinstance(activation, Tensor) or activation.ndim != 4:
+                    raise MethodError(f"layer {self.layer!r} does not output a (B, C, h, w) map")
+                gradient = None
+                if self.uses_gradient:
+                    scores = class_scores(logits, targets, self.score)
+                    (gradient,) = torch.autograd.grad(scores.sum(), activation)
+        finally:
+            handle.remove()
+        return activation.detach(), gradient
+
+    def layer_map(self, x: Tensor, targets: Tensor) -> Tensor:
+        """The class activation map at the layer's resolution, (B, 1, h, w)."""
+        activation, gradient = self.activation_and_gradient(x, targets)
+        cam = self.combine(activation, gradient, x, targets).unsqueeze(1)
+        return F.relu(cam) if self.relu else cam
+
+    def upsample(self, cam: Tensor, size: tuple[int, int]) -> Tensor:
+        if self.interpolation == "nearest":
+            return F.interpolate(cam, size=size, mode="nearest")
+        return F.interpolate(
+            cam, size=size, mode=self.interpolation, align_corners=self.align_corners
+        )
+
+    def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        return self.upsample(self.layer_map(x, targets), tuple(x.shape[2:]))
+
+
+def _spatial_sum(values: Tensor) -> Tensor:
+    return values.sum((2, 3))
+
+
+class GradCAM(CAM):
+    def weights(self, activation, gradient, x, targets):
+        return gradient.mean((2, 3))
+
+
+class GradCAMPlusPlus(CAM):
+    def weights(self, activation, gradient, x, targets):
+        squared, cubed = gradient**2, gradient**3
+        totals = _spatial_sum(activation)[:, :, None, None]
+        alpha = squared / (2 * squared + totals * cubed + 1e-6)
+        alpha = torch.where(gradient != 0, alpha, torch.zeros_like(alpha))
+        return _spatial_sum(alpha * F.relu(gradient))
+
+
+class XGradCAM(CAM):
+    def weights(self, activation, gradient, x, targets):
+        totals = _spatial_sum(activation)[:, :, None, None]
+        return _spatial_sum(gradient * activation / (totals + 1e-7))
+
+
+class HiResCAM(CAM):
+    def combine(self, activation, gradient, x, targets):
+        return (gradient * activation).sum(1)
+
+
+class LayerCAM(CAM):
+    def combine(self, activation, gradient, x, targets):
+        return (F.relu(gradient) * activation).sum(1)
+
+
+class ScoreCAM(CAM):
+    """Each channel, upsampled (bilinear, corners aligned) and min-max normalised, masks the
+    input; the target's scores of the C masked inputs, softmaxed over channels, weight the
+    channels. C forward passes per image, ``batch_size`` masked inputs at a time."""
+
+    uses_gradient = False
+
+    def __init__(self, *args, batch_size: int = 32, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def weights(self, activation, gradient, x, targets):
+        masks = F.interpolate(activation, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        low = masks.amin((2, 3), keepdim=True)
+        high = masks.amax((2, 3), keepdim=True)
+        masks = (masks - low) / (high - low + 1e-8)
+        channels = activation.shape[1]
+        scores = torch.empty(activation.shape[:2], device=x.device, dtype=x.dtype)
+        for b in range(x.shape[0]):
+            for start in range(0, channels, self.batch_size):
+                stop = min(start + self.batch_size, channels)
+                masked = x[b : b + 1] * masks[b, start:stop, None]  # (n, 3, H, W)
+                logits = self.model(masked)
+                scores[b, start:stop] = class_scores(logits, targets[b].expand(stop - start),
+                                                     self.score)  # fmt: skip
+                self._report(b * channels + stop, x.shape[0] * channels)
+        return scores.softmax(1)
+
+
+class EigenCAM(CAM):
+    """Class-agnostic: needs no gradient and ignores the target. The principal direction's
+    sign, which an SVD leaves open, is chosen so that its channel weights sum to ≥ 0 (the map
+    rises where the layer is more active overall)."""
+
+    uses_gradient = False
+
+    def combine(self, activation, gradient, x, targets):
+        flat = activation.flatten(2).transpose(1, 2).double()  # (B, hw, C)
+        centred = flat - flat.mean(1, keepdim=True)
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+        direction = vh[:, 0]  # (B, C)
+        sign = torch.where(direction.sum(1, keepdim=True) < 0, -1.0, 1.0).to(direction)
+        projection = centred @ (sign * direction).unsqueeze(2)  # (B, hw, 1)
+        return projection.squeeze(2).view(activation.shape[0], *activation.shape[2:]).to(x.dtype)
+
+
+class GuidedGradCAM(Attribution):
+    """Guided Backprop ⊙ upsampled Grad-CAM, shaped like the input (Selvaraju et al. 2017)."""
+
+    def __init__(self, gradcam: GradCAM, guided_backprop: Attribution):
+        self.gradcam = gradcam
+        self.guided_backprop = guided_backprop
+
+    def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        return self.guided_backprop.attribute(x, targets) * self.gradcam.attribute(x, targets)
+
+
+# --- registry entries ----------------------------------------------------------------------
+
+
+class LayerOptions(MethodOptions):
+    heatmap_reduction: Reduction = "signed_sum"
+    layer: str | None = Field(None, description="Module path; default: the model's CAM layer.")
+    relu: bool = Field(True, description="ReLU on the layer map (as the papers do).")
+    interpolation: Interpolation = "bilinear"
+    align_corners: bool = False
+    call_index: int = Field(-1, description="Which call of a layer run several times (-1: last).")
+
+
+class CAMOptions(LayerOptions):
+    score: ScoreType = Field(
+        "logit", description="Explained scalar: logit, softmax or log_softmax."
+    )
+
+
+class ScoreCAMOptions(CAMOptions):
+    batch_size: int = Field(32, ge=1, le=1024, description="Masked inputs per forward pass.")
+
+
+def cam_layer(ctx: MethodContext, options: LayerOptions) -> str:
+    layer = options.layer or ctx.cam_layer
+    if layer is None:
+        raise MethodError("this model declares no CAM layer; pass the 'layer' option")
+    return layer
+
+
+def _builder(cls: type[CAM]):
+    def build(ctx: MethodContext, o: LayerOptions) -> CAM:
+        extra = {"batch_size": o.batch_size} if isinstance(o, ScoreCAMOptions) else {}
+        score = getattr(o, "score", "logit")
+        return cls(ctx.model, cam_layer(ctx, o), score, o.relu, o.interpolation,
+                   o.align_corners, o.call_index, **extra)  # fmt: skip
+
+    return build
+
+
+def _guided_gradcam(ctx: MethodContext, options: CAMOptions) -> Attribution:
+    return GuidedGradCAM(_builder(GradCAM)(ctx, options), guided_backprop(ctx, options))
+
+
+# (name, class, options, summary, citation)
+_FAMILY = [
+    ("gradcam", GradCAM, CAMOptions,
+     "Grad-CAM: ReLU(Σ_k mean(∂S/∂A^k)·A^k) at a conv layer, upsampled to the input.",
+     "Selvaraju et al., ICCV 2017"),
+    ("gradcam_plusplus", GradCAMPlusPlus, CAMOptions,
+     "Grad-CAM++: channel weights from positive gradients with higher-order α coefficients.",
+     "Chattopadhay et al., WACV 2018"),
+    ("xgradcam", XGradCAM, CAMOptions,
+     "XGrad-CAM: channel weights Σ G·A / Σ A (axiom-based).", "Fu et al., BMVC 2020"),
+    ("hirescam", HiResCAM, CAMOptions,
+     "HiResCAM: Σ_k G_k ⊙ A_k, element-wise (no spatial averaging of the gradient).",
+     "Draelos & Carin, arXiv:2011.08891, 2020"),
+    ("layercam", LayerCAM, CAMOptions,
+     "LayerCAM: Σ_k ReLU(G_k) ⊙ A_k, element-wise positive gradients.",
+     "Jiang et al., IEEE TIP 2021"),
+    ("scorecam", ScoreCAM, ScoreCAMOptions,
+     "Score-CAM: channel weights = softmax of the target's score on the input masked by each "
+     "upsampled channel; gradient-free, one forward pass per channel.",
+     "Wang et al., CVPR Workshops 2020"),
+    ("eigencam", EigenCAM, LayerOptions,
+     "EigenCAM: the layer's activations projected on their first principal component; "
+     "class-agnostic and gradient-free.", "Muhammad & Yeasin, IJCNN 2020"),
+]  # fmt: skip
+CAM_METHODS: dict[str, MethodSpec] = index(
+    [
+        *(
+            MethodSpec(
+                name=name,
+                family="cam",
+                summary=summary,
+                citation=citation,
+                options=options,
+                build=_builder(cls),
+            )
+            for name, cls, options, summary, citation in _FAMILY
+        ),
+        MethodSpec(
+            name="guided_gradcam",
+            family="cam",
+            summary="Guided Grad-CAM: Guided Backprop ⊙ upsampled Grad-CAM.",
+            citation="Selvaraju et al., ICCV 2017",
+            options=CAMOptions,
+            build=_guided_gradcam,
+        ),
+    ]
+)

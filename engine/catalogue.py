@@ -1,0 +1,88 @@
+"""The catalogue: every explanation method and quality metric there is, listed in one place.
+
+Each family defines its specs in its own module; this module collects them, in the order the
+CLI and ``GET /methods`` show them, and answers lookups. It sits above every family, and nothing
+in the families imports it: adding a method is its module plus one line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from engine.addons.crigrad import CRIGRAD_METHOD
+from engine.addons.gad import GAD_METHOD
+from engine.addons.pattern import PATTERN_METHODS
+from engine.attribution.cam import CAM_METHODS
+from engine.attribution.methods import GRADIENT_METHODS
+from engine.masks.extremal import EXTREMAL_MASK
+from engine.masks.methods import MASK_METHODS
+from engine.method import MethodSpec, OptionsError, index
+from engine.metrics.base import MetricError, MetricRequest, MetricSpec
+from engine.metrics.convergence import ITERATIONS_TO_TARGET
+from engine.metrics.cp import CP_SHEARLETX, CP_STARTGRAD
+from engine.metrics.faithfulness import FAITHFULNESS
+from engine.metrics.hallucination import HALLUCINATION
+from engine.metrics.perturbation import DEGRADATION, PIXEL_PERTURBATION, SENSITIVITY_N
+
+METHODS: dict[str, MethodSpec] = index(
+    [
+        *GRADIENT_METHODS.values(),
+        *CAM_METHODS.values(),
+        *MASK_METHODS.values(),
+        EXTREMAL_MASK,
+        *PATTERN_METHODS.values(),
+        CRIGRAD_METHOD,
+        GAD_METHOD,
+    ]
+)
+METRICS: dict[str, MetricSpec] = index(
+    [
+        CP_SHEARLETX,
+        CP_STARTGRAD,
+        HALLUCINATION,
+        FAITHFULNESS,
+        ITERATIONS_TO_TARGET,
+        DEGRADATION,
+        PIXEL_PERTURBATION,
+        SENSITIVITY_N,
+    ]
+)
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise OptionsError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def all_methods() -> list[MethodSpec]:
+    return list(METHODS.values())
+
+
+def get_metric(name: str) -> MetricSpec:
+    if name not in METRICS:
+        raise MetricError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
+    return METRICS[name]
+
+
+def all_metrics() -> list[MetricSpec]:
+    return list(METRICS.values())
+
+
+def parse_metrics(requested: Sequence[str | dict[str, Any]] | None) -> list[MetricRequest]:
+    """Names, or ``{"name": ..., **parameters}`` objects → validated requests (each once)."""
+    parsed: dict[str, MetricRequest] = {}
+    for item in requested or []:
+        if isinstance(item, str):
+            name, parameters = item, {}
+        elif isinstance(item, dict) and isinstance(item.get("name"), str):
+            parameters = {k: v for k, v in item.items() if k != "name"}
+            name = item["name"]
+        else:
+            raise MetricError(f"a metric is a name or an object with a 'name', got {item!r}")
+        spec = get_metric(name)
+        if name in parsed:
+            raise MetricError(f"metric {name!r} requested twice")
+        parsed[name] = MetricRequest(spec, spec.parse_options(parameters))
+    return list(parsed.values())

@@ -1,0 +1,57 @@
+"""What differs between kinds of input (images, time series): how inputs are prepared, how the
+model's output becomes class probabilities, how an attribution becomes a heat map, which scores
+every result gets, and which files are written. One :class:`InputKind` per kind."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from engine.method import Attribution, MethodOptions, Reduction
+from engine.metrics.base import MetricRequest
+from engine.models.spec import ModelSpec
+from engine.result import Explanation
+
+
+class InputKind(ABC):
+    name: str
+
+    @abstractmethod
+    def prepare(
+        self, inputs: Any, model: ModelSpec, options: MethodOptions, resize: str
+    ) -> tuple[Tensor, list[dict]]:
+        """One input, a list, or a ready batch → (batch tensor, a record per input)."""
+
+    @abstractmethod
+    def probabilities(self, outputs: Tensor) -> Tensor:
+        """The model's outputs → class probabilities (B, classes)."""
+
+    @abstractmethod
+    def heatmap(self, attribution: Tensor, reduction: Reduction) -> Tensor:
+        """The attribution reduced to the map that pictures and pixel metrics use."""
+
+    @abstractmethod
+    def check_metrics(self, requests: Sequence[MetricRequest]) -> None:
+        """Refuse quality metrics this kind has no definition for (before any work is done)."""
+
+    @abstractmethod
+    def scores(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        targets: Tensor,
+        attribution: Tensor,
+        heatmap: Tensor,
+        method: Attribution,
+        requests: Sequence[MetricRequest],
+        seed: int,
+    ) -> dict[str, Tensor]:
+        """Per-input scores every result of this kind gets, plus the requested metrics."""
+
+    @abstractmethod
+    def write(self, explanation: Explanation, out: Path, index: int) -> dict[str, Path]:
+        """Input ``index``'s files in ``out`` (summary.json included): name → path."""

@@ -1,0 +1,100 @@
+"""Images: RGB in [0, 1] at the model's (or the requested) size, softmax class probabilities, a
+channel reduction as heat map, the quality metrics on request, and pictures as artifacts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from engine.data import load_image
+from engine.kinds.base import InputKind
+from engine.masks.methods import MaskMethod, MaskOutputs
+from engine.masks.view import heatmap_view
+from engine.method import Attribution, MethodError, MethodOptions, Reduction
+from engine.metrics.base import MetricRequest, compute_metrics
+from engine.models.spec import ModelSpec
+from engine.render import heatmap_image, image_from_tensor, overlay_image
+from engine.result import Explanation
+
+
+def reduce_channels(attribution: Tensor, reduction: Reduction) -> Tensor:
+    """(B, C, H, W) → (B, H, W): Σ_c|A_c|, Σ_c A_c or max_c|A_c|."""
+    if reduction == "abs_sum":
+        return attribution.abs().sum(1)
+    if reduction == "signed_sum":
+        return attribution.sum(1)
+    if reduction == "max_abs":
+        return attribution.abs().amax(1)
+    raise ValueError(f"unknown heat-map reduction {reduction!r}")
+
+
+class ImageKind(InputKind):
+    name = "image"
+
+    def prepare(self, inputs, model: ModelSpec, options: MethodOptions, resize: str):
+        """A source (sample name, path, bytes, PIL image, array, (3, H, W) tensor), a list of
+        them, or a (B, 3, H, W) tensor, at ``options.image_size``² or the model's input size."""
+        image_size = getattr(options, "image_size", None)
+        size = (image_size, image_size) if image_size else model.input_size
+        if (isinstance(inputs, Tensor) and inputs.ndim == 4) or isinstance(inputs, list | tuple):
+            sources = list(inputs)
+        else:
+            sources = [inputs]
+        loaded = [load_image(s, size if resize != "none" else None, resize) for s in sources]
+        shapes = {tuple(t.shape) for t, _ in loaded}
+        if len(shapes) != 1:
+            raise MethodError(f"images of a batch must share one size, got {sorted(shapes)}")
+        return torch.stack([t for t, _ in loaded]), [r.to_dict() for _, r in loaded]
+
+    def probabilities(self, outputs: Tensor) -> Tensor:
+        return outputs.softmax(1)
+
+    def heatmap(self, attribution: Tensor, reduction: Reduction) -> Tensor:
+        return reduce_channels(attribution, reduction)
+
+    def check_metrics(self, requests: Sequence[MetricRequest]) -> None:
+        """Every quality metric is defined for images (some for mask methods only, checked
+        when they run)."""
+
+    def scores(self, model: nn.Module, x, targets, attribution, heatmap, method: Attribution,
+               requests: Sequence[MetricRequest], seed: int) -> dict[str, Tensor]:  # fmt: skip
+        if not requests:
+            return {}
+        if isinstance(method, MaskMethod):
+            view = method.mask_view()
+            view.heatmap = heatmap
+        else:
+            view = heatmap_view(model, x, targets, heatmap, seed)
+        return compute_metrics(view, requests)
+
+    def write(self, explanation: Explanation, out: Path, index: int) -> dict[str, Path]:
+        """``attribution.npy`` float32 (C, H, W), ``heatmap.npy`` (H, W), ``heatmap.png``,
+        ``overlay.png``, ``summary.json``; for mask methods also ``mask.npz`` (the mask of each
+        coefficient group, colour axis dropped: group0 = pixels, or yl, yh0…, or shearlets),
+        ``explanation.png`` (the masked reconstruction) and ``history.json``."""
+        signed = explanation.options.get("heatmap_reduction") == "signed_sum"
+        heatmap = explanation.heatmap[index].numpy()
+        paths = {name: out / name for name in ("attribution.npy", "heatmap.npy", "heatmap.png",
+                                               "overlay.png", "summary.json")}  # fmt: skip
+        attribution = explanation.attribution[index].numpy().astype(np.float32)
+        np.save(paths["attribution.npy"], attribution)
+        np.save(paths["heatmap.npy"], heatmap.astype(np.float32))
+        heatmap_image(heatmap, signed=signed).save(paths["heatmap.png"])
+        image = explanation.inputs[index].numpy()
+        overlay_image(image, heatmap, signed=signed).save(paths["overlay.png"])
+        outputs = explanation.outputs
+        if isinstance(outputs, MaskOutputs):
+            paths |= {name: out / name for name in ("mask.npz", "explanation.png", "history.json")}
+            masks = {f"group{i}": m[index, 0].cpu().numpy() for i, m in enumerate(outputs.masks)}
+            np.savez_compressed(paths["mask.npz"], **masks)
+            picture = image_from_tensor(outputs.explanation[index].cpu().numpy())
+            picture.save(paths["explanation.png"])
+            paths["history.json"].write_text(json.dumps(outputs.history[index]))
+        summary = explanation.summary(index) | {"files": sorted(paths)}
+        paths["summary.json"].write_text(json.dumps(summary, indent=2))
+        return paths

@@ -1,0 +1,80 @@
+"""Time series: T × D arrays, a model with one logit per time step, the attribution itself as the
+map, the black-box scores on every result, and the series with its attribution as a plot."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from engine.data.timeseries import SeriesRecord, load_series
+from engine.kinds.base import InputKind
+from engine.masks.extremal import SeriesMaskOutputs
+from engine.method import Attribution, MethodError, MethodOptions, Reduction
+from engine.metrics.base import MetricError, MetricRequest
+from engine.metrics.timeseries import black_box
+from engine.models.spec import ModelSpec
+from engine.render import series_plot
+from engine.result import Explanation
+
+
+class SeriesKind(InputKind):
+    name = "timeseries"
+
+    def prepare(self, inputs, model: ModelSpec, options: MethodOptions, resize: str):
+        """A series (T × D array, tensor, .npy/.csv path), a list of them, or (B, T, D)."""
+        batch = isinstance(inputs, Tensor | np.ndarray) and inputs.ndim == 3
+        listed = (
+            isinstance(inputs, list | tuple)
+            and len(inputs) > 0
+            and not isinstance(inputs[0], float | int | list)
+        )
+        sources = list(inputs) if batch or listed else [inputs]
+        loaded = [load_series(source) for source in sources]
+        if len({tuple(s.shape) for s in loaded}) != 1:
+            raise MethodError("series of a batch must share one length and feature count")
+        records = [SeriesRecord.of(source, s).to_dict()
+                   for source, s in zip(sources, loaded, strict=True)]  # fmt: skip
+        return torch.stack(loaded), records
+
+    def probabilities(self, outputs: Tensor) -> Tensor:
+        """(B, T) step logits → (B, 2): the mean probability of a negative and of a positive
+        step. A series model is explained on all its steps; its "class" is the majority."""
+        positive = torch.sigmoid(outputs).mean(1)
+        return torch.stack([1 - positive, positive], dim=1)
+
+    def heatmap(self, attribution: Tensor, reduction: Reduction) -> Tensor:
+        return attribution  # (B, T, D) is its own map
+
+    def check_metrics(self, requests: Sequence[MetricRequest]) -> None:
+        if requests:
+            raise MetricError("the quality metrics are for images; a series result has the "
+                              "black-box scores, and engine.metrics.timeseries.white_box scores "
+                              "it against a ground truth")  # fmt: skip
+
+    def scores(self, model: nn.Module, x, targets, attribution, heatmap, method: Attribution,
+               requests: Sequence[MetricRequest], seed: int) -> dict[str, Tensor]:  # fmt: skip
+        """The black-box scores of the attribution (its top 20 % of entries replaced by 0)."""
+        return black_box(model, x, attribution)
+
+    def write(self, explanation: Explanation, out: Path, index: int) -> dict[str, Path]:
+        """``attribution.npy`` (T, D), ``series.png`` (the series, the attribution shaded per
+        feature), ``history.json`` (mask methods) and ``summary.json``."""
+        names = ["attribution.npy", "series.png", "summary.json"]
+        outputs = explanation.outputs
+        if isinstance(outputs, SeriesMaskOutputs):
+            names.append("history.json")
+        paths = {name: out / name for name in names}
+        attribution = explanation.attribution[index].numpy().astype(np.float32)
+        np.save(paths["attribution.npy"], attribution)
+        level = np.abs(attribution) / max(float(np.abs(attribution).max()), 1e-12)
+        series_plot(explanation.inputs[index].numpy(), level).save(paths["series.png"])
+        if isinstance(outputs, SeriesMaskOutputs):
+            paths["history.json"].write_text(json.dumps(outputs.history[index]))
+        summary = explanation.summary(index) | {"files": sorted(paths)}
+        paths["summary.json"].write_text(json.dumps(summary, indent=2))
+        return paths

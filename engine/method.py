@@ -1,0 +1,143 @@
+"""What an explanation method is, for every family: the :class:`Attribution` interface, the options
+model it validates requests with, the :class:`MethodContext` its builder receives, and the
+:class:`MethodSpec` that describes it. A family module defines specs; ``engine.catalogue`` lists
+them. This module sits just above ``engine.models``: everything that defines methods imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import Tensor, nn
+
+from engine.models.spec import InputKindName, ModelSpec
+
+ProgressFn = Callable[..., None]  # (done, total, **values such as loss); may raise to cancel
+Reduction = Literal["abs_sum", "signed_sum", "max_abs"]
+
+
+class MethodError(ValueError):
+    """A method cannot be applied to this model or input (e.g. Guided Backprop on F.relu)."""
+
+
+class OptionsError(ValueError):
+    """Options that do not validate against a method's options model, or an unknown method."""
+
+
+def validation_message(error: ValidationError) -> str:
+    """``field: problem; field: problem`` from a pydantic error."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}" for e in error.errors()
+    )
+
+
+class Attribution(ABC):
+    """An attribution method: ``attribute(x, targets) → tensor shaped like x`` (Captum style).
+
+    ``progress`` (optional) is called with (done, total) by methods that take several passes;
+    raising from it cancels the computation. ``outputs`` holds a method's typed result parts
+    beyond the attribution (a mask method's masks and history), or ``None``.
+    """
+
+    progress: ProgressFn | None = None
+    outputs: Any = None
+
+    @abstractmethod
+    def attribute(self, x: Tensor, targets: Tensor) -> Tensor: ...
+
+    def _report(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(done, total)
+
+
+class BackwardRule(Protocol):
+    """Changes how gradients flow through a model while active (Guided Backprop, patterns, ...)."""
+
+    def applied(self, model: nn.Module) -> contextlib.AbstractContextManager: ...
+
+
+class MethodOptions(BaseModel):
+    """Options every method has. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    heatmap_reduction: Reduction = Field(
+        "abs_sum",
+        description="How channels become a 2-D heat map: Σ_c|A_c| (abs_sum), Σ_c A_c "
+        "(signed_sum) or max_c|A_c| (max_abs). The attribution tensor itself is not reduced.",
+    )
+
+
+@dataclass
+class MethodContext:
+    """What a method builder may use besides its options."""
+
+    model: nn.Module
+    model_spec: ModelSpec
+    input_size: tuple[int, ...]  # the batch's trailing shape: (H, W) of images, (T, D) of series
+    cam_layer: str | None
+    device: torch.device
+    generator: torch.Generator
+    seed: int = 0
+    progress: ProgressFn | None = None
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. a reference set tensor
+    # Backward rules an add-on asks every gradient of the method to run under (CriGrad's filter).
+    rules: tuple[BackwardRule, ...] = ()
+
+
+# Extra per-image scores of a method (e.g. IG's completeness gap): (ctx, method, x, attribution,
+# targets, options) → {name: (B,) tensor}.
+ScoresFn = Callable[[MethodContext, Attribution, Tensor, Tensor, Tensor, Any], dict[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method's name, family, summary and citation, its options model, and its builder."""
+
+    name: str
+    family: str
+    summary: str
+    citation: str
+    options: type[MethodOptions]
+    build: Callable[[MethodContext, Any], Attribution]
+    input_kinds: tuple[InputKindName, ...] = ("image",)
+    stochastic: bool = False
+    scores: ScoresFn | None = None
+
+    def parse_options(self, options: dict[str, Any] | MethodOptions | None) -> MethodOptions:
+        if isinstance(options, self.options):
+            return options
+        if isinstance(options, MethodOptions):
+            options = options.model_dump()
+        try:
+            return self.options.model_validate(options or {})
+        except ValidationError as error:
+            problems = validation_message(error)
+            raise OptionsError(f"invalid options for {self.name}: {problems}") from error
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "summary": self.summary,
+            "citation": self.citation,
+            "input_kinds": list(self.input_kinds),
+            "stochastic": self.stochastic,
+            "options_schema": self.options.model_json_schema(),
+        }
+
+
+def index(specs: list) -> dict:
+    """``{spec.name: spec}``, refusing a name given twice."""
+    indexed = {}
+    for spec in specs:
+        if spec.name in indexed:
+            raise ValueError(f"{spec.name!r} is defined twice")
+        indexed[spec.name] = spec
+    return indexed
