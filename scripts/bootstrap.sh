@@ -12,6 +12,9 @@ if [ ! -f "$stamp" ]; then
   echo "Installing into $venv (first run downloads PyTorch, a few GB)..." >&2
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet -e "$root[test]"
+  # quantus asks for opencv-python, grad-cam for opencv-python-headless; both install the module
+  # cv2, and the GUI build needs libGL. Put the headless build's files back last.
+  "$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps opencv-python-headless
   rm -f "$venv"/.installed-*
   touch "$stamp"
 fi

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine import explain
+
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -59,7 +61,11 @@ def test_metrics_are_scored_and_listed(tmp_path):
                "-m", "faithfulness:steps=5", "--out", str(tmp_path))  # fmt: skip
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["scores"]["hallucination"] >= 0 and "faithfulness" in summary["scores"]
+    # The command line gives the library's scores for the same request.
+    metrics = ["hallucination", {"name": "faithfulness", "steps": 5}]
+    library = explain("efficientnet_lite0", "chelsea", "gradcam", metrics=metrics).scores[0]
+    for key in ("hallucination", "image_edges", "faithfulness", "auc_keep_top"):
+        assert summary["scores"][key] == pytest.approx(library[key], rel=1e-5, abs=1e-9), key
     assert summary["metadata"]["metrics"][1]["parameters"]["steps"] == 5
     listed = {m["name"] for m in json.loads(run("metrics", "--json").stdout)}
     assert {"cp_shearletx", "cp_startgrad", "hallucination", "faithfulness"} <= listed

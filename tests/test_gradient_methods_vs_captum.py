@@ -19,6 +19,7 @@ from captum.attr import (
     NoiseTunnel,
     Saliency,
 )
+from scipy.ndimage import gaussian_filter
 
 from engine import explain
 from engine.attribution.base import InputGradient
@@ -128,8 +129,24 @@ def test_integrated_gradients_equals_captum_at_many_step_counts(resnet18_random,
         assert_relative_close(result, reference, 1e-5)
 
 
+def independent_baseline(x: torch.Tensor, kind: str) -> torch.Tensor | None:
+    """The baseline by its definition, computed without our code (None: checked otherwise)."""
+    if kind == "black":
+        return torch.zeros_like(x)
+    if kind == "mean":
+        return x.mean((2, 3), keepdim=True).expand_as(x)
+    if kind == "blur":  # σ = 5 px, radius ⌈3σ⌉ = 15, mirrored borders
+        blurred = gaussian_filter(x.double().numpy(), sigma=(0, 0, 5, 5), mode="mirror",
+                                  radius=(0, 0, 15, 15))  # fmt: skip
+        return torch.from_numpy(blurred).float()
+    return None
+
+
 @pytest.mark.parametrize("baseline", ["black", "mean", "blur", "uniform"])
 def test_integrated_gradients_baselines(lite0, two_photos, baseline):
+    """The baseline equals its definition (blur: scipy's Gaussian filter, to float32 rounding);
+    IG from it equals Captum's IG from the same baseline (the same points: a rounding-level
+    change of the path can flip a ReLU6 and move a gradient by 1 %)."""
     method = OurIG(
         InputGradient(lite0.module),
         baseline,
@@ -139,10 +156,16 @@ def test_integrated_gradients_baselines(lite0, two_photos, baseline):
     targets = torch.tensor(TARGETS)
     result = method.attribute(two_photos, targets)
     used = method.last_baseline
-    if baseline == "mean":
-        assert torch.allclose(used[:, :, 0, 0], two_photos.mean((2, 3)))
-    if baseline == "black":
-        assert used.abs().max() == 0
+    expected = independent_baseline(two_photos, baseline)
+    if expected is None:  # uniform noise U[0, 1): seeded, and distributed as such
+        again = OurIG(InputGradient(lite0.module), "uniform", steps=5,
+                      generator=torch.Generator().manual_seed(3))  # fmt: skip
+        again.attribute(two_photos, targets)
+        assert torch.equal(again.last_baseline, used)
+        assert used.min() >= 0 and used.max() < 1
+        assert abs(used.mean().item() - 0.5) < 0.01 and abs(used.var().item() - 1 / 12) < 0.01
+        expected = used
+    torch.testing.assert_close(used, expected, rtol=0, atol=1e-6)
     reference = IntegratedGradients(lite0.module).attribute(
         two_photos, baselines=used, target=TARGETS, n_steps=5, method="gausslegendre"
     )
@@ -253,6 +276,33 @@ def test_guided_gradcam(model, two_photos):
         two_photos, target=TARGETS, interpolate_mode="bilinear"
     )
     assert_relative_close(ours(model, two_photos, "guided_gradcam"), reference, 1e-5)
+
+
+def test_smoothgrad_ig_noisy_path_equals_an_independent_computation(lite0, two_photos):
+    """pgig's SmoothGrad-IG by its definition, with the same draws: the path points α_k·x
+    (zero baseline, riemann_right), at each n noisy copies x_k + σ_k ε with σ_k = s·(max − min)
+    of that point, ε drawn in the method's order (row r = step r // B, image r % B, its n
+    samples in a row), Captum's gradient at each, averaged, weighted 1/m and times x."""
+    steps, samples, level, seed = 3, 2, 0.2, 4
+    options = {"steps": steps, "samples": samples, "noise_level": level, "rule": "riemann_right"}
+    result = ours(lite0, two_photos, "smoothgrad_ig", options, seed=seed)
+    batch = two_photos.shape[0]
+    noise = torch.randn((steps * batch * samples, *two_photos.shape[1:]),
+                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    alphas = torch.linspace(1 / steps, 1, steps)
+    saliency = Saliency(lite0.module)
+    expected = torch.zeros_like(two_photos)
+    for row in range(steps * batch):
+        step, b = divmod(row, batch)
+        point = alphas[step] * two_photos[b : b + 1]
+        sigma = level * (point.max() - point.min())
+        copies = point + sigma * noise[row * samples : (row + 1) * samples]
+        gradients = saliency.attribute(copies, target=TARGETS[b], abs=False)
+        expected[b] += gradients.mean(0) / steps
+    expected *= two_photos
+    assert_relative_close(result, expected, 1e-4)
+    without_noise = ours(lite0, two_photos, "smoothgrad_ig", {**options, "noise_level": 0.0})
+    assert (result - without_noise).abs().max() > 0.05 * without_noise.abs().max()
 
 
 def test_smoothgrad_ig_without_noise_is_ig(lite0, chelsea):

@@ -12,6 +12,7 @@ from torch import nn
 
 from engine import explain
 from engine.catalogue import parse_metrics
+from engine.data import load_image
 from engine.masks.representation import PixelRepresentation
 from engine.masks.view import MaskView, heatmap_view
 from engine.masks.wavelet import WaveletRepresentation
@@ -55,16 +56,22 @@ def pycoshrem_edges(image: np.ndarray, min_contrast: float) -> np.ndarray:
     return edges
 
 
-@pytest.mark.parametrize("shape", [(48, 48), (50, 63)])
-def test_edge_measure_equals_pycoshrem(shape):
-    rows, cols = shape
-    yy, xx = np.mgrid[:rows, :cols]
-    disc = 60.0 * ((yy - rows / 2) ** 2 + (xx - cols / 3) ** 2 < (rows / 4) ** 2)
-    image = np.trunc(disc + 40.0 * (xx > 0.7 * cols) + 8 * np.random.default_rng(0).random(shape))
+@pytest.mark.parametrize("case", ["disc_48", "disc_50x63", "chelsea_64"])
+def test_edge_measure_equals_pycoshrem(case):
+    """To 1e-5 (measured ≤ 5.4e-6), on constructed edges and on a photograph's integer grey
+    image as the Hallucination score feeds it."""
+    if case == "chelsea_64":
+        image = np.trunc(85 * load_image("chelsea", (64, 64))[0].mean(0).double().numpy())
+    else:
+        rows, cols = (48, 48) if case == "disc_48" else (50, 63)
+        yy, xx = np.mgrid[:rows, :cols]
+        disc = 60.0 * ((yy - rows / 2) ** 2 + (xx - cols / 3) ** 2 < (rows / 4) ** 2)
+        noise = 8 * np.random.default_rng(0).random((rows, cols))
+        image = np.trunc(disc + 40.0 * (xx > 0.7 * cols) + noise)
     reference = pycoshrem_edges(image, 3)
     ours = edge_measure(torch.tensor(image), 3).numpy()
     assert reference.max() > 0.5  # there are edges to compare
-    assert np.abs(ours - reference).max() < 1e-4
+    assert np.abs(ours - reference).max() < 1e-5
 
 
 def test_step_edge_is_found_on_the_step_and_nowhere_else():
@@ -194,9 +201,41 @@ class RegionModel(nn.Module):
         return torch.stack([-50 * change, torch.zeros_like(change)], dim=1)
 
 
-def test_faithfulness_area_by_hand():
-    # 3 fractions: trapezoid of [1, .25, 0] over q = 0, .5, 1 is .375
-    assert torch.trapezoid(torch.tensor([1.0, 0.25, 0.0]), dx=0.5).item() == 0.375
+class KeptPixelsModel(nn.Module):
+    """Class 0's logit is Σ_i w_i · [pixel i is its original 0.1 or 0.9 in every channel]; the
+    noise U[μ−σ, μ+σ] of an image of 0.1s and 0.9s never hits those values, so the logit says
+    exactly which pixels an obfuscation kept."""
+
+    def __init__(self, original: torch.Tensor, weights: torch.Tensor):
+        super().__init__()
+        self.original, self.weights = original, weights
+
+    def forward(self, x):
+        kept = (x == self.original).all(1).flatten(1).float()  # (B, pixels)
+        logit = kept @ self.weights
+        return torch.stack([logit, torch.zeros_like(logit)], dim=1)
+
+
+def test_faithfulness_by_hand():
+    """Four pixels with logit weights 3, 2, 1, 0, ranked in that order; 3 keep-fractions
+    (0, ½, 1 → 0, 2, 4 pixels). With d(q) = (σ(6) − p(q))², by hand:
+    keep top:   p = σ(0), σ(5), σ(6)  → d = (σ6 − ½)², (σ6 − σ5)², 0
+    remove top: p = σ(6), σ(1), σ(0)  → d = 0, (σ6 − σ1)², (σ6 − ½)²
+    and each area is ½·(d₀/2 + d₁ + d₂/2)."""
+    x = torch.tensor([0.9, 0.1, 0.9, 0.1]).view(1, 1, 2, 2).expand(1, 3, 2, 2).contiguous()
+    model = KeptPixelsModel(x, torch.tensor([3.0, 2.0, 1.0, 0.0]))
+    mask = torch.tensor([0.9, 0.6, 0.3, 0.0]).view(1, 1, 2, 2)  # ranks pixels 0, 1, 2, 3
+    scores = faithfulness(pixel_view(model, x, mask, torch.tensor([0])),
+                          FaithfulnessOptions(steps=3, noise_samples=3))  # fmt: skip
+    s = torch.sigmoid
+    full = s(torch.tensor(6.0))
+    keep = [(full - 0.5) ** 2, (full - s(torch.tensor(5.0))) ** 2, 0.0]
+    remove = [0.0, (full - s(torch.tensor(1.0))) ** 2, (full - 0.5) ** 2]
+    area = lambda d: 0.5 * (d[0] / 2 + d[1] + d[2] / 2)  # noqa: E731
+    assert scores["auc_keep_top"].item() == pytest.approx(float(area(keep)), rel=1e-5)
+    assert scores["auc_remove_top"].item() == pytest.approx(float(area(remove)), rel=1e-5)
+    assert scores["faithfulness"].item() == pytest.approx(float(area(remove) - area(keep)),
+                                                          rel=1e-5)  # fmt: skip
 
 
 def test_faithfulness_of_the_true_ranking_and_its_reverse():

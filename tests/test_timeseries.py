@@ -20,7 +20,7 @@ from torch import nn
 from engine import explain
 from engine.data import InputError
 from engine.data.timeseries import load_series, state_dataset, switch_feature_dataset
-from engine.masks.extremal import ExtremalMask, ExtremalMaskOptions
+from engine.masks.extremal import ExtremalMaskOptions, SeriesMaskOutputs
 from engine.method import MethodError
 from engine.metrics.timeseries import black_box, white_box
 from engine.models.series import (
@@ -137,27 +137,60 @@ def test_deletion_game_improves_on_its_start(one_model):
 # --- metrics by hand -------------------------------------------------------------------------
 
 
-def test_white_box_metrics_by_hand():
-    truth = torch.tensor([[[1], [0], [1], [0]]])
-    attribution = torch.tensor([[[0.9], [0.1], [0.6], [0.4]]])
+@pytest.mark.parametrize(
+    ("values", "labels", "expected"),
+    [
+        # ã ≈ [1, 0, .625, .375] (min-max over the series). Thresholds 0, .375, .625, 1:
+        # precision .5, 2/3, 1, 1 and recall 1, 1, 1, ½ → AUP = .375·(½ + ⅔)/2 + .25·(⅔ + 1)/2
+        # + .375·1 = .8021, AUR = .375 + .25 + .375·¾ = .9062; every positive above every
+        # negative: AUROC = AUPRC = 1.
+        ([0.9, 0.1, 0.6, 0.4], [1, 0, 1, 0],
+         {"aup": 0.80208, "aur": 0.90625, "auroc": 1.0, "auprc": 1.0}),
+        # ã ≈ [1, .875, 0, .375]: precision .5, ⅔, ½, 1, recall 1, 1, ½, ½ → AUP = .6042,
+        # AUR = .8125; 3 of 4 (positive, negative) pairs ordered → AUROC = .75; average
+        # precision ½·1 + ½·⅔ = .8333.
+        ([0.9, 0.8, 0.1, 0.4], [1, 0, 0, 1],
+         {"aup": 0.60417, "aur": 0.8125, "auroc": 0.75, "auprc": 0.83333}),
+    ],
+)  # fmt: skip
+def test_white_box_areas_by_hand(values, labels, expected):
+    attribution = torch.tensor(values).view(1, 4, 1)
+    scores = white_box(attribution, torch.tensor(labels).view(1, 4, 1))
+    for key, value in expected.items():  # the 1e-5 in the min-max moves values by ≤ 1e-5
+        assert scores[key] == pytest.approx(value, abs=2e-4), key
+
+
+def test_white_box_information_and_entropy_by_hand():
+    """Salient ã ≈ 1 − 1.25e-5 and .625 (first case above), ρ(p) = (p + 1e-5)/(1 + 1e-5):
+    I = −log₂ ρ(1.25e-5) − log₂ ρ(.375) = 15.44 + 1.415 = 16.855;
+    H ≈ 2.1e-4 + [−.625 log₂ .625 − .375 log₂ .375 = .9544] = .9546."""
+    scores = white_box(torch.tensor([0.9, 0.1, 0.6, 0.4]).view(1, 4, 1),
+                       torch.tensor([1, 0, 1, 0]).view(1, 4, 1))  # fmt: skip
+    assert scores["information"] == pytest.approx(16.855, abs=2e-3)
+    assert scores["entropy"] == pytest.approx(0.9546, abs=2e-4)
+    assert scores["mae"] == pytest.approx((0 + 0 + 0.375 + 0.375) / 4, abs=1e-4)
+
+
+def test_white_box_auroc_auprc_equal_scikit_learn_on_pooled_series():
+    """Many series: each attribution min-max normalised per series (the definition), then all
+    entries pooled; AUROC and AUPRC are scikit-learn's on those scores."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    generator = torch.Generator().manual_seed(0)
+    truth = (torch.rand(5, 30, 3, generator=generator) < 0.3).long()
+    attribution = truth * 0.5 + torch.rand(5, 30, 3, generator=generator) * torch.arange(
+        1, 6.0
+    ).view(5, 1, 1)
+    flat = attribution.flatten(1).double()
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    pooled = ((flat - low) / (high - low + 1e-5)).flatten().numpy()
     scores = white_box(attribution, truth)
-    a = (np.array([0.9, 0.1, 0.6, 0.4]) - 0.1) / (0.8 + 1e-5)  # per-series min-max
-    t = np.array([1, 0, 1, 0])
-    thresholds = np.sort(np.unique(a))
-    precision = [t[a >= th].mean() for th in thresholds]
-    recall = [t[a >= th].sum() / t.sum() for th in thresholds]
-    assert scores["aup"] == pytest.approx(np.trapezoid(precision, thresholds))
-    assert scores["aur"] == pytest.approx(np.trapezoid(recall, thresholds))
-    # Salient ã = 1 − 1e-5/0.80001 (≈ 1) and 0.5/0.80001 = 0.62499…; log₂ of (p + ε)/(1 + ε).
-    top, middle = 1 - 1e-5 / 0.80001, 0.5 / 0.80001
-    rho = {p: (p + 1e-5) / (1 + 1e-5) for p in (top, 1 - top, middle, 1 - middle)}
-    information = -np.log2(rho[1 - top]) - np.log2(rho[1 - middle])
-    assert scores["information"] == pytest.approx(information, rel=1e-6)
-    # by hand: ρ(1 − top) ≈ 1.25e-5 + 1e-5, ρ(1 − middle) ≈ 0.375
-    assert information == pytest.approx(-np.log2(2.25e-5) - np.log2(0.375), abs=1e-3)
-    entropy = sum(-(p * np.log2(rho[p]) + (1 - p) * np.log2(rho[1 - p])) for p in (top, middle))
-    assert scores["entropy"] == pytest.approx(entropy, rel=1e-6)
-    assert scores["auroc"] == 1.0 and scores["mae"] == pytest.approx(np.abs(t - a).mean())
+    assert scores["auroc"] == pytest.approx(roc_auc_score(truth.flatten(), pooled), abs=1e-12)
+    assert scores["auprc"] == pytest.approx(average_precision_score(truth.flatten(), pooled),
+                                            abs=1e-12)  # fmt: skip
+    # Pooling after the per-series normalisation matters: on raw values the series with the
+    # larger scale would dominate and the AUROC would differ.
+    assert abs(roc_auc_score(truth.flatten(), flat.flatten()) - scores["auroc"]) > 0.01
 
 
 @pytest.mark.parametrize("value", [0.0, 0.5, 1.0, -3.0])
@@ -280,4 +313,25 @@ def test_save_refuses_other_files(tmp_path):
 def test_extremal_mask_options_are_validated():
     with pytest.raises(Exception, match="game"):
         ExtremalMaskOptions(game="both")
-    assert ExtremalMask  # the registry entry wraps this class
+    with pytest.raises(Exception, match="checkpoint_every"):
+        ExtremalMaskOptions(checkpoint_every=0)
+
+
+def test_extremal_mask_outputs_are_typed_and_consistent():
+    """The checkpoints hold the attribution at steps 0, 2, 4 and the final one is the result;
+    the history has one entry per evaluated step (0 … iterations); the black-box scores are
+    the series kind's, on every result."""
+    model = SeriesClassifier("gru", hidden=8).eval()
+    series = torch.randn(2, 12, 3, generator=torch.Generator().manual_seed(3))
+    result = explain(model, series, "extremal_mask", {"iterations": 4, "checkpoint_every": 2})
+    outputs = result.outputs
+    assert isinstance(outputs, SeriesMaskOutputs) and outputs.game == "preservation"
+    assert sorted(outputs.checkpoints) == [0, 2, 4]
+    torch.testing.assert_close(outputs.checkpoints[4], result.attribution)
+    assert (outputs.checkpoints[0] == 0.5).all()  # the "uniform" init is the constant ½
+    assert [len(h["loss"]) for h in outputs.history] == [5, 5]
+    assert result.scores[1]["loss"] == pytest.approx(outputs.history[1]["loss"][-1])
+    expected = black_box(model, series, result.attribution)
+    assert result.scores[0]["comprehensiveness"] == pytest.approx(
+        float(expected["comprehensiveness"][0])
+    )

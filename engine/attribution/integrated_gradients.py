@@ -81,18 +81,31 @@ def make_baseline(
 
 
 def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur per channel with reflect padding, kernel radius ⌈3σ⌉."""
+    """Separable Gaussian blur per channel, kernel radius ⌈3σ⌉ normalised to sum 1, borders
+    mirrored (d c b | a b c d | c b a) as often as the radius needs: scipy.ndimage's
+    ``gaussian_filter(mode="mirror", radius=⌈3σ⌉)``."""
     radius = max(1, int(np.ceil(3 * sigma)))
     coords = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-(coords**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     channels = x.shape[1]
-    pad_h, pad_w = min(radius, x.shape[2] - 1), min(radius, x.shape[3] - 1)
-    out = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode="reflect")
-    kh = kernel[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
-    kw = kernel[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
-    out = F.conv2d(out, kh, groups=channels)
-    return F.conv2d(out, kw, groups=channels)
+    out = mirror_pad(x, radius)
+    out = F.conv2d(out, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(out, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+
+
+def mirror_pad(x: Tensor, width: int) -> Tensor:
+    """Pad both spatial sides by ``width``, reflecting about the edge pixels again and again
+    where ``width`` exceeds the image (a one-pixel side repeats its pixel)."""
+    for dim in (-2, -1):
+        remaining = width
+        while remaining > 0:
+            size = x.shape[dim]
+            step = min(remaining, size - 1) if size > 1 else remaining
+            pad = (0, 0, step, step) if dim == -2 else (step, step, 0, 0)
+            x = F.pad(x, pad, mode="reflect" if size > 1 else "replicate")
+            remaining -= step
+    return x
 
 
 class IntegratedGradients(Attribution):

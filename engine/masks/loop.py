@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from engine.attribution.base import class_scores
 from engine.masks.representation import (
     Coefficients,
     NoiseModel,
@@ -106,8 +107,7 @@ class MaskLoop:
             pixel_clamp=self.settings.pixel_clamp,
             coefficient_clamp=self.settings.coefficient_clamp,
         )  # fmt: skip
-        probabilities = self.model(images).softmax(1)
-        kept = probabilities.gather(1, targets.repeat_interleave(n)[:, None]).view(-1, n)
+        kept = class_scores(self.model(images), targets.repeat_interleave(n), "softmax").view(-1, n)
         goal = (
             torch.ones_like(reference) if self.objective.distortion_target == "one" else reference
         )
@@ -144,7 +144,7 @@ class MaskLoop:
         generators: list[torch.Generator],
     ) -> MaskResult:
         with torch.no_grad():
-            reference = self.model(x).softmax(1).gather(1, targets[:, None]).squeeze(1)
+            reference = class_scores(self.model(x), targets, "softmax")
         grey = None
         if self.objective.energy:
             grey = self.representation.decompose(x.mean(1, keepdim=True))

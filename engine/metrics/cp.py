@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from engine.attribution.base import class_scores
 from engine.masks.representation import obfuscate
 from engine.masks.view import TINY, MaskView, l1_share, pixel_share
 from engine.metrics.base import MetricOptions, MetricSpec
@@ -35,7 +36,7 @@ def max_probability(view: MaskView, images: Tensor) -> Tensor:
 
 
 def target_probability(view: MaskView, images: Tensor, targets: Tensor) -> Tensor:
-    return view.model(images).softmax(1).gather(1, targets[:, None]).squeeze(1)
+    return class_scores(view.model(images), targets, "softmax")
 
 
 def max_normalised(image: Tensor) -> Tensor:
