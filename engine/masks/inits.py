@@ -77,9 +77,9 @@ def startgrad(
         sigma = noise_scale(image, noise_level)
         total = [torch.zeros_like(c) for c in coefficients]
         for _ in range(samples):
-            noise = torch.stack([torch.randn(image.shape[1:], generator=g) for g in generators]).to(
-                image
-            )
+            noise = torch.stack(
+                [torch.randn(image.shape[1:], generator=g, device=g.device) for g in generators]
+            ).to(image)
             noisy = representation.decompose(image + noise * sigma)
             grads = coefficient_gradients(model, representation, noisy, targets, score)
             total = [t + g.abs() for t, g in zip(total, grads, strict=True)]
@@ -116,7 +116,9 @@ def initial_masks(
     if kind == "uniform":
         # Per-image generators: an image gets the same draw alone or in a batch.
         return [
-            torch.stack([torch.rand(s[1:], generator=g) for g in generators]).to(**place)
+            torch.stack([torch.rand(s[1:], generator=g, device=g.device) for g in generators]).to(
+                **place
+            )
             for s in shapes
         ]
     if startgrad_masks is None:

@@ -127,7 +127,7 @@ class MaskMethod(Attribution):
         representation = self.representation
         coefficients = representation.decompose(x)
         noise_model = representation.noise_model(x, coefficients, o.noise)
-        generators = image_generators(self.ctx.seed, x.shape[0])
+        generators = image_generators(self.ctx.seed, x.shape[0], x.device)
         shapes = representation.mask_shapes(coefficients)
         startgrad_masks = None
         if o.init.startswith("startgrad"):

@@ -66,7 +66,7 @@ class MaskView:
         return self.representation.reconstruct(kept).clamp(0, 1)
 
     def generators(self) -> list[torch.Generator]:
-        return image_generators(self.seed, self.x.shape[0])
+        return image_generators(self.seed, self.x.shape[0], self.x.device)
 
 
 def heatmap_view(

@@ -41,7 +41,7 @@ def rank_positions(
     ties in a random order drawn from ``generator``."""
 
     def ranks(flat: Tensor) -> Tensor:
-        order = torch.randperm(flat.numel(), generator=generator).to(flat.device)
+        order = torch.randperm(flat.numel(), generator=generator, device=generator.device)
         by_value = torch.sort(flat[order], descending=True, stable=True).indices
         rank = torch.empty_like(order)
         rank[order[by_value]] = torch.arange(flat.numel(), device=flat.device)
