@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -96,7 +97,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", help="write every per-image score to this JSON file")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="print the tables of --save files of split runs")  # fmt: skip
     args = parser.parse_args()
+    if args.merge:
+        merged: dict[str, dict] = {}
+        for path in args.merge:
+            for name, results in json.loads(Path(path).read_text()).items():
+                if name != "photos":
+                    merged.setdefault(name, {}).update(results)
+        for name, results in merged.items():
+            print(f"\n{name}")
+            print_table({v: results[v] for v in VARIANTS if v in results})
+            if all(m in results for m in PUBLISHED):
+                print_winners(results)
+        return
     keep_freed_memory()
     saved = {}
     for name in args.models:
@@ -105,13 +120,16 @@ def main() -> None:
               f"{args.iterations} iterations, {args.noise_samples} noise samples, device "
               f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads",
               flush=True)  # fmt: skip
-        results = {variant: run(model, variant, args) for variant in args.variants}
+        results = saved[name] = {}
+        for variant in args.variants:
+            results[variant] = run(model, variant, args)
+            print(f"  {variant} done in {sum(results[variant]['seconds']):.0f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            if args.save:  # after every variant, so an interrupted run keeps what it finished
+                Path(args.save).write_text(json.dumps({"photos": PHOTOS[: args.images], **saved}))
         print_table(results)
         if all(m in results for m in PUBLISHED):
             print_winners(results)
-        saved[name] = results
-    if args.save:
-        Path(args.save).write_text(json.dumps({"photos": PHOTOS[: args.images], **saved}))
 
 
 if __name__ == "__main__":

@@ -78,6 +78,12 @@ def report(method: str, curves: dict[str, dict[str, np.ndarray]], steps: list[in
             print(f"  {init:<10} {values}")
         for reference in ("ones", "uniform"):
             found = iterations_to_target(curves["startgrad"][key], curves[reference][key])
+            last = len(curves["startgrad"][key][0]) - 1
+            if found["iterations"] == last and found["candidate_final"] < found["reference_final"]:
+                print(f"  StartGrad does not reach {reference}'s final "
+                      f"{found['reference_final']:.2f} in {last} steps (its final: "
+                      f"{found['candidate_final']:.2f})")  # fmt: skip
+                continue
             print(f"  StartGrad reaches {reference}'s final {found['reference_final']:.2f} "
                   f"at step {found['iterations']:.0f} "
                   f"({found['iterations_mean']:.1f} ± {found['iterations_std']:.1f}): "
@@ -98,11 +104,26 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--inits", nargs="+", default=list(INITS), choices=list(INITS))
     parser.add_argument("--save", help="write every curve to this JSON file")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="print the reports of --save files of split runs")  # fmt: skip
     args = parser.parse_args()
+    steps = [s for s in CHECKPOINTS if s < args.iterations] + [args.iterations]
+    if args.merge:
+        merged: dict = {}
+        for path in args.merge:
+            for name, methods in json.loads(Path(path).read_text()).items():
+                for method, inits in methods.items():
+                    merged.setdefault(name, {}).setdefault(method, {}).update(inits)
+        for name, methods in merged.items():
+            print(f"\n## {name}")
+            for method, inits in methods.items():
+                curves = {i: {k: np.array(v) for k, v in inits[i].items()} for i in INITS}
+                report(method, curves, steps)
+        return
     keep_freed_memory()
     saved: dict = {}
-    steps = [s for s in CHECKPOINTS if s < args.iterations] + [args.iterations]
     for name in args.models:
         model = load_model(name, device=args.device)
         print(f"\n## {name}, {args.images} photographs stretched to {args.size}², "
@@ -111,13 +132,14 @@ def main() -> None:
               flush=True)  # fmt: skip
         saved[name] = {}
         for method in args.methods:
-            curves = {init: run(model, method, init, args) for init in INITS}
+            curves = {init: run(model, method, init, args) for init in args.inits}
             saved[name][method] = {
                 i: {k: v.tolist() for k, v in c.items()} for i, c in curves.items()
             }
-            report(method, curves, steps)
-    if args.save:
-        Path(args.save).write_text(json.dumps(saved))
+            if len(curves) == len(INITS):
+                report(method, curves, steps)
+            if args.save:  # after every method, so an interrupted run keeps what it finished
+                Path(args.save).write_text(json.dumps(saved))
 
 
 if __name__ == "__main__":
