@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 from torch import Tensor, nn
 
 from engine.models.spec import InputKindName, ModelSpec
@@ -62,6 +63,20 @@ class BackwardRule(Protocol):
     def applied(self, model: nn.Module) -> contextlib.AbstractContextManager: ...
 
 
+SERVER_PATH = "x-server-path"  # JSON-schema mark of an option that names a server file
+
+
+def ServerPathField(default: str | None, description: str) -> Any:
+    """An option that names a file or folder on the machine that runs the method. Python and
+    the CLI may set it; over HTTP only its default is accepted, at any depth of a request."""
+    return Field(default, description=description, json_schema_extra={SERVER_PATH: True})
+
+
+def names_server_path(field: FieldInfo) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get(SERVER_PATH))
+
+
 class MethodOptions(BaseModel):
     """Options every method has. Unknown fields are refused."""
 
@@ -72,6 +87,24 @@ class MethodOptions(BaseModel):
         description="How channels become a 2-D heat map: Σ_c|A_c| (abs_sum), Σ_c A_c "
         "(signed_sum) or max_c|A_c| (max_abs). The attribution tensor itself is not reduced.",
     )
+
+    def nested_options(self) -> dict[str, BaseModel]:
+        """Options models this one holds as plain data (an add-on's ``base_options``), parsed,
+        so that a check can walk the whole request (:func:`walk_options`)."""
+        return {}
+
+
+def walk_options(options: BaseModel, prefix: str = "") -> Iterator[tuple[str, FieldInfo, Any]]:
+    """(dotted name, field, value) of every option at any depth: nested models (``smoothing``)
+    and the parsed ``nested_options`` (an add-on's ``base_options``) included."""
+    for name, info in type(options).model_fields.items():
+        value = getattr(options, name)
+        yield prefix + name, info, value
+        if isinstance(value, BaseModel):
+            yield from walk_options(value, f"{prefix}{name}.")
+    if isinstance(options, MethodOptions):
+        for name, nested in options.nested_options().items():
+            yield from walk_options(nested, f"{prefix}{name}.")
 
 
 @dataclass

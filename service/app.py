@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.catalogue import all_methods, all_metrics, get_method, parse_metrics
 from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
+from engine.method import names_server_path, walk_options
 from engine.metrics.base import MetricError
 from engine.models import MODELS
 from service.artifacts import MEDIA_TYPES, ArtifactStore
@@ -461,22 +462,17 @@ def _check_limits(parsed, settings: Settings) -> None:
             f"method {parsed.method} is not allowed for model {parsed.model}; allowed: "
             + ", ".join(allowed),
         )  # fmt: skip
-    options = parsed.options.model_dump()
-    # An add-on's base method has its own options: the limits hold for them too.
-    for prefix, values in (("", options), ("base_options.", options.get("base_options") or {})):
-        for name in ITERATION_FIELDS:
-            value = values.get(name)
-            if isinstance(value, int) and value > settings.max_iterations:
-                raise ApiError(422, "limit_exceeded",
-                               f"options.{prefix}{name}={value} is above this server's limit "
-                               f"{settings.max_iterations}")  # fmt: skip
-    if options.get("references", "samples") != "samples":
-        raise ApiError(422, "invalid_option", "over the API, references must be 'samples'")
-    for name in ("patterns", "support_set"):
-        if options.get(name) is not None:
+    # Every option at any depth: nested smoothing and an add-on's base_options included.
+    for path, field, value in walk_options(parsed.options):
+        name = path.rsplit(".", 1)[-1]
+        if name in ITERATION_FIELDS and isinstance(value, int) and value > settings.max_iterations:
+            raise ApiError(422, "limit_exceeded",
+                           f"options.{path}={value} is above this server's limit "
+                           f"{settings.max_iterations}")  # fmt: skip
+        if names_server_path(field) and value != field.default:
             raise ApiError(422, "invalid_option",
-                           f"over the API, {name} cannot name a file: the worker uses the set "
-                           "stored in its cache for the model")  # fmt: skip
+                           f"over the API, options.{path} cannot name a file or folder on the "
+                           f"server; leave it at its default ({field.default!r})")  # fmt: skip
 
 
 def _check_metrics(parsed) -> list[dict[str, Any]]:

@@ -118,6 +118,39 @@ def test_bad_images(api, data, status, words):
             ["base_options.samples", "limit"],
         ),
         ({"sample": "chelsea", "method": "crigrad", "options": {"base": "gradcam"}}, 422, ["base"]),
+        # Nested options obey the same limits and path policy as top-level ones.
+        (
+            {
+                "sample": "chelsea",
+                "method": "saliency",
+                "options": {"smoothing": {"samples": 1000}},
+            },
+            422,
+            ["options.smoothing.samples=1000", "limit"],
+        ),
+        (
+            {
+                "sample": "chelsea",
+                "method": "gad",
+                "options": {"base_options": {"smoothing": {"samples": 999}}},
+            },
+            422,
+            ["options.base_options.smoothing.samples=999", "limit"],
+        ),
+        (
+            {"sample": "chelsea", "method": "expected_gradients", "options": {"references": "/"}},
+            422,
+            ["options.references cannot name a file"],
+        ),
+        (
+            {
+                "sample": "chelsea",
+                "method": "crigrad",
+                "options": {"base": "expected_gradients", "base_options": {"references": "/etc"}},
+            },
+            422,
+            ["options.base_options.references cannot name a file"],
+        ),
         (
             {
                 "sample": "chelsea",

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from engine.attribution.methods import GRADIENT_METHODS
 from engine.method import Attribution, BackwardRule, MethodContext, MethodOptions
@@ -49,6 +49,9 @@ class AddonOptions(MethodOptions):
         parsed = GRADIENT_METHODS[self.base].parse_options(self.base_options)
         self.base_options = parsed.model_dump(mode="json")
         return self
+
+    def nested_options(self) -> dict[str, BaseModel]:
+        return {"base_options": GRADIENT_METHODS[self.base].parse_options(self.base_options)}
 
 
 def with_rule(ctx: MethodContext, rule: BackwardRule) -> MethodContext:

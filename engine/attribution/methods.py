@@ -20,7 +20,14 @@ from engine.attribution.integrated_gradients import (
 )
 from engine.attribution.rectifier_rules import DeconvolutionRule, GuidedBackpropRule
 from engine.attribution.smoothing import NoiseTunnel, SmoothedGradient, SmoothingKind
-from engine.method import Attribution, MethodContext, MethodOptions, MethodSpec, index
+from engine.method import (
+    Attribution,
+    MethodContext,
+    MethodOptions,
+    MethodSpec,
+    ServerPathField,
+    index,
+)
 
 BatchSize = Field(
     None, ge=1, le=4096, description="Rows per forward/backward pass (None: all at once)."
@@ -83,7 +90,7 @@ class SmoothGradIGOptions(ScoreOptions):
 
 class ExpectedGradientsOptions(GradientOptions):
     samples: int = Field(50, ge=1, le=5000, description="Draws k of (reference, α).")
-    references: str = Field(
+    references: str = ServerPathField(
         "samples",
         description="Reference set: 'samples' (the bundled photographs at the model's input "
         "size) or, from the CLI or Python, a folder of images.",

@@ -23,7 +23,7 @@ from engine.addons.gad.support import (
     default_support_path,
     train_support_set,
 )
-from engine.method import Attribution, MethodContext, MethodSpec
+from engine.method import Attribution, MethodContext, MethodSpec, ServerPathField
 from engine.metrics.gad import gad_scores, important_pixels
 from engine.models.spec import model_fingerprint
 from engine.storage import cache_dir
@@ -61,7 +61,7 @@ class GADOptions(AddonOptions):
         description="The class pair of the support set; default: the one saved set of this "
         "model whose pair holds the target class.",
     )
-    support_set: str | None = Field(
+    support_set: str | None = ServerPathField(
         None, description="Support set file (python -m engine train-gad); default: the cache's."
     )
     binarisation: Binarisation = "top_fraction"

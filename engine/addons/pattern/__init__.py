@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
-
 from engine.addons import with_rule
 from engine.addons.pattern.estimate import PatternError, PatternSet, estimate_patterns
 from engine.addons.pattern.rule import PatternKind, PatternRule
@@ -28,11 +26,11 @@ from engine.attribution.methods import (
     input_gradient,
     smoothed,
 )
-from engine.method import MethodContext, MethodSpec, index
+from engine.method import MethodContext, MethodSpec, ServerPathField, index
 from engine.models.spec import model_fingerprint
 from engine.storage import cache_dir
 
-PatternsField = Field(
+PatternsField = ServerPathField(
     None,
     description="Pattern file from `python -m engine estimate-patterns`; default: the set "
     "stored in the cache for this model's weights (over the API only the default).",
