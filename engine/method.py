@@ -80,7 +80,7 @@ def names_server_path(field: FieldInfo) -> bool:
 class MethodOptions(BaseModel):
     """Options every method has. Unknown fields are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a NaN bound never holds
 
     heatmap_reduction: Reduction = Field(
         "abs_sum",

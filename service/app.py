@@ -22,7 +22,7 @@ from engine.catalogue import all_methods, all_metrics, get_method, parse_metrics
 from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
 from engine.method import names_server_path, walk_options
 from engine.metrics.base import MetricError
-from engine.models import MODELS
+from engine.models import MODELS, ModelError, ModelSpec
 from service.artifacts import MEDIA_TYPES, ArtifactStore
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.jobstore import (
@@ -462,6 +462,7 @@ def _check_limits(parsed, settings: Settings) -> None:
             f"method {parsed.method} is not allowed for model {parsed.model}; allowed: "
             + ", ".join(allowed),
         )  # fmt: skip
+    _check_target(parsed.target, MODELS[parsed.model])
     # Every option at any depth: nested smoothing and an add-on's base_options included.
     for path, field, value in walk_options(parsed.options):
         name = path.rsplit(".", 1)[-1]
@@ -473,6 +474,22 @@ def _check_limits(parsed, settings: Settings) -> None:
             raise ApiError(422, "invalid_option",
                            f"over the API, options.{path} cannot name a file or folder on the "
                            f"server; leave it at its default ({field.default!r})")  # fmt: skip
+
+
+def _check_target(target: int | str | None, spec: ModelSpec) -> None:
+    """A class the model has, by index or label (the worker would fail on any other)."""
+    if target is None or target == "predicted":
+        return
+    try:
+        index = spec.class_index(target) if isinstance(target, str) else target
+    except ModelError as error:
+        raise ApiError(422, "invalid_target", str(error)) from None
+    classes = len(spec.labels)
+    if index < 0 or (classes and index >= classes):
+        shown = str(index) if len(str(index)) <= 20 else f"{str(index)[:20]}…"
+        raise ApiError(422, "invalid_target",
+                       f"target {shown} is not a class of model {spec.name} "
+                       f"(classes 0–{classes - 1})")  # fmt: skip
 
 
 def _check_metrics(parsed) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ class ExplainRequestBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("efficientnet_lite0", description="A model name from GET /models.")
-    target: int | str | None = Field(
+    target: int | Annotated[str, Field(max_length=200)] | None = Field(
         None, description="Class index, class label, or null/'predicted' for the predicted class."
     )
     metrics: list[str | dict[str, Any]] = Field(

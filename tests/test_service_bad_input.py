@@ -118,6 +118,26 @@ def test_bad_images(api, data, status, words):
             ["base_options.samples", "limit"],
         ),
         ({"sample": "chelsea", "method": "crigrad", "options": {"base": "gradcam"}}, 422, ["base"]),
+        # Bounds the worker would hit are 422s at submit.
+        ({"sample": "chelsea", "method": "saliency", "target": 1000}, 422, ["target 1000"]),
+        ({"sample": "chelsea", "method": "saliency", "target": 10**30}, 422, ["not a class"]),
+        ({"sample": "chelsea", "method": "saliency", "target": -1}, 422, ["not a class"]),
+        ({"sample": "chelsea", "method": "saliency", "target": "no such"}, 422, ["no class"]),
+        ({"sample": "chelsea", "method": "saliency", "target": "x" * 300}, 422, ["target"]),
+        (
+            {
+                "sample": "chelsea",
+                "method": "pixelmask",
+                "options": {"stop_metric": "loss", "stop_value": float("nan")},
+            },
+            422,
+            ["stop_value"],
+        ),
+        (
+            {"sample": "chelsea", "method": "shearletx", "options": {"image_size": 16}},
+            422,
+            ["image_size"],
+        ),
         # Nested options obey the same limits and path policy as top-level ones.
         (
             {

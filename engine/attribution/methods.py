@@ -43,7 +43,7 @@ class ScoreOptions(MethodOptions):
 class SmoothingOptions(BaseModel):
     """A noise tunnel around any gradient method (Captum's NoiseTunnel)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: SmoothingKind = "smoothgrad"
     samples: int = Field(25, ge=1, le=1000, description="Noisy copies n.")

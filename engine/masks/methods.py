@@ -49,8 +49,9 @@ class MaskOptions(MethodOptions):
     normalize_gradient: bool = Field(False, description="Scale each mask gradient to unit norm.")
     pixel_clamp: bool = Field(True, description="Clamp obfuscated images to [0, 1].")
     image_size: int | None = Field(
-        None, ge=16, le=2048, description="Explain at size×size (default: the model's size)."
-    )
+        None, ge=32, le=2048, description="Explain at size×size (default: the model's size; "
+        "at least 32, the smallest input the bundled networks' strides leave a map for).",
+    )  # fmt: skip
     stop_metric: StopMetric | None = Field(
         None, description="Early stopping on this history value (retained probability and the "
         "StartGrad CP scores rising to stop_value, distortion and loss falling to it)...",

@@ -25,7 +25,7 @@ from engine.method import validation_message
 class MetricOptions(BaseModel):
     """Parameters of a metric. Unknown fields are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class MetricError(ValueError):
