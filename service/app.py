@@ -7,7 +7,9 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import math
+import re
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,7 +17,9 @@ from typing import Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from kombu.exceptions import OperationalError
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.catalogue import all_methods, all_metrics, get_method, parse_metrics
@@ -44,8 +48,12 @@ from service.schemas import (
 from service.settings import Settings
 
 ITERATION_FIELDS = ("steps", "samples", "iterations")
+RETRY_AFTER_S = 5  # what a 503 asks clients to wait while Redis or the broker is away
+MAX_ERRORS = 20  # validation errors listed in one response
+QUOTED = re.compile(r"'([^']{40})[^']+'")  # a long quoted value in a message, cut to 40 characters
+log = logging.getLogger("service")
 VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts"}  # copied from the record
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503)}
 
 
 class ApiError(Exception):
@@ -137,7 +145,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException):
-        return error_response(error.status_code, "http_error", str(error.detail))
+        response = error_response(error.status_code, "http_error", str(error.detail))
+        response.headers.update(error.headers or {})  # 405's Allow
+        return response
+
+    @app.exception_handler(RedisError)
+    @app.exception_handler(OperationalError)
+    async def _unavailable(request: Request, error: Exception):
+        log.warning("job store or broker unavailable: %s", error)
+        response = error_response(503, "unavailable", "the job store or queue is unavailable; "
+                                  "retry shortly")  # fmt: skip
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, error: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal error; the server log has details")
 
     def require_key(request: Request) -> None:
         if not settings.api_keys:
@@ -354,8 +378,17 @@ def _summary(details: list) -> str:
 
 
 def _clean(errors: list) -> list:
-    """Validation errors without the echoed input (it may be a large base64 image)."""
-    return [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
+    """Validation errors without the echoed input (it may be a large base64 image), with each
+    message and location part cut short (a message may quote a huge value, e.g. the method)."""
+    return [
+        {"loc": [_short(part) if isinstance(part, str) else part for part in e["loc"]],
+         "msg": _short(QUOTED.sub(r"'\1…'", e["msg"]), 300), "type": e["type"]}
+        for e in errors[:MAX_ERRORS]
+    ]  # fmt: skip
+
+
+def _short(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 async def _read_submission(request: Request, settings: Settings) -> tuple[dict, bytes | None]:
@@ -386,6 +419,11 @@ def _json(raw: str | bytes) -> dict:
         payload = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ApiError(400, "invalid_json", f"request is not valid JSON: {error}") from error
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "request JSON is nested too deeply") from None
+    except ValueError as error:  # an integer above Python's digit limit
+        raise ApiError(400, "invalid_json", f"request JSON has a value out of range: "
+                       f"{_short(str(error))}") from None  # fmt: skip
     if not isinstance(payload, dict):
         raise ApiError(422, "invalid_request", "the request must be a JSON object")
     return payload

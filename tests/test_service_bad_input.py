@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import pytest
 from PIL import Image
 
 from engine.data import load_sample
-from testkit.stack import Api, service_env
+from testkit.stack import Api, free_port, service_env
 from tests.test_inputs import png_header_only
 
 LIMIT_BYTES = 1_000_000
@@ -246,3 +247,45 @@ def test_refuses_public_bind_without_keys():
         timeout=60, env={**__import__("os").environ, "EXPLAINER_API_KEYS": ""},
     )  # fmt: skip
     assert done.returncode == 2 and "without API keys" in done.stderr
+
+
+def test_bodies_the_json_parser_cannot_take_are_400s(api):
+    as_json = {"content-type": "application/json"}
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert_error(api.client.post("/explain", content=deep, headers=as_json), 400, "too deeply")
+    huge_integer = b'{"sample": "chelsea", "method": "saliency", "seed": ' + b"9" * 5000 + b"}"
+    assert_error(api.client.post("/explain", content=huge_integer, headers=as_json), 400,
+                 "out of range")  # fmt: skip
+
+
+def test_errors_do_not_echo_large_inputs(api):
+    response = api.client.post("/explain", json={"sample": "chelsea", "method": "m" * 100_000})
+    assert_error(response, 422, "does not match")
+    assert len(response.content) < 3000
+
+
+def test_method_not_allowed_says_what_is(api):
+    response = api.client.get("/explain")
+    assert_error(response, 405)
+    assert response.headers["allow"] == "POST"
+
+
+def test_store_outage_is_a_503_with_retry_after(tmp_path):
+    """Redis down (nothing listens on its port): every call that needs it answers 503 in the
+    error shape within a second, and asks the client to retry."""
+    env = service_env(f"redis://127.0.0.1:{free_port()}/0", tmp_path / "artifacts",
+                      preload_models="")  # fmt: skip
+    api = Api(env, tmp_path, name="no-redis")
+    try:
+        calls = [("post", "/explain", {"json": {"sample": "chelsea", "method": "saliency"}}),
+                 ("get", "/jobs/0123456789abcdef", {}), ("delete", "/jobs/0123456789abcdef", {}),
+                 ("get", "/jobs/0123456789abcdef/artifacts/overlay.png", {})]  # fmt: skip
+        for verb, path, extra in calls:
+            started = time.perf_counter()
+            response = getattr(api.client, verb)(path, **extra)
+            assert time.perf_counter() - started < 1.0, path
+            assert_error(response, 503, "unavailable")
+            assert response.headers["retry-after"] == "5"
+        assert api.client.get("/methods").status_code == 200  # needs no Redis
+    finally:
+        api.stop()
