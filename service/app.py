@@ -6,17 +6,19 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import logging
 import math
 import re
 import time
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
@@ -52,6 +54,8 @@ RETRY_AFTER_S = 5  # what a 503 asks clients to wait while Redis or the broker i
 MAX_ERRORS = 20  # validation errors listed in one response
 QUOTED = re.compile(r"'([^']{40})[^']+'")  # a long quoted value in a message, cut to 40 characters
 log = logging.getLogger("service")
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
+BEARER = HTTPBearer(auto_error=False, description="The same API key as a bearer token.")
 VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts"}  # copied from the record
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503)}
 
@@ -97,6 +101,29 @@ class BodyLimit:
     async def _refuse(self, scope, receive, send):
         message = f"request body above the limit of {self.limit} bytes"
         await error_response(413, "payload_too_large", message)(scope, receive, send)
+
+
+def require_key(
+    request: Request,
+    header: Annotated[str | None, Security(API_KEY_HEADER)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+) -> str | None:
+    """The caller's tenant: a digest of its API key (None when the server has no keys).
+    Each job belongs to the tenant that made it; other tenants cannot see it."""
+    keys = request.app.state.settings.api_keys
+    if not keys:
+        return None
+    supplied = header or (bearer.credentials if bearer else None)
+    if supplied is None:
+        raise ApiError(401, "missing_api_key", "an API key is required (X-API-Key header)")
+    # Compare with every key, in constant time, so timing tells nothing about any key.
+    given = supplied.encode()
+    if not any([hmac.compare_digest(given, key.encode()) for key in keys]):
+        raise ApiError(401, "invalid_api_key", "the API key is not valid")
+    return hashlib.sha256(given).hexdigest()[:32]
+
+
+Tenant = Annotated[str | None, Depends(require_key)]
 
 
 def build_store(settings: Settings) -> JobStore:
@@ -163,19 +190,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", "internal error; the server log has details")
 
-    def require_key(request: Request) -> None:
-        if not settings.api_keys:
-            return
-        supplied = request.headers.get("x-api-key")
-        bearer = request.headers.get("authorization", "")
-        if bearer.lower().startswith("bearer "):
-            supplied = supplied or bearer[7:].strip()
-        if supplied is None:
-            raise ApiError(401, "missing_api_key", "an API key is required (X-API-Key header)")
-        if supplied not in settings.api_keys:
-            raise ApiError(401, "invalid_api_key", "the API key is not valid")
-
     guarded = [Depends(require_key)]
+
+    def find(job_id: str, tenant: str | None) -> JobRecord:
+        """The tenant's job, or 404: another tenant's job is as unknown as a missing one."""
+        record = store.get(job_id)
+        if record is None or record.owner != tenant:
+            raise ApiError(404, "not_found", f"no job {_short(job_id, 64)}")
+        return record
 
     def job_view(record: JobRecord, request: Request) -> JobView:
         base = str(request.url_for("get_artifact", job_id=record.id, name="NAME"))
@@ -193,7 +215,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={200: {"model": JobCreated, "description": "An identical job exists"}, **ERRORS},
         openapi_extra={"requestBody": _request_body_schema()},
     )
-    async def submit(request: Request):
+    async def submit(request: Request, tenant: Tenant):
         """Queue an explanation. JSON body, or multipart with a file field ``image`` and a JSON
         field ``request``. Answers 202 with the job id (200 when an identical job is returned)."""
         payload, upload = await _read_submission(request, settings)
@@ -223,11 +245,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               status=record.status, reused=True)  # fmt: skip
             return JSONResponse(body.model_dump(), status_code=200)
 
-        if parsed.idempotency_key and (
-            found := existing(store.lookup_key("idempotency", parsed.idempotency_key))
-        ):
+        # Idempotency keys and identical content are looked up within the tenant only.
+        idempotency = parsed.idempotency_key and f"{tenant}:{parsed.idempotency_key}"
+        content = f"{tenant}:{content_hash}"
+        if idempotency and (found := existing(store.lookup_key("idempotency", idempotency))):
             return found
-        if parsed.reuse and (found := existing(store.lookup_key("content", content_hash))):
+        if parsed.reuse and (found := existing(store.lookup_key("content", content))):
             return found
         job_id = new_job_id()
         record = JobRecord(
@@ -242,53 +265,54 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             input=input_info | {"resize": parsed.resize},
             content_hash=content_hash,
             idempotency_key=parsed.idempotency_key,
+            owner=tenant,
         )
         if data is not None:
             artifacts.save_input(job_id, data)
         store.create(record)
-        if parsed.idempotency_key:
-            holder = store.claim_key("idempotency", parsed.idempotency_key, job_id)
+        if idempotency:
+            holder = store.claim_key("idempotency", idempotency, job_id)
             if holder != job_id and (found := existing(holder)):
                 store.finish(job_id, "cancelled", error="duplicate of " + holder)
                 return found
-            store.rebind_key("idempotency", parsed.idempotency_key, job_id)
-        store.rebind_key("content", content_hash, job_id)
+            store.rebind_key("idempotency", idempotency, job_id)
+        store.rebind_key("content", content, job_id)
         dispatcher.submit(job_id)
         return JobCreated(id=job_id, url=_job_url(request, job_id), status="queued")
 
-    @app.get("/jobs/{job_id}", response_model=JobView, dependencies=guarded, responses=ERRORS)
+    @app.get("/jobs/{job_id}", response_model=JobView, responses=ERRORS)
     async def get_job(
         job_id: str,
         request: Request,
+        tenant: Tenant,
         wait: float = Query(0, ge=0, le=60, description="Wait up to this many seconds for the "
                             "job to finish before answering (long poll)."),
     ):  # fmt: skip
         """Status, progress, prediction, scores, artifact links and error of a job."""
-        record = _find(store, job_id)
+        record = find(job_id, tenant)
         deadline = time.monotonic() + wait
         while record.status not in TERMINAL and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            record = _find(store, job_id)
+            record = find(job_id, tenant)
         return job_view(record, request)
 
-    @app.delete("/jobs/{job_id}", response_model=JobView, dependencies=guarded, responses=ERRORS)
-    def cancel_job(job_id: str, request: Request):
+    @app.delete("/jobs/{job_id}", response_model=JobView, responses=ERRORS)
+    def cancel_job(job_id: str, request: Request, tenant: Tenant):
         """Cancel: a queued job never runs; a running one stops at its next step."""
-        record = _find(store, job_id)
+        record = find(job_id, tenant)
         if record.status not in ("succeeded", "failed", "cancelled"):
             store.cancel(job_id)
             dispatcher.revoke(job_id)
-        return job_view(_find(store, job_id), request)
+        return job_view(find(job_id, tenant), request)
 
     @app.get(
         "/jobs/{job_id}/artifacts/{name}",
-        dependencies=guarded,
         responses={**ERRORS, 200: {"content": {t: {} for t in set(MEDIA_TYPES.values())}}},
     )
-    def get_artifact(job_id: str, name: str):
+    def get_artifact(job_id: str, name: str, tenant: Tenant):
         """Download an artifact: attribution.npy, heatmap.npy, overlay.png, heatmap.png,
         summary.json (mask methods add mask.npz, explanation.png, history.json)."""
-        record = _find(store, job_id)
+        record = find(job_id, tenant)
         path = artifacts.path(job_id, name) if name in record.artifacts else None
         if path is None:
             raise ApiError(404, "not_found", f"job {job_id} has no artifact {name!r}")
@@ -356,13 +380,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _job_url(request: Request, job_id: str) -> str:
     return str(request.url_for("get_job", job_id=job_id))
-
-
-def _find(store: JobStore, job_id: str) -> JobRecord:
-    record = store.get(job_id)
-    if record is None:
-        raise ApiError(404, "not_found", f"no job {job_id}")
-    return record
 
 
 def _summary(details: list) -> str:

@@ -37,6 +37,7 @@ class JobRecord(BaseModel):
     input: dict[str, Any]  # kind, sha256, name; the bytes are in the artifact store
     content_hash: str
     idempotency_key: str | None = None
+    owner: str | None = None  # the submitting API key's tenant id (see service.app); None: no keys
     attempts: int = 0
     prediction: dict[str, Any] | None = None
     scores: dict[str, Any] | None = None

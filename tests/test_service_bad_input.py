@@ -238,6 +238,36 @@ def test_api_keys(tmp_path):
         api.stop()
 
 
+def test_each_key_sees_only_its_own_jobs(tmp_path):
+    """A job belongs to the key that made it: another key gets 404 for it, its artifacts and
+    its cancel, and neither identical content nor the same idempotency key returns it."""
+    env = service_env(None, tmp_path / "artifacts", api_keys="k1,k2", preload_models="")
+    api = Api(env, tmp_path, name="tenants")
+    one, two = {"x-api-key": "k1"}, {"x-api-key": "k2"}
+    request = {"sample": "chelsea", "method": "saliency", "idempotency_key": "same"}
+    try:
+        first = api.client.post("/explain", json=request, headers=one).json()["id"]
+        assert api.wait_done(first, **one)["status"] == "succeeded"
+        assert (
+            api.client.get(f"/jobs/{first}/artifacts/overlay.png", headers=one).status_code == 200
+        )
+        for response in (
+            api.client.get(f"/jobs/{first}", headers=two),
+            api.client.get(f"/jobs/{first}/artifacts/overlay.png", headers=two),
+            api.client.delete(f"/jobs/{first}", headers=two),
+        ):
+            assert_error(response, 404, "no job")
+        again = api.client.post("/explain", json=request, headers=two)
+        assert again.status_code == 202 and again.json()["id"] != first
+        assert api.wait_done(again.json()["id"], **two)["status"] == "succeeded"
+        same = api.client.post("/explain", json=request, headers=one)  # k1's own: reused
+        assert same.status_code == 200 and same.json()["id"] == first
+        schemes = api.client.get("/openapi.json").json()["components"]["securitySchemes"]
+        assert {s["type"] for s in schemes.values()} == {"apiKey", "http"}
+    finally:
+        api.stop()
+
+
 def test_refuses_public_bind_without_keys():
     import subprocess
     import sys
