@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -108,6 +111,9 @@ def test_result_records_everything_needed_to_reproduce(lite0):
     meta = summary["metadata"]
     assert meta["seed"] == 5 and meta["device"] == "cpu"
     assert meta["model"]["weights_sha256"] == lite0.weights_sha256
+    # The weights file by name and digest: no folder of this machine leaves in a record.
+    assert meta["model"]["weights"] == f"file:{Path(lite0.weights).name}"
+    assert str(Path(lite0.weights).parent) not in json.dumps(summary, default=str)
     assert meta["inputs"][0]["source"] == "sample:chelsea"
     assert meta["inputs"][0]["policy"] == "center_crop"
     assert {"torch", "torchvision", "python"} <= set(meta["versions"])

@@ -72,3 +72,24 @@ def test_redis_restart_keeps_queued_jobs(folder):
             worker.process.stop()
         api.stop()
         redis.stop()
+
+
+def test_an_internal_failure_is_reported_without_internals(tmp_path, monkeypatch):
+    """A job that fails inside a library is 'failed' with a message in the user's terms; the
+    exception text (here with a server path) stays in the worker's log."""
+    from service.artifacts import ArtifactStore
+    from service.jobstore import JobRecord, MemoryJobStore
+    from workers import runner
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error in /opt/secret/lib/kernel.cu:42")
+
+    monkeypatch.setattr(runner, "explain", broken)
+    store = MemoryJobStore(ttl_s=60)
+    store.create(JobRecord(id="j1", created_at=0.0, model="efficientnet_lite0",
+                           method="saliency", options={}, input={"kind": "sample",
+                           "name": "chelsea"}, content_hash="h"))  # fmt: skip
+    assert runner.run_job("j1", store, ArtifactStore(tmp_path)) == "failed"
+    error = store.get("j1").error
+    assert "internal error while running saliency on efficientnet_lite0" in error
+    assert "/opt/secret" not in error and "RuntimeError" not in error

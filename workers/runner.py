@@ -114,5 +114,8 @@ def run_job(job_id: str, store: JobStore, artifacts: ArtifactStore, device: str 
             store.finish(job_id, "failed", error="the job exceeded its time limit")
             return "failed"
         log.exception("job %s failed", job_id)
-        store.finish(job_id, "failed", error=f"internal error: {type(error).__name__}: {error}")
+        # Library internals (messages, paths) stay in the worker's log, under the job's id.
+        message = (f"internal error while running {record.method} on {record.model}; the "
+                   f"worker's log has the details for job {job_id}")  # fmt: skip
+        store.finish(job_id, "failed", error=message)
         return "failed"

@@ -96,11 +96,12 @@ class LoadedModel:
         return prefix + self.spec.cam_layer
 
     def record(self) -> dict:
-        return {
-            "name": self.spec.name,
-            "weights": self.weights,
-            "weights_sha256": self.weights_sha256,
-        }
+        """Name and weights (a file by its name and sha256, never its folder: records leave
+        the machine, e.g. in a service's summary.json)."""
+        weights = self.weights
+        if Path(weights).is_absolute():
+            weights = f"file:{Path(weights).name}"
+        return {"name": self.spec.name, "weights": weights, "weights_sha256": self.weights_sha256}
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
