@@ -22,6 +22,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.catalogue import all_methods, all_metrics, get_method, parse_metrics
@@ -219,6 +220,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Queue an explanation. JSON body, or multipart with a file field ``image`` and a JSON
         field ``request``. Answers 202 with the job id (200 when an identical job is returned)."""
         payload, upload = await _read_submission(request, settings)
+        # Decoding the image and the store's Redis calls block: run them off the event loop,
+        # so that a slow upload or a stalled Redis never holds up other requests.
+        return await run_in_threadpool(accept, request, tenant, payload, upload)
+
+    def accept(request: Request, tenant: str | None, payload: dict, upload: bytes | None):
+        """Validate a read submission, then return an identical job or queue a new one."""
         try:
             parsed = explain_request_adapter().validate_python(payload)
         except ValidationError as error:
@@ -289,12 +296,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             "job to finish before answering (long poll)."),
     ):  # fmt: skip
         """Status, progress, prediction, scores, artifact links and error of a job."""
-        record = find(job_id, tenant)
+        record = await run_in_threadpool(find, job_id, tenant)
         deadline = time.monotonic() + wait
         while record.status not in TERMINAL and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            record = find(job_id, tenant)
-        return job_view(record, request)
+            record = await run_in_threadpool(find, job_id, tenant)
+        return await run_in_threadpool(job_view, record, request)
 
     @app.delete("/jobs/{job_id}", response_model=JobView, responses=ERRORS)
     def cancel_job(job_id: str, request: Request, tenant: Tenant):

@@ -96,7 +96,9 @@ class CeleryDispatcher(Dispatcher):
         from workers.celery_app import app
 
         self._app = app
-        self._redis = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
+        self._redis = redis.Redis.from_url(
+            settings.broker_url, socket_timeout=3, socket_connect_timeout=2
+        )
 
     def submit(self, job_id: str) -> None:
         self._app.send_task("explainer.explain", args=[job_id], task_id=job_id)

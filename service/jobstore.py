@@ -241,7 +241,7 @@ class RedisJobStore(JobStore):
         import redis
 
         super().__init__(ttl_s)
-        self.redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self.redis = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=2)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}{key}"

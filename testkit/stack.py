@@ -105,6 +105,15 @@ class RedisServer:
         assert self.process is not None
         self.process.stop()  # SIGTERM: redis flushes the AOF and exits
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and every command hangs (a stalled server)."""
+        assert self.process is not None
+        self.process.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.proc.send_signal(signal.SIGCONT)
+
 
 class Worker:
     """``celery -A workers worker`` with one prefork child."""

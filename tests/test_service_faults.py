@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
 import pytest
 
 from testkit.stack import Api, RedisServer, Worker, service_env, wait_for
@@ -93,3 +97,31 @@ def test_an_internal_failure_is_reported_without_internals(tmp_path, monkeypatch
     error = store.get("j1").error
     assert "internal error while running saliency on efficientnet_lite0" in error
     assert "/opt/secret" not in error and "RuntimeError" not in error
+
+
+def test_a_stalled_redis_holds_up_no_other_request(folder):
+    """Redis paused (SIGSTOP) while submissions wait on it: a call that needs no Redis still
+    answers at once, the waiting ones get 503 after the store's short timeout, and the service
+    works again once Redis does."""
+    redis = RedisServer(folder)
+    api = Api(service_env(redis.url, folder / "artifacts", preload_models=""), folder)
+    request = {"sample": "chelsea", "method": "saliency"}
+    try:
+        redis.pause()
+        with ThreadPoolExecutor(4) as pool:
+            waiting = [pool.submit(httpx.post, f"{api.url}/explain", json=request, timeout=30)
+                       for _ in range(4)]  # fmt: skip
+            time.sleep(0.5)
+            started = time.perf_counter()
+            listed = api.client.get("/methods")
+            assert listed.status_code == 200 and time.perf_counter() - started < 1.0
+            for future in waiting:
+                response = future.result()
+                assert response.status_code == 503, response.text
+                assert response.json()["error"]["code"] == "unavailable"
+        redis.resume()
+        assert api.client.post("/explain", json=request).status_code == 202
+    finally:
+        redis.resume()
+        api.stop()
+        redis.stop()
