@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,14 @@ def test_registry_describes_every_method():
         schema = described["options_schema"]
         assert schema["additionalProperties"] is False
         assert "heatmap_reduction" in schema["properties"]
+
+
+def test_threads_sharing_one_model_take_turns(lite0):
+    """Two threads explaining with one cached model at once (as the embedded workers do) give
+    what each gives alone: hooks and backward rules of one call never meet the other's."""
+    work = [("gradcam", "chelsea"), ("guided_backprop", "astronaut")] * 3
+    alone = {job: explain(lite0, job[1], job[0]).attribution for job in work[:2]}
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda job: (job, explain(lite0, job[1], job[0])), work))
+    for job, result in together:
+        torch.testing.assert_close(result.attribution, alone[job])
