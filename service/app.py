@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.catalogue import all_methods, all_metrics, get_method, parse_metrics
 from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
+from engine.data.images import check_fits
 from engine.method import names_server_path, walk_options
 from engine.metrics.base import MetricError
 from engine.models import MODELS, ModelError, ModelSpec
@@ -493,6 +494,12 @@ def _check_input(parsed, upload: bytes | None, settings: Settings) -> tuple[dict
     except InputError as error:
         status = 413 if "limit" in str(error) else 422
         raise ApiError(status, "invalid_image", str(error)) from error
+    image_size = getattr(parsed.options, "image_size", None)
+    size = (image_size, image_size) if image_size else spec.input_size
+    try:  # the scaled copy the worker would make, before it makes it
+        check_fits(image.size[1], image.size[0], size, parsed.resize, settings.max_pixels)
+    except InputError as error:
+        raise ApiError(413, "invalid_image", str(error)) from error
     return {"kind": "image", "sha256": sha256_bytes(data), "size": list(image.size)}, data
 
 

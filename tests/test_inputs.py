@@ -115,3 +115,14 @@ def test_all_samples_load_as_rgb():
     for name in SAMPLES:
         array = load_sample(name)
         assert array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3, name
+
+
+def test_extreme_aspect_ratios_are_refused_before_scaling():
+    """Centre-cropping a 10000×1 strip to 224² would scale it to 2 240 000×224 first: refused
+    with the size it would have had; 'resize' (straight to 224²) is fine."""
+    strip = torch.rand(3, 1, 10_000)
+    with pytest.raises(InputError, match="scaled to 2240000×224"):
+        fit_to_size(strip, (224, 224), "center_crop")
+    assert fit_to_size(strip, (224, 224), "resize")[0].shape == (3, 224, 224)
+    wide = torch.rand(3, 100, 1000)  # an ordinary panorama still fits
+    assert fit_to_size(wide, (224, 224), "center_crop")[0].shape == (3, 224, 224)

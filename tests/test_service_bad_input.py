@@ -61,8 +61,11 @@ JPEG = encode(Image.fromarray(load_sample("coffee")), "JPEG")
         (png_header_only(100_000, 100_000), 413, ["too large"]),
         (encode(Image.new("RGB", (2500, 2000), (9, 9, 9)), "PNG"), 413, ["2500×2000", "limit"]),
         (encode(Image.new("RGB", (8, 8)), "GIF"), 422, ["GIF"]),
+        # 10000×1 fits the pixel limit, but centre-cropping it to 224² would first scale it to
+        # 2 240 000×224 (6 GB in the worker): refused at submit.
+        (encode(Image.new("RGB", (10_000, 1)), "PNG"), 413, ["scaled to 2240000×224", "ratio"]),
     ],
-    ids=["empty", "not-an-image", "truncated-jpeg", "decompression-bomb", "huge", "gif"],
+    ids=["empty", "not-an-image", "truncated-jpeg", "decompression-bomb", "huge", "gif", "strip"],
 )
 def test_bad_images(api, data, status, words):
     assert_error(upload(api, data), status, *words)

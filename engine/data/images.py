@@ -103,6 +103,36 @@ class InputRecord:
         return asdict(self)
 
 
+def scaled_size(
+    height: int, width: int, size: tuple[int, int], policy: ResizePolicy
+) -> tuple[int, int]:
+    """The (h, w) an image is scaled to before any crop (see :func:`fit_to_size`)."""
+    if policy == "none":
+        return height, width
+    if policy == "resize":
+        return size
+    scale = max(size[0] / height, size[1] / width)
+    return max(size[0], round(height * scale)), max(size[1], round(width * scale))
+
+
+def check_fits(
+    height: int,
+    width: int,
+    size: tuple[int, int],
+    policy: ResizePolicy,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> None:
+    """Refuse an image whose scaled copy would exceed ``max_pixels`` (a 10000×1 strip centre-
+    cropped to 224² would be scaled to 2 240 000×224 first), before anything is allocated."""
+    scaled_h, scaled_w = scaled_size(height, width, size, policy)
+    if scaled_h * scaled_w > max_pixels:
+        raise InputError(
+            f"a {width}×{height} image would be scaled to {scaled_w}×{scaled_h} for "
+            f"resize={policy!r} to {size[1]}×{size[0]}, above the limit of {max_pixels} pixels: "
+            "crop it to a less extreme aspect ratio or use resize='resize'"
+        )
+
+
 def fit_to_size(
     image: torch.Tensor, size: tuple[int, int], policy: ResizePolicy = "center_crop"
 ) -> tuple[torch.Tensor, dict]:
@@ -113,6 +143,7 @@ def fit_to_size(
     """
     _, height, width = image.shape
     target_h, target_w = size
+    check_fits(height, width, size, policy)
     if policy == "none" or (height, width) == (target_h, target_w):
         return image, {"policy": policy, "size": (height, width), "crop_box": None}
     if policy == "resize":
@@ -123,8 +154,7 @@ def fit_to_size(
         }
     if policy != "center_crop":
         raise InputError(f"unknown resize policy {policy!r}")
-    scale = max(target_h / height, target_w / width)
-    scaled_h, scaled_w = max(target_h, round(height * scale)), max(target_w, round(width * scale))
+    scaled_h, scaled_w = scaled_size(height, width, size, policy)
     scaled = _resize(image, (scaled_h, scaled_w))
     top, left = (scaled_h - target_h) // 2, (scaled_w - target_w) // 2
     cropped = scaled[:, top : top + target_h, left : left + target_w]
