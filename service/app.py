@@ -31,7 +31,7 @@ from engine.data.images import check_fits
 from engine.method import names_server_path, walk_options
 from engine.metrics.base import MetricError
 from engine.models import MODELS, ModelError, ModelSpec
-from service.artifacts import MEDIA_TYPES, ArtifactStore
+from service.artifacts import MEDIA_TYPES, ArtifactStore, ArtifactStoreFull
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.jobstore import (
     DURATION_BUCKETS,
@@ -59,7 +59,7 @@ log = logging.getLogger("service")
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
 BEARER = HTTPBearer(auto_error=False, description="The same API key as a bearer token.")
 VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts"}  # copied from the record
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503, 507)}
 
 
 class ApiError(Exception):
@@ -177,6 +177,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response = error_response(error.status_code, "http_error", str(error.detail))
         response.headers.update(error.headers or {})  # 405's Allow
         return response
+
+    @app.exception_handler(ArtifactStoreFull)
+    async def _full(request: Request, error: ArtifactStoreFull):
+        log.error("artifact store full: %s", error.__cause__)
+        return error_response(507, "insufficient_storage", "the server has no room to store "
+                              "this input now; retry later")  # fmt: skip
 
     @app.exception_handler(RedisError)
     @app.exception_handler(OperationalError)

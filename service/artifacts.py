@@ -6,6 +6,8 @@ temporary folder and renames it into place, so a job's outputs appear all at onc
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import time
@@ -13,6 +15,11 @@ from pathlib import Path
 
 MEDIA_TYPES = {".npy": "application/octet-stream", ".npz": "application/octet-stream",
                ".png": "image/png", ".json": "application/json"}  # fmt: skip
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class ArtifactStoreFull(OSError):
+    """The artifact volume has no room for a file (disk full, quota, file size limit)."""
 
 
 class ArtifactStore:
@@ -28,11 +35,20 @@ class ArtifactStore:
         return self.job_dir(job_id) / "outputs"
 
     def save_input(self, job_id: str, data: bytes) -> None:
+        """Store a job's input whole or not at all: on failure nothing of the job is left."""
         folder = self.job_dir(job_id)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / "input.bin.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, folder / "input.bin")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, folder / "input.bin")
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+            if error.errno in NO_ROOM:
+                raise ArtifactStoreFull(error.errno, "no room for the input") from error
+            raise
 
     def load_input(self, job_id: str) -> bytes:
         return (self.job_dir(job_id) / "input.bin").read_bytes()

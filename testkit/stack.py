@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -37,12 +38,19 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
 class Process:
     """A child process in its own session, with its output in a log file."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None):
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None,
+                 max_file_bytes: int | None = None):  # fmt: skip
+        """``max_file_bytes``: RLIMIT_FSIZE of the child, a disk that fills up at that size."""
         self.log = log
         self.handle = open(log, "ab")  # noqa: SIM115 - kept open for the process' lifetime
+
+        def limit_files():
+            if max_file_bytes is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
         self.proc = subprocess.Popen(
             args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self.handle,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limit_files,
         )  # fmt: skip
 
     def alive(self) -> bool:
@@ -138,12 +146,14 @@ class Worker:
 class Api:
     """``python -m service`` on a free port."""
 
-    def __init__(self, env: dict[str, str], folder: Path, name: str = "api"):
+    def __init__(self, env: dict[str, str], folder: Path, name: str = "api",
+                 max_file_bytes: int | None = None):  # fmt: skip
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = Process(
-            [sys.executable, "-m", "service", "--port", str(self.port)], folder / f"{name}.log", env
-        )
+            [sys.executable, "-m", "service", "--port", str(self.port)], folder / f"{name}.log",
+            env, max_file_bytes,
+        )  # fmt: skip
         self.client = httpx.Client(base_url=self.url, timeout=30)
 
         def ready():

@@ -7,6 +7,7 @@ import io
 import json
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -320,5 +321,23 @@ def test_store_outage_is_a_503_with_retry_after(tmp_path):
             assert_error(response, 503, "unavailable")
             assert response.headers["retry-after"] == "5"
         assert api.client.get("/methods").status_code == 200  # needs no Redis
+    finally:
+        api.stop()
+
+
+def test_a_full_artifact_disk_is_a_507_that_leaves_nothing_behind(tmp_path):
+    """The API process may write files of at most 200 kB (RLIMIT_FSIZE): a 300 kB upload fits
+    the upload limit but not the disk, and gets 507 with no temporary file or folder left."""
+    artifacts = tmp_path / "artifacts"
+    env = service_env(None, artifacts, preload_models="")
+    api = Api(env, tmp_path, name="full-disk", max_file_bytes=200_000)
+    noise = np.random.default_rng(0).integers(0, 256, (320, 320, 3), dtype=np.uint8)
+    try:
+        data = encode(Image.fromarray(noise), "PNG")
+        assert 200_000 < len(data) < LIMIT_BYTES
+        assert_error(upload(api, data), 507, "no room")
+        assert list(artifacts.iterdir()) == []
+        created = api.client.post("/explain", json={"sample": "chelsea", "method": "saliency"})
+        assert created.status_code == 202  # a sample needs no room: the service goes on
     finally:
         api.stop()

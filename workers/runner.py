@@ -9,6 +9,7 @@ skipped).
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from typing import Any
 
@@ -91,7 +92,11 @@ def run_job(job_id: str, store: JobStore, artifacts: ArtifactStore, device: str 
             metrics=record.metrics,
         )
         staging = artifacts.staging_dir(job_id, record.attempts)
-        paths = write_artifacts(result, staging)
+        try:
+            paths = write_artifacts(result, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # e.g. a full disk: leave nothing half-made
+            raise
         artifacts.publish(job_id, staging)
         summary = result.summary()
         final = store.finish(
