@@ -38,3 +38,20 @@ def keep_freed_memory() -> bool:
         return False
     settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 40), (_M_TOP_PAD, 1 << 30))
     return all(mallopt(option, value) == 1 for option, value in settings)
+
+
+DEFAULT_MAX_ROWS_PER_PASS = 32
+
+
+def max_rows_per_pass() -> int:
+    """Input rows one forward/backward pass may hold, whatever a method's options ask for
+    (``internal_batch_size``, ``batch_size``, or none: all path points or noise samples at once).
+
+    Memory grows with the rows of a pass (about 80 MB per row for EfficientNet-Lite0 at 224² on
+    the CPU), so this bounds what one request can take: ``EXPLAINER_MAX_ROWS_PER_PASS``, default
+    32 (about 2.5 GB there). Smaller chunks give the same sums up to float rounding.
+    """
+    value = int(os.environ.get("EXPLAINER_MAX_ROWS_PER_PASS", DEFAULT_MAX_ROWS_PER_PASS))
+    if value < 1:
+        raise ValueError(f"EXPLAINER_MAX_ROWS_PER_PASS must be at least 1, got {value}")
+    return value

@@ -1,4 +1,5 @@
-"""engine.runtime.keep_freed_memory: large freed tensors are reused without new page faults."""
+"""engine.runtime: large freed tensors are reused without new page faults (keep_freed_memory);
+no forward/backward pass holds more rows than the process allows (max_rows_per_pass)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import json
 import os
 import subprocess
 import sys
+
+import torch
+
+from engine import explain
 
 CHILD = """
 import json, resource
@@ -35,3 +40,22 @@ def test_freed_memory_is_reused_without_page_faults():
     assert applied and not applied_off
     assert faults_off > 6 * 40_000  # 200 MB of 4 KiB pages faulted in at every step
     assert faults < faults_off / 2
+
+
+def test_no_pass_holds_more_rows_than_the_process_allows(lite0, monkeypatch):
+    """IG with 100 steps and no internal_batch_size (all rows at once, as asked) runs in passes
+    of at most EXPLAINER_MAX_ROWS_PER_PASS rows, and gives what one pass gives."""
+    rows = []
+    hook = lite0.module.register_forward_pre_hook(lambda _, inputs: rows.append(len(inputs[0])))
+    options = {"steps": 100, "internal_batch_size": None}
+    try:
+        monkeypatch.setenv("EXPLAINER_MAX_ROWS_PER_PASS", "1000")
+        whole = explain(lite0, "chelsea", "integrated_gradients", options).attribution
+        assert max(rows) == 100
+        rows.clear()
+        monkeypatch.setenv("EXPLAINER_MAX_ROWS_PER_PASS", "16")
+        chunked = explain(lite0, "chelsea", "integrated_gradients", options).attribution
+    finally:
+        hook.remove()
+    assert max(rows) == 16
+    torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-7)

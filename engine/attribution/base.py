@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.method import BackwardRule, MethodError
+from engine.runtime import max_rows_per_pass
 
 ScoreType = Literal["logit", "softmax", "log_softmax"]
 
@@ -83,7 +84,9 @@ class InputGradient:
 
 
 def chunks(total: int, size: int | None) -> Iterator[slice]:
-    size = total if not size or size <= 0 else size
+    """Slices of ``total`` rows, ``size`` at a time (None: all), never more than the
+    process's :func:`~engine.runtime.max_rows_per_pass`."""
+    size = max(1, min(total if not size or size <= 0 else size, max_rows_per_pass()))
     for start in range(0, total, size):
         yield slice(start, min(start + size, total))
 

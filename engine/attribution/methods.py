@@ -30,7 +30,11 @@ from engine.method import (
 )
 
 BatchSize = Field(
-    None, ge=1, le=4096, description="Rows per forward/backward pass (None: all at once)."
+    None,
+    ge=1,
+    le=4096,
+    description="Rows per forward/backward pass (None: all at once); at "
+    "most EXPLAINER_MAX_ROWS_PER_PASS of the process (default 32).",
 )
 
 
