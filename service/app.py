@@ -538,6 +538,7 @@ def _check_limits(parsed, settings: Settings) -> None:
             + ", ".join(allowed),
         )  # fmt: skip
     _check_target(parsed.target, MODELS[parsed.model])
+    _check_memory(parsed, settings)
     # Every option at any depth: nested smoothing and an add-on's base_options included.
     for path, field, value in walk_options(parsed.options):
         name = path.rsplit(".", 1)[-1]
@@ -549,6 +550,22 @@ def _check_limits(parsed, settings: Settings) -> None:
             raise ApiError(422, "invalid_option",
                            f"over the API, options.{path} cannot name a file or folder on the "
                            f"server; leave it at its default ({field.default!r})")  # fmt: skip
+
+
+def _check_memory(parsed, settings: Settings) -> None:
+    """Mask methods hold every obfuscation of a step at once: refuse what would not fit."""
+    estimate = getattr(parsed.options, "working_set_bytes", None)
+    if estimate is None:
+        return
+    side = parsed.options.image_size
+    height, width = (side, side) if side else MODELS[parsed.model].input_size
+    needed_mb = estimate(height, width) / 2**20
+    if needed_mb > settings.max_job_memory_mb:
+        raise ApiError(422, "limit_exceeded",
+                       f"{parsed.method} with noise_samples={parsed.options.noise_samples} at "
+                       f"{width}×{height} needs about {needed_mb / 1024:.1f} GB per step; this "
+                       f"server's limit is {settings.max_job_memory_mb / 1024:.1f} GB: lower "
+                       "noise_samples or image_size")  # fmt: skip
 
 
 def _check_target(target: int | str | None, spec: ModelSpec) -> None:

@@ -29,6 +29,7 @@ class Settings(BaseModel):
     max_series_length: int = 10_000
     max_series_features: int = 1_000
     max_iterations: int = 2_000  # bound on steps/samples/iterations options
+    max_job_memory_mb: int = 8_192  # what one mask-method job may need per step (estimated)
     soft_time_limit_s: int = 600
     hard_time_limit_s: int = 660
     visibility_timeout_s: int = 720  # > hard limit: a running job is never handed out twice
@@ -78,6 +79,7 @@ class Settings(BaseModel):
             max_series_length=number("MAX_SERIES_LENGTH", 10_000),
             max_series_features=number("MAX_SERIES_FEATURES", 1_000),
             max_iterations=number("MAX_ITERATIONS", 2_000),
+            max_job_memory_mb=number("MAX_JOB_MEMORY_MB", 8_192),
             soft_time_limit_s=number("SOFT_TIME_LIMIT_S", 600),
             hard_time_limit_s=number("HARD_TIME_LIMIT_S", 660),
             visibility_timeout_s=number(

@@ -143,6 +143,17 @@ def test_bad_images(api, data, status, words):
             422,
             ["image_size"],
         ),
+        # Mask methods hold every obfuscation of a step at once: 256 samples of 49 shearlets
+        # at 512² would need about 441 GB (accepted before, and run).
+        (
+            {
+                "sample": "chelsea",
+                "method": "shearletx",
+                "options": {"noise_samples": 256, "image_size": 512},
+            },
+            422,
+            ["shearletx with noise_samples=256 at 512×512 needs about 441.0 GB", "limit"],
+        ),
         # Nested options obey the same limits and path policy as top-level ones.
         (
             {
