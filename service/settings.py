@@ -37,6 +37,7 @@ class Settings(BaseModel):
     allowed_methods: dict[str, tuple[str, ...]] = {}  # model -> methods; empty: all methods
     preload_models: tuple[str, ...] = ("efficientnet_lite0",)
     embedded_workers: int = 1
+    process_ready_timeout_s: int = 120  # a Celery pool process may take this long to load models
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Settings:
@@ -89,4 +90,5 @@ class Settings(BaseModel):
             allowed_methods=allowed,
             preload_models=tuple(p for p in preload if p),
             embedded_workers=number("EMBEDDED_WORKERS", 1),
+            process_ready_timeout_s=number("PROCESS_READY_TIMEOUT_S", 120),
         )

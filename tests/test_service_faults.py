@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -123,5 +126,35 @@ def test_a_stalled_redis_holds_up_no_other_request(folder):
         assert api.client.post("/explain", json=request).status_code == 202
     finally:
         redis.resume()
+        api.stop()
+        redis.stop()
+
+
+def test_a_killed_pool_process_is_replaced_and_reruns_its_job_once(folder):
+    """SIGKILL to the pool process (not the worker) mid-job: the worker starts a new one, which
+    loads two models before it is ready (longer than Celery's default 4 s readiness limit, which
+    would kill it again and again), and the job succeeds on its second attempt, once."""
+    redis = RedisServer(folder)
+    env = service_env(redis.url, folder / "artifacts",
+                      preload_models="efficientnet_lite0,efficientnet_lite2",
+                      **FAST_REDELIVERY)  # fmt: skip
+    api = Api(env, folder)
+    worker = Worker(env, folder)
+    try:
+        request = {"sample": "chelsea", "method": "integrated_gradients",
+                   "options": {"steps": 48, "internal_batch_size": 2}}  # fmt: skip
+        job = api.client.post("/explain", json=request).json()
+        wait_for(lambda: api.client.get(f"/jobs/{job['id']}").json()["progress"], 120,
+                 "the job to report progress")  # fmt: skip
+        parent = worker.process.proc.pid
+        (child,) = map(int, Path(f"/proc/{parent}/task/{parent}/children").read_text().split())
+        os.kill(child, signal.SIGKILL)
+        view = api.wait_done(job["id"], timeout=180)
+        assert view["status"] == "succeeded", view
+        assert view["attempts"] == 2
+        assert 'explainer_jobs_total{state="succeeded"} 1' in api.client.get("/metrics").text
+        assert "Timed out waiting for UP message" not in worker.process.output()
+    finally:
+        worker.process.stop()
         api.stop()
         redis.stop()

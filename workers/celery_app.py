@@ -28,6 +28,9 @@ app.conf.update(
         "unacked_restore_throttle": 1,
     },
     broker_connection_retry_on_startup=True,
+    # A new pool process imports torch and loads the models before it reports ready (4.5–6 s on
+    # 2 cores); Celery's default 4 s would kill it and try again, over and over.
+    worker_proc_alive_timeout=settings.process_ready_timeout_s,
     worker_max_tasks_per_child=200,
     worker_max_memory_per_child=int(os.environ.get("EXPLAINER_WORKER_MAX_MEMORY_KB", 8_000_000)),
     task_ignore_result=True,  # results live in our job records and the artifact store
