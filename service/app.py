@@ -500,10 +500,9 @@ def _check_input(parsed, upload: bytes | None, settings: Settings) -> tuple[dict
     except InputError as error:
         status = 413 if "limit" in str(error) else 422
         raise ApiError(status, "invalid_image", str(error)) from error
-    image_size = getattr(parsed.options, "image_size", None)
-    size = (image_size, image_size) if image_size else spec.input_size
     try:  # the scaled copy the worker would make, before it makes it
-        check_fits(image.size[1], image.size[0], size, parsed.resize, settings.max_pixels)
+        check_fits(image.size[1], image.size[0], _explained_size(parsed), parsed.resize,
+                   settings.max_pixels)  # fmt: skip
     except InputError as error:
         raise ApiError(413, "invalid_image", str(error)) from error
     return {"kind": "image", "sha256": sha256_bytes(data), "size": list(image.size)}, data
@@ -552,13 +551,18 @@ def _check_limits(parsed, settings: Settings) -> None:
                            f"server; leave it at its default ({field.default!r})")  # fmt: skip
 
 
+def _explained_size(parsed) -> tuple[int, int]:
+    """(h, w) the worker explains an image at: the mask methods' image_size, else the model's."""
+    side = getattr(parsed.options, "image_size", None)
+    return (side, side) if side else MODELS[parsed.model].input_size
+
+
 def _check_memory(parsed, settings: Settings) -> None:
     """Mask methods hold every obfuscation of a step at once: refuse what would not fit."""
     estimate = getattr(parsed.options, "working_set_bytes", None)
     if estimate is None:
         return
-    side = parsed.options.image_size
-    height, width = (side, side) if side else MODELS[parsed.model].input_size
+    height, width = _explained_size(parsed)
     needed_mb = estimate(height, width) / 2**20
     if needed_mb > settings.max_job_memory_mb:
         raise ApiError(422, "limit_exceeded",

@@ -22,6 +22,16 @@ def folder(tmp_path):
     return tmp_path
 
 
+def start_long_job(api: Api, timeout: float) -> dict:
+    """Submit a 48-step IG job in passes of 2 rows and wait until it reports progress."""
+    request = {"sample": "chelsea", "method": "integrated_gradients",
+               "options": {"steps": 48, "internal_batch_size": 2}}  # fmt: skip
+    job = api.client.post("/explain", json=request).json()
+    wait_for(lambda: api.client.get(f"/jobs/{job['id']}").json()["progress"], timeout,
+             "the job to report progress")  # fmt: skip
+    return job
+
+
 def test_worker_killed_mid_job_then_job_succeeds_once(folder):
     redis = RedisServer(folder)
     env = service_env(redis.url, folder / "artifacts", **FAST_REDELIVERY)
@@ -29,11 +39,7 @@ def test_worker_killed_mid_job_then_job_succeeds_once(folder):
     first = Worker(env, folder)
     second = None
     try:
-        request = {"sample": "chelsea", "method": "integrated_gradients",
-                   "options": {"steps": 48, "internal_batch_size": 2}}  # fmt: skip
-        job = api.client.post("/explain", json=request).json()
-        wait_for(lambda: api.client.get(f"/jobs/{job['id']}").json()["progress"], 90,
-                 "the job to report progress")  # fmt: skip
+        job = start_long_job(api, timeout=90)
         first.process.kill()  # SIGKILL to the worker and its pool process
         assert api.client.get(f"/jobs/{job['id']}").json()["status"] == "running"
         second = Worker(env, folder)
@@ -141,11 +147,7 @@ def test_a_killed_pool_process_is_replaced_and_reruns_its_job_once(folder):
     api = Api(env, folder)
     worker = Worker(env, folder)
     try:
-        request = {"sample": "chelsea", "method": "integrated_gradients",
-                   "options": {"steps": 48, "internal_batch_size": 2}}  # fmt: skip
-        job = api.client.post("/explain", json=request).json()
-        wait_for(lambda: api.client.get(f"/jobs/{job['id']}").json()["progress"], 120,
-                 "the job to report progress")  # fmt: skip
+        job = start_long_job(api, timeout=120)
         parent = worker.process.proc.pid
         (child,) = map(int, Path(f"/proc/{parent}/task/{parent}/children").read_text().split())
         os.kill(child, signal.SIGKILL)
