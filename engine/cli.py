@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.addons.gad.support import DEFAULT_ALPHAS
 from engine.catalogue import all_methods
 from engine.data import InputError
 from engine.method import MethodError, OptionsError
@@ -112,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     for side in ("a", "b"):
         gad.add_argument(f"--class-{side}", required=True, help="class label or index")
         gad.add_argument(f"--images-{side}", required=True, help="folder of that class's images")
-    gad.add_argument("--alphas", default="2,4,6,8", help="logit offsets, one network each")
+    gad.add_argument(
+        "--alphas",
+        default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
+        help="logit offsets, one network each",
+    )
     gad.add_argument("--epochs", type=int, default=10)
     gad.add_argument("--learning-rate", type=float, default=4e-5)
     gad.add_argument("--seed", type=int, default=0)

@@ -88,6 +88,12 @@ class MethodOptions(BaseModel):
         "(signed_sum) or max_c|A_c| (max_abs). The attribution tensor itself is not reduced.",
     )
 
+    def model_passes(self, height: int, width: int) -> int:
+        """The cost model: forward+backward passes of the model per explained input row (at
+        ``height`` × ``width``), counting every option that multiplies work, nested ones
+        included. The service refuses a job above its budget before it runs."""
+        return 1
+
     def nested_options(self) -> dict[str, BaseModel]:
         """Options models this one holds as plain data (an add-on's ``base_options``), parsed,
         so that a check can walk the whole request (:func:`walk_options`)."""

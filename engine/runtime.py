@@ -6,9 +6,12 @@ benchmarks, tests); a library user may call it once at start-up.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import os
 import sys
+from collections.abc import Iterator
 
 # mallopt(3) parameters
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
@@ -41,6 +44,7 @@ def keep_freed_memory() -> bool:
 
 
 DEFAULT_MAX_ROWS_PER_PASS = 32
+_rows_limit: contextvars.ContextVar[int | None] = contextvars.ContextVar("rows", default=None)
 
 
 def max_rows_per_pass() -> int:
@@ -49,9 +53,35 @@ def max_rows_per_pass() -> int:
 
     Memory grows with the rows of a pass (about 80 MB per row for EfficientNet-Lite0 at 224² on
     the CPU), so this bounds what one request can take: ``EXPLAINER_MAX_ROWS_PER_PASS``, default
-    32 (about 2.5 GB there). Smaller chunks give the same sums up to float rounding.
+    32 (about 2.5 GB there), or less inside :func:`rows_per_pass_at_most`. Smaller chunks give
+    the same sums up to float rounding.
     """
     value = int(os.environ.get("EXPLAINER_MAX_ROWS_PER_PASS", DEFAULT_MAX_ROWS_PER_PASS))
     if value < 1:
         raise ValueError(f"EXPLAINER_MAX_ROWS_PER_PASS must be at least 1, got {value}")
-    return value
+    override = _rows_limit.get()
+    return value if override is None else min(value, override)
+
+
+@contextlib.contextmanager
+def rows_per_pass_at_most(rows: int) -> Iterator[None]:
+    """Lower :func:`max_rows_per_pass` to ``rows`` in this thread (e.g. to rerun a job that ran
+    out of memory with half the rows per pass)."""
+    token = _rows_limit.set(max(1, rows))
+    try:
+        yield
+    finally:
+        _rows_limit.reset(token)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """An allocation failure PyTorch reports as an exception (CUDA, or a CPU allocator that
+    refused; the kernel's OOM killer gives no exception at all)."""
+    import torch
+
+    if isinstance(error, MemoryError | torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )

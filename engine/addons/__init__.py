@@ -53,6 +53,14 @@ class AddonOptions(MethodOptions):
     def nested_options(self) -> dict[str, BaseModel]:
         return {"base_options": GRADIENT_METHODS[self.base].parse_options(self.base_options)}
 
+    def model_copies(self) -> int:
+        """Models the base method runs on (GAD: the original and its support networks)."""
+        return 1
+
+    def model_passes(self, height: int, width: int) -> int:
+        base = self.nested_options()["base_options"].model_passes(height, width)
+        return base * self.model_copies()
+
 
 def with_rule(ctx: MethodContext, rule: BackwardRule) -> MethodContext:
     """The context with one more backward rule for every gradient built from it."""

@@ -37,6 +37,7 @@ from engine.method import (
     Reduction,
     index,
 )
+from engine.runtime import max_rows_per_pass
 
 Interpolation = Literal["bilinear", "nearest", "bicubic"]
 
@@ -180,11 +181,11 @@ class ScoreCAM(CAM):
         low = masks.amin((2, 3), keepdim=True)
         high = masks.amax((2, 3), keepdim=True)
         masks = (masks - low) / (high - low + 1e-8)
-        channels = activation.shape[1]
+        channels, rows = activation.shape[1], min(self.batch_size, max_rows_per_pass())
         scores = torch.empty(activation.shape[:2], device=x.device, dtype=x.dtype)
         for b in range(x.shape[0]):
-            for start in range(0, channels, self.batch_size):
-                stop = min(start + self.batch_size, channels)
+            for start in range(0, channels, rows):
+                stop = min(start + rows, channels)
                 masked = x[b : b + 1] * masks[b, start:stop, None]  # (n, 3, H, W)
                 logits = self.model(masked)
                 scores[b, start:stop] = class_scores(logits, targets[b].expand(stop - start),
@@ -240,7 +241,14 @@ class CAMOptions(LayerOptions):
 
 
 class ScoreCAMOptions(CAMOptions):
-    batch_size: int = Field(32, ge=1, le=1024, description="Masked inputs per forward pass.")
+    batch_size: int = Field(
+        32, ge=1, le=1024, description="Masked inputs per forward pass (at most "
+        "EXPLAINER_MAX_ROWS_PER_PASS of the process).",
+    )  # fmt: skip
+
+    def model_passes(self, height: int, width: int) -> int:
+        """One forward pass per channel of the layer: 1280 on the built-in models' CAM layers."""
+        return 1280
 
 
 def cam_layer(ctx: MethodContext, options: LayerOptions) -> str:

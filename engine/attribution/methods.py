@@ -62,6 +62,13 @@ class GradientOptions(ScoreOptions):
         None, description="Wrap the method in a noise tunnel (SmoothGrad, SmoothGrad², VarGrad)."
     )
 
+    def passes_per_sample(self) -> int:
+        """Passes of the method itself, before a noise tunnel multiplies them."""
+        return 1
+
+    def model_passes(self, height: int, width: int) -> int:
+        return self.passes_per_sample() * (self.smoothing.samples if self.smoothing else 1)
+
 
 class IntegratedGradientsOptions(GradientOptions):
     steps: int = Field(50, ge=1, le=2000, description="Quadrature points m.")
@@ -73,6 +80,9 @@ class IntegratedGradientsOptions(GradientOptions):
     blur_sigma: float = Field(5.0, gt=0, le=100, description="σ in pixels of the blur baseline.")
     internal_batch_size: int | None = BatchSize
 
+    def passes_per_sample(self) -> int:
+        return self.steps
+
 
 class SmoothGradOptions(ScoreOptions):
     samples: int = Field(25, ge=1, le=1000, description="Noisy copies n.")
@@ -80,6 +90,9 @@ class SmoothGradOptions(ScoreOptions):
         0.15, ge=0, le=1, description="s in σ = s·(max x − min x), per image."
     )
     batch_size: int | None = BatchSize
+
+    def model_passes(self, height: int, width: int) -> int:
+        return self.samples
 
 
 class SmoothGradIGOptions(ScoreOptions):
@@ -91,6 +104,9 @@ class SmoothGradIGOptions(ScoreOptions):
     blur_sigma: float = Field(5.0, gt=0, le=100)
     internal_batch_size: int | None = BatchSize
 
+    def model_passes(self, height: int, width: int) -> int:
+        return self.steps * self.samples
+
 
 class ExpectedGradientsOptions(GradientOptions):
     samples: int = Field(50, ge=1, le=5000, description="Draws k of (reference, α).")
@@ -100,6 +116,9 @@ class ExpectedGradientsOptions(GradientOptions):
         "size) or, from the CLI or Python, a folder of images.",
     )
     internal_batch_size: int | None = BatchSize
+
+    def passes_per_sample(self) -> int:
+        return self.samples
 
 
 def input_gradient(ctx: MethodContext, options: ScoreOptions, rule=None) -> InputGradient:

@@ -16,12 +16,17 @@ from PIL import Image, ImageOps
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 DEFAULT_MAX_PIXELS = 40_000_000  # well above any photo, far below a decompression bomb
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
+MIN_SIDE = 32  # what the models' strided convolutions need (resize='none' keeps the image's)
 
 ResizePolicy = Literal["center_crop", "resize", "none"]
 
 
 class InputError(ValueError):
     """The input cannot be used: not an image, corrupt, too large, wrong shape..."""
+
+
+class ImageTooSmall(InputError):
+    """An image below the smallest size a model can take."""
 
 
 def decode_image(
@@ -123,7 +128,13 @@ def check_fits(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Refuse an image whose scaled copy would exceed ``max_pixels`` (a 10000×1 strip centre-
-    cropped to 224² would be scaled to 2 240 000×224 first), before anything is allocated."""
+    cropped to 224² would be scaled to 2 240 000×224 first), before anything is allocated, and
+    one kept at a size below :data:`MIN_SIDE`."""
+    if policy == "none" and min(height, width) < MIN_SIDE:
+        raise ImageTooSmall(
+            f"a {width}×{height} image kept at its size (resize='none') is below the smallest "
+            f"side of {MIN_SIDE} pixels; use resize='center_crop' or 'resize'"
+        )
     scaled_h, scaled_w = scaled_size(height, width, size, policy)
     if scaled_h * scaled_w > max_pixels:
         raise InputError(

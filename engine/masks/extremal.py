@@ -104,6 +104,10 @@ class ExtremalMaskOptions(MethodOptions):
     )
     checkpoint_every: int = Field(50, ge=1, description="Keep the attribution every N steps.")
 
+    def model_passes(self, height: int, width: int) -> int:
+        init = self.startgrad_samples if self.init == "startgrad_smoothgrad" else 1
+        return self.iterations + init
+
 
 @dataclass
 class SeriesMaskOutputs:

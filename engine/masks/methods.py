@@ -64,6 +64,11 @@ class MaskOptions(MethodOptions):
         """Coefficients of the representation per pixel and colour (pixels: 1)."""
         return 1.0
 
+    def model_passes(self, height: int, width: int) -> int:
+        """Every step passes each obfuscation; StartGrad's SmoothGrad init adds its samples."""
+        init = self.startgrad_samples if self.init == "startgrad_smoothgrad" else 1
+        return self.iterations * self.noise_samples + init
+
     def working_set_bytes(self, height: int, width: int) -> int:
         """Memory one image needs per step, about: every obfuscation (noise_samples × 3 colours
         × coefficients) held by ~12 float32 tensors at once (mixed coefficients, reconstructions,

@@ -27,6 +27,11 @@ class MetricOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    def model_passes(self, height: int, width: int) -> int:
+        """Model passes per image of this metric at ``height`` × ``width`` (the cost model of
+        :meth:`engine.method.MethodOptions.model_passes`)."""
+        return 2
+
 
 class MetricError(ValueError):
     """An unknown metric, invalid parameters, or a metric that does not apply to a method."""

@@ -65,6 +65,9 @@ def cp_shearletx(view: MaskView, options: MetricOptions) -> dict[str, Tensor]:
 class StartGradCPOptions(MetricOptions):
     noise_samples: int = Field(16, ge=1, le=256, description="Noisy obfuscations averaged in r.")
 
+    def model_passes(self, height: int, width: int) -> int:
+        return self.noise_samples + 1
+
 
 def retained_probability(view: MaskView, noise_samples: int) -> tuple[Tensor, Tensor]:
     """r = mean_i p_y(x̃_i) / p_y(x) per image (fills drawn from the view's noise model, i.e. a

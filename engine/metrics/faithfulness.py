@@ -33,6 +33,9 @@ class FaithfulnessOptions(MetricOptions):
     steps: int = Field(21, ge=2, le=101, description="Keep-fractions from 0 to 1.")
     noise_samples: int = Field(1, ge=1, le=64, description="Noise draws averaged per fraction.")
 
+    def model_passes(self, height: int, width: int) -> int:
+        return 2 * self.steps * self.noise_samples + 1  # keep and remove curves
+
 
 def rank_positions(
     values: list[Tensor], per_group: bool, generator: torch.Generator

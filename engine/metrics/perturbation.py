@@ -158,6 +158,10 @@ class DegradationOptions(MetricOptions):
         0.16, gt=0, le=1, description="Share of patches removed by the last step (pgig: 16%)."
     )
 
+    def model_passes(self, height: int, width: int) -> int:
+        patches = math.ceil(height / self.patch) * math.ceil(width / self.patch)
+        return 3 * (math.ceil(self.fraction * patches) + 1)  # MoRF, LeRF and random curves
+
 
 def _degradation(view: MaskView, options: DegradationOptions) -> dict[str, Tensor]:
     heat, (height, width) = pixel_heatmap(view), view.x.shape[-2:]
@@ -175,6 +179,9 @@ def _degradation(view: MaskView, options: DegradationOptions) -> dict[str, Tenso
 class PixelPerturbationOptions(MetricOptions):
     fraction: float = Field(0.1, gt=0, lt=1, description="Share k of least salient pixels.")
     fill: Fill = Field("channel_mean", description="Replacement: the image's mean colour or 0.")
+
+    def model_passes(self, height: int, width: int) -> int:
+        return 4  # salient-order and random-order perturbations, each with the clean input
 
 
 def _pixel_perturbation(view: MaskView, options: PixelPerturbationOptions) -> dict[str, Tensor]:
@@ -194,6 +201,9 @@ class SensitivityOptions(MetricOptions):
     subsets: int = Field(64, ge=3, le=1000, description="Random subsets N per n.")
     max_fraction: float = Field(0.8, gt=0, le=1, description="Largest n as a share of features.")
     patch: int = Field(1, ge=1, le=64, description="Feature = p×p pixel patch.")
+
+    def model_passes(self, height: int, width: int) -> int:
+        return self.points * self.subsets + 1
 
 
 def _sensitivity_n(view: MaskView, options: SensitivityOptions) -> dict[str, Tensor]:

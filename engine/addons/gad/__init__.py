@@ -18,6 +18,7 @@ from torch import Tensor
 
 from engine.addons import AddonOptions, build_base
 from engine.addons.gad.support import (
+    DEFAULT_ALPHAS,
     SupportSet,
     SupportSetError,
     default_support_path,
@@ -67,6 +68,10 @@ class GADOptions(AddonOptions):
     binarisation: Binarisation = "top_fraction"
     top_fraction: float = Field(0.5, gt=0, le=1, description="q: share of pixels kept per map.")
     threshold: float = Field(0.1, gt=0, le=1, description="τ for binarisation='threshold'.")
+
+    def model_copies(self) -> int:
+        """The original and the default support set's networks (one per α of train-gad)."""
+        return 1 + len(DEFAULT_ALPHAS)
 
 
 def resolve_support_set(ctx: MethodContext, options: GADOptions, targets: Tensor) -> SupportSet:

@@ -26,6 +26,7 @@ from engine.models.spec import model_fingerprint
 from engine.storage import cache_dir, load_record, save_record
 
 FORMAT = "explainer-gad-support/1"
+DEFAULT_ALPHAS = (2.0, 4.0, 6.0, 8.0)  # logit offsets of the support networks, one each
 
 
 class SupportSetError(MethodError):
@@ -95,7 +96,7 @@ def train_support_set(
     labels: Tensor,
     classes: tuple[int, int],
     *,
-    alphas: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0),
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS,
     epochs: int = 10,
     lr: float = 4e-5,
     batch_size: int = 32,
