@@ -8,7 +8,7 @@ import ipaddress
 import json
 import sys
 
-from service.settings import Settings
+from jobs.settings import Settings
 
 
 def is_loopback(host: str) -> bool:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
+    settings = Settings()
     if args.command == "openapi":
         from service.app import create_app
 

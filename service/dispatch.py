@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 
-from service.artifacts import ArtifactStore
-from service.jobstore import JobStore
-from service.settings import Settings
+from jobs.artifacts import ArtifactStore
+from jobs.queue import EXPLAIN_TASK, QUEUE, make_celery
+from jobs.records import TERMINAL
+from jobs.settings import Settings
+from jobs.store import MemoryJobStore
+
+log = logging.getLogger(__name__)
 
 
 class Dispatcher(ABC):
@@ -44,22 +50,31 @@ def local_device(settings: Settings) -> str:
 
 
 class EmbeddedDispatcher(Dispatcher):
-    """Runs jobs on threads of the API process with the same task code as the Celery workers."""
+    """Runs jobs on threads of the API process with the same runner as the Celery workers.
 
-    def __init__(self, settings: Settings, store: JobStore, artifacts: ArtifactStore):
+    Time limits: a job stops at its first progress step after the soft limit; a job still
+    running at the hard limit is marked failed by the housekeeping thread (a Python thread
+    cannot be killed: its late result is discarded, and it stops at its next step). The same
+    thread deletes expired records and artifacts every ``sweep_interval_s``.
+    """
+
+    def __init__(self, settings: Settings, store: MemoryJobStore, artifacts: ArtifactStore):
+        self._settings, self._store, self._artifacts = settings, store, artifacts
         self._device = local_device(settings)
-        self._store, self._artifacts = store, artifacts
-        self._size = max(1, settings.embedded_workers)
+        self._size = settings.embedded_workers
         self._executor = ThreadPoolExecutor(self._size, thread_name_prefix="explainer-job")
         self._lock = threading.Lock()
         self._waiting = 0
-        self._preload = settings.preload_models
+        self._running: dict[str, float] = {}  # job id → monotonic start
+        self._stop = threading.Event()
 
     def start(self) -> None:
-        # Load the models first, on the job thread, so the first job does not wait for them.
-        from workers.runner import preload_models
+        from jobs.runner import preload_models
 
-        self._executor.submit(preload_models, self._preload, self._device)
+        # Load the models first, on the job thread, so the first job does not wait for them.
+        self._executor.submit(preload_models, self._settings.preload_models, self._device)
+        threading.Thread(target=self._housekeeping, name="explainer-housekeeping",
+                         daemon=True).start()  # fmt: skip
 
     def submit(self, job_id: str) -> None:
         with self._lock:
@@ -67,11 +82,43 @@ class EmbeddedDispatcher(Dispatcher):
         self._executor.submit(self._run, job_id)
 
     def _run(self, job_id: str) -> None:
-        from workers.runner import run_job
+        from jobs.runner import run_job
 
         with self._lock:
             self._waiting -= 1
-        run_job(job_id, self._store, self._artifacts, self._device)
+            self._running[job_id] = time.monotonic()
+        try:
+            run_job(job_id, self._store, self._artifacts, self._settings, self._device,
+                    time_limit_s=self._settings.soft_time_limit_s)  # fmt: skip
+        finally:
+            with self._lock:
+                self._running.pop(job_id, None)
+
+    def _housekeeping(self) -> None:
+        last_sweep = time.monotonic()
+        while not self._stop.wait(1.0):
+            self.enforce_hard_limit()
+            if time.monotonic() - last_sweep >= self._settings.sweep_interval_s:
+                last_sweep = time.monotonic()
+                self.sweep()
+
+    def enforce_hard_limit(self) -> list[str]:
+        """Fail the jobs running longer than the hard time limit; returns their ids."""
+        now, limit = time.monotonic(), self._settings.hard_time_limit_s
+        with self._lock:
+            overdue = [job for job, start in self._running.items() if now - start > limit]
+        for job_id in overdue:
+            record = self._store.get(job_id)
+            if record is not None and record.status not in TERMINAL:
+                log.warning("job %s passed the hard time limit of %d s", job_id, limit)
+                self._store.finish(job_id, "failed", error=f"the job exceeded its hard time "
+                                   f"limit of {limit} s")  # fmt: skip
+        return overdue
+
+    def sweep(self) -> None:
+        """Delete expired records and artifacts now."""
+        self._store.purge()
+        self._artifacts.sweep(self._settings.job_ttl_s, every_s=0)
 
     def queue_length(self) -> int:
         with self._lock:
@@ -84,6 +131,7 @@ class EmbeddedDispatcher(Dispatcher):
         return self._device
 
     def close(self) -> None:
+        self._stop.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -93,33 +141,28 @@ class CeleryDispatcher(Dispatcher):
     def __init__(self, settings: Settings):
         import redis
 
-        from workers.celery_app import app
-
-        self._app = app
+        self._app = make_celery(settings)
         self._redis = redis.Redis.from_url(
             settings.broker_url, socket_timeout=3, socket_connect_timeout=2
         )
 
     def submit(self, job_id: str) -> None:
-        self._app.send_task("explainer.explain", args=[job_id], task_id=job_id)
+        self._app.send_task(EXPLAIN_TASK, args=[job_id], task_id=job_id)
 
     def revoke(self, job_id: str) -> None:
         self._app.control.revoke(job_id)
 
     def queue_length(self) -> int:
         try:
-            return int(self._redis.llen("celery"))
+            return int(self._redis.llen(QUEUE))
         except Exception:
             return -1
 
-    def _ping(self) -> list:
-        try:
-            return self._app.control.ping(timeout=1.0) or []
-        except Exception:
-            return []
-
     def workers(self) -> int:
-        return len(self._ping())
+        try:
+            return len(self._app.control.ping(timeout=1.0) or [])
+        except Exception:
+            return 0
 
     def device(self) -> str:
         try:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from engine.catalogue import all_methods
-from service.jobstore import JobStatus
+from jobs.records import JobStatus
 
 
 class ExplainRequestBase(BaseModel):

@@ -175,6 +175,16 @@ class Api:
 
         return wait_for(done, timeout, f"job {job_id}", interval=0.05)
 
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The value of one sample of GET /metrics (parsed as Prometheus text), or None."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(self.client.get("/metrics").text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return None
+
     def stop(self) -> None:
         self.client.close()
         self.process.stop()

@@ -10,8 +10,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from jobs.settings import Settings
 from service.app import create_app
-from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,9 +32,10 @@ def test_compose_file_is_valid_against_the_compose_specification():
 def test_compose_environment_names_are_settings():
     text = (ROOT / "docker-compose.yml").read_text()
     names = set(re.findall(r"^\s+(EXPLAINER_[A-Z_]+):", text, flags=re.M))
-    source = (ROOT / "service/settings.py").read_text()
+    engine_names = {"MAX_ROWS_PER_PASS", "KEEP_FREED_MEMORY"}  # read by engine.runtime
     for name in names:
-        assert f'"{name.removeprefix("EXPLAINER_")}"' in source, name
+        field = name.removeprefix("EXPLAINER_")
+        assert field.lower() in Settings.model_fields or field in engine_names, name
 
 
 def test_dockerfile_installs_as_the_readme_does():

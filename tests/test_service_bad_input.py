@@ -23,7 +23,7 @@ LIMIT_PIXELS = 4_000_000
 def api(tmp_path_factory):
     folder = tmp_path_factory.mktemp("embedded")
     env = service_env(None, folder / "artifacts", max_upload_bytes=LIMIT_BYTES,
-                      max_pixels=LIMIT_PIXELS, max_iterations=500, preload_models="")  # fmt: skip
+                      max_pixels=LIMIT_PIXELS, max_model_passes=500, preload_models="")  # fmt: skip
     server = Api(env, folder)
     yield server
     server.stop()
@@ -120,7 +120,7 @@ def test_bad_images(api, data, status, words):
                 "options": {"base": "smoothgrad", "base_options": {"samples": 999}},
             },
             422,
-            ["base_options.samples", "limit"],
+            ["4995 model passes", "limit is 500"],
         ),
         ({"sample": "chelsea", "method": "crigrad", "options": {"base": "gradcam"}}, 422, ["base"]),
         # Bounds the worker would hit are 422s at submit.
@@ -162,7 +162,7 @@ def test_bad_images(api, data, status, words):
                 "options": {"smoothing": {"samples": 1000}},
             },
             422,
-            ["options.smoothing.samples=1000", "limit"],
+            ["1000 model passes", "limit is 500"],
         ),
         (
             {
@@ -171,7 +171,31 @@ def test_bad_images(api, data, status, words):
                 "options": {"base_options": {"smoothing": {"samples": 999}}},
             },
             422,
-            ["options.base_options.smoothing.samples=999", "limit"],
+            ["4995 model passes", "limit is 500"],
+        ),
+        # The cost counts every option that multiplies work, the metrics' included.
+        (
+            {
+                "sample": "chelsea",
+                "method": "smoothgrad_ig",
+                "options": {"steps": 30, "samples": 20},
+            },
+            422,
+            ["600 model passes", "limit is 500"],
+        ),
+        (
+            {"sample": "chelsea", "method": "pixelmask", "options": {"iterations": 40}},
+            422,
+            ["641 model passes", "limit is 500"],
+        ),
+        (
+            {
+                "sample": "chelsea",
+                "method": "saliency",
+                "metrics": ["sensitivity_n", "degradation"],
+            },
+            422,
+            ["689 model passes", "limit is 500"],
         ),
         (
             {"sample": "chelsea", "method": "expected_gradients", "options": {"references": "/"}},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,27 +34,31 @@ def start_long_job(api: Api, timeout: float) -> dict:
 
 
 def test_worker_killed_mid_job_then_job_succeeds_once(folder):
+    """SIGKILL to a whole worker mid-job, at the default 12-minute visibility timeout: its
+    heartbeat stops, a live worker's reaper queues the job again after 15 s, and it succeeds
+    on its second attempt, once, well before Redis would have redelivered it."""
     redis = RedisServer(folder)
-    env = service_env(redis.url, folder / "artifacts", **FAST_REDELIVERY)
+    env = service_env(redis.url, folder / "artifacts")
     api = Api(env, folder)
     first = Worker(env, folder)
     second = None
     try:
         job = start_long_job(api, timeout=90)
         first.process.kill()  # SIGKILL to the worker and its pool process
+        killed = time.monotonic()
         assert api.client.get(f"/jobs/{job['id']}").json()["status"] == "running"
         second = Worker(env, folder)
         view = api.wait_done(job["id"], timeout=180)
         assert view["status"] == "succeeded", view
+        assert time.monotonic() - killed < 180 < 720  # the visibility timeout: 720 s
         assert view["attempts"] == 2
         assert view["progress"] == {"step": 48, "total": 48}
         outputs = list((folder / "artifacts" / job["id"]).iterdir())
         assert sorted(p.name for p in outputs) == ["input.bin", "outputs"] or sorted(
             p.name for p in outputs
         ) == ["outputs"]
-        metrics = api.client.get("/metrics").text
-        assert 'explainer_jobs_total{state="succeeded"} 1' in metrics
-        assert 'explainer_jobs_total{state="failed"} 0' in metrics
+        assert api.metric("explainer_jobs_total", state="succeeded") == 1
+        assert api.metric("explainer_jobs_total", state="failed") == 0
     finally:
         for worker in (first, second):
             if worker is not None:
@@ -90,9 +95,11 @@ def test_redis_restart_keeps_queued_jobs(folder):
 def test_an_internal_failure_is_reported_without_internals(tmp_path, monkeypatch):
     """A job that fails inside a library is 'failed' with a message in the user's terms; the
     exception text (here with a server path) stays in the worker's log."""
-    from service.artifacts import ArtifactStore
-    from service.jobstore import JobRecord, MemoryJobStore
-    from workers import runner
+    from jobs import runner
+    from jobs.artifacts import ArtifactStore
+    from jobs.records import JobRecord
+    from jobs.settings import Settings
+    from jobs.store import MemoryJobStore
 
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA error in /opt/secret/lib/kernel.cu:42")
@@ -102,7 +109,7 @@ def test_an_internal_failure_is_reported_without_internals(tmp_path, monkeypatch
     store.create(JobRecord(id="j1", created_at=0.0, model="efficientnet_lite0",
                            method="saliency", options={}, input={"kind": "sample",
                            "name": "chelsea"}, content_hash="h"))  # fmt: skip
-    assert runner.run_job("j1", store, ArtifactStore(tmp_path)) == "failed"
+    assert runner.run_job("j1", store, ArtifactStore(tmp_path), Settings()) == "failed"
     error = store.get("j1").error
     assert "internal error while running saliency on efficientnet_lite0" in error
     assert "/opt/secret" not in error and "RuntimeError" not in error
@@ -138,12 +145,14 @@ def test_a_stalled_redis_holds_up_no_other_request(folder):
 
 def test_a_killed_pool_process_is_replaced_and_reruns_its_job_once(folder):
     """SIGKILL to the pool process (not the worker) mid-job: the worker starts a new one, which
-    loads two models before it is ready (longer than Celery's default 4 s readiness limit, which
-    would kill it again and again), and the job succeeds on its second attempt, once."""
+    loads its models for over 5 s before it is ready (Celery's default 4 s readiness limit would
+    kill it again and again), and the job succeeds on its second attempt, once."""
     redis = RedisServer(folder)
+    slow = folder / "slow.yaml"
+    slow.write_text('{"name": "slow", "factory": "tests.tiny_models:slow_loading_cnn", '
+                    '"input_size": [32, 32]}')  # fmt: skip
     env = service_env(redis.url, folder / "artifacts",
-                      preload_models="efficientnet_lite0,efficientnet_lite2",
-                      **FAST_REDELIVERY)  # fmt: skip
+                      preload_models=f"efficientnet_lite0,{slow}", **FAST_REDELIVERY)  # fmt: skip
     api = Api(env, folder)
     worker = Worker(env, folder)
     try:
@@ -154,8 +163,11 @@ def test_a_killed_pool_process_is_replaced_and_reruns_its_job_once(folder):
         view = api.wait_done(job["id"], timeout=180)
         assert view["status"] == "succeeded", view
         assert view["attempts"] == 2
-        assert 'explainer_jobs_total{state="succeeded"} 1' in api.client.get("/metrics").text
-        assert "Timed out waiting for UP message" not in worker.process.output()
+        assert api.metric("explainer_jobs_total", state="succeeded") == 1
+        output = worker.process.output()
+        assert "Timed out waiting for UP message" not in output
+        loads = [float(t) for t in re.findall(r"preloaded 2 models on cpu in ([\d.]+) s", output)]
+        assert len(loads) == 2 and loads[1] > 4.0, loads  # the replacement took over 4 s
     finally:
         worker.process.stop()
         api.stop()

@@ -1,43 +1,28 @@
-"""The Celery app: Redis broker, late acks, no prefetch, one process per GPU, models loaded once
-per process after the fork (CUDA is never touched in the parent)."""
+"""The Celery worker: ``celery -A workers worker``. One process per GPU, models loaded once per
+process after the fork (CUDA is never touched in the parent); the parent process runs a reaper
+that hands a job whose worker died (its heartbeat stopped) to a live worker."""
 
 from __future__ import annotations
 
-import os
+import logging
+import threading
 
-from celery import Celery, signals
+from celery import signals
 
-from service.artifacts import ArtifactStore
-from service.jobstore import RedisJobStore
-from service.settings import Settings
+from jobs.artifacts import ArtifactStore
+from jobs.queue import EXPLAIN_TASK, make_celery
+from jobs.runner import preload_models, run_job
+from jobs.settings import Settings
+from jobs.store import RedisJobStore
 
-settings = Settings.from_env()
-
-app = Celery("explainer", broker=settings.broker_url or "redis://127.0.0.1:6379/0")
-app.conf.update(
-    task_acks_late=True,  # a job is acknowledged only when it has finished...
-    task_reject_on_worker_lost=True,  # ...and goes back to the queue if its process dies
-    worker_prefetch_multiplier=1,  # a busy worker holds no second job
-    task_soft_time_limit=settings.soft_time_limit_s,
-    task_time_limit=settings.hard_time_limit_s,
-    broker_transport_options={
-        # A job is redelivered when unacknowledged for this long: above the hard limit, so a
-        # running job is never handed to a second worker. Scan for such jobs every second.
-        "visibility_timeout": settings.visibility_timeout_s,
-        "unacked_restore_interval": 1,
-        "unacked_restore_throttle": 1,
-    },
-    broker_connection_retry_on_startup=True,
-    # A new pool process imports torch and loads the models before it reports ready (4.5–6 s on
-    # 2 cores); Celery's default 4 s would kill it and try again, over and over.
-    worker_proc_alive_timeout=settings.process_ready_timeout_s,
-    worker_max_tasks_per_child=200,
-    worker_max_memory_per_child=int(os.environ.get("EXPLAINER_WORKER_MAX_MEMORY_KB", 8_000_000)),
-    task_ignore_result=True,  # results live in our job records and the artifact store
-    worker_hijack_root_logger=False,
-)
-
+# Our modules' log records (Celery configures only its own loggers here).
+logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/%(processName)s] "
+                    "%(name)s: %(message)s")  # fmt: skip
+log = logging.getLogger(__name__)
+settings = Settings()
+app = make_celery(settings)
 _process: dict[str, object] = {}
+_reaper_stop = threading.Event()
 
 
 def process_runtime() -> tuple[RedisJobStore, ArtifactStore, str]:
@@ -66,21 +51,45 @@ def process_runtime() -> tuple[RedisJobStore, ArtifactStore, str]:
 @signals.worker_process_init.connect
 def _load_models(**_: object) -> None:
     from engine.runtime import keep_freed_memory
-    from workers.runner import preload_models
 
     keep_freed_memory()
-
     store, _, device = process_runtime()
     store.redis.sadd("explainer:devices", device)
     store.redis.expire("explainer:devices", 24 * 3600)
     preload_models(settings.preload_models, device)
 
 
-@app.task(name="explainer.explain")
-def explain_job(job_id: str) -> str:
-    from workers.runner import run_job
+def reap(store: RedisJobStore) -> list[str]:
+    """Requeue the jobs whose heartbeat stopped and send each to the queue again."""
+    requeued = store.requeue_stale(settings.heartbeat_timeout_s)
+    for job_id in requeued:
+        log.warning("job %s lost its worker; queued again", job_id)
+        app.send_task(EXPLAIN_TASK, args=[job_id], task_id=job_id)
+    return requeued
 
+
+def _reaper() -> None:
+    store = RedisJobStore(settings.store_url, settings.job_ttl_s)
+    while not _reaper_stop.wait(settings.heartbeat_interval_s):
+        try:
+            reap(store)
+        except Exception as error:  # Redis away for a moment: try again next period
+            log.warning("reaper: %s", error)
+
+
+@signals.worker_ready.connect
+def _start_reaper(**_: object) -> None:
+    threading.Thread(target=_reaper, name="explainer-reaper", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_reaper(**_: object) -> None:
+    _reaper_stop.set()
+
+
+@app.task(name=EXPLAIN_TASK)
+def explain_job(job_id: str) -> str:
     store, artifacts, device = process_runtime()
-    state = run_job(job_id, store, artifacts, device)
+    state = run_job(job_id, store, artifacts, settings, device)
     artifacts.sweep(settings.job_ttl_s)
     return state

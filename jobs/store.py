@@ -1,8 +1,6 @@
-"""Job records: our own source of truth for a job's state (Celery alone reports unknown ids as
-PENDING). Redis in distributed mode, memory in embedded mode; same interface, same transitions.
-
-States: queued → running → succeeded | failed | cancelled (queued → cancelled directly).
-Only small JSON summaries live here; tensors and pictures go to the artifact store.
+"""Job stores: atomic transitions over job records (:mod:`jobs.records`), progress, cancel flags,
+idempotency keys and counters. Redis in distributed mode, memory in embedded mode; same
+interface, same transitions.
 """
 
 from __future__ import annotations
@@ -10,44 +8,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel
+from jobs.records import TERMINAL, JobRecord, JobStatus
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TERMINAL: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, float("inf"))
-
-
-class JobRecord(BaseModel):
-    id: str
-    status: JobStatus = "queued"
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    model: str
-    method: str
-    options: dict[str, Any]
-    target: int | str | None = None
-    seed: int = 0
-    metrics: list[str | dict[str, Any]] = []
-    input: dict[str, Any]  # kind, sha256, name; the bytes are in the artifact store
-    content_hash: str
-    idempotency_key: str | None = None
-    owner: str | None = None  # the submitting API key's tenant id (see service.app); None: no keys
-    attempts: int = 0
-    prediction: dict[str, Any] | None = None
-    scores: dict[str, Any] | None = None
-    artifacts: list[str] = []
-    timings: dict[str, float] = {}
-    error: str | None = None
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex
 
 
 class JobStore(ABC):
@@ -82,6 +49,13 @@ class JobStore(ABC):
     def _counters(self, key: str) -> dict[str, float]: ...
 
     @abstractmethod
+    def _mark_running(self, job_id: str, running: bool) -> None:
+        """Keep the index of running jobs that :meth:`requeue_stale` scans."""
+
+    @abstractmethod
+    def _running(self) -> list[str]: ...
+
+    @abstractmethod
     def ping(self) -> bool: ...
 
     # --- the job life cycle ------------------------------------------------------------------
@@ -102,19 +76,59 @@ class JobStore(ABC):
     def lookup_key(self, kind: str, key: str) -> str | None:
         return self._get(f"{kind}:{key}")
 
-    def start(self, job_id: str) -> JobRecord | None:
-        """queued (or running, after a lost worker) → running. None if the job must not run."""
+    def start(self, job_id: str, token: str, stale_after_s: float) -> JobRecord | None:
+        """Claim a job for the run ``token``: queued → running, or take over a running job
+        whose heartbeat is older than ``stale_after_s`` (its worker died). None if the job must
+        not run now (finished, cancelled, unknown, or alive elsewhere)."""
 
         def change(record: JobRecord) -> JobRecord | None:
-            if record.status not in ("queued", "running"):
+            now = time.time()
+            alive = record.heartbeat_at is not None and now - record.heartbeat_at <= stale_after_s
+            if record.status not in ("queued", "running") or (record.status == "running" and alive):
                 return None
-            record.status = "running"
+            record.status, record.run_token = "running", token
             record.attempts += 1
-            record.started_at = time.time()
+            record.started_at = record.heartbeat_at = now
             return record
 
         record = self._update(job_id, change)
-        return record if record is not None and record.status == "running" else None
+        if record is None or record.run_token != token or record.status != "running":
+            return None
+        self._mark_running(job_id, True)
+        return record
+
+    def beat(self, job_id: str, token: str) -> bool:
+        """The run ``token`` is alive; False once the job is no longer that run's."""
+
+        def change(record: JobRecord) -> JobRecord | None:
+            if record.status != "running" or record.run_token != token:
+                return None
+            record.heartbeat_at = time.time()
+            return record
+
+        record = self._update(job_id, change)
+        return record is not None and record.status == "running" and record.run_token == token
+
+    def requeue_stale(self, stale_after_s: float) -> list[str]:
+        """Running jobs whose heartbeat stopped (their worker died) go back to queued; returns
+        their ids, for the caller to hand to a live worker."""
+
+        def change(record: JobRecord) -> JobRecord | None:
+            beat = record.heartbeat_at or 0.0
+            if record.status != "running" or time.time() - beat <= stale_after_s:
+                return None
+            record.status, record.run_token, record.heartbeat_at = "queued", None, None
+            return record
+
+        requeued = []
+        for job_id in self._running():
+            record = self._update(job_id, change)
+            if record is None or record.status in TERMINAL:
+                self._mark_running(job_id, False)
+            elif record.status == "queued":
+                requeued.append(job_id)
+                self._mark_running(job_id, False)
+        return requeued
 
     def finish(self, job_id: str, status: JobStatus, **fields: Any) -> JobRecord | None:
         """running/queued → a terminal state, once; later calls change nothing."""
@@ -135,6 +149,7 @@ class JobStore(ABC):
 
         record = self._update(job_id, change)
         if transitioned:
+            self._mark_running(job_id, False)
             self._incr("stats", status)
             if record.started_at is not None:
                 self._observe_duration(finished - record.started_at)
@@ -175,7 +190,9 @@ class JobStore(ABC):
 
 
 class MemoryJobStore(JobStore):
-    """Embedded mode: one process, records in a dict guarded by a lock (expired lazily)."""
+    """Embedded mode: one process, records in dicts guarded by a lock. Expired entries are
+    invisible at once and deleted by :meth:`purge` (the embedded dispatcher calls it on a
+    timer)."""
 
     def __init__(self, ttl_s: int):
         super().__init__(ttl_s)
@@ -183,9 +200,33 @@ class MemoryJobStore(JobStore):
         self._records: dict[str, tuple[float, JobRecord]] = {}
         self._values: dict[str, tuple[float, str]] = {}
         self._hashes: dict[str, dict[str, float]] = {}
+        self._running_ids: set[str] = set()
 
     def _alive(self, entry):
         return entry is not None and entry[0] > time.time()
+
+    def purge(self) -> int:
+        """Delete expired records and values; returns how many went."""
+        with self._lock:
+            removed = 0
+            for table in (self._records, self._values):
+                for key in [k for k, entry in table.items() if not self._alive(entry)]:
+                    del table[key]
+                    removed += 1
+            self._running_ids &= set(self._records)
+            return removed
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._records) + len(self._values)
+
+    def _mark_running(self, job_id, running):
+        with self._lock:
+            (self._running_ids.add if running else self._running_ids.discard)(job_id)
+
+    def _running(self):
+        with self._lock:
+            return sorted(self._running_ids)
 
     def _update(self, job_id, change):
         with self._lock:
@@ -295,6 +336,13 @@ class RedisJobStore(JobStore):
 
     def _counters(self, key):
         return {k.decode(): float(v) for k, v in self.redis.hgetall(self._key(key)).items()}
+
+    def _mark_running(self, job_id, running):
+        key = self._key("running")
+        (self.redis.sadd if running else self.redis.srem)(key, job_id)
+
+    def _running(self):
+        return sorted(m.decode() for m in self.redis.smembers(self._key("running")))
 
     def ping(self):
         try:

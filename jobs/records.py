@@ -1,0 +1,49 @@
+"""A job's record: our own source of truth for its state (Celery alone reports unknown ids as
+PENDING). States: queued → running → succeeded | failed | cancelled (queued → cancelled
+directly; a running job whose worker died goes back to queued). Only small JSON summaries live
+here; inputs, tensors and pictures go to the artifact store.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
+
+
+class JobRecord(BaseModel):
+    id: str
+    status: JobStatus = "queued"
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    model: str
+    method: str
+    options: dict[str, Any]
+    target: int | str | None = None
+    seed: int = 0
+    metrics: list[str | dict[str, Any]] = []
+    input: dict[str, Any]  # kind, sha256, name; the bytes are in the artifact store
+    content_hash: str
+    idempotency_key: str | None = None
+    owner: str | None = None  # the submitting API key's tenant id; None: the server has no keys
+    attempts: int = 0
+    run_token: str | None = None  # which run holds the job while it is running
+    heartbeat_at: float | None = None  # that run's last sign of life
+    prediction: dict[str, Any] | None = None
+    scores: dict[str, Any] | None = None
+    artifacts: list[str] = []
+    timings: dict[str, float] = {}
+    error: str | None = None
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_run_token() -> str:
+    return uuid.uuid4().hex[:16]

@@ -1,0 +1,227 @@
+"""Run one job: the same code in a Celery worker and in the embedded in-process worker.
+
+Claims the job record for this run, keeps a heartbeat in it while it runs (so that a live
+worker can take over a job whose worker died, :meth:`JobStore.requeue_stale`), calls
+``engine.explain`` with a progress callback that writes progress into the record and stops at
+the next step when the job is cancelled or over its time limit, writes the artifacts, and
+records exactly one terminal state (a redelivered job that already finished is skipped).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from typing import Any
+
+from engine.artifacts import write_artifacts
+from engine.data import InputError
+from engine.explain import cached_model, explain
+from engine.method import MethodError, OptionsError
+from engine.metrics.base import MetricError
+from engine.models import ModelError
+from engine.runtime import is_out_of_memory, max_rows_per_pass, rows_per_pass_at_most
+from jobs.artifacts import ArtifactStore
+from jobs.records import TERMINAL, JobRecord, new_run_token
+from jobs.settings import Settings
+from jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 2  # a job whose worker died once is run once more, never a third time
+USER_ERRORS = (OptionsError, MethodError, ModelError, InputError, MetricError)
+
+
+class JobStopped(Exception):
+    """Raised from the progress callback to stop a run; ``state`` and ``error`` say why."""
+
+    def __init__(self, state: str, error: str | None):
+        super().__init__(error)
+        self.state, self.error = state, error
+
+
+class Heartbeat:
+    """A thread that writes the run's heartbeat into its record every ``interval`` seconds;
+    ``lost`` is set once the record no longer belongs to this run (taken over, or finished by
+    a time-limit watchdog)."""
+
+    def __init__(self, store: JobStore, job_id: str, token: str, interval: float):
+        self.store, self.job_id, self.token, self.interval = store, job_id, token, interval
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if not self.store.beat(self.job_id, self.token):
+                    self.lost.set()
+                    return
+            except Exception as error:  # Redis away for a moment: try again next period
+                log.warning("heartbeat of job %s failed: %s", self.job_id, error)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class ProgressReporter:
+    """Writes (step, total, extra values) into the job record at most every ``interval`` seconds,
+    and stops the run (:class:`JobStopped`) once the job is cancelled, past ``deadline``
+    (monotonic seconds) or no longer this run's."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        heartbeat: Heartbeat | None = None,
+        deadline: float | None = None,
+        interval: float = 0.25,
+    ):
+        self.store, self.job_id, self.interval = store, job_id, interval
+        self.heartbeat, self.deadline = heartbeat, deadline
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int, **values: Any) -> None:
+        now = time.monotonic()
+        if self.heartbeat is not None and self.heartbeat.lost.is_set():
+            raise JobStopped("skipped", None)
+        overdue = self.deadline is not None and now > self.deadline
+        if now - self._last >= self.interval or done >= total or overdue:
+            self._last = now
+            self.store.set_progress(self.job_id, {"step": done, "total": total, **values})
+            if self.store.cancel_requested(self.job_id):
+                raise JobStopped("cancelled", "cancelled while running")
+        if overdue:
+            raise JobStopped("failed", "the job exceeded its time limit")
+
+
+def preload_models(names: tuple[str, ...], device: str) -> None:
+    """Load models into this process's cache before the first job; a model that cannot load
+    is logged here and fails its jobs later with the reason."""
+    started = time.perf_counter()
+    for name in names:
+        try:
+            cached_model(name, None, device)
+        except Exception as error:
+            log.warning("could not preload %s: %s", name, error)
+    log.info("preloaded %d models on %s in %.1f s", len(names), device,
+             time.perf_counter() - started)  # fmt: skip
+
+
+def claim(store: JobStore, job_id: str, token: str, settings: Settings) -> JobRecord | None:
+    """Claim the job for this run. A job still running with a live heartbeat elsewhere (a
+    redelivery while its first run goes on, or right after that run's process died) is waited
+    for until it finishes (None) or its heartbeat stops (then this run takes it over)."""
+    deadline = time.monotonic() + settings.heartbeat_timeout_s + 2 * settings.heartbeat_interval_s
+    while True:
+        record = store.start(job_id, token, settings.heartbeat_timeout_s)
+        if record is not None:
+            return record
+        current = store.get(job_id)
+        if current is None or current.status in TERMINAL or time.monotonic() > deadline:
+            return None
+        time.sleep(min(1.0, settings.heartbeat_interval_s))
+
+
+def run_job(
+    job_id: str,
+    store: JobStore,
+    artifacts: ArtifactStore,
+    settings: Settings,
+    device: str = "cpu",
+    time_limit_s: float | None = None,
+) -> str:
+    """Run job ``job_id`` to a terminal state; returns that state (or 'skipped').
+    ``time_limit_s``: stop at the first progress step after this many seconds (the embedded
+    worker's soft limit; Celery enforces its own)."""
+    token = new_run_token()
+    record = claim(store, job_id, token, settings)
+    if record is None:
+        return "skipped"  # unknown, cancelled, finished, or running elsewhere
+    if store.cancel_requested(job_id):
+        store.finish(job_id, "cancelled", error="cancelled before it started")
+        return "cancelled"
+    if record.attempts > MAX_ATTEMPTS:
+        store.finish(job_id, "failed", error=f"its worker was lost {MAX_ATTEMPTS} times while "
+                     "running it (out of memory or killed); it is not run again")  # fmt: skip
+        return "failed"
+    with Heartbeat(store, job_id, token, settings.heartbeat_interval_s) as heartbeat:
+        deadline = time.monotonic() + time_limit_s if time_limit_s else None
+        reporter = ProgressReporter(store, job_id, heartbeat, deadline)
+        state, fields = _outcome(record, artifacts, device, reporter)
+    if state == "skipped":
+        return state
+    final = store.finish(job_id, state, **fields)
+    return final.status if final is not None else "skipped"
+
+
+def _outcome(
+    record: JobRecord, artifacts: ArtifactStore, device: str, reporter: ProgressReporter
+) -> tuple[str, dict[str, Any]]:
+    """(terminal state, record fields) of running the job; an out-of-memory error is retried
+    once with half the rows per forward/backward pass."""
+    rows = max_rows_per_pass()
+    try:
+        try:
+            return "succeeded", _explain(record, artifacts, device, reporter)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            log.warning("job %s ran out of memory at %d rows per pass; retrying at %d",
+                        record.id, rows, max(1, rows // 2))  # fmt: skip
+            with rows_per_pass_at_most(rows // 2):
+                return "succeeded", _explain(record, artifacts, device, reporter)
+    except JobStopped as stop:
+        return stop.state, {"error": stop.error}
+    except USER_ERRORS as error:
+        return "failed", {"error": str(error)}
+    except Exception as error:
+        if type(error).__name__ == "SoftTimeLimitExceeded":
+            return "failed", {"error": "the job exceeded its time limit"}
+        if is_out_of_memory(error):
+            return "failed", {"error": f"{record.method} on {record.model} ran out of memory, "
+                              f"also with {max(1, rows // 2)} rows per pass; lower its image "
+                              "size, samples or steps"}  # fmt: skip
+        log.exception("job %s failed", record.id)
+        # Library internals (messages, paths) stay in the worker's log, under the job's id.
+        return "failed", {"error": f"internal error while running {record.method} on "
+                          f"{record.model}; the worker's log has the details for job "
+                          f"{record.id}"}  # fmt: skip
+
+
+def _explain(
+    record: JobRecord, artifacts: ArtifactStore, device: str, reporter: ProgressReporter
+) -> dict[str, Any]:
+    """Explain, write the artifacts, publish them; the record fields of a success."""
+    source = record.input
+    result = explain(
+        record.model,
+        source["name"] if source["kind"] == "sample" else artifacts.load_input(record.id),
+        record.method,
+        record.options,
+        target=record.target,
+        seed=record.seed,
+        device=device,
+        resize=source.get("resize", "center_crop"),
+        progress=reporter,
+        metrics=record.metrics,
+    )
+    staging = artifacts.staging_dir(record.id, record.attempts)
+    try:
+        paths = write_artifacts(result, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # e.g. a full disk: leave nothing half-made
+        raise
+    artifacts.publish(record.id, staging)
+    summary = result.summary()
+    return {
+        "prediction": summary["prediction"],
+        "scores": summary["scores"],
+        "artifacts": sorted(paths),
+        "timings": summary["metadata"]["timings"],
+    }

@@ -1,0 +1,104 @@
+"""Service and worker configuration from environment variables (prefix ``EXPLAINER_``).
+
+With no broker URL the service runs in *embedded* mode: jobs run on an in-process worker and job
+records live in memory. With ``EXPLAINER_BROKER_URL=redis://...`` it runs in *distributed* mode:
+Celery workers take jobs from Redis and job records live in Redis.
+
+Lists are comma-separated (``EXPLAINER_API_KEYS=k1,k2``); ``EXPLAINER_ALLOWED_METHODS`` is
+``model=method,method;model=method``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Names = Annotated[tuple[str, ...], NoDecode]
+
+
+def _names(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXPLAINER_", env_ignore_empty=True)
+
+    broker_url: str | None = Field(None, description="Celery broker (redis://); None: embedded")
+    redis_url: str | None = Field(None, description="Job records; defaults to the broker URL")
+    artifact_dir: Path = Path("artifacts")
+    api_keys: Names = ()
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(25_000_000, ge=1024)
+    max_series_length: int = Field(10_000, ge=1)
+    max_series_features: int = Field(1_000, ge=1)
+    max_model_passes: int = Field(
+        20_000, ge=1, description="Budget of one job: forward+backward passes of one input row "
+        "at the model's input size, summed over the method, its nested options and its metrics",
+    )  # fmt: skip
+    max_job_memory_mb: int = Field(8_192, ge=64, description="What one mask-method step may need")
+    soft_time_limit_s: int = Field(600, ge=1)
+    hard_time_limit_s: int = Field(660, ge=2)
+    visibility_timeout_s: int | None = Field(
+        None, description="A job unacknowledged this long is redelivered; default hard limit + 60"
+    )
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="A running job's heartbeat period")
+    heartbeat_timeout_s: float = Field(
+        15.0, gt=0, description="A running job with no heartbeat this long has lost its worker "
+        "and is run again by a live one",
+    )  # fmt: skip
+    sweep_interval_s: float = Field(
+        300.0, gt=0, description="How often expired records and artifacts are deleted"
+    )
+    device: str | None = None  # None: cuda if available, else cpu (decided in the worker)
+    allowed_methods: Annotated[dict[str, tuple[str, ...]], NoDecode] = {}  # model -> methods
+    preload_models: Names = ("efficientnet_lite0",)
+    embedded_workers: int = Field(1, ge=1, le=64)
+    process_ready_timeout_s: int = Field(
+        120, ge=1, description="A Celery pool process may take this long to load its models"
+    )
+    worker_max_memory_kb: int = Field(
+        8_000_000, ge=100_000, description="A Celery pool process above this is replaced"
+    )
+
+    @field_validator("api_keys", "preload_models", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        return _names(value)
+
+    @field_validator("allowed_methods", mode="before")
+    @classmethod
+    def _parse_allowed(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        allowed = {}
+        for item in filter(None, value.split(";")):
+            model, _, methods = item.partition("=")
+            allowed[model.strip()] = _names(methods)
+        return allowed
+
+    @model_validator(mode="after")
+    def _limits_are_ordered(self) -> Settings:
+        if self.visibility_timeout_s is None:
+            self.visibility_timeout_s = self.hard_time_limit_s + 60
+        if not self.soft_time_limit_s < self.hard_time_limit_s < self.visibility_timeout_s:
+            raise ValueError(
+                "need soft time limit < hard time limit < visibility timeout, got "
+                f"{self.soft_time_limit_s}, {self.hard_time_limit_s}, {self.visibility_timeout_s}"
+            )
+        if self.heartbeat_interval_s * 3 > self.heartbeat_timeout_s:
+            raise ValueError("the heartbeat timeout must be at least 3 heartbeat intervals")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def store_url(self) -> str | None:
+        return self.redis_url or self.broker_url

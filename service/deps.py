@@ -1,0 +1,64 @@
+"""Dependencies of the routes: the server's parts (kept on ``app.state`` by ``create_app``; tests
+may override any of these functions) and the caller's tenant from its API key."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from jobs.artifacts import ArtifactStore
+from jobs.settings import Settings
+from jobs.store import JobStore
+from service.dispatch import Dispatcher
+from service.errors import ApiError
+
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
+BEARER = HTTPBearer(auto_error=False, description="The same API key as a bearer token.")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def get_artifacts(request: Request) -> ArtifactStore:
+    return request.app.state.artifacts
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+
+
+def require_key(
+    settings: SettingsDep,
+    header: Annotated[str | None, Security(API_KEY_HEADER)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+) -> str | None:
+    """The caller's tenant: a digest of its API key (None when the server has no keys).
+    Each job belongs to the tenant that made it; other tenants cannot see it."""
+    if not settings.api_keys:
+        return None
+    supplied = header or (bearer.credentials if bearer else None)
+    if supplied is None:
+        raise ApiError(401, "missing_api_key", "an API key is required (X-API-Key header)")
+    # Compare with every key, in constant time, so timing tells nothing about any key.
+    given = supplied.encode()
+    if not any([hmac.compare_digest(given, key.encode()) for key in settings.api_keys]):
+        raise ApiError(401, "invalid_api_key", "the API key is not valid")
+    return hashlib.sha256(given).hexdigest()[:32]
+
+
+Tenant = Annotated[str | None, Depends(require_key)]

@@ -1,0 +1,34 @@
+"""What the server offers: methods (from the method registry), quality metrics and models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from engine.catalogue import all_methods, all_metrics
+from engine.models import MODELS
+from service.deps import SettingsDep, require_key
+
+router = APIRouter(dependencies=[Depends(require_key)])
+
+
+@router.get("/methods")
+def methods() -> list[dict[str, Any]]:
+    """Every method: family, input kinds, and its options with defaults and bounds."""
+    return [m.describe() for m in all_methods()]
+
+
+@router.get("/quality-metrics")
+def quality_metrics() -> list[dict[str, Any]]:
+    """Every quality metric: its definition, the score keys it writes and its parameters."""
+    return [m.describe() for m in all_metrics()]
+
+
+@router.get("/models")
+def models(settings: SettingsDep) -> list[dict[str, Any]]:
+    """Every model: input kind and size, normalisation, classes, Grad-CAM layer."""
+    return [
+        spec.describe() | {"methods": list(settings.allowed_methods.get(name, ())) or None}
+        for name, spec in MODELS.items()
+    ]

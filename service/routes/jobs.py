@@ -1,0 +1,203 @@
+"""Submit an explanation, follow its job, cancel it, download its artifacts. Every job belongs to
+the tenant (API key) that made it: another tenant gets 404 for it, as for a missing job."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from jobs.artifacts import MEDIA_TYPES
+from jobs.records import TERMINAL, JobRecord, new_job_id
+from jobs.store import JobStore
+from service.deps import ArtifactsDep, DispatcherDep, SettingsDep, StoreDep, Tenant
+from service.errors import ERRORS, ApiError, short
+from service.schemas import JobCreated, JobView
+from service.submission import (
+    check_cost,
+    check_input,
+    check_method,
+    check_metrics,
+    metric_records,
+    parse_request,
+    read_submission,
+)
+
+router = APIRouter()
+VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts"}  # copied from the record
+
+
+def find(store: JobStore, job_id: str, tenant: str | None) -> JobRecord:
+    """The tenant's job, or 404: another tenant's job is as unknown as a missing one."""
+    record = store.get(job_id)
+    if record is None or record.owner != tenant:
+        raise ApiError(404, "not_found", f"no job {short(job_id, 64)}")
+    return record
+
+
+def job_view(store: JobStore, record: JobRecord, request: Request) -> JobView:
+    base = str(request.url_for("get_artifact", job_id=record.id, name="NAME"))
+    return JobView(
+        **record.model_dump(include=VIEW_FIELDS),
+        progress=store.progress(record.id),
+        artifacts={name: base.replace("NAME", name) for name in record.artifacts},
+    )
+
+
+def job_url(request: Request, job_id: str) -> str:
+    return str(request.url_for("get_job", job_id=job_id))
+
+
+@router.post(
+    "/explain",
+    status_code=202,
+    response_model=JobCreated,
+    responses={200: {"model": JobCreated, "description": "An identical job exists"}, **ERRORS},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ExplainRequest"}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["request", "image"],
+                        "properties": {
+                            "image": {"type": "string", "format": "binary"},
+                            "request": {
+                                "$ref": "#/components/schemas/ExplainRequest",
+                                "description": "The request without image/sample/series",
+                            },
+                        },
+                    },
+                    "encoding": {"request": {"contentType": "application/json"}},
+                },
+            },
+        }
+    },
+)
+async def submit(
+    request: Request,
+    tenant: Tenant,
+    settings: SettingsDep,
+    store: StoreDep,
+    artifacts: ArtifactsDep,
+    dispatcher: DispatcherDep,
+):
+    """Queue an explanation. JSON body, or multipart with a file field ``image`` and a JSON
+    field ``request``. Answers 202 with the job id (200 when an identical job is returned)."""
+    payload, upload = await read_submission(request, settings)
+
+    def accept():
+        """Validate the read submission, then return an identical job or queue a new one."""
+        parsed = parse_request(payload)
+        input_info, data = check_input(parsed, upload, settings)
+        check_method(parsed, input_info, settings)
+        metrics = check_metrics(parsed)
+        check_cost(parsed, input_info, metrics, settings)
+        options, records = parsed.options.model_dump(mode="json"), metric_records(metrics)
+        content_hash = hashlib.sha256(
+            json.dumps(
+                {"model": parsed.model, "method": parsed.method, "options": options,
+                 "target": parsed.target, "seed": parsed.seed, "resize": parsed.resize,
+                 "input": input_info["sha256"], "metrics": records},
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()  # fmt: skip
+
+        def existing(job_id: str | None) -> JSONResponse | None:
+            record = store.get(job_id) if job_id else None
+            if record is None or record.status in ("failed", "cancelled"):
+                return None
+            body = JobCreated(id=record.id, url=job_url(request, record.id),
+                              status=record.status, reused=True)  # fmt: skip
+            return JSONResponse(body.model_dump(), status_code=200)
+
+        # Idempotency keys and identical content are looked up within the tenant only.
+        idempotency = parsed.idempotency_key and f"{tenant}:{parsed.idempotency_key}"
+        content = f"{tenant}:{content_hash}"
+        if idempotency and (found := existing(store.lookup_key("idempotency", idempotency))):
+            return found
+        if parsed.reuse and (found := existing(store.lookup_key("content", content))):
+            return found
+        job_id = new_job_id()
+        record = JobRecord(
+            id=job_id,
+            created_at=time.time(),
+            model=parsed.model,
+            method=parsed.method,
+            options=options,
+            target=parsed.target,
+            seed=parsed.seed,
+            metrics=records,
+            input=input_info | {"resize": parsed.resize},
+            content_hash=content_hash,
+            idempotency_key=parsed.idempotency_key,
+            owner=tenant,
+        )
+        if data is not None:
+            artifacts.save_input(job_id, data)
+        store.create(record)
+        if idempotency:
+            holder = store.claim_key("idempotency", idempotency, job_id)
+            if holder != job_id and (found := existing(holder)):
+                store.finish(job_id, "cancelled", error="duplicate of " + holder)
+                return found
+            store.rebind_key("idempotency", idempotency, job_id)
+        store.rebind_key("content", content, job_id)
+        dispatcher.submit(job_id)
+        return JobCreated(id=job_id, url=job_url(request, job_id), status="queued")
+
+    # Decoding the image and the store's Redis calls block: run them off the event loop, so
+    # that a slow upload or a stalled Redis never holds up other requests.
+    return await run_in_threadpool(accept)
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, responses=ERRORS)
+async def get_job(
+    job_id: str,
+    request: Request,
+    tenant: Tenant,
+    store: StoreDep,
+    wait: float = Query(0, ge=0, le=60, description="Wait up to this many seconds for the "
+                        "job to finish before answering (long poll)."),
+):  # fmt: skip
+    """Status, progress, prediction, scores, artifact links and error of a job."""
+    record = await run_in_threadpool(find, store, job_id, tenant)
+    deadline = time.monotonic() + wait
+    while record.status not in TERMINAL and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        record = await run_in_threadpool(find, store, job_id, tenant)
+    return await run_in_threadpool(job_view, store, record, request)
+
+
+@router.delete("/jobs/{job_id}", response_model=JobView, responses=ERRORS)
+def cancel_job(
+    job_id: str, request: Request, tenant: Tenant, store: StoreDep, dispatcher: DispatcherDep
+):
+    """Cancel: a queued job never runs; a running one stops at its next step."""
+    record = find(store, job_id, tenant)
+    if record.status not in TERMINAL:
+        store.cancel(job_id)
+        dispatcher.revoke(job_id)
+    return job_view(store, find(store, job_id, tenant), request)
+
+
+@router.get(
+    "/jobs/{job_id}/artifacts/{name}",
+    responses={**ERRORS, 200: {"content": {t: {} for t in set(MEDIA_TYPES.values())}}},
+)
+def get_artifact(job_id: str, name: str, tenant: Tenant, store: StoreDep, artifacts: ArtifactsDep):
+    """Download an artifact: attribution.npy, heatmap.npy, overlay.png, heatmap.png,
+    summary.json (mask methods add mask.npz, explanation.png, history.json)."""
+    record = find(store, job_id, tenant)
+    path = artifacts.path(job_id, name) if name in record.artifacts else None
+    if path is None:
+        raise ApiError(404, "not_found", f"job {job_id} has no artifact {short(name)!r}")
+    return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream"))

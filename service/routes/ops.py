@@ -1,0 +1,38 @@
+"""Operations: health for load balancers, Prometheus metrics for monitoring."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.deps import DispatcherDep, SettingsDep, StoreDep, require_key
+from service.metrics import registry
+from service.schemas import Health
+
+router = APIRouter()
+
+
+@router.get("/health", response_model=Health)
+def health(settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep):
+    """Redis reachable, workers alive, device. No API key needed."""
+    redis_ok = None if settings.embedded else store.ping()
+    workers = dispatcher.workers()
+    return Health(
+        status="ok" if workers > 0 and redis_ok is not False else "degraded",
+        mode="embedded" if settings.embedded else "distributed",
+        redis=redis_ok,
+        workers=workers,
+        device=dispatcher.device(),
+    )
+
+
+@router.get(
+    "/metrics",
+    dependencies=[Depends(require_key)],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+def metrics(store: StoreDep, dispatcher: DispatcherDep):
+    """Prometheus text format: jobs by state, job durations, queue length, workers."""
+    return Response(generate_latest(registry(store, dispatcher)), media_type=CONTENT_TYPE_LATEST)
