@@ -53,7 +53,8 @@ class JobStore(ABC):
         """Keep the index of running jobs that :meth:`requeue_stale` scans."""
 
     @abstractmethod
-    def _running(self) -> list[str]: ...
+    def running(self) -> list[str]:
+        """Ids of the jobs marked running."""
 
     @abstractmethod
     def ping(self) -> bool: ...
@@ -121,7 +122,7 @@ class JobStore(ABC):
             return record
 
         requeued = []
-        for job_id in self._running():
+        for job_id in self.running():
             record = self._update(job_id, change)
             if record is None or record.status in TERMINAL:
                 self._mark_running(job_id, False)
@@ -224,7 +225,7 @@ class MemoryJobStore(JobStore):
         with self._lock:
             (self._running_ids.add if running else self._running_ids.discard)(job_id)
 
-    def _running(self):
+    def running(self):
         with self._lock:
             return sorted(self._running_ids)
 
@@ -341,7 +342,7 @@ class RedisJobStore(JobStore):
         key = self._key("running")
         (self.redis.sadd if running else self.redis.srem)(key, job_id)
 
-    def _running(self):
+    def running(self):
         return sorted(m.decode() for m in self.redis.smembers(self._key("running")))
 
     def ping(self):

@@ -111,3 +111,27 @@ class Health(BaseModel):
     redis: bool | None
     workers: int
     device: str
+
+
+# POST /explain reads its body itself (JSON or multipart); this documents both forms.
+EXPLAIN_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ExplainRequest"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["request", "image"],
+                "properties": {
+                    "image": {"type": "string", "format": "binary"},
+                    "request": {
+                        "$ref": "#/components/schemas/ExplainRequest",
+                        "description": "The request without image/sample/series",
+                    },
+                },
+            },
+            "encoding": {"request": {"contentType": "application/json"}},
+        },
+    },
+}

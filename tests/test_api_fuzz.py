@@ -51,7 +51,7 @@ def _served():
     APP.state.dispatcher.start()
     yield
     store = APP.state.store
-    for job_id in store._running():
+    for job_id in store.running():
         store.cancel(job_id)
     APP.state.dispatcher.close()
     shutil.rmtree(FOLDER, ignore_errors=True)

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends
 from engine.catalogue import all_methods, all_metrics
 from engine.models import MODELS
 from service.deps import SettingsDep, require_key
+from service.errors import ERRORS
 
-router = APIRouter(dependencies=[Depends(require_key)])
+router = APIRouter(dependencies=[Depends(require_key)], responses={401: ERRORS[401]})
 
 
 @router.get("/methods")

@@ -17,7 +17,7 @@ from jobs.records import TERMINAL, JobRecord, new_job_id
 from jobs.store import JobStore
 from service.deps import ArtifactsDep, DispatcherDep, SettingsDep, StoreDep, Tenant
 from service.errors import ERRORS, ApiError, short
-from service.schemas import JobCreated, JobView
+from service.schemas import EXPLAIN_REQUEST_BODY, JobCreated, JobView
 from service.submission import (
     check_cost,
     check_input,
@@ -58,29 +58,7 @@ def job_url(request: Request, job_id: str) -> str:
     status_code=202,
     response_model=JobCreated,
     responses={200: {"model": JobCreated, "description": "An identical job exists"}, **ERRORS},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/ExplainRequest"}},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["request", "image"],
-                        "properties": {
-                            "image": {"type": "string", "format": "binary"},
-                            "request": {
-                                "$ref": "#/components/schemas/ExplainRequest",
-                                "description": "The request without image/sample/series",
-                            },
-                        },
-                    },
-                    "encoding": {"request": {"contentType": "application/json"}},
-                },
-            },
-        }
-    },
+    openapi_extra={"requestBody": EXPLAIN_REQUEST_BODY},
 )
 async def submit(
     request: Request,

@@ -7,6 +7,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import DispatcherDep, SettingsDep, StoreDep, require_key
+from service.errors import ERRORS
 from service.metrics import registry
 from service.schemas import Health
 
@@ -31,7 +32,7 @@ def health(settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep):
     "/metrics",
     dependencies=[Depends(require_key)],
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}},
+    responses={200: {"content": {"text/plain": {}}}, 401: ERRORS[401], 503: ERRORS[503]},
 )
 def metrics(store: StoreDep, dispatcher: DispatcherDep):
     """Prometheus text format: jobs by state, job durations, queue length, workers."""
