@@ -44,23 +44,27 @@ def keep_freed_memory() -> bool:
 
 
 DEFAULT_MAX_ROWS_PER_PASS = 32
+REFERENCE_ROW = 3 * 224 * 224  # the row size the rows-per-pass limit is stated for
 _rows_limit: contextvars.ContextVar[int | None] = contextvars.ContextVar("rows", default=None)
 
 
-def max_rows_per_pass() -> int:
+def max_rows_per_pass(row_elements: int = REFERENCE_ROW) -> int:
     """Input rows one forward/backward pass may hold, whatever a method's options ask for
     (``internal_batch_size``, ``batch_size``, or none: all path points or noise samples at once).
 
     Memory grows with the rows of a pass (about 80 MB per row for EfficientNet-Lite0 at 224² on
     the CPU), so this bounds what one request can take: ``EXPLAINER_MAX_ROWS_PER_PASS``, default
-    32 (about 2.5 GB there), or less inside :func:`rows_per_pass_at_most`. Smaller chunks give
-    the same sums up to float rounding.
+    32 (about 2.5 GB there), or less inside :func:`rows_per_pass_at_most`. The limit is for
+    rows of 3 × 224² values; larger rows (``row_elements``) get proportionally fewer, at least
+    one (a 1000² image: one row per pass). Smaller chunks give the same sums up to float
+    rounding.
     """
     value = int(os.environ.get("EXPLAINER_MAX_ROWS_PER_PASS", DEFAULT_MAX_ROWS_PER_PASS))
     if value < 1:
         raise ValueError(f"EXPLAINER_MAX_ROWS_PER_PASS must be at least 1, got {value}")
     override = _rows_limit.get()
-    return value if override is None else min(value, override)
+    rows = value if override is None else min(value, override)
+    return max(1, rows * REFERENCE_ROW // max(row_elements, REFERENCE_ROW))
 
 
 @contextlib.contextmanager

@@ -11,6 +11,8 @@ import sys
 import torch
 
 from engine import explain
+from engine.data import load_sample
+from engine.runtime import max_rows_per_pass, rows_per_pass_at_most
 
 CHILD = """
 import json, resource
@@ -59,3 +61,22 @@ def test_no_pass_holds_more_rows_than_the_process_allows(lite0, monkeypatch):
         hook.remove()
     assert max(rows) == 16
     torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-7)
+
+
+def test_larger_rows_get_fewer_rows_per_pass(lite0, monkeypatch):
+    """The limit is for 224² rows: IG on chelsea kept at 451×300 (resize='none', 2.7× the
+    values per row) runs 32 // 2.7 = 11 rows a pass, and an override halves the limit."""
+    monkeypatch.setenv("EXPLAINER_MAX_ROWS_PER_PASS", "32")
+    rows = []
+    hook = lite0.module.register_forward_pre_hook(lambda _, inputs: rows.append(len(inputs[0])))
+    try:
+        explain(lite0, "chelsea", "integrated_gradients", {"steps": 24}, resize="none")
+    finally:
+        hook.remove()
+    image = load_sample("chelsea")
+    expected = 32 * 3 * 224 * 224 // (3 * image.shape[0] * image.shape[1])
+    assert max(rows) == expected == 11
+    assert max_rows_per_pass(3 * 1000 * 1000) == 1 and max_rows_per_pass(3 * 8 * 8) == 32
+    with rows_per_pass_at_most(16):
+        assert max_rows_per_pass() == 16 and max_rows_per_pass(3 * 448 * 448) == 4
+    assert max_rows_per_pass() == 32

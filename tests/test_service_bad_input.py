@@ -72,6 +72,27 @@ def test_bad_images(api, data, status, words):
     assert_error(upload(api, data), status, *words)
 
 
+def test_an_image_kept_at_its_size_is_checked_at_that_size(api):
+    """resize='none': a 16×16 image would fail inside the model's first convolution, and a
+    1000×1000 one costs 20× the passes of 224²: both are refused at submit."""
+    kept = {"method": "saliency", "resize": "none"}
+    assert_error(upload(api, encode(Image.new("RGB", (16, 16)), "PNG"), kept), 422,
+                 "16×16", "smallest side of 32")  # fmt: skip
+    large = encode(Image.new("RGB", (1000, 1000), (9, 9, 9)), "PNG")
+    ig = {"method": "integrated_gradients", "resize": "none", "seed": 7}
+    assert_error(upload(api, large, ig | {"options": {"steps": 30}}), 422, "598 model passes")
+    accepted = upload(api, large, ig | {"options": {"steps": 20}})
+    assert accepted.status_code == 202
+    api.client.delete(f"/jobs/{accepted.json()['id']}")  # what it costs is all this test needs
+
+
+def test_values_must_have_the_documented_json_types(api):
+    """Strict types: true is not a number and "3" is not an integer (pydantic would convert)."""
+    for options in ({"steps": True}, {"steps": "3"}, {"blur_sigma": True}):
+        body = {"sample": "chelsea", "method": "integrated_gradients", "options": options}
+        assert_error(api.client.post("/explain", json=body), 422, "options.")
+
+
 @pytest.mark.parametrize(
     ("request_body", "status", "words"),
     [

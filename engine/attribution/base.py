@@ -83,10 +83,11 @@ class InputGradient:
         return grad
 
 
-def chunks(total: int, size: int | None) -> Iterator[slice]:
-    """Slices of ``total`` rows, ``size`` at a time (None: all), never more than the
-    process's :func:`~engine.runtime.max_rows_per_pass`."""
-    size = max(1, min(total if not size or size <= 0 else size, max_rows_per_pass()))
+def chunks(total: int, size: int | None, row: Tensor) -> Iterator[slice]:
+    """Slices of ``total`` rows like ``row``, ``size`` at a time (None: all), never more than
+    the process's :func:`~engine.runtime.max_rows_per_pass` for rows of that size."""
+    limit = max_rows_per_pass(row.numel())
+    size = max(1, min(total if not size or size <= 0 else size, limit))
     for start in range(0, total, size):
         yield slice(start, min(start + size, total))
 

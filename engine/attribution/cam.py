@@ -181,7 +181,8 @@ class ScoreCAM(CAM):
         low = masks.amin((2, 3), keepdim=True)
         high = masks.amax((2, 3), keepdim=True)
         masks = (masks - low) / (high - low + 1e-8)
-        channels, rows = activation.shape[1], min(self.batch_size, max_rows_per_pass())
+        channels = activation.shape[1]
+        rows = min(self.batch_size, max_rows_per_pass(x[0].numel()))
         scores = torch.empty(activation.shape[:2], device=x.device, dtype=x.dtype)
         for b in range(x.shape[0]):
             for start in range(0, channels, rows):

@@ -50,7 +50,7 @@ class ExpectedGradients(Attribution):
         references = self.references.to(x.device, x.dtype)
         rows = x.shape[0] * self.samples
         total = torch.zeros_like(x)
-        for part in chunks(rows, self.internal_batch_size):
+        for part in chunks(rows, self.internal_batch_size, x[0]):
             image = torch.arange(part.start, part.stop, device=x.device) // self.samples
             baseline = references[index[part].to(x.device)]
             a = alpha[part].to(x.device, x.dtype).view(-1, *[1] * (x.ndim - 1))

@@ -146,7 +146,7 @@ class IntegratedGradients(Attribution):
         # Row r of the flattened path is step r // B of image r % B (Captum's order).
         total_rows = self.steps * batch
         summed = torch.zeros_like(x)
-        for part in chunks(total_rows, self.internal_batch_size):
+        for part in chunks(total_rows, self.internal_batch_size, x[0]):
             rows = torch.arange(part.start, part.stop, device=x.device)
             step, image = rows // batch, rows % batch
             points = baseline[image] + alphas[step].view(-1, *[1] * (x.ndim - 1)) * delta[image]

@@ -76,7 +76,7 @@ class NoiseTunnel(Attribution):
         noisy = x.repeat_interleave(self.samples, dim=0) + noise
         noisy_targets = targets.repeat_interleave(self.samples)
         parts = []
-        for part in chunks(noisy.shape[0], self.batch_size):
+        for part in chunks(noisy.shape[0], self.batch_size, x[0]):
             parts.append(self.method.attribute(noisy[part], noisy_targets[part]))
             self._report(part.stop, noisy.shape[0])
         return aggregate(torch.cat(parts), self.samples, self.kind)
