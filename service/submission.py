@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Request
 from pydantic import ValidationError
 
+from engine.addons import BASE_OPTIONS_ERROR
 from engine.catalogue import all_methods, get_method, parse_metrics
 from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
 from engine.data.images import ImageTooSmall, check_fits
@@ -74,7 +75,10 @@ def parse_request(payload: dict):
         return explain_request_adapter().validate_json(json.dumps(payload), strict=True)
     except ValidationError as error:
         details = clean(error.errors())
-        raise ApiError(422, "invalid_request", summary(details), details) from None
+        # base_options that are not the base method's: a rule the document cannot state
+        semantic = all(d["type"] == BASE_OPTIONS_ERROR for d in details)
+        code = "invalid_option" if semantic else "invalid_request"
+        raise ApiError(422, code, summary(details), details) from None
 
 
 def summary(details: list) -> str:

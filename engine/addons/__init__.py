@@ -17,9 +17,10 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from engine.attribution.methods import GRADIENT_METHODS
-from engine.method import Attribution, BackwardRule, MethodContext, MethodOptions
+from engine.method import Attribution, BackwardRule, MethodContext, MethodOptions, OptionsError
 
 # The methods built on the input gradient (the ones a backward rule reaches).
 GradientBase = Literal[
@@ -36,6 +37,9 @@ GradientBase = Literal[
 ]
 
 
+BASE_OPTIONS_ERROR = "invalid_base_options"  # the error type of base_options that do not fit
+
+
 class AddonOptions(MethodOptions):
     """An add-on's options: the base gradient method and that method's own options."""
 
@@ -46,7 +50,10 @@ class AddonOptions(MethodOptions):
 
     @model_validator(mode="after")
     def _validate_base_options(self) -> AddonOptions:
-        parsed = GRADIENT_METHODS[self.base].parse_options(self.base_options)
+        try:
+            parsed = GRADIENT_METHODS[self.base].parse_options(self.base_options)
+        except OptionsError as error:  # its own error type: a rule the JSON schema cannot state
+            raise PydanticCustomError(BASE_OPTIONS_ERROR, str(error)) from None
         self.base_options = parsed.model_dump(mode="json")
         return self
 
