@@ -9,17 +9,23 @@ records exactly one terminal state (a redelivered job that already finished is s
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import threading
 import time
 from typing import Any
 
+import numpy as np
+import torch
+
 from engine.artifacts import write_artifacts
 from engine.data import InputError
+from engine.data.timeseries import SERIES_SAMPLES, series_sample
 from engine.explain import cached_model, explain
 from engine.method import MethodError, OptionsError
 from engine.metrics.base import MetricError
+from engine.metrics.timeseries import white_box
 from engine.models import ModelError
 from engine.runtime import is_out_of_memory, max_rows_per_pass, rows_per_pass_at_most
 from jobs.artifacts import ArtifactStore
@@ -113,6 +119,22 @@ def preload_models(names: tuple[str, ...], device: str) -> None:
              time.perf_counter() - started)  # fmt: skip
 
 
+def job_input(record: JobRecord, artifacts: ArtifactStore) -> tuple[Any, np.ndarray | None]:
+    """What ``explain`` takes for the job's input (a sample name, image bytes, or a series
+    array) and the series' ground truth, if it has one."""
+    source = record.input
+    if source["kind"] == "sample":
+        if source["name"] in SERIES_SAMPLES:
+            series, truth = series_sample(source["name"])
+            return series.numpy(), truth.numpy()
+        return source["name"], None
+    data = artifacts.load_input(record.id)
+    if source["kind"] == "series":
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+            return stored["series"], stored.get("truth")
+    return data, None
+
+
 def claim(store: JobStore, job_id: str, token: str, settings: Settings) -> JobRecord | None:
     """Claim the job for this run. A job still running with a live heartbeat elsewhere (a
     redelivery while its first run goes on, or right after that run's process died) is waited
@@ -198,19 +220,21 @@ def _explain(
     record: JobRecord, artifacts: ArtifactStore, device: str, reporter: ProgressReporter
 ) -> dict[str, Any]:
     """Explain, write the artifacts, publish them; the record fields of a success."""
-    source = record.input
+    inputs, truth = job_input(record, artifacts)
     result = explain(
         record.model,
-        source["name"] if source["kind"] == "sample" else artifacts.load_input(record.id),
+        inputs,
         record.method,
         record.options,
         target=record.target,
         seed=record.seed,
         device=device,
-        resize=source.get("resize", "center_crop"),
+        resize=record.input.get("resize", "center_crop"),
         progress=reporter,
         metrics=record.metrics,
     )
+    if truth is not None:  # a series with its ground truth: the white-box scores too
+        result.scores[0].update(white_box(result.attribution, torch.as_tensor(truth)[None]))
     staging = artifacts.staging_dir(record.id, record.attempts)
     try:
         paths = write_artifacts(result, staging)

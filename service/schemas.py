@@ -33,10 +33,18 @@ class ExplainRequestBase(BaseModel):
         "and seed) instead of computing again.",
     )  # fmt: skip
     image: str | None = Field(None, description="Base64 PNG/JPEG/WebP (JSON body only).")
-    sample: str | None = Field(None, description="A bundled photograph, e.g. 'chelsea'.")
+    sample: str | None = Field(
+        None, description="A bundled photograph, e.g. 'chelsea', or a bundled time series with "
+        "its ground truth, 'state:0' … 'state:9' (for the model state_gru).",
+    )  # fmt: skip
     series: list[list[float]] | None = Field(
         None, description="A time series as time × features (time-series models only)."
     )
+    truth: list[list[Annotated[int, Field(ge=0, le=1)]]] | None = Field(
+        None, description="Ground truth of a series, time × features, 1 where a feature is "
+        "salient: the result then also gets the white-box scores (AUP, AUR, information, "
+        "entropy, AUROC, AUPRC).",
+    )  # fmt: skip
 
 
 def _class_name(method: str) -> str:

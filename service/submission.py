@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import Request
 from pydantic import ValidationError
 
@@ -17,6 +20,7 @@ from engine.addons import BASE_OPTIONS_ERROR
 from engine.catalogue import all_methods, get_method, parse_metrics
 from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
 from engine.data.images import ImageTooSmall, check_fits
+from engine.data.timeseries import DEFAULT_MAX_FEATURES, SERIES_SAMPLES, load_series
 from engine.method import names_server_path, walk_options
 from engine.metrics.base import MetricError
 from engine.models import MODELS, ModelError, ModelSpec
@@ -25,28 +29,41 @@ from service.errors import ApiError, clean, short
 from service.schemas import explain_request_adapter
 
 
-async def read_submission(request: Request, settings: Settings) -> tuple[dict, bytes | None]:
-    """(JSON payload, uploaded image bytes or None) of a JSON or multipart submission."""
+@dataclass
+class Upload:
+    """A file of a multipart submission: ``field`` is 'image' or 'series'."""
+
+    field: str
+    data: bytes
+
+
+FILE_FIELDS = ("image", "series")
+
+
+async def read_submission(request: Request, settings: Settings) -> tuple[dict, Upload | None]:
+    """(JSON payload, the uploaded image or series file, if any) of a JSON or multipart
+    submission."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=4)
-        if unknown := sorted(set(form.keys()) - {"request", "image"}):
-            raise ApiError(422, "invalid_request", "multipart takes only the fields 'request' "
-                           f"and 'image', not {short(', '.join(unknown))}")  # fmt: skip
-        raw, upload = form.get("request"), form.get("image")
+        if unknown := sorted(set(form.keys()) - {"request", *FILE_FIELDS}):
+            raise ApiError(422, "invalid_request", "multipart takes the fields 'request' and "
+                           f"'image' or 'series', not {short(', '.join(unknown))}")  # fmt: skip
+        raw = form.get("request")
         if raw is None or isinstance(raw, bytes | bytearray) or hasattr(raw, "read"):
             raise ApiError(422, "invalid_request", "multipart needs a JSON text field 'request'")
         payload = parse_json(raw)
-        if upload is None or not hasattr(upload, "read"):
-            raise ApiError(422, "invalid_request", "multipart needs a file field 'image'")
-        data = await upload.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
-            raise ApiError(
-                413, "payload_too_large", f"image above {settings.max_upload_bytes} bytes"
-            )
-        if payload.get("image") or payload.get("sample") or payload.get("series"):
-            raise ApiError(422, "invalid_input", "give the image as the file field only")
-        return payload, data
+        files = [(name, form[name]) for name in FILE_FIELDS if hasattr(form.get(name), "read")]
+        if len(files) != 1:
+            raise ApiError(422, "invalid_input", "multipart needs one file field, 'image' or "
+                           "'series' (.npy or .csv)")  # fmt: skip
+        (field, upload), limit = files[0], settings.max_upload_bytes
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(413, "payload_too_large", f"{field} file above {limit} bytes")
+        if any(payload.get(name) is not None for name in ("image", "sample", "series")):
+            raise ApiError(422, "invalid_input", f"give the {field} as the file field only")
+        return payload, Upload(field, data)
     if content_type.startswith("application/json") or not content_type:
         return parse_json(await request.body()), None
     raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
@@ -93,33 +110,40 @@ def summary(details: list) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def check_input(parsed, upload: bytes | None, settings: Settings) -> tuple[dict, bytes | None]:
-    """Exactly one input; decoded and validated here so bad input fails fast with a 4xx.
-    Returns the record's input description and the bytes to store (None for a sample)."""
+def check_input(parsed, upload: Upload | None, settings: Settings) -> tuple[dict, bytes | None]:
+    """Exactly one input, of the model's kind; decoded and validated here so that bad input
+    fails fast with a 4xx. Returns the record's input description and the bytes to store
+    (None for a bundled sample)."""
     given = [name for name in ("image", "sample", "series") if getattr(parsed, name) is not None]
     if upload is not None:
-        given.append("image file")
+        given.append(f"{upload.field} file")
     if len(given) != 1:
         raise ApiError(422, "invalid_input", "give exactly one of image, sample or series")
     spec = MODELS.get(parsed.model)
     if spec is None:
         known = ", ".join(MODELS)
         raise ApiError(422, "unknown_model", f"unknown model {parsed.model!r}; known: {known}")
-    if parsed.series is not None:
-        check_series(parsed.series, settings)
-        if spec.input_kind != "timeseries":
-            raise ApiError(
-                422, "wrong_input_kind", f"model {parsed.model} takes images, not series"
-            )
-        data = json.dumps(parsed.series).encode()
-        return {"kind": "series", "sha256": sha256_bytes(data)}, data
-    if spec.input_kind != "image":
-        raise ApiError(422, "wrong_input_kind", f"model {parsed.model} takes time series")
+    wants_series = parsed.series is not None or (upload is not None and upload.field == "series")
+    if parsed.sample is not None:
+        wants_series = parsed.sample in SERIES_SAMPLES
+    if wants_series != (spec.input_kind == "timeseries"):
+        takes = "time series" if spec.input_kind == "timeseries" else "images"
+        raise ApiError(422, "wrong_input_kind", f"model {parsed.model} takes {takes}")
+    if parsed.truth is not None and not wants_series:
+        raise ApiError(422, "invalid_input", "truth is for time series")
+    if wants_series:
+        return check_series(parsed, upload, spec, settings)
+    return check_image(parsed, upload, settings)
+
+
+def check_image(parsed, upload: Upload | None, settings: Settings) -> tuple[dict, bytes | None]:
     if parsed.sample is not None:
         if parsed.sample not in SAMPLES:
-            raise ApiError(422, "unknown_sample", f"unknown sample {parsed.sample!r}")
+            known = ", ".join([*SAMPLES, *SERIES_SAMPLES])
+            raise ApiError(422, "unknown_sample", f"unknown sample {short(parsed.sample)!r}; "
+                           f"known: {known}")  # fmt: skip
         return {"kind": "sample", "name": parsed.sample, "sha256": "sample:" + parsed.sample}, None
-    data = upload
+    data = upload.data if upload is not None else None
     if data is None:
         try:
             data = base64.b64decode(parsed.image, validate=True)
@@ -143,20 +167,57 @@ def check_input(parsed, upload: bytes | None, settings: Settings) -> tuple[dict,
     return {"kind": "image", "sha256": sha256_bytes(data), "size": [width, height]}, data
 
 
-def check_series(series: list[list[float]], settings: Settings) -> None:
-    if not series or not series[0]:
-        raise ApiError(422, "invalid_series", "series must be a non-empty time × features array")
-    width = len(series[0])
-    if any(len(row) != width for row in series):
-        raise ApiError(422, "invalid_series", "every time step must have the same feature count")
-    if len(series) > settings.max_series_length or width > settings.max_series_features:
-        raise ApiError(
-            413, "series_too_large",
-            f"series is {len(series)}×{width}; limits are {settings.max_series_length} steps and "
-            f"{settings.max_series_features} features",
-        )  # fmt: skip
-    if not all(math.isfinite(v) for row in series for v in row):
-        raise ApiError(422, "invalid_series", "series values must be finite (no NaN or inf)")
+def check_series(
+    parsed, upload: Upload | None, spec: ModelSpec, settings: Settings
+) -> tuple[dict, bytes | None]:
+    """A series (JSON, an uploaded .npy/.csv, or a bundled sample) and its optional ground
+    truth, checked against the limits and the model's feature count. Stored as one .npz."""
+    if parsed.sample is not None:
+        record = {"kind": "sample", "name": parsed.sample, "sha256": "sample:" + parsed.sample}
+        return record | {"truth": True}, None
+    limits = {"max_length": settings.max_series_length,
+              "max_features": min(settings.max_series_features, DEFAULT_MAX_FEATURES)}  # fmt: skip
+    try:
+        raw = read_series_file(upload.data) if upload else as_array(parsed.series)
+        series = load_series(raw, **limits)
+    except InputError as error:
+        status = 413 if "limits" in str(error) else 422
+        raise ApiError(status, "invalid_series", str(error)) from None
+    features = spec.input_size[1]
+    if series.shape[1] != features:
+        raise ApiError(422, "invalid_series", f"model {spec.name} takes {features} features per "
+                       f"time step, the series has {series.shape[1]}")  # fmt: skip
+    arrays = {"series": series.numpy()}
+    if parsed.truth is not None:
+        truth = np.asarray(parsed.truth)
+        if truth.shape != arrays["series"].shape or not np.isin(truth, (0, 1)).all():
+            raise ApiError(422, "invalid_truth", "truth must be 0/1 of the series' shape "
+                           f"{tuple(series.shape)}, got {truth.shape}")  # fmt: skip
+        arrays["truth"] = truth.astype(np.int8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    data = buffer.getvalue()
+    info = {"kind": "series", "sha256": sha256_bytes(data), "shape": list(series.shape)}
+    return info | {"truth": "truth" in arrays}, data
+
+
+def as_array(series: list[list[float]]) -> np.ndarray:
+    if len({len(row) for row in series}) > 1:
+        raise InputError("a series is time × features: every time step needs the same number "
+                         "of features")  # fmt: skip
+    return np.asarray(series, dtype=np.float64)
+
+
+def read_series_file(data: bytes) -> np.ndarray:
+    """An uploaded series: .npy (known by its magic bytes; no pickles) or comma-separated text
+    without a header."""
+    try:
+        if data.startswith(b"\x93NUMPY"):
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        return np.loadtxt(io.StringIO(data.decode()), delimiter=",", ndmin=2)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"the series file is neither .npy nor numeric CSV: "
+                         f"{short(str(error))}") from None  # fmt: skip
 
 
 def check_method(parsed, input_info: dict, settings: Settings) -> None:
@@ -218,7 +279,10 @@ def job_cost(parsed, input_info: dict, metrics: list[tuple[str, Any]]) -> int:
     height, width = explained_size(parsed, input_info)
     passes = parsed.options.model_passes(height, width)
     passes += sum(options.model_passes(height, width) for _, options in metrics)
-    model_h, model_w = MODELS[parsed.model].input_size
+    spec = MODELS[parsed.model]
+    if spec.input_kind != "image":
+        return passes  # a series row is small; its length is bounded by max_series_length
+    model_h, model_w = spec.input_size
     return math.ceil(passes * max(1.0, height * width / (model_h * model_w)))
 
 

@@ -1,5 +1,5 @@
-"""The README's quick start: `./run.sh` serves, and its curl example returns a finished job with
-an overlay. The example is read from the README itself, so the two cannot drift apart."""
+"""The README's quick start: `./run.sh` serves, and its curl examples (an image, a time series)
+return finished jobs. The examples are read from the README itself, so they cannot drift apart."""
 
 from __future__ import annotations
 
@@ -12,10 +12,21 @@ import httpx
 from testkit.stack import ROOT, Process, free_port, wait_for
 
 
-def readme_example() -> str:
+def readme_examples() -> list[str]:
+    """The README's bash blocks that submit a job with curl: the image and the series example."""
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
-    return next(block for block in blocks if "curl" in block and "/explain" in block)
+    return [block for block in blocks if "curl" in block and "/explain" in block]
+
+
+def run_example(script: str, port: int, folder) -> dict:
+    script = script.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=folder, capture_output=True, text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 def test_run_command_serves_and_the_curl_example_works(tmp_path):
@@ -34,15 +45,14 @@ def test_run_command_serves_and_the_curl_example_works(tmp_path):
                 return False
 
         wait_for(up, 300, "./run.sh to serve")
-        script = readme_example().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-        done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
-            text=True, timeout=180,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        view = json.loads(done.stdout)
+        image, series = readme_examples()
+        view = run_example(image, port, tmp_path)
         assert view["status"] == "succeeded", view
         assert view["prediction"]["label"] == "Egyptian cat"
         assert (tmp_path / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        view = run_example(series, port, tmp_path)
+        assert view["status"] == "succeeded", view
+        assert {"comprehensiveness", "aup", "auroc"} <= set(view["scores"])
+        assert (tmp_path / "series.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         server.stop()

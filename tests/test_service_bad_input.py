@@ -15,6 +15,7 @@ from engine.data import load_sample
 from testkit.stack import Api, free_port, service_env
 from tests.test_inputs import png_header_only
 
+SERIES = {"model": "state_gru", "method": "extremal_mask"}
 LIMIT_BYTES = 1_000_000
 LIMIT_PIXELS = 4_000_000
 
@@ -112,10 +113,21 @@ def test_values_must_have_the_documented_json_types(api):
         ({"sample": "nothing", "method": "saliency"}, 422, ["unknown sample"]),
         ({"sample": "chelsea", "series": [[1.0]], "method": "saliency"}, 422, ["exactly one"]),
         ({"method": "saliency"}, 422, ["exactly one"]),
-        ({"series": [[1.0, 2.0], [3.0]], "method": "saliency"}, 422, ["same feature count"]),
-        ({"series": [[1.0], [float("nan")]], "method": "saliency"}, 422, ["finite"]),
-        ({"series": [[0.5]] * 20_000, "method": "saliency"}, 413, ["limits"]),
+        (SERIES | {"series": [[1.0, 2.0, 3.0], [3.0]]}, 422, ["time × features"]),
+        (SERIES | {"series": [[1.0, 2.0, 3.0], [float("nan")] * 3]}, 422, ["finite"]),
+        (SERIES | {"series": [[0.5] * 3] * 20_000}, 413, ["limits"]),
+        (SERIES | {"series": [[0.5, 0.1]] * 4}, 422, ["takes 3 features", "has 2"]),
+        (SERIES | {"series": [[0.5] * 3] * 2, "truth": [[1, 0, 0]]}, 422, ["truth", "(2, 3)"]),
+        (SERIES | {"series": [[0.5] * 3] * 2, "truth": [[2, 0, 0]] * 2}, 422, ["truth"]),
+        (SERIES | {"sample": "chelsea"}, 422, ["state_gru takes time series"]),
         ({"series": [[0.5], [0.1]], "method": "saliency"}, 422, ["takes images"]),
+        ({"sample": "state:1", "method": "saliency"}, 422, ["takes images"]),
+        ({"sample": "chelsea", "method": "saliency", "truth": [[1]]}, 422, ["truth is for"]),
+        (
+            {"sample": "state:1", "model": "state_gru", "method": "saliency"},
+            422,
+            ["does not explain timeseries"],
+        ),
         ({"image": "%%%not base64%%%", "method": "saliency"}, 422, ["base64"]),
         ({"sample": "chelsea", "method": "saliency", "seed": -1}, 422, ["seed"]),
         ({"sample": "chelsea", "method": "saliency", "metrics": ["xyz"]}, 422, ["unknown metric"]),

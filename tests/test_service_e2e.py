@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from engine.data import load_sample
@@ -217,3 +218,50 @@ def test_unknown_job_and_artifact(stack):
     stack.wait_done(job["id"])
     for name in ("nothing.npy", "..%2Finput.bin", "input.bin"):
         assert stack.client.get(f"/jobs/{job['id']}/artifacts/{name}").status_code == 404
+
+
+def fetch_npy(stack, link: str) -> np.ndarray:
+    return np.load(io.BytesIO(stack.client.get(link).content), allow_pickle=False)
+
+
+def test_time_series_job_on_a_bundled_sample_has_white_box_scores(stack):
+    """state:3 on the bundled GRU: ExtremalMask's T×D attribution, the series picture, and the
+    scores against the sample's ground truth, equal to white_box computed here."""
+    from engine.data.timeseries import series_sample
+    from engine.metrics.timeseries import white_box
+
+    request = {"model": "state_gru", "sample": "state:3", "method": "extremal_mask",
+               "options": {"iterations": 60}}  # fmt: skip
+    created = stack.client.post("/explain", json=request)
+    assert created.status_code == 202, created.text
+    view = stack.wait_done(created.json()["id"])
+    assert view["status"] == "succeeded", view
+    links = view["artifacts"]
+    assert set(links) == {"attribution.npy", "series.png", "history.json", "summary.json"}
+    attribution = fetch_npy(stack, links["attribution.npy"])
+    series, truth = series_sample("state:3")
+    assert attribution.shape == tuple(series.shape) == (100, 3)
+    picture = Image.open(io.BytesIO(stack.client.get(links["series.png"]).content))
+    picture.load()
+    assert picture.width > 0
+    expected = white_box(torch.from_numpy(attribution)[None], truth[None])
+    for key in ("aup", "aur", "information", "entropy", "auroc", "auprc"):
+        assert view["scores"][key] == pytest.approx(expected[key], rel=1e-6), key
+    assert view["scores"]["auroc"] > 0.5  # the mask finds the salient features better than chance
+    summary = stack.client.get(links["summary.json"]).json()
+    assert summary["scores"]["aup"] == view["scores"]["aup"]
+
+
+def test_time_series_job_on_an_uploaded_csv_has_no_white_box_scores(stack):
+    """A CSV series (40 steps × 3 features) without truth: the black-box scores only."""
+    rows = np.random.default_rng(0).normal(size=(40, 3))
+    csv = "\n".join(",".join(f"{v:.6f}" for v in row) for row in rows).encode()
+    request = {"model": "state_gru", "method": "extremal_mask", "options": {"iterations": 30}}
+    created = stack.client.post("/explain", files={"series": ("s.csv", csv, "text/csv")},
+                                data={"request": json.dumps(request)})  # fmt: skip
+    assert created.status_code == 202, created.text
+    view = stack.wait_done(created.json()["id"])
+    assert view["status"] == "succeeded", view
+    assert fetch_npy(stack, view["artifacts"]["attribution.npy"]).shape == (40, 3)
+    assert {"comprehensiveness", "sufficiency"} <= set(view["scores"])
+    assert not {"aup", "aur", "auroc", "auprc"} & set(view["scores"])

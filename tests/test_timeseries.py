@@ -335,3 +335,27 @@ def test_extremal_mask_outputs_are_typed_and_consistent():
     assert result.scores[0]["comprehensiveness"] == pytest.approx(
         float(expected["comprehensiveness"][0])
     )
+
+
+def test_bundled_model_and_samples_belong_together():
+    """The bundled GRU's recorded test accuracy is reproduced on the fold its samples come from,
+    and each sample's truth marks one salient feature per step."""
+    import json
+
+    from engine.data.timeseries import BUNDLED_DATA, SERIES_SAMPLES, series_sample
+    from engine.data.timeseries import _bundled_test_fold as test_fold
+    from engine.models import load_model
+    from engine.models.series import BUNDLED, step_accuracy
+
+    record = json.loads(BUNDLED.with_suffix(".json").read_text())
+    assert {k: record[k] for k in ("dataset", "series", "length", "fold")} == {
+        k: BUNDLED_DATA[k] for k in ("dataset", "series", "length", "fold")
+    } and record["data_seed"] == BUNDLED_DATA["seed"]
+    model = load_model("state_gru")
+    fold = test_fold()
+    assert step_accuracy(model.module, fold.x, fold.y) == pytest.approx(record["test_accuracy"])
+    assert record["test_accuracy"] > 0.85
+    for name in SERIES_SAMPLES:
+        series, truth = series_sample(name)
+        assert series.shape == truth.shape == (100, 3)
+        assert (truth.sum(1) == 1).all()

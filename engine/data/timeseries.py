@@ -9,6 +9,7 @@ state and produced duplicated series).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,6 +102,27 @@ def switch_feature_dataset(n: int = 1000, length: int = 200, seed: int = 0) -> S
 
 
 DATASETS = {"state": state_dataset, "switch_feature": switch_feature_dataset}
+
+# The bundled series model's data (scripts/train_bundled_series_model.py): its test fold's first
+# ten series are the samples "state:0" … "state:9", with their ground truth.
+BUNDLED_DATA = {"dataset": "state", "series": 1000, "length": 100, "seed": 0, "fold": 0}
+SERIES_SAMPLES = tuple(f"state:{i}" for i in range(10))
+
+
+@functools.cache
+def _bundled_test_fold() -> SeriesDataset:
+    d = BUNDLED_DATA
+    data = DATASETS[d["dataset"]](d["series"], d["length"], d["seed"])
+    return data.subset(data.folds()[d["fold"]][1])
+
+
+def series_sample(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bundled series sample: (series (T, D) float32, ground truth (T, D) 0/1)."""
+    if name not in SERIES_SAMPLES:
+        raise InputError(f"unknown series sample {name!r}; known: {', '.join(SERIES_SAMPLES)}")
+    index = int(name.partition(":")[2])
+    test = _bundled_test_fold()
+    return test.x[index], test.truth[index]
 
 
 @dataclass

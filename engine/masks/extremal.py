@@ -179,7 +179,7 @@ class ExtremalMask(Attribution):
                 if (step + 1) % o.checkpoint_every == 0:
                     checkpoints[step + 1] = attribution(mask.detach().clone()).cpu()
                 if self.progress is not None:
-                    self.progress(step + 1, o.iterations, loss=float(per_series.mean()))
+                    self.progress(step + 1, o.iterations, loss=float(per_series.detach().mean()))
         stacked = {name: torch.stack(values, 1).cpu() for name, values in terms.items()}
         self.outputs = SeriesMaskOutputs(
             history=[

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from engine.models.builtin import builtin_specs
 from engine.models.config import is_config_path, spec_from_config
@@ -38,7 +37,10 @@ def load_model(
     """
     spec = get_model_spec(name)
     classifier, source = spec.build(weights)
-    module: nn.Module = Normalized(classifier, spec.mean, spec.std)
+    # Images are explained in [0, 1] pixels, normalised inside; series are taken as they are.
+    module = (
+        Normalized(classifier, spec.mean, spec.std) if spec.input_kind == "image" else classifier
+    )
     module.eval().requires_grad_(False)
     device = torch.device(device)
     sha = file_sha256(source) if Path(source).is_file() else None

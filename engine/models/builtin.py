@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.models.series import BUNDLED, series_spec
 from engine.models.spec import ModelError, ModelSpec
 
 
@@ -100,6 +101,8 @@ def builtin_specs() -> list[ModelSpec]:
         )
         for variant, size in ((0, 224), (2, 260))
     ]
+    if BUNDLED.is_file():
+        specs.append(series_spec("state_gru", BUNDLED))
     for arch, layer in _TORCHVISION_CAM_LAYERS.items():
         specs.append(
             ModelSpec(

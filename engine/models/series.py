@@ -94,8 +94,14 @@ def save_classifier(model: SeriesClassifier, path: str | Path, record: dict) -> 
     Path(path).with_suffix(".json").write_text(json.dumps(record, indent=2))
 
 
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """A saved series classifier as a :class:`LoadedModel` with input kind ``timeseries``."""
+STEP_LABELS = ("step negative", "step positive")
+BUNDLED = (
+    Path(__file__).parent / "weights" / "state_gru.pt"
+)  # scripts/train_bundled_series_model.sh
+
+
+def read_classifier(path: str | Path) -> tuple[SeriesClassifier, dict]:
+    """A saved series classifier (weights only, no pickled code) and its training record."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"series model file {path} not found")
@@ -103,17 +109,35 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
         saved = torch.load(path, map_location="cpu", weights_only=True)
         model = SeriesClassifier(**saved["architecture"])
         model.load_state_dict(saved["state_dict"])
-    except (KeyError, RuntimeError, TypeError) as error:
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
         raise ModelError(f"{path} is not a saved series classifier: {error}") from None
-    model.to(device).eval().requires_grad_(False)
-    record = saved.get("record", {})
-    spec = ModelSpec(
-        name=path.stem,
-        description=f"{model.cell.upper()} series classifier trained on {record.get('dataset')}",
-        build=None,
+    return model, saved.get("record", {})
+
+
+def series_spec(name: str, path: str | Path) -> ModelSpec:
+    """A registered model backed by a saved series classifier (``train-series``)."""
+    model, record = read_classifier(path)
+
+    def build(weights: str | None) -> tuple[nn.Module, str]:
+        return read_classifier(weights or path)[0], str(weights or path)
+
+    return ModelSpec(
+        name=name,
+        description=f"{model.cell.upper()} series classifier trained on {record.get('dataset')} "
+        f"(test step accuracy {record.get('test_accuracy', float('nan')):.3f})",
+        build=build,
         input_kind="timeseries",
-        labels=("step negative", "step positive"),
+        input_size=(record.get("length", 0), model.features),
+        labels=STEP_LABELS,
     )
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """A saved series classifier as a :class:`LoadedModel` with input kind ``timeseries``."""
+    path = Path(path)
+    spec = series_spec(path.stem, path)
+    model, _ = spec.build(None)
+    model.to(device).eval().requires_grad_(False)
     return LoadedModel(spec, model, str(path), file_sha256(path), torch.device(device))
 
 
