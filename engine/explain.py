@@ -107,6 +107,7 @@ def explain(
         raise MethodError(f"{method} does not accept {loaded.spec.input_kind} models")
     kind = input_kind(loaded.spec.input_kind)
     kind.check_metrics(metric_requests)
+    options.check_input_kind(kind.name)
     x, records = kind.prepare(inputs, loaded.spec, options, resize)
     parameter = next(loaded.module.parameters(), None)
     x = x.to(loaded.device, parameter.dtype if parameter is not None else torch.float32)
@@ -120,7 +121,8 @@ def explain(
         if (targets < 0).any() or (targets >= probabilities.shape[1]).any():
             raise MethodError(f"target outside 0..{probabilities.shape[1] - 1}")
         timings["predict_s"] = time.perf_counter() - tick
-        ctx = method_context(net, loaded, x, seed, progress, extras)
+        explained = kind.classifier(net) if spec.explains == "classes" else net
+        ctx = method_context(explained, loaded, x, seed, progress, extras)
         attribution_method = spec.build(ctx, options)
         attribution_method.progress = progress
         tick = time.perf_counter()

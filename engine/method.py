@@ -88,6 +88,10 @@ class MethodOptions(BaseModel):
         "(signed_sum) or max_c|A_c| (max_abs). The attribution tensor itself is not reduced.",
     )
 
+    def check_input_kind(self, kind: InputKindName) -> None:
+        """Refuse options that have no meaning for this kind of input (raise OptionsError)."""
+        return None
+
     def model_passes(self, height: int, width: int) -> int:
         """The cost model: forward+backward passes of the model per explained input row (at
         ``height`` × ``width``), counting every option that multiplies work, nested ones
@@ -148,6 +152,9 @@ class MethodSpec:
     input_kinds: tuple[InputKindName, ...] = ("image",)
     stochastic: bool = False
     scores: ScoresFn | None = None
+    # What it explains of a series model: its two classes, through S = ±Σ_t z_t (gradient
+    # methods), or each step's logit z_t (ExtremalMask). Images always have classes.
+    explains: Literal["classes", "steps"] = "classes"
 
     def parse_options(self, options: dict[str, Any] | MethodOptions | None) -> MethodOptions:
         if isinstance(options, self.options):

@@ -21,7 +21,7 @@ from engine.catalogue import all_methods, get_method, parse_metrics
 from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
 from engine.data.images import ImageTooSmall, check_fits
 from engine.data.timeseries import DEFAULT_MAX_FEATURES, SERIES_SAMPLES, load_series
-from engine.method import names_server_path, walk_options
+from engine.method import OptionsError, names_server_path, walk_options
 from engine.metrics.base import MetricError
 from engine.models import MODELS, ModelError, ModelSpec
 from jobs.settings import Settings
@@ -69,9 +69,16 @@ async def read_submission(request: Request, settings: Settings) -> tuple[dict, U
     raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
 
 
+def integral_float(text: str) -> int | float:
+    """A JSON number with a fractional part of zero is an integer, as JSON Schema says (1.0
+    is a valid ``integer``); float fields accept integers."""
+    value = float(text)
+    return int(value) if value.is_integer() and abs(value) < 2**63 else value
+
+
 def parse_json(raw: str | bytes) -> dict:
     try:
-        payload = json.loads(raw)
+        payload = json.loads(raw, parse_float=integral_float)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ApiError(400, "invalid_json", f"request is not valid JSON: {error}") from error
     except RecursionError:
@@ -235,6 +242,10 @@ def check_method(parsed, input_info: dict, settings: Settings) -> None:
             + ", ".join(allowed),
         )  # fmt: skip
     check_target(parsed.target, MODELS[parsed.model])
+    try:
+        parsed.options.check_input_kind(kind)
+    except OptionsError as error:
+        raise ApiError(422, "invalid_option", str(error)) from None
     # Every option at any depth: nested smoothing and an add-on's base_options included.
     for path, field, value in walk_options(parsed.options):
         if names_server_path(field) and value != field.default:

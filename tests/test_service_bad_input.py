@@ -88,10 +88,15 @@ def test_an_image_kept_at_its_size_is_checked_at_that_size(api):
 
 
 def test_values_must_have_the_documented_json_types(api):
-    """Strict types: true is not a number and "3" is not an integer (pydantic would convert)."""
-    for options in ({"steps": True}, {"steps": "3"}, {"blur_sigma": True}):
+    """Strict types: true is not a number and "3" is not an integer (pydantic would convert);
+    3.0 is an integer, as in JSON Schema."""
+    for options in ({"steps": True}, {"steps": "3"}, {"blur_sigma": True}, {"steps": 3.5}):
         body = {"sample": "chelsea", "method": "integrated_gradients", "options": options}
         assert_error(api.client.post("/explain", json=body), 422, "options.")
+    body = {"sample": "chelsea", "method": "integrated_gradients", "options": {"steps": 3.0}}
+    created = api.client.post("/explain", json=body)
+    assert created.status_code == 202, created.text
+    assert api.wait_done(created.json()["id"])["options"]["steps"] == 3
 
 
 @pytest.mark.parametrize(
@@ -124,9 +129,19 @@ def test_values_must_have_the_documented_json_types(api):
         ({"sample": "state:1", "method": "saliency"}, 422, ["takes images"]),
         ({"sample": "chelsea", "method": "saliency", "truth": [[1]]}, 422, ["truth is for"]),
         (
-            {"sample": "state:1", "model": "state_gru", "method": "saliency"},
+            {"sample": "state:1", "model": "state_gru", "method": "gradcam"},
             422,
             ["does not explain timeseries"],
+        ),
+        (
+            {
+                "sample": "state:1",
+                "model": "state_gru",
+                "method": "integrated_gradients",
+                "options": {"baseline": "mean"},
+            },
+            422,
+            ["mean baseline is for images"],
         ),
         ({"image": "%%%not base64%%%", "method": "saliency"}, 422, ["base64"]),
         ({"sample": "chelsea", "method": "saliency", "seed": -1}, 422, ["seed"]),

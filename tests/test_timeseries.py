@@ -251,7 +251,7 @@ def test_registry_refuses_a_model_input_mismatch(one_model, lite0):
     with pytest.raises(MethodError, match="does not accept image"):
         explain(lite0, test.x[:1], "extremal_mask")
     with pytest.raises(MethodError, match="does not accept timeseries"):
-        explain(model, test.x[:1], "saliency")
+        explain(model, test.x[:1], "gradcam")
 
 
 def test_saved_model_round_trip_and_cli(tmp_path):

@@ -25,9 +25,11 @@ from engine.method import (
     MethodContext,
     MethodOptions,
     MethodSpec,
+    OptionsError,
     ServerPathField,
     index,
 )
+from engine.models.spec import InputKindName
 
 BatchSize = Field(
     None,
@@ -82,6 +84,11 @@ class IntegratedGradientsOptions(GradientOptions):
 
     def passes_per_sample(self) -> int:
         return self.steps
+
+    def check_input_kind(self, kind: InputKindName) -> None:
+        if kind == "timeseries" and self.baseline not in ("zero", "black"):
+            raise OptionsError(f"the {self.baseline} baseline is for images; a series takes the "
+                               "zero baseline")  # fmt: skip
 
 
 class SmoothGradOptions(ScoreOptions):
@@ -205,6 +212,7 @@ def _expected_gradients(ctx: MethodContext, options: ExpectedGradientsOptions) -
     return smoothed(ctx, options, method)
 
 
+IMAGES_AND_SERIES: tuple[InputKindName, ...] = ("image", "timeseries")
 NOISE_TUNNELS = [
     ("smoothgrad", "mean of gradients at noisy copies", "Smilkov et al., arXiv:1706.03825, 2017"),
     ("smoothgrad_sq", "mean of squared gradients at noisy copies", "Hooker et al., NeurIPS 2019"),
@@ -219,6 +227,7 @@ GRADIENT_METHODS: dict[str, MethodSpec] = index(
             citation="Simonyan, Vedaldi & Zisserman, ICLR Workshop 2014",
             options=GradientOptions,
             build=lambda ctx, o: smoothed(ctx, o, Saliency(input_gradient(ctx, o))),
+            input_kinds=IMAGES_AND_SERIES,
         ),
         MethodSpec(
             name="gradient_x_input",
@@ -227,6 +236,7 @@ GRADIENT_METHODS: dict[str, MethodSpec] = index(
             citation="Shrikumar et al., arXiv:1605.01713, 2016",
             options=GradientOptions,
             build=lambda ctx, o: smoothed(ctx, o, GradientXInput(input_gradient(ctx, o))),
+            input_kinds=IMAGES_AND_SERIES,
         ),
         MethodSpec(
             name="integrated_gradients",
@@ -237,6 +247,7 @@ GRADIENT_METHODS: dict[str, MethodSpec] = index(
             options=IntegratedGradientsOptions,
             build=build_integrated_gradients,
             scores=ig_scores,
+            input_kinds=IMAGES_AND_SERIES,
         ),
         *(
             MethodSpec(
@@ -247,6 +258,7 @@ GRADIENT_METHODS: dict[str, MethodSpec] = index(
                 options=SmoothGradOptions,
                 build=_smoothgrad(kind),
                 stochastic=True,
+                input_kinds=IMAGES_AND_SERIES,
             )
             for kind, summary, citation in NOISE_TUNNELS
         ),

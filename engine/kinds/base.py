@@ -26,6 +26,11 @@ class InputKind(ABC):
     ) -> tuple[Tensor, list[dict]]:
         """One input, a list, or a ready batch → (batch tensor, a record per input)."""
 
+    def classifier(self, model: nn.Module) -> nn.Module:
+        """The model as a classifier with outputs (B, classes), for methods that explain a
+        class (``MethodSpec.explains == "classes"``)."""
+        return model
+
     @abstractmethod
     def probabilities(self, outputs: Tensor) -> Tensor:
         """The model's outputs → class probabilities (B, classes)."""

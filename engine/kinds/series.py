@@ -22,8 +22,25 @@ from engine.render import series_plot
 from engine.result import Explanation
 
 
+class SummedSteps(nn.Module):
+    """A series model's step logits z (B, T) as two class scores (−Σ_t z_t, Σ_t z_t): the
+    gradient methods explain S = Σ_t z_t for 'step positive' (StartGrad's ∇Σ_t z_t), its
+    negative for 'step negative'."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        total = self.model(x).sum(1)
+        return torch.stack([-total, total], dim=1)
+
+
 class SeriesKind(InputKind):
     name = "timeseries"
+
+    def classifier(self, model: nn.Module) -> nn.Module:
+        return SummedSteps(model)
 
     def prepare(self, inputs, model: ModelSpec, options: MethodOptions, resize: str):
         """A series (T × D array, tensor, .npy/.csv path), a list of them, or (B, T, D)."""

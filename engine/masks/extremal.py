@@ -207,6 +207,7 @@ EXTREMAL_MASK = MethodSpec(
     options=ExtremalMaskOptions,
     build=ExtremalMask,
     input_kinds=("timeseries",),
+    explains="steps",
     stochastic=True,
     scores=_scores,
 )
