@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 MEDIA_TYPES = {".npy": "application/octet-stream", ".npz": "application/octet-stream",
                ".png": "image/png", ".json": "application/json"}  # fmt: skip
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # jobs.records.new_job_id
 
 
 class ArtifactStoreFull(OSError):
@@ -84,8 +86,8 @@ class ArtifactStore:
         self._last_sweep = now
         cutoff = now - ttl_s
         removed = 0
-        for folder in self.root.iterdir():
-            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+        for folder in self.root.iterdir():  # job folders only (the model store may live here)
+            if JOB_ID.fullmatch(folder.name) and folder.stat().st_mtime < cutoff:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
         return removed

@@ -32,8 +32,14 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Job records; defaults to the broker URL")
     artifact_dir: Path = Path("artifacts")
     api_keys: Names = ()
+    admin_keys: Names = Field((), description="Keys that may add and delete models (X-Admin-Key)")
+    model_dir: Path | None = Field(
+        None, description="Models added over the API, shared by the API and every worker; "
+        "default: <artifact_dir>/models (the shared volume in distributed mode)",
+    )  # fmt: skip
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_model_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="A model's weight file")
     max_pixels: int = Field(25_000_000, ge=1024)
     max_series_length: int = Field(10_000, ge=1)
     max_series_features: int = Field(1_000, ge=1)
@@ -66,7 +72,7 @@ class Settings(BaseSettings):
         8_000_000, ge=100_000, description="A Celery pool process above this is replaced"
     )
 
-    @field_validator("api_keys", "preload_models", mode="before")
+    @field_validator("api_keys", "admin_keys", "preload_models", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
         return _names(value)
@@ -94,6 +100,10 @@ class Settings(BaseSettings):
         if self.heartbeat_interval_s * 3 > self.heartbeat_timeout_s:
             raise ValueError("the heartbeat timeout must be at least 3 heartbeat intervals")
         return self
+
+    @property
+    def models_path(self) -> Path:
+        return self.model_dir or self.artifact_dir / "models"
 
     @property
     def embedded(self) -> bool:

@@ -13,43 +13,46 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from jobs.artifacts import ArtifactStore
+from jobs.models import ModelStore, ModelUpload
 from jobs.settings import Settings
 from jobs.store import JobStore, MemoryJobStore, RedisJobStore
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.errors import ApiError, error_response, install_error_handlers
-from service.routes import catalogue, jobs, ops
+from service.routes import catalogue, jobs, models, ops
 from service.schemas import ErrorResponse, explain_request_adapter
 
 
 class BodyLimit:
-    """Pure ASGI middleware: refuse request bodies above ``limit`` bytes with 413, streaming."""
+    """Pure ASGI middleware: refuse request bodies above ``limit`` bytes with 413, streaming
+    (``POST /models`` has its own, ``model_limit``)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, model_limit: int):
+        self.app, self.limit, self.model_limit = app, limit, model_limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.model_limit if scope["path"] == "/models" else self.limit
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._refuse(limit, scope, receive, send)
         seen = 0
 
         async def limited_receive():
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise ApiError(413, "payload_too_large", f"request body above {self.limit} bytes")
+            if seen > limit:
+                raise ApiError(413, "payload_too_large", f"request body above {limit} bytes")
             return message
 
         try:
             await self.app(scope, limited_receive, send)
         except ApiError:
-            await self._refuse(scope, receive, send)
+            await self._refuse(limit, scope, receive, send)
 
-    async def _refuse(self, scope, receive, send):
-        message = f"request body above the limit of {self.limit} bytes"
+    async def _refuse(self, limit, scope, receive, send):
+        message = f"request body above the limit of {limit} bytes"
         await error_response(413, "payload_too_large", message)(scope, receive, send)
 
 
@@ -82,9 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.store = settings, store
     app.state.artifacts, app.state.dispatcher = artifacts, dispatcher
-    app.add_middleware(BodyLimit, limit=int(settings.max_upload_bytes * 4 / 3) + 65536)
+    app.state.models = ModelStore(settings.models_path)
+    app.add_middleware(BodyLimit, limit=int(settings.max_upload_bytes * 4 / 3) + 65536,
+                       model_limit=settings.max_model_bytes + 65536)  # fmt: skip
     install_error_handlers(app)
-    for module in (jobs, catalogue, ops):
+    for module in (jobs, catalogue, models, ops):
         app.include_router(module.router)
 
     def openapi() -> dict:
@@ -100,6 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(request_schema.pop("$defs", {}))
             components["ExplainRequest"] = request_schema
+            components["ModelUpload"] = ModelUpload.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -11,6 +11,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from jobs.artifacts import ArtifactStore
+from jobs.models import ModelStore
 from jobs.settings import Settings
 from jobs.store import JobStore
 from service.dispatch import Dispatcher
@@ -36,10 +37,26 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
+def get_models(request: Request) -> ModelStore:
+    """The model store, read again if another process changed it."""
+    models = request.app.state.models
+    models.refresh()
+    return models
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+ModelsDep = Annotated[ModelStore, Depends(get_models)]
+ADMIN_KEY_HEADER = APIKeyHeader(name="X-Admin-Key", auto_error=False,
+                                description="An admin key: adds and deletes models.")  # fmt: skip
+
+
+def matches(supplied: str, keys: tuple[str, ...]) -> bool:
+    """Compare with every key, in constant time, so timing tells nothing about any key."""
+    given = supplied.encode()
+    return any([hmac.compare_digest(given, key.encode()) for key in keys])
 
 
 def require_key(
@@ -54,11 +71,22 @@ def require_key(
     supplied = header or (bearer.credentials if bearer else None)
     if supplied is None:
         raise ApiError(401, "missing_api_key", "an API key is required (X-API-Key header)")
-    # Compare with every key, in constant time, so timing tells nothing about any key.
-    given = supplied.encode()
-    if not any([hmac.compare_digest(given, key.encode()) for key in settings.api_keys]):
+    if not matches(supplied, settings.api_keys):
         raise ApiError(401, "invalid_api_key", "the API key is not valid")
-    return hashlib.sha256(given).hexdigest()[:32]
+    return hashlib.sha256(supplied.encode()).hexdigest()[:32]
+
+
+def require_admin(
+    settings: SettingsDep, supplied: Annotated[str | None, Security(ADMIN_KEY_HEADER)]
+) -> None:
+    """An admin key, distinct from the API keys: only admins change the model store."""
+    if not settings.admin_keys:
+        raise ApiError(403, "models_read_only", "this server takes no models over the API "
+                       "(no EXPLAINER_ADMIN_KEYS)")  # fmt: skip
+    if supplied is None:
+        raise ApiError(401, "missing_admin_key", "an admin key is required (X-Admin-Key)")
+    if not matches(supplied, settings.admin_keys):
+        raise ApiError(401, "invalid_admin_key", "the admin key is not valid")
 
 
 Tenant = Annotated[str | None, Depends(require_key)]

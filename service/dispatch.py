@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 
 from jobs.artifacts import ArtifactStore
+from jobs.models import ModelStore
 from jobs.queue import EXPLAIN_TASK, QUEUE, make_celery
 from jobs.records import TERMINAL
 from jobs.settings import Settings
@@ -60,6 +61,7 @@ class EmbeddedDispatcher(Dispatcher):
 
     def __init__(self, settings: Settings, store: MemoryJobStore, artifacts: ArtifactStore):
         self._settings, self._store, self._artifacts = settings, store, artifacts
+        self._models = ModelStore(settings.models_path)
         self._device = local_device(settings)
         self._size = settings.embedded_workers
         self._executor = ThreadPoolExecutor(self._size, thread_name_prefix="explainer-job")
@@ -87,6 +89,7 @@ class EmbeddedDispatcher(Dispatcher):
         with self._lock:
             self._waiting -= 1
             self._running[job_id] = time.monotonic()
+        self._models.refresh()
         try:
             run_job(job_id, self._store, self._artifacts, self._settings, self._device,
                     time_limit_s=self._settings.soft_time_limit_s)  # fmt: skip

@@ -18,6 +18,7 @@ from jobs.store import MemoryJobStore, RedisJobStore
 from service.dispatch import EmbeddedDispatcher
 from testkit.stack import RedisServer
 
+JOB = "0" * 32  # a job id as new_job_id() makes them
 SETTINGS = Settings(heartbeat_interval_s=0.1, heartbeat_timeout_s=0.5, preload_models=())
 
 
@@ -147,15 +148,18 @@ def test_embedded_records_and_artifacts_expire(tmp_path):
     store = MemoryJobStore(ttl_s=1)
     artifacts = ArtifactStore(tmp_path)
     dispatcher = EmbeddedDispatcher(settings, store, artifacts)
+    (tmp_path / "models").mkdir()
+    os.utime(tmp_path / "models", (0, 0))
     try:
         store.create(record())
         store.set_progress("j1", {"step": 1, "total": 2})
-        artifacts.save_input("j1", b"x")
+        artifacts.save_input(JOB, b"x")
         old = time.time() - 120
-        os.utime(artifacts.job_dir("j1"), (old, old))
+        os.utime(artifacts.job_dir(JOB), (old, old))
         time.sleep(1.1)
         assert store.get("j1") is None and len(store) == 2  # invisible, not yet deleted
         dispatcher.sweep()
-        assert len(store) == 0 and not artifacts.job_dir("j1").exists()
+        assert len(store) == 0 and not artifacts.job_dir(JOB).exists()
+        assert (tmp_path / "models").is_dir()  # the model store beside the jobs is kept
     finally:
         dispatcher.close()

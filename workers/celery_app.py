@@ -10,6 +10,7 @@ import threading
 from celery import signals
 
 from jobs.artifacts import ArtifactStore
+from jobs.models import ModelStore
 from jobs.queue import EXPLAIN_TASK, make_celery
 from jobs.runner import preload_models, run_job
 from jobs.settings import Settings
@@ -43,8 +44,10 @@ def process_runtime() -> tuple[RedisJobStore, ArtifactStore, str]:
         _process.update(
             store=RedisJobStore(settings.store_url, settings.job_ttl_s),
             artifacts=ArtifactStore(settings.artifact_dir),
+            models=ModelStore(settings.models_path),
             device=device,
         )
+    _process["models"].refresh()  # models added or removed since the last job
     return _process["store"], _process["artifacts"], _process["device"]
 
 

@@ -1,9 +1,10 @@
 """A user's own model described by a YAML or JSON config file.
 
-Fields: ``name``; either ``factory: "package.module:function"`` (called with ``factory_kwargs``)
-or ``torchscript: path``; optional ``state_dict: path``; ``input_size: [H, W]``; ``mean``; ``std``;
-``labels`` (a list or a text file with one label per line); ``cam_layer``. Relative paths are
-relative to the config file.
+Fields: ``name``; one of ``factory: "package.module:function"`` (called with ``factory_kwargs``),
+``torchscript: path`` or ``series: path`` (a series classifier saved by ``train-series``);
+optional ``state_dict: path``; ``input_size: [H, W]``; ``mean``; ``std``; ``labels`` (a list or a
+text file with one label per line); ``cam_layer``. Relative paths are relative to the config
+file. Weight files are read with ``weights_only=True``: never arbitrary pickles.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
+from engine.models.series import series_spec
 from engine.models.spec import ModelError, ModelSpec
 
 
@@ -29,6 +31,7 @@ class ModelConfig(BaseModel):
     factory: str | None = Field(None, pattern=r"^[\w.]+:[\w.]+$")
     factory_kwargs: dict[str, Any] = {}
     torchscript: str | None = None
+    series: str | None = None
     state_dict: str | None = None
     input_size: tuple[int, int] = (224, 224)
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
@@ -38,8 +41,8 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        if (self.factory is None) == (self.torchscript is None):
-            raise ValueError("give exactly one of 'factory' or 'torchscript'")
+        if sum(s is not None for s in (self.factory, self.torchscript, self.series)) != 1:
+            raise ValueError("give exactly one of 'factory', 'torchscript' or 'series'")
         return self
 
 
@@ -58,6 +61,9 @@ def spec_from_config(path: str | Path) -> ModelSpec:
 
     def resolve(p: str) -> Path:
         return (path.parent / p).resolve()
+
+    if config.series is not None:
+        return series_spec(config.name, resolve(config.series))
 
     labels = config.labels
     if isinstance(labels, str):

@@ -1,4 +1,4 @@
-"""What the server offers: methods (from the method registry), quality metrics and models."""
+"""What the server offers: methods (from the method registry) and quality metrics."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from engine.catalogue import all_methods, all_metrics
-from engine.models import MODELS
-from service.deps import SettingsDep, require_key
+from service.deps import require_key
 from service.errors import ERRORS
 
 router = APIRouter(dependencies=[Depends(require_key)], responses={401: ERRORS[401]})
@@ -24,12 +23,3 @@ def methods() -> list[dict[str, Any]]:
 def quality_metrics() -> list[dict[str, Any]]:
     """Every quality metric: its definition, the score keys it writes and its parameters."""
     return [m.describe() for m in all_metrics()]
-
-
-@router.get("/models")
-def models(settings: SettingsDep) -> list[dict[str, Any]]:
-    """Every model: input kind and size, normalisation, classes, Grad-CAM layer."""
-    return [
-        spec.describe() | {"methods": list(settings.allowed_methods.get(name, ())) or None}
-        for name, spec in MODELS.items()
-    ]

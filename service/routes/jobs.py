@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from jobs.artifacts import MEDIA_TYPES
 from jobs.records import TERMINAL, JobRecord, new_job_id
 from jobs.store import JobStore
-from service.deps import ArtifactsDep, DispatcherDep, SettingsDep, StoreDep, Tenant
+from service.deps import ArtifactsDep, DispatcherDep, ModelsDep, SettingsDep, StoreDep, Tenant
 from service.errors import ERRORS, ApiError, short
 from service.schemas import EXPLAIN_REQUEST_BODY, JobCreated, JobView
 from service.submission import (
@@ -67,6 +67,7 @@ async def submit(
     store: StoreDep,
     artifacts: ArtifactsDep,
     dispatcher: DispatcherDep,
+    _: ModelsDep,  # the stored models, read again if they changed
 ):
     """Queue an explanation. JSON body, or multipart with a file field ``image`` and a JSON
     field ``request``. Answers 202 with the job id (200 when an identical job is returned)."""

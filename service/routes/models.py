@@ -1,0 +1,94 @@
+"""Models: the built-in ones and those in the shared model store (``jobs.models``). Admins add a
+model as a multipart upload (``config`` JSON + ``weights`` file) and delete stored ones."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from engine.catalogue import all_methods
+from engine.models import MODELS
+from engine.models.spec import ModelSpec
+from jobs.models import BUILT_IN, ModelRefused, ModelUpload
+from service.deps import ModelsDep, SettingsDep, require_admin, require_key
+from service.errors import ERRORS, ApiError, clean
+
+router = APIRouter(responses={401: ERRORS[401]})
+Admin = Annotated[None, Depends(require_admin)]
+
+
+def describe(spec: ModelSpec, allowed: tuple[str, ...]) -> dict[str, Any]:
+    applicable = [m.name for m in all_methods() if spec.input_kind in m.input_kinds]
+    return spec.describe() | {
+        "stored": spec.name not in BUILT_IN,
+        "methods": [m for m in applicable if not allowed or m in allowed],
+    }
+
+
+@router.get("/models", dependencies=[Depends(require_key)])
+def models(settings: SettingsDep, store: ModelsDep) -> list[dict[str, Any]]:
+    """Every model, built in or stored: input kind and size, normalisation, classes, Grad-CAM
+    layer, and the methods that apply to it on this server."""
+    return [describe(spec, settings.allowed_methods.get(name, ())) for name, spec in MODELS.items()]
+
+
+@router.post(
+    "/models",
+    status_code=201,
+    responses={**ERRORS, 403: ERRORS[401], 409: ERRORS[422]},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["config", "weights"],
+                        "properties": {
+                            "config": {"$ref": "#/components/schemas/ModelUpload"},
+                            "weights": {"type": "string", "format": "binary"},
+                        },
+                    },
+                    "encoding": {"config": {"contentType": "application/json"}},
+                }
+            },
+        }
+    },
+)
+async def add_model(
+    request: Request, _: Admin, settings: SettingsDep, store: ModelsDep
+) -> dict[str, Any]:
+    """Add a model (admin key): a TorchScript archive, a state dict for a factory importable on
+    the server, or a series classifier saved by train-series. It is loaded without pickled
+    code and probed with an input of its size before it is stored; refusals are 4xx."""
+    form = await request.form(max_files=1, max_fields=2)
+    if sorted(form.keys()) != ["config", "weights"] or not hasattr(form["weights"], "read"):
+        raise ApiError(422, "invalid_request", "multipart needs a JSON field 'config' and a "
+                       "file field 'weights'")  # fmt: skip
+    raw = form["config"]
+    try:
+        upload = ModelUpload.model_validate_json(raw if isinstance(raw, str) else "", strict=True)
+    except ValidationError as error:
+        details = clean(error.errors())
+        raise ApiError(422, "invalid_config", "the model config is invalid", details) from None
+    data = await form["weights"].read(settings.max_model_bytes + 1)
+    if len(data) > settings.max_model_bytes:
+        raise ApiError(413, "payload_too_large", f"weights above {settings.max_model_bytes} bytes")
+    try:
+        spec = await run_in_threadpool(store.add, upload, data)
+    except ModelRefused as refusal:
+        raise ApiError(refusal.status, "model_refused", str(refusal)) from None
+    return describe(spec, settings.allowed_methods.get(spec.name, ()))
+
+
+@router.delete("/models/{name}", status_code=204, responses={**ERRORS, 409: ERRORS[422]})
+def delete_model(name: str, _: Admin, store: ModelsDep) -> None:
+    """Delete a stored model (admin key); built-in models stay."""
+    try:
+        store.remove(name)
+    except ModelRefused as refusal:
+        raise ApiError(refusal.status, "model_refused", str(refusal)) from None
