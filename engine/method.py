@@ -88,6 +88,11 @@ class MethodOptions(BaseModel):
         "(signed_sum) or max_c|A_c| (max_abs). The attribution tensor itself is not reduced.",
     )
 
+    def trained_set(self) -> Literal["patterns", "support_set"] | None:
+        """The set these options need trained beforehand (an add-on's patterns or GAD support
+        networks, from the cache), or None."""
+        return None
+
     def check_input_kind(self, kind: InputKindName) -> None:
         """Refuse options that have no meaning for this kind of input (raise OptionsError)."""
         return None

@@ -12,11 +12,13 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobKind = Literal["explain", "patterns", "support_set"]
 TERMINAL: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
 
 
 class JobRecord(BaseModel):
     id: str
+    kind: JobKind = "explain"  # or training a set the add-ons need (jobs.training)
     status: JobStatus = "queued"
     created_at: float
     started_at: float | None = None

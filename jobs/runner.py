@@ -1,4 +1,5 @@
-"""Run one job: the same code in a Celery worker and in the embedded in-process worker.
+"""Run one job (an explanation, or a training job of :mod:`jobs.training`): the same code in a
+Celery worker and in the embedded in-process worker.
 
 Claims the job record for this run, keeps a heartbeat in it while it runs (so that a live
 worker can take over a job whose worker died, :meth:`JobStore.requeue_stale`), calls
@@ -32,6 +33,7 @@ from jobs.artifacts import ArtifactStore
 from jobs.records import TERMINAL, JobRecord, new_run_token
 from jobs.settings import Settings
 from jobs.store import JobStore
+from jobs.training import WORK
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2  # a job whose worker died once is run once more, never a third time
@@ -187,17 +189,17 @@ def _outcome(
 ) -> tuple[str, dict[str, Any]]:
     """(terminal state, record fields) of running the job; an out-of-memory error is retried
     once with half the rows per forward/backward pass."""
-    rows = max_rows_per_pass()
+    rows, work = max_rows_per_pass(), WORK.get(record.kind, _explain)
     try:
         try:
-            return "succeeded", _explain(record, artifacts, device, reporter)
+            return "succeeded", work(record, artifacts, device, reporter)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
             log.warning("job %s ran out of memory at %d rows per pass; retrying at %d",
                         record.id, rows, max(1, rows // 2))  # fmt: skip
             with rows_per_pass_at_most(rows // 2):
-                return "succeeded", _explain(record, artifacts, device, reporter)
+                return "succeeded", work(record, artifacts, device, reporter)
     except JobStopped as stop:
         return stop.state, {"error": stop.error}
     except USER_ERRORS as error:

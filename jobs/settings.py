@@ -10,6 +10,7 @@ Lists are comma-separated (``EXPLAINER_API_KEYS=k1,k2``); ``EXPLAINER_ALLOWED_ME
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +34,13 @@ class Settings(BaseSettings):
     artifact_dir: Path = Path("artifacts")
     api_keys: Names = ()
     admin_keys: Names = Field((), description="Keys that may add and delete models (X-Admin-Key)")
+    cache_dir: Path | None = Field(
+        None, description="Pattern sets, GAD support sets and shearlet systems, shared by the "
+        "API and every worker; default: <artifact_dir>/cache (the engine reads it as "
+        "EXPLAINER_CACHE_DIR)",
+    )  # fmt: skip
+    max_training_images: int = Field(256, ge=2, description="Images of one training job")
+    max_training_epochs: int = Field(20, ge=1, description="Epochs of a support-set job")
     model_dir: Path | None = Field(
         None, description="Models added over the API, shared by the API and every worker; "
         "default: <artifact_dir>/models (the shared volume in distributed mode)",
@@ -100,6 +108,14 @@ class Settings(BaseSettings):
         if self.heartbeat_interval_s * 3 > self.heartbeat_timeout_s:
             raise ValueError("the heartbeat timeout must be at least 3 heartbeat intervals")
         return self
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache_dir or self.artifact_dir / "cache"
+
+    def share_cache(self) -> None:
+        """Point this process's engine cache at the shared one (patterns, support sets)."""
+        os.environ["EXPLAINER_CACHE_DIR"] = str(self.cache_path.resolve())
 
     @property
     def models_path(self) -> Path:

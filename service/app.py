@@ -18,7 +18,7 @@ from jobs.settings import Settings
 from jobs.store import JobStore, MemoryJobStore, RedisJobStore
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.errors import ApiError, error_response, install_error_handlers
-from service.routes import catalogue, jobs, models, ops
+from service.routes import catalogue, jobs, models, ops, training
 from service.schemas import ErrorResponse, explain_request_adapter
 
 
@@ -58,6 +58,7 @@ class BodyLimit:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    settings.share_cache()
     artifacts = ArtifactStore(settings.artifact_dir)
     store: JobStore
     dispatcher: Dispatcher
@@ -89,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=int(settings.max_upload_bytes * 4 / 3) + 65536,
                        model_limit=settings.max_model_bytes + 65536)  # fmt: skip
     install_error_handlers(app)
-    for module in (jobs, catalogue, models, ops):
+    for module in (jobs, training, catalogue, models, ops):
         app.include_router(module.router)
 
     def openapi() -> dict:
@@ -105,9 +106,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(request_schema.pop("$defs", {}))
             components["ExplainRequest"] = request_schema
-            components["ModelUpload"] = ModelUpload.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
+            for extra in (ModelUpload, training.PatternsRequest, training.SupportSetRequest):
+                components[extra.__name__] = extra.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -25,6 +25,7 @@ from engine.method import OptionsError, names_server_path, walk_options
 from engine.metrics.base import MetricError
 from engine.models import MODELS, ModelError, ModelSpec
 from jobs.settings import Settings
+from jobs.training import has_trained_set
 from service.errors import ApiError, clean, short
 from service.schemas import explain_request_adapter
 
@@ -253,6 +254,22 @@ def check_method(parsed, input_info: dict, settings: Settings) -> None:
                            f"over the API, options.{path} cannot name a file or folder on the "
                            f"server; leave it at its default ({field.default!r})")  # fmt: skip
     check_memory(parsed, input_info, settings)
+    check_trained_set(parsed)
+
+
+def check_trained_set(parsed) -> None:
+    """An add-on that needs a trained set for this model (patterns, GAD support networks) is
+    refused until a training job has made it."""
+    need = parsed.options.trained_set()
+    if need is None:
+        return
+    classes = getattr(parsed.options, "classes", None)
+    if not has_trained_set(parsed.model, need, tuple(classes) if classes else None):
+        endpoint = {"patterns": "POST /patterns", "support_set": "POST /support-sets"}[need]
+        what = {"patterns": "a pattern set", "support_set": "GAD support networks"}[need]
+        pair = f" for classes {tuple(classes)}" if classes else ""
+        raise ApiError(422, "needs_training", f"{parsed.method} needs {what} of model "
+                       f"{parsed.model}{pair}; make them first with {endpoint}")  # fmt: skip
 
 
 def target_size(parsed) -> tuple[int, int]:

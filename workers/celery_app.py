@@ -21,6 +21,7 @@ logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/%(pr
                     "%(name)s: %(message)s")  # fmt: skip
 log = logging.getLogger(__name__)
 settings = Settings()
+settings.share_cache()
 app = make_celery(settings)
 _process: dict[str, object] = {}
 _reaper_stop = threading.Event()

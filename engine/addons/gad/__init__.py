@@ -69,6 +69,9 @@ class GADOptions(AddonOptions):
     top_fraction: float = Field(0.5, gt=0, le=1, description="q: share of pixels kept per map.")
     threshold: float = Field(0.1, gt=0, le=1, description="τ for binarisation='threshold'.")
 
+    def trained_set(self) -> Literal["support_set"] | None:
+        return "support_set" if self.support_set is None else None
+
     def model_copies(self) -> int:
         """The original and the default support set's networks (one per α of train-gad)."""
         return 1 + len(DEFAULT_ALPHAS)

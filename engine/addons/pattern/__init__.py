@@ -13,6 +13,7 @@ Each needs a pattern set estimated for the model's exact weights (``estimate_pat
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from engine.addons import with_rule
 from engine.addons.pattern.estimate import PatternError, PatternSet, estimate_patterns
@@ -37,11 +38,20 @@ PatternsField = ServerPathField(
 )
 
 
-class PatternOptions(GradientOptions):
+class UsesPatterns:
+    """Options of a method that needs the cache's pattern set unless ``patterns`` names one."""
+
+    patterns: str | None
+
+    def trained_set(self) -> Literal["patterns"] | None:
+        return "patterns" if self.patterns is None else None
+
+
+class PatternOptions(UsesPatterns, GradientOptions):
     patterns: str | None = PatternsField
 
 
-class PatternIGOptions(IntegratedGradientsOptions):
+class PatternIGOptions(UsesPatterns, IntegratedGradientsOptions):
     patterns: str | None = PatternsField
 
 

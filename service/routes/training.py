@@ -1,0 +1,247 @@
+"""Training jobs over the API: the pattern sets of PatternNet, PatternAttribution and
+Pattern-Guided IG (``POST /patterns``) and GAD's support networks (``POST /support-sets``), run
+by the workers like explanations (progress, cancel) and stored in the shared cache, where every
+worker finds them; ``GET`` lists what exists."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from engine.data import DEFAULT_MAX_PIXELS, InputError, decode_image
+from engine.models import MODELS, ModelError, ModelSpec
+from jobs.records import JobRecord, new_job_id
+from jobs.settings import Settings
+from jobs.training import images_as_npz, to_uint8, trained_sets
+from service.deps import ArtifactsDep, DispatcherDep, ModelsDep, SettingsDep, StoreDep, Tenant
+from service.errors import ERRORS, ApiError, clean
+from service.routes.jobs import job_url
+from service.schemas import JobCreated
+from service.submission import parse_json
+
+router = APIRouter()
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class PatternsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("efficientnet_lite0", description="An image model from GET /models.")
+    estimator: Literal["two_component", "linear"] = Field(
+        "two_component", description="PatternAttribution's two-component estimator (A+) or "
+        "PatternNet's linear one.",
+    )  # fmt: skip
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class SupportSetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("efficientnet_lite0", description="An image model from GET /models.")
+    class_a: int | str = Field(..., description="The class of the images_a file: index or label")
+    class_b: int | str = Field(..., description="The class of the images_b file: index or label")
+    epochs: int = Field(5, ge=1, description="Epochs per support network (at most the server's "
+                        "EXPLAINER_MAX_TRAINING_EPOCHS)")  # fmt: skip
+    learning_rate: float = Field(4e-5, gt=0, le=1)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+def zip_body(request: type[BaseModel], fields: dict[str, str]) -> dict[str, Any]:
+    """The OpenAPI request body of a multipart form: a JSON field 'request' and zip files."""
+    properties = {name: {"type": "string", "format": "binary", "description": text}
+                  for name, text in fields.items()}  # fmt: skip
+    return {"required": True, "content": {"multipart/form-data": {
+        "schema": {
+            "type": "object", "additionalProperties": False, "required": ["request", *fields],
+            "properties": {"request": {"$ref": f"#/components/schemas/{request.__name__}"},
+                           **properties},
+        },
+        "encoding": {"request": {"contentType": "application/json"}},
+    }}}  # fmt: skip
+
+
+def image_model(name: str) -> ModelSpec:
+    spec = MODELS.get(name)
+    if spec is None or spec.input_kind != "image":
+        raise ApiError(422, "unknown_model", f"{name!r} is not an image model of this server")
+    return spec
+
+
+def read_zip(data: bytes, field: str, size: tuple[int, int], settings: Settings) -> np.ndarray:
+    """The images of an uploaded zip, at the model's size, as uint8 (N, H, W, 3); every bound
+    (entries, bytes per entry, pixels) is checked before anything is decoded."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise ApiError(422, "invalid_images", f"{field} is not a zip archive") from None
+    with archive:
+        entries = [
+            i for i in archive.infolist() if Path(i.filename).suffix.lower() in IMAGE_SUFFIXES
+        ]
+        if not entries:
+            raise ApiError(422, "invalid_images", f"{field} holds no PNG, JPEG or WebP file")
+        if len(entries) > settings.max_training_images:
+            raise ApiError(413, "too_many_images", f"{field} holds {len(entries)} images; the "
+                           f"limit is {settings.max_training_images}")  # fmt: skip
+        images = []
+        for info in entries:
+            if info.file_size > settings.max_upload_bytes:
+                raise ApiError(413, "invalid_images", f"{info.filename[:100]} is above "
+                               f"{settings.max_upload_bytes} bytes")  # fmt: skip
+            try:
+                pixels = min(settings.max_pixels, DEFAULT_MAX_PIXELS)
+                image = decode_image(archive.read(info), max_bytes=settings.max_upload_bytes,
+                                     max_pixels=pixels)  # fmt: skip
+            except InputError as error:
+                raise ApiError(422, "invalid_images", f"{info.filename[:100]}: {error}") from None
+            images.append(to_uint8(np.array(image), size))
+    return np.stack(images)
+
+
+async def read_form(request: Request, files: tuple[str, ...], settings: Settings):
+    """(JSON request, {file field: bytes}) of a multipart training request."""
+    form = await request.form(max_files=len(files), max_fields=len(files) + 1)
+    if sorted(form.keys()) != sorted(["request", *files]) or not all(
+        hasattr(form[name], "read") for name in files
+    ):
+        raise ApiError(422, "invalid_request", "multipart needs a JSON field 'request' and the "
+                       f"file fields {', '.join(files)}")  # fmt: skip
+    payload = parse_json(form["request"] if isinstance(form["request"], str) else b"")
+    uploads = {}
+    for name in files:
+        uploads[name] = await form[name].read(settings.max_upload_bytes * 10 + 1)
+        if len(uploads[name]) > settings.max_upload_bytes * 10:
+            raise ApiError(
+                413, "payload_too_large", f"{name} above {settings.max_upload_bytes * 10} bytes"
+            )
+    return payload, uploads
+
+
+def validated(model: type[BaseModel], payload: dict) -> Any:
+    """Strict JSON types, as for explain requests (service.submission.parse_request)."""
+    try:
+        return model.model_validate_json(json.dumps(payload), strict=True)
+    except ValidationError as error:
+        details = clean(error.errors())
+        raise ApiError(422, "invalid_request", "the request is invalid", details) from None
+
+
+def queue(request: Request, record: JobRecord, data: bytes | None, store, artifacts,
+          dispatcher) -> JobCreated:  # fmt: skip
+    if data is not None:
+        artifacts.save_input(record.id, data)
+    store.create(record)
+    dispatcher.submit(record.id)
+    return JobCreated(id=record.id, url=job_url(request, record.id), status="queued")
+
+
+def training_record(kind: str, method: str, model: str, options: dict, seed: int,
+                    source: dict, tenant: str | None) -> JobRecord:  # fmt: skip
+    return JobRecord(id=new_job_id(), kind=kind, created_at=time.time(), model=model,
+                     method=method, options=options, seed=seed, input=source,
+                     content_hash="", owner=tenant)  # fmt: skip
+
+
+@router.post(
+    "/patterns",
+    status_code=202,
+    response_model=JobCreated,
+    responses=ERRORS,
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/PatternsRequest"}},
+        **zip_body(PatternsRequest, {"images": "A zip of PNG/JPEG/WebP images"})["content"],
+    }}},
+)  # fmt: skip
+async def make_patterns(
+    request: Request, tenant: Tenant, settings: SettingsDep, store: StoreDep,
+    artifacts: ArtifactsDep, dispatcher: DispatcherDep, _: ModelsDep,
+):  # fmt: skip
+    """Estimate a model's pattern set (for pattern_net, pattern_attribution,
+    pattern_guided_ig) from the bundled photographs (JSON body) or an uploaded zip of images
+    (multipart: 'request' + 'images'). A job: follow it at GET /jobs/{id}."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        payload, uploads = await read_form(request, ("images",), settings)
+    else:
+        payload, uploads = parse_json(await request.body()), {}
+    parsed = validated(PatternsRequest, payload)
+    spec = image_model(parsed.model)
+
+    def accept():
+        data, source = None, {"kind": "samples"}
+        if uploads:
+            images = read_zip(uploads["images"], "images", spec.input_size, settings)
+            data, source = images_as_npz(images), {"kind": "images", "count": len(images)}
+        options = {"estimator": parsed.estimator}
+        record = training_record("patterns", "estimate_patterns", parsed.model, options,
+                                 parsed.seed, source, tenant)  # fmt: skip
+        return queue(request, record, data, store, artifacts, dispatcher)
+
+    return await run_in_threadpool(accept)
+
+
+@router.post(
+    "/support-sets",
+    status_code=202,
+    response_model=JobCreated,
+    responses=ERRORS,
+    openapi_extra={"requestBody": zip_body(SupportSetRequest, {
+        "images_a": "A zip of images of class_a", "images_b": "A zip of images of class_b"})},
+)  # fmt: skip
+async def make_support_set(
+    request: Request, tenant: Tenant, settings: SettingsDep, store: StoreDep,
+    artifacts: ArtifactsDep, dispatcher: DispatcherDep, _: ModelsDep,
+):  # fmt: skip
+    """Train GAD's support networks for a class pair from two uploaded zips of images
+    (multipart: 'request' + 'images_a' + 'images_b'). A job: follow it at GET /jobs/{id}."""
+    payload, uploads = await read_form(request, ("images_a", "images_b"), settings)
+    parsed = validated(SupportSetRequest, payload)
+    spec = image_model(parsed.model)
+    if parsed.epochs > settings.max_training_epochs:
+        raise ApiError(422, "limit_exceeded", f"epochs={parsed.epochs} is above this server's "
+                       f"limit {settings.max_training_epochs}")  # fmt: skip
+    try:
+        classes = [spec.class_index(c) if isinstance(c, str) else c
+                   for c in (parsed.class_a, parsed.class_b)]  # fmt: skip
+    except ModelError as error:
+        raise ApiError(422, "invalid_target", str(error)) from None
+    if len(set(classes)) != 2 or not all(0 <= c < len(spec.labels) for c in classes):
+        raise ApiError(422, "invalid_target", f"class_a and class_b must be two different "
+                       f"classes of {spec.name}")  # fmt: skip
+
+    def accept():
+        sets = [
+            read_zip(uploads[f], f, spec.input_size, settings) for f in ("images_a", "images_b")
+        ]
+        labels = np.concatenate(
+            [np.full(len(s), c, dtype=np.int64) for s, c in zip(sets, classes, strict=True)]
+        )
+        data = images_as_npz(np.concatenate(sets), labels)
+        options = {"class_a": classes[0], "class_b": classes[1], "epochs": parsed.epochs,
+                   "learning_rate": parsed.learning_rate}  # fmt: skip
+        source = {"kind": "images", "count": len(labels)}
+        record = training_record("support_set", "train_support_set", parsed.model, options,
+                                 parsed.seed, source, tenant)  # fmt: skip
+        return queue(request, record, data, store, artifacts, dispatcher)
+
+    return await run_in_threadpool(accept)
+
+
+@router.get("/patterns", responses=ERRORS)
+def list_patterns(_: Tenant) -> list[dict[str, Any]]:
+    """The pattern sets in the shared cache: model, images, layers, estimator, when."""
+    return trained_sets("patterns")
+
+
+@router.get("/support-sets", responses=ERRORS)
+def list_support_sets(_: Tenant) -> list[dict[str, Any]]:
+    """The GAD support sets in the shared cache: model, class pair, images, epochs, when."""
+    return trained_sets("gad")

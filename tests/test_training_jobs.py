@@ -1,0 +1,105 @@
+"""Training jobs over real HTTP with a real redis-server and Celery worker: an explanation that
+needs a trained set is refused until POST /patterns or POST /support-sets has made it, then it
+runs; the sets are listed, and bad training requests get their 4xx."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import pytest
+from PIL import Image
+
+from engine.data import load_sample
+from testkit.stack import Api, RedisServer, Worker, service_env
+
+PGIG = {"sample": "chelsea", "method": "pattern_guided_ig", "options": {"steps": 4}}
+GAD = {"sample": "chelsea", "method": "gad", "target": 285, "options": {"classes": [285, 967]}}
+
+
+def zipped(names: list[str], extra: dict[str, bytes] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in names:
+            png = io.BytesIO()
+            Image.fromarray(load_sample(name)).save(png, format="PNG")
+            archive.writestr(f"photos/{name}.png", png.getvalue())
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("training")
+    redis = RedisServer(folder)
+    env = service_env(redis.url, folder / "artifacts", max_training_epochs=3)
+    worker = Worker(env, folder)
+    api = Api(env, folder)
+    yield api
+    api.stop()
+    worker.process.stop()
+    redis.stop()
+
+
+def support_request(api: Api, request: dict, images_a: bytes, images_b: bytes):
+    return api.client.post(
+        "/support-sets", data={"request": json.dumps(request)},
+        files={"images_a": ("a.zip", images_a), "images_b": ("b.zip", images_b)},
+    )  # fmt: skip
+
+
+def test_pattern_set_made_over_the_api_then_used(stack):
+    refused = stack.client.post("/explain", json=PGIG)
+    assert refused.status_code == 422 and "POST /patterns" in refused.json()["error"]["message"]
+    created = stack.client.post("/patterns", json={"model": "efficientnet_lite0"})
+    assert created.status_code == 202, created.text
+    view = stack.wait_done(created.json()["id"], timeout=180)
+    assert view["status"] == "succeeded", view
+    assert view["scores"] == {"images": 16, "layers": 50}
+    assert view["progress"] == {"step": 16, "total": 16}
+    (listed,) = stack.client.get("/patterns").json()
+    assert listed["model"] == "efficientnet_lite0" and listed["job"] == view["id"]
+    explained = stack.client.post("/explain", json=PGIG)
+    assert explained.status_code == 202, explained.text
+    assert stack.wait_done(explained.json()["id"])["status"] == "succeeded"
+
+
+def test_support_set_made_from_uploaded_images_then_used(stack):
+    refused = stack.client.post("/explain", json=GAD)
+    assert refused.status_code == 422
+    assert "POST /support-sets" in refused.json()["error"]["message"]
+    request = {"class_a": "Egyptian cat", "class_b": 967, "epochs": 1}
+    created = support_request(stack, request, zipped(["chelsea", "astronaut"]),
+                              zipped(["coffee", "rocket"], {"notes.txt": b"skipped"}))  # fmt: skip
+    assert created.status_code == 202, created.text
+    view = stack.wait_done(created.json()["id"], timeout=180)
+    assert view["status"] == "succeeded", view
+    assert view["scores"] == {"images": 4, "networks": 4}
+    (listed,) = stack.client.get("/support-sets").json()
+    assert listed["classes"] == [285, 967] and listed["images"] == 4
+    explained = stack.client.post("/explain", json=GAD)
+    assert explained.status_code == 202, explained.text
+    assert stack.wait_done(explained.json()["id"])["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("request_body", "files", "status", "words"),
+    [
+        ({"class_a": 285, "class_b": 285, "epochs": 1}, ("ok", "ok"), 422, "two different"),
+        ({"class_a": 285, "class_b": 967, "epochs": 50}, ("ok", "ok"), 422, "limit 3"),
+        ({"class_a": 285, "class_b": "no such", "epochs": 1}, ("ok", "ok"), 422, "no such"),
+        ({"class_a": 285, "class_b": 967, "epochs": 1}, ("ok", "empty"), 422, "no PNG, JPEG"),
+        ({"class_a": 285, "class_b": 967, "epochs": 1}, ("ok", "not-zip"), 422, "not a zip"),
+        ({"class_a": 285, "class_b": 967, "model": "state_gru", "epochs": 1}, ("ok", "ok"), 422,
+         "not an image model"),
+    ],
+    ids=["same-class", "epochs", "label", "no-images", "not-zip", "series-model"],
+)  # fmt: skip
+def test_bad_support_set_requests(stack, request_body, files, status, words):
+    archives = {"ok": zipped(["chelsea"]), "empty": zipped([], {"a.txt": b"x"}),
+                "not-zip": b"plain bytes"}  # fmt: skip
+    response = support_request(stack, request_body, *(archives[f] for f in files))
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]["message"]
