@@ -1,6 +1,6 @@
 """The model store over real HTTP with a real redis-server and Celery worker: an admin uploads a
-TorchScript image model and a train-series model, a worker started afterwards runs both, and
-every bad upload gets its 4xx."""
+TorchScript image model, a state dict for a factory and a train-series model, a worker started
+afterwards runs all three, and every bad upload gets its 4xx."""
 
 from __future__ import annotations
 
@@ -58,6 +58,12 @@ def test_uploaded_models_run_on_a_worker_started_afterwards(stack):
     gru = upload(api, {"name": "my_gru", "source": "series"}, BUNDLED.read_bytes())
     assert gru.status_code == 201, gru.text
     assert gru.json()["input_kind"] == "timeseries" and gru.json()["input_size"] == [100, 3]
+    torch.manual_seed(1)
+    state = io.BytesIO()
+    torch.save(tiny_cnn().state_dict(), state)
+    factory = {"name": "tiny_sd", "source": "state_dict", "factory": "tests.tiny_models:tiny_cnn",
+               "input_size": [32, 32], "labels": ["left", "right"]}  # fmt: skip
+    assert upload(api, factory, state.getvalue()).status_code == 201
     listed = {m["name"]: m for m in api.client.get("/models").json()}
     assert listed["tiny"]["stored"] and not listed["efficientnet_lite0"]["stored"]
     worker = Worker(env, folder)  # knows nothing of the uploads but the shared folder
@@ -66,14 +72,17 @@ def test_uploaded_models_run_on_a_worker_started_afterwards(stack):
         series = {"model": "my_gru", "sample": "state:2", "method": "saliency"}
         image_job = api.client.post("/explain", json=image)
         series_job = api.client.post("/explain", json=series)
+        factory_job = api.client.post("/explain", json=image | {"model": "tiny_sd"})
         image_view = api.wait_done(image_job.json()["id"], timeout=120)
         series_view = api.wait_done(series_job.json()["id"], timeout=120)
+        factory_view = api.wait_done(factory_job.json()["id"], timeout=120)
     finally:
         worker.process.stop()
     assert image_view["status"] == "succeeded", image_view
     assert image_view["prediction"]["label"] in ("left", "right")
     assert series_view["status"] == "succeeded", series_view
     assert "auroc" in series_view["scores"]
+    assert factory_view["status"] == "succeeded", factory_view
 
 
 @pytest.mark.parametrize(

@@ -252,6 +252,20 @@ def test_time_series_job_on_a_bundled_sample_has_white_box_scores(stack):
     assert summary["scores"]["aup"] == view["scores"]["aup"]
 
 
+def test_time_series_job_on_an_uploaded_npy(stack):
+    """A .npy series file with a gradient method: S = Σ_t z_t's gradient, T × D."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.random.default_rng(1).normal(size=(25, 3)).astype(np.float32))
+    request = {"model": "state_gru", "method": "integrated_gradients", "options": {"steps": 8}}
+    created = stack.client.post("/explain", files={"series": ("s.npy", buffer.getvalue())},
+                                data={"request": json.dumps(request)})  # fmt: skip
+    assert created.status_code == 202, created.text
+    view = stack.wait_done(created.json()["id"])
+    assert view["status"] == "succeeded", view
+    assert fetch_npy(stack, view["artifacts"]["attribution.npy"]).shape == (25, 3)
+    assert "completeness_gap" in view["scores"]
+
+
 def test_time_series_job_on_an_uploaded_csv_has_no_white_box_scores(stack):
     """A CSV series (40 steps × 3 features) without truth: the black-box scores only."""
     rows = np.random.default_rng(0).normal(size=(40, 3))
