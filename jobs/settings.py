@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Names = Annotated[tuple[str, ...], NoDecode]
@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         "EXPLAINER_CACHE_DIR)",
     )  # fmt: skip
     max_training_images: int = Field(256, ge=2, description="Images of one training job")
+    training_sets: Annotated[dict[str, Path], NoDecode] = Field(
+        {}, description="Image folders on the API host that training jobs may name: "
+        "name=/path;name=/path",
+    )  # fmt: skip
     max_training_epochs: int = Field(20, ge=1, description="Epochs of a support-set job")
     model_dir: Path | None = Field(
         None, description="Models added over the API, shared by the API and every worker; "
@@ -85,16 +89,18 @@ class Settings(BaseSettings):
     def _split_names(cls, value: object) -> object:
         return _names(value)
 
-    @field_validator("allowed_methods", mode="before")
+    @field_validator("allowed_methods", "training_sets", mode="before")
     @classmethod
-    def _parse_allowed(cls, value: object) -> object:
+    def _parse_mapping(cls, value: object, info: ValidationInfo) -> object:
+        """``key=value;key=value`` (allowed methods: value ``m1,m2``)."""
         if not isinstance(value, str):
             return value
-        allowed = {}
+        mapping = {}
         for item in filter(None, value.split(";")):
-            model, _, methods = item.partition("=")
-            allowed[model.strip()] = _names(methods)
-        return allowed
+            key, _, entry = item.partition("=")
+            listed = info.field_name == "allowed_methods"
+            mapping[key.strip()] = _names(entry) if listed else entry.strip()
+        return mapping
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Settings:

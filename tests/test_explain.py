@@ -150,7 +150,10 @@ def test_registry_describes_every_method():
     }  # fmt: skip
     for method in all_methods():
         described = method.describe()
-        kinds = ["timeseries"] if method.name == "extremal_mask" else ["image"]
+        series = {"saliency", "gradient_x_input", "integrated_gradients", "smoothgrad",
+                  "smoothgrad_sq", "vargrad"}  # fmt: skip
+        kinds = (["timeseries"] if method.name == "extremal_mask" else
+                 ["image", "timeseries"] if method.name in series else ["image"])  # fmt: skip
         assert described["input_kinds"] == kinds
         schema = described["options_schema"]
         assert schema["additionalProperties"] is False

@@ -33,8 +33,14 @@ def zipped(names: list[str], extra: dict[str, bytes] | None = None) -> bytes:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     folder = tmp_path_factory.mktemp("training")
+    for name, photos in (("cats", ["chelsea"]), ("things", ["coffee", "rocket"])):
+        (folder / name).mkdir()
+        for photo in photos:
+            Image.fromarray(load_sample(photo)).save(folder / name / f"{photo}.png")
     redis = RedisServer(folder)
-    env = service_env(redis.url, folder / "artifacts", max_training_epochs=3)
+    offered = f"cats={folder / 'cats'};things={folder / 'things'}"
+    env = service_env(redis.url, folder / "artifacts", max_training_epochs=3,
+                      training_sets=offered)  # fmt: skip
     worker = Worker(env, folder)
     api = Api(env, folder)
     yield api
@@ -77,7 +83,7 @@ def test_support_set_made_from_uploaded_images_then_used(stack):
     view = stack.wait_done(created.json()["id"], timeout=180)
     assert view["status"] == "succeeded", view
     assert view["scores"] == {"images": 4, "networks": 4}
-    (listed,) = stack.client.get("/support-sets").json()
+    (listed,) = [s for s in stack.client.get("/support-sets").json() if s["job"] == view["id"]]
     assert listed["classes"] == [285, 967] and listed["images"] == 4
     explained = stack.client.post("/explain", json=GAD)
     assert explained.status_code == 202, explained.text
@@ -103,3 +109,19 @@ def test_bad_support_set_requests(stack, request_body, files, status, words):
     response = support_request(stack, request_body, *(archives[f] for f in files))
     assert response.status_code == status, response.text
     assert words in response.json()["error"]["message"]
+
+
+def test_support_set_from_image_folders_the_server_offers(stack):
+    """JSON body naming two folders of EXPLAINER_TRAINING_SETS instead of uploading zips."""
+    request = {"class_a": 285, "class_b": 504, "images_a": "cats", "images_b": "things",
+               "epochs": 1}  # fmt: skip
+    created = stack.client.post("/support-sets", json=request)
+    assert created.status_code == 202, created.text
+    view = stack.wait_done(created.json()["id"], timeout=180)
+    assert view["status"] == "succeeded", view
+    assert view["scores"]["images"] == 3
+    unknown = stack.client.post("/support-sets", json=request | {"images_b": "/etc"})
+    assert unknown.status_code == 422
+    assert "offered: samples, cats, things" in unknown.json()["error"]["message"]
+    patterns = stack.client.post("/patterns", json={"images": "nope"})
+    assert patterns.status_code == 422 and "no image set 'nope'" in patterns.text

@@ -14,16 +14,17 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from engine.data import DEFAULT_MAX_PIXELS, InputError, decode_image
+from engine.data import DEFAULT_MAX_PIXELS, InputError, decode_image, image_files
 from engine.models import MODELS, ModelError, ModelSpec
 from jobs.records import JobRecord, new_job_id
 from jobs.settings import Settings
 from jobs.training import images_as_npz, to_uint8, trained_sets
 from service.deps import ArtifactsDep, DispatcherDep, ModelsDep, SettingsDep, StoreDep, Tenant
-from service.errors import ERRORS, ApiError, clean
+from service.errors import ERRORS, ApiError, clean, short
 from service.routes.jobs import job_url
 from service.schemas import JobCreated
 from service.submission import parse_json
@@ -36,6 +37,9 @@ class PatternsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("efficientnet_lite0", description="An image model from GET /models.")
+    images: str = Field("samples", max_length=200, description="'samples' (the bundled "
+                        "photographs) or an image folder this server offers by name; "
+                        "multipart: the uploaded zip instead")  # fmt: skip
     estimator: Literal["two_component", "linear"] = Field(
         "two_component", description="PatternAttribution's two-component estimator (A+) or "
         "PatternNet's linear one.",
@@ -49,6 +53,9 @@ class SupportSetRequest(BaseModel):
     model: str = Field("efficientnet_lite0", description="An image model from GET /models.")
     class_a: int | str = Field(..., description="The class of the images_a file: index or label")
     class_b: int | str = Field(..., description="The class of the images_b file: index or label")
+    images_a: str | None = Field(None, max_length=200, description="JSON body: an image folder "
+                                 "this server offers by name, for class_a")  # fmt: skip
+    images_b: str | None = Field(None, max_length=200, description="The same for class_b")
     epochs: int = Field(5, ge=1, description="Epochs per support network (at most the server's "
                         "EXPLAINER_MAX_TRAINING_EPOCHS)")  # fmt: skip
     learning_rate: float = Field(4e-5, gt=0, le=1)
@@ -67,6 +74,23 @@ def zip_body(request: type[BaseModel], fields: dict[str, str]) -> dict[str, Any]
         },
         "encoding": {"request": {"contentType": "application/json"}},
     }}}  # fmt: skip
+
+
+def read_folder(name: str, size: tuple[int, int], settings: Settings) -> np.ndarray:
+    """The images of a folder the operator offers (EXPLAINER_TRAINING_SETS) as uint8."""
+    folder = settings.training_sets.get(name)
+    if folder is None:
+        offered = ", ".join(["samples", *settings.training_sets]) or "none"
+        raise ApiError(422, "invalid_images", f"no image set {short(name)!r} on this server; "
+                       f"offered: {offered}")  # fmt: skip
+    try:
+        files = image_files(folder)
+    except InputError as error:
+        raise ApiError(422, "invalid_images", f"image set {name}: {error}") from None
+    if len(files) > settings.max_training_images:
+        raise ApiError(413, "too_many_images", f"image set {name} holds {len(files)} images; "
+                       f"the limit is {settings.max_training_images}")  # fmt: skip
+    return np.stack([to_uint8(np.array(Image.open(path).convert("RGB")), size) for path in files])
 
 
 def image_model(name: str) -> ModelSpec:
@@ -166,8 +190,9 @@ async def make_patterns(
     artifacts: ArtifactsDep, dispatcher: DispatcherDep, _: ModelsDep,
 ):  # fmt: skip
     """Estimate a model's pattern set (for pattern_net, pattern_attribution,
-    pattern_guided_ig) from the bundled photographs (JSON body) or an uploaded zip of images
-    (multipart: 'request' + 'images'). A job: follow it at GET /jobs/{id}."""
+    pattern_guided_ig) from the bundled photographs or an image folder this server offers (JSON
+    body, 'images' by name) or from an uploaded zip of images (multipart: 'request' +
+    'images'). A job: follow it at GET /jobs/{id}."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         payload, uploads = await read_form(request, ("images",), settings)
     else:
@@ -177,8 +202,9 @@ async def make_patterns(
 
     def accept():
         data, source = None, {"kind": "samples"}
-        if uploads:
-            images = read_zip(uploads["images"], "images", spec.input_size, settings)
+        if uploads or parsed.images != "samples":
+            images = (read_zip(uploads["images"], "images", spec.input_size, settings) if uploads
+                      else read_folder(parsed.images, spec.input_size, settings))  # fmt: skip
             data, source = images_as_npz(images), {"kind": "images", "count": len(images)}
         options = {"estimator": parsed.estimator}
         record = training_record("patterns", "estimate_patterns", parsed.model, options,
@@ -193,17 +219,27 @@ async def make_patterns(
     status_code=202,
     response_model=JobCreated,
     responses=ERRORS,
-    openapi_extra={"requestBody": zip_body(SupportSetRequest, {
-        "images_a": "A zip of images of class_a", "images_b": "A zip of images of class_b"})},
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/SupportSetRequest"}},
+        **zip_body(SupportSetRequest, {"images_a": "A zip of images of class_a",
+                                       "images_b": "A zip of images of class_b"})["content"],
+    }}},
 )  # fmt: skip
 async def make_support_set(
     request: Request, tenant: Tenant, settings: SettingsDep, store: StoreDep,
     artifacts: ArtifactsDep, dispatcher: DispatcherDep, _: ModelsDep,
 ):  # fmt: skip
     """Train GAD's support networks for a class pair from two uploaded zips of images
-    (multipart: 'request' + 'images_a' + 'images_b'). A job: follow it at GET /jobs/{id}."""
-    payload, uploads = await read_form(request, ("images_a", "images_b"), settings)
+    (multipart: 'request' + 'images_a' + 'images_b') or two image folders this server offers
+    (JSON: images_a, images_b by name). A job: follow it at GET /jobs/{id}."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        payload, uploads = await read_form(request, ("images_a", "images_b"), settings)
+    else:
+        payload, uploads = parse_json(await request.body()), {}
     parsed = validated(SupportSetRequest, payload)
+    if not uploads and (parsed.images_a is None or parsed.images_b is None):
+        raise ApiError(422, "invalid_images", "give images_a and images_b: two zip files "
+                       "(multipart) or two image sets this server offers (JSON)")  # fmt: skip
     spec = image_model(parsed.model)
     if parsed.epochs > settings.max_training_epochs:
         raise ApiError(422, "limit_exceeded", f"epochs={parsed.epochs} is above this server's "
@@ -218,9 +254,9 @@ async def make_support_set(
                        f"classes of {spec.name}")  # fmt: skip
 
     def accept():
-        sets = [
-            read_zip(uploads[f], f, spec.input_size, settings) for f in ("images_a", "images_b")
-        ]
+        sets = [read_zip(uploads[f], f, spec.input_size, settings) if uploads
+                else read_folder(getattr(parsed, f), spec.input_size, settings)
+                for f in ("images_a", "images_b")]  # fmt: skip
         labels = np.concatenate(
             [np.full(len(s), c, dtype=np.int64) for s, c in zip(sets, classes, strict=True)]
         )
