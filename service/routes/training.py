@@ -62,18 +62,18 @@ class SupportSetRequest(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
-def zip_body(request: type[BaseModel], fields: dict[str, str]) -> dict[str, Any]:
-    """The OpenAPI request body of a multipart form: a JSON field 'request' and zip files."""
+def training_body(request: type[BaseModel], files: dict[str, str]) -> dict[str, Any]:
+    """The OpenAPI request body: the request as JSON, or as multipart with zip files."""
+    ref = {"$ref": f"#/components/schemas/{request.__name__}"}
     properties = {name: {"type": "string", "format": "binary", "description": text}
-                  for name, text in fields.items()}  # fmt: skip
-    return {"required": True, "content": {"multipart/form-data": {
-        "schema": {
-            "type": "object", "additionalProperties": False, "required": ["request", *fields],
-            "properties": {"request": {"$ref": f"#/components/schemas/{request.__name__}"},
-                           **properties},
-        },
+                  for name, text in files.items()}  # fmt: skip
+    multipart = {
+        "schema": {"type": "object", "additionalProperties": False,
+                   "required": ["request", *files], "properties": {"request": ref, **properties}},
         "encoding": {"request": {"contentType": "application/json"}},
-    }}}  # fmt: skip
+    }  # fmt: skip
+    content = {"application/json": {"schema": ref}, "multipart/form-data": multipart}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 def read_folder(name: str, size: tuple[int, int], settings: Settings) -> np.ndarray:
@@ -131,8 +131,11 @@ def read_zip(data: bytes, field: str, size: tuple[int, int], settings: Settings)
     return np.stack(images)
 
 
-async def read_form(request: Request, files: tuple[str, ...], settings: Settings):
-    """(JSON request, {file field: bytes}) of a multipart training request."""
+async def read_training(request: Request, files: tuple[str, ...], settings: Settings):
+    """(JSON request, {file field: bytes}) of a training request: JSON, or multipart with the
+    request as the field 'request' and the zip files."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return parse_json(await request.body()), {}
     form = await request.form(max_files=len(files), max_fields=len(files) + 1)
     if sorted(form.keys()) != sorted(["request", *files]) or not all(
         hasattr(form[name], "read") for name in files
@@ -180,11 +183,8 @@ def training_record(kind: str, method: str, model: str, options: dict, seed: int
     status_code=202,
     response_model=JobCreated,
     responses=ERRORS,
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/PatternsRequest"}},
-        **zip_body(PatternsRequest, {"images": "A zip of PNG/JPEG/WebP images"})["content"],
-    }}},
-)  # fmt: skip
+    openapi_extra=training_body(PatternsRequest, {"images": "A zip of PNG/JPEG/WebP images"}),
+)
 async def make_patterns(
     request: Request, tenant: Tenant, settings: SettingsDep, store: StoreDep,
     artifacts: ArtifactsDep, dispatcher: DispatcherDep, _: ModelsDep,
@@ -193,10 +193,7 @@ async def make_patterns(
     pattern_guided_ig) from the bundled photographs or an image folder this server offers (JSON
     body, 'images' by name) or from an uploaded zip of images (multipart: 'request' +
     'images'). A job: follow it at GET /jobs/{id}."""
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        payload, uploads = await read_form(request, ("images",), settings)
-    else:
-        payload, uploads = parse_json(await request.body()), {}
+    payload, uploads = await read_training(request, ("images",), settings)
     parsed = validated(PatternsRequest, payload)
     spec = image_model(parsed.model)
 
@@ -219,11 +216,8 @@ async def make_patterns(
     status_code=202,
     response_model=JobCreated,
     responses=ERRORS,
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/SupportSetRequest"}},
-        **zip_body(SupportSetRequest, {"images_a": "A zip of images of class_a",
-                                       "images_b": "A zip of images of class_b"})["content"],
-    }}},
+    openapi_extra=training_body(SupportSetRequest, {"images_a": "A zip of images of class_a",
+                                                    "images_b": "A zip of images of class_b"}),
 )  # fmt: skip
 async def make_support_set(
     request: Request, tenant: Tenant, settings: SettingsDep, store: StoreDep,
@@ -232,10 +226,7 @@ async def make_support_set(
     """Train GAD's support networks for a class pair from two uploaded zips of images
     (multipart: 'request' + 'images_a' + 'images_b') or two image folders this server offers
     (JSON: images_a, images_b by name). A job: follow it at GET /jobs/{id}."""
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        payload, uploads = await read_form(request, ("images_a", "images_b"), settings)
-    else:
-        payload, uploads = parse_json(await request.body()), {}
+    payload, uploads = await read_training(request, ("images_a", "images_b"), settings)
     parsed = validated(SupportSetRequest, payload)
     if not uploads and (parsed.images_a is None or parsed.images_b is None):
         raise ApiError(422, "invalid_images", "give images_a and images_b: two zip files "
