@@ -11,6 +11,7 @@ every run.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 
@@ -22,6 +23,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from jobs.settings import Settings
 from service.app import create_app
 
+CACHE_BEFORE = os.environ.get("EXPLAINER_CACHE_DIR")  # create_app points it at FOLDER/cache
 KEY = "fuzz-key"
 # Refusals of schema-valid requests for a rule the document cannot state (service.submission).
 SEMANTIC_REFUSALS = {
@@ -60,6 +62,10 @@ def _served():
         store.cancel(job_id)
     APP.state.dispatcher.close()
     shutil.rmtree(FOLDER, ignore_errors=True)
+    if CACHE_BEFORE is None:
+        os.environ.pop("EXPLAINER_CACHE_DIR", None)
+    else:
+        os.environ["EXPLAINER_CACHE_DIR"] = CACHE_BEFORE
 
 
 @schemathesis.check
