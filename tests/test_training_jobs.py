@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from engine.data import load_sample
-from testkit.stack import Api, RedisServer, Worker, service_env
+from testkit.stack import Api, RedisServer, Worker, service_env, wait_for
 
 PGIG = {"sample": "chelsea", "method": "pattern_guided_ig", "options": {"steps": 4}}
 GAD = {"sample": "chelsea", "method": "gad", "target": 285, "options": {"classes": [285, 967]}}
@@ -125,3 +125,19 @@ def test_support_set_from_image_folders_the_server_offers(stack):
     assert "offered: samples, cats, things" in unknown.json()["error"]["message"]
     patterns = stack.client.post("/patterns", json={"images": "nope"})
     assert patterns.status_code == 422 and "no image set 'nope'" in patterns.text
+
+
+def test_a_training_job_reports_progress_and_can_be_cancelled(stack):
+    """A support-set job reports every epoch of every network; DELETE stops it at the next."""
+    photos = ["chelsea", "astronaut", "coffee", "rocket", "camera", "coins", "clock", "moon"]
+    request = {"class_a": 285, "class_b": 504, "epochs": 3}
+    created = support_request(stack, request, zipped(photos), zipped(photos[::-1]))
+    assert created.status_code == 202, created.text
+    job = created.json()["id"]
+    first = wait_for(lambda: stack.client.get(f"/jobs/{job}").json()["progress"], 120,
+                     "the first epoch")  # fmt: skip
+    assert first["total"] == 4 * 3 and "loss" in first and "alpha" in first
+    stack.client.delete(f"/jobs/{job}")
+    view = stack.wait_done(job, timeout=120)
+    assert view["status"] == "cancelled", view
+    assert view["progress"]["step"] < 12
