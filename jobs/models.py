@@ -145,22 +145,23 @@ class ModelStore:
             if height * width > self.max_probe_pixels:
                 raise ModelRefused(422, f"input_size {height}×{width} is above the limit")
             module = Normalized(module, spec.mean, spec.std)
-            probe, expected = torch.rand(1, 3, height, width), (1, len(spec.labels) or None)
+            probe = torch.rand(1, 3, height, width)
+            scores, wanted = "one score per label", len(spec.labels) or None  # None: any number
         else:
             length, features = spec.input_size
-            probe, expected = torch.randn(1, length or 10, features), (1, length or 10)
+            probe = torch.randn(1, length or 10, features)
+            scores, wanted = "one logit per time step", probe.shape[1]
         try:
             with torch.no_grad():
                 output = module.eval()(probe)
         except Exception as error:
             raise ModelRefused(422, f"the model fails on a probe input of shape "
                                f"{tuple(probe.shape)}: {short(error)}") from None  # fmt: skip
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-        wanted = expected if expected[1] is not None else (1, shape[1] if shape else -1)
-        if shape != wanted or shape is None or len(shape) != 2:
-            what = "scores (1, labels)" if spec.input_kind == "image" else "logits (1, T)"
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+        if len(shape) != 2 or shape[0] != 1 or (wanted and shape[1] != wanted):
+            answer, expected = shape or type(output).__name__, f"(1, {wanted or 'classes'})"
             raise ModelRefused(422, f"on a probe input of shape {tuple(probe.shape)} the model "
-                               f"answers {shape}, not {what} {wanted}")  # fmt: skip
+                               f"answers {answer}, not {scores}: {expected}")  # fmt: skip
         if not torch.isfinite(output).all():
             raise ModelRefused(422, "the model answers a probe input with NaN or infinity")
         return spec
