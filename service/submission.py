@@ -254,7 +254,6 @@ def check_method(parsed, input_info: dict, settings: Settings) -> None:
                            f"over the API, options.{path} cannot name a file or folder on the "
                            f"server; leave it at its default ({field.default!r})")  # fmt: skip
     check_memory(parsed, input_info, settings)
-    check_trained_set(parsed)
 
 
 def check_trained_set(parsed) -> None:

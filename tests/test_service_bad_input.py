@@ -419,7 +419,8 @@ def test_a_full_artifact_disk_is_a_507_that_leaves_nothing_behind(tmp_path):
         data = encode(Image.fromarray(noise), "PNG")
         assert 200_000 < len(data) < LIMIT_BYTES
         assert_error(upload(api, data), 507, "no room")
-        assert list(artifacts.iterdir()) == []
+        assert [p.name for p in artifacts.iterdir()] == ["models"]  # the (empty) model store
+        assert list((artifacts / "models").iterdir()) == []
         created = api.client.post("/explain", json={"sample": "chelsea", "method": "saliency"})
         assert created.status_code == 202  # a sample needs no room: the service goes on
     finally:

@@ -23,6 +23,7 @@ from service.submission import (
     check_input,
     check_method,
     check_metrics,
+    check_trained_set,
     metric_records,
     parse_request,
     read_submission,
@@ -80,6 +81,7 @@ async def submit(
         check_method(parsed, input_info, settings)
         metrics = check_metrics(parsed)
         check_cost(parsed, input_info, metrics, settings)
+        check_trained_set(parsed)  # last: it loads the model to find its trained sets
         options, records = parsed.options.model_dump(mode="json"), metric_records(metrics)
         content_hash = hashlib.sha256(
             json.dumps(
