@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         "EXPLAINER_CACHE_DIR)",
     )  # fmt: skip
     max_training_images: int = Field(256, ge=2, description="Images of one training job")
+    max_training_upload_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="One zip of images for a training job"
+    )
     training_sets: Annotated[dict[str, Path], NoDecode] = Field(
         {}, description="Image folders on the API host that training jobs may name: "
         "name=/path;name=/path",

@@ -23,16 +23,16 @@ from service.schemas import ErrorResponse, explain_request_adapter
 
 
 class BodyLimit:
-    """Pure ASGI middleware: refuse request bodies above ``limit`` bytes with 413, streaming
-    (``POST /models`` has its own, ``model_limit``)."""
+    """Pure ASGI middleware: refuse request bodies above ``limit`` bytes with 413, streaming;
+    ``by_path`` gives some paths their own (model weights, training zips)."""
 
-    def __init__(self, app, limit: int, model_limit: int):
-        self.app, self.limit, self.model_limit = app, limit, model_limit
+    def __init__(self, app, limit: int, by_path: dict[str, int]):
+        self.app, self.limit, self.by_path = app, limit, by_path
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.model_limit if scope["path"] == "/models" else self.limit
+        limit = self.by_path.get(scope["path"], self.limit)
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await self._refuse(limit, scope, receive, send)
@@ -87,8 +87,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.store = settings, store
     app.state.artifacts, app.state.dispatcher = artifacts, dispatcher
     app.state.models = ModelStore(settings.models_path)
-    app.add_middleware(BodyLimit, limit=int(settings.max_upload_bytes * 4 / 3) + 65536,
-                       model_limit=settings.max_model_bytes + 65536)  # fmt: skip
+    zips = 2 * settings.max_training_upload_bytes + 65536  # a support set's two zips
+    app.add_middleware(
+        BodyLimit,
+        limit=int(settings.max_upload_bytes * 4 / 3) + 65536,  # base64 in JSON
+        by_path={"/models": settings.max_model_bytes + 65536, "/patterns": zips,
+                 "/support-sets": zips},
+    )  # fmt: skip
     install_error_handlers(app)
     for module in (jobs, training, catalogue, models, ops):
         app.include_router(module.router)

@@ -8,6 +8,7 @@ import io
 import json
 import zipfile
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -40,7 +41,7 @@ def stack(tmp_path_factory):
     redis = RedisServer(folder)
     offered = f"cats={folder / 'cats'};things={folder / 'things'}"
     env = service_env(redis.url, folder / "artifacts", max_training_epochs=3,
-                      training_sets=offered)  # fmt: skip
+                      training_sets=offered, max_training_upload_bytes=3_000_000)  # fmt: skip
     worker = Worker(env, folder)
     api = Api(env, folder)
     yield api
@@ -98,14 +99,17 @@ def test_support_set_made_from_uploaded_images_then_used(stack):
         ({"class_a": 285, "class_b": "no such", "epochs": 1}, ("ok", "ok"), 422, "no such"),
         ({"class_a": 285, "class_b": 967, "epochs": 1}, ("ok", "empty"), 422, "no PNG, JPEG"),
         ({"class_a": 285, "class_b": 967, "epochs": 1}, ("ok", "not-zip"), 422, "not a zip"),
+        ({"class_a": 285, "class_b": 967, "epochs": 1}, ("ok", "large"), 413,
+         "images_b above 3000000 bytes"),
         ({"class_a": 285, "class_b": 967, "model": "state_gru", "epochs": 1}, ("ok", "ok"), 422,
          "not an image model"),
     ],
-    ids=["same-class", "epochs", "label", "no-images", "not-zip", "series-model"],
+    ids=["same-class", "epochs", "label", "no-images", "not-zip", "large-zip", "series-model"],
 )  # fmt: skip
 def test_bad_support_set_requests(stack, request_body, files, status, words):
+    noise = np.random.default_rng(0).bytes(3_200_000)  # does not compress
     archives = {"ok": zipped(["chelsea"]), "empty": zipped([], {"a.txt": b"x"}),
-                "not-zip": b"plain bytes"}  # fmt: skip
+                "not-zip": b"plain bytes", "large": zipped([], {"big.png": noise})}  # fmt: skip
     response = support_request(stack, request_body, *(archives[f] for f in files))
     assert response.status_code == status, response.text
     assert words in response.json()["error"]["message"]

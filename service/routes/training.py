@@ -145,11 +145,10 @@ async def read_training(request: Request, files: tuple[str, ...], settings: Sett
     payload = parse_json(form["request"] if isinstance(form["request"], str) else b"")
     uploads = {}
     for name in files:
-        uploads[name] = await form[name].read(settings.max_upload_bytes * 10 + 1)
-        if len(uploads[name]) > settings.max_upload_bytes * 10:
-            raise ApiError(
-                413, "payload_too_large", f"{name} above {settings.max_upload_bytes * 10} bytes"
-            )
+        limit = settings.max_training_upload_bytes
+        uploads[name] = await form[name].read(limit + 1)
+        if len(uploads[name]) > limit:
+            raise ApiError(413, "payload_too_large", f"{name} above {limit} bytes")
     return payload, uploads
 
 
