@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from testkit.stack import Api, RedisServer, Worker, service_env
+from testkit.stack import Api, distributed_stack
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -32,18 +32,8 @@ def main() -> None:
     parser.add_argument("--method", default="saliency")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        redis = RedisServer(folder)
-        env = service_env(redis.url, folder / "artifacts")
-        worker = Worker(env, folder)
-        api = Api(env, folder)
-        try:
-            run(api, args)
-        finally:
-            api.stop()
-            worker.process.stop()
-            redis.stop()
+    with tempfile.TemporaryDirectory() as tmp, distributed_stack(Path(tmp)) as api:
+        run(api, args)
 
 
 def run(api: Api, args) -> None:

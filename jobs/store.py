@@ -124,10 +124,9 @@ class JobStore(ABC):
         requeued = []
         for job_id in self.running():
             record = self._update(job_id, change)
-            if record is None or record.status in TERMINAL:
-                self._mark_running(job_id, False)
-            elif record.status == "queued":
+            if record is not None and record.status == "queued":
                 requeued.append(job_id)
+            if record is None or record.status != "running":  # requeued, finished or expired
                 self._mark_running(job_id, False)
         return requeued
 

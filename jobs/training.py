@@ -20,8 +20,7 @@ import torch
 from engine.addons.gad.support import default_support_path, train_support_set
 from engine.addons.pattern import default_pattern_path, estimate_patterns
 from engine.attribution.base import model_lock, prepared
-from engine.data import SAMPLES, load_sample
-from engine.data.images import fit_to_size
+from engine.data import reference_set
 from engine.explain import cached_model
 from engine.method import ProgressFn
 from engine.models.spec import model_fingerprint
@@ -40,22 +39,17 @@ def images_as_npz(images: np.ndarray, labels: np.ndarray | None = None) -> bytes
     return buffer.getvalue()
 
 
-def sample_images(size: tuple[int, int]) -> np.ndarray:
-    """The bundled photographs, centre-cropped to ``size``, as uint8 (N, H, W, 3)."""
-    return np.stack([to_uint8(load_sample(name), size) for name in SAMPLES])
-
-
-def to_uint8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255
-    fitted, _ = fit_to_size(tensor, size)
-    return (fitted.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+def as_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images (N, 3, H, W) in [0, 1] (engine.data.load_image, reference_set) as stored: uint8
+    (N, H, W, 3)."""
+    return (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
 
 
 def job_images(record: JobRecord, artifacts: ArtifactStore) -> tuple[torch.Tensor, np.ndarray]:
     """The job's images as floats in [0, 1] (N, 3, H, W), and their labels (or an empty array)."""
     if record.input["kind"] == "samples":
-        loaded = cached_model(record.model, None, "cpu")
-        images, labels = sample_images(loaded.spec.input_size), np.zeros(0, dtype=np.int64)
+        size = cached_model(record.model, None, "cpu").spec.input_size
+        images, labels = as_uint8(reference_set("samples", size)), np.zeros(0, dtype=np.int64)
     else:
         with np.load(io.BytesIO(artifacts.load_input(record.id)), allow_pickle=False) as stored:
             images, labels = stored["images"], stored.get("labels", np.zeros(0, dtype=np.int64))

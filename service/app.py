@@ -59,12 +59,12 @@ class BodyLimit:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.share_cache()
-    artifacts = ArtifactStore(settings.artifact_dir)
+    artifacts, model_store = ArtifactStore(settings.artifact_dir), ModelStore(settings.models_path)
     store: JobStore
     dispatcher: Dispatcher
     if settings.embedded:
         store = MemoryJobStore(settings.job_ttl_s)
-        dispatcher = EmbeddedDispatcher(settings, store, artifacts)
+        dispatcher = EmbeddedDispatcher(settings, store, artifacts, model_store)
     else:
         store = RedisJobStore(settings.store_url, settings.job_ttl_s)
         dispatcher = CeleryDispatcher(settings)
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.store = settings, store
     app.state.artifacts, app.state.dispatcher = artifacts, dispatcher
-    app.state.models = ModelStore(settings.models_path)
+    app.state.models = model_store
     zips = 2 * settings.max_training_upload_bytes + 65536  # a support set's two zips
     app.add_middleware(
         BodyLimit,

@@ -59,9 +59,10 @@ class EmbeddedDispatcher(Dispatcher):
     thread deletes expired records and artifacts every ``sweep_interval_s``.
     """
 
-    def __init__(self, settings: Settings, store: MemoryJobStore, artifacts: ArtifactStore):
+    def __init__(self, settings: Settings, store: MemoryJobStore, artifacts: ArtifactStore,
+                 models: ModelStore):  # fmt: skip
         self._settings, self._store, self._artifacts = settings, store, artifacts
-        self._models = ModelStore(settings.models_path)
+        self._models = models
         self._device = local_device(settings)
         self._size = settings.embedded_workers
         self._executor = ThreadPoolExecutor(self._size, thread_name_prefix="explainer-job")

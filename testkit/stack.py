@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -196,3 +197,19 @@ def service_env(redis_url: str | None, artifacts: Path, **extra: str) -> dict[st
         env["EXPLAINER_BROKER_URL"] = redis_url
     env.update({f"EXPLAINER_{k.upper()}": str(v) for k, v in extra.items()})
     return env
+
+
+@contextlib.contextmanager
+def distributed_stack(folder: Path, **settings: object) -> Iterator[Api]:
+    """redis-server, one Celery worker and the API over HTTP, with ``settings`` as EXPLAINER_
+    variables; all stopped afterwards (API, worker, then Redis)."""
+    redis = RedisServer(folder)
+    env = service_env(redis.url, folder / "artifacts", **settings)
+    worker = Worker(env, folder)
+    api = Api(env, folder)
+    try:
+        yield api
+    finally:
+        api.stop()
+        worker.process.stop()
+        redis.stop()

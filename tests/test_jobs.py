@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from jobs.artifacts import ArtifactStore
+from jobs.models import ModelStore
 from jobs.records import JobRecord
 from jobs.runner import run_job
 from jobs.settings import Settings
@@ -130,7 +131,9 @@ def test_embedded_hard_time_limit_fails_an_overrunning_job_and_its_run_stops(tmp
     settings = Settings(soft_time_limit_s=1, hard_time_limit_s=2, preload_models=(),
                         heartbeat_interval_s=0.1, heartbeat_timeout_s=0.5)  # fmt: skip
     store = MemoryJobStore(ttl_s=60)
-    dispatcher = EmbeddedDispatcher(settings, store, ArtifactStore(tmp_path))
+    dispatcher = EmbeddedDispatcher(
+        settings, store, ArtifactStore(tmp_path), ModelStore(tmp_path / "models")
+    )
     store.create(record())
     store.start("j1", "stuck", stale_after_s=0.5)
     dispatcher._running["j1"] = time.monotonic() - 3  # a run past the hard limit
@@ -147,8 +150,7 @@ def test_embedded_records_and_artifacts_expire(tmp_path):
     settings = Settings(job_ttl_s=60, preload_models=())
     store = MemoryJobStore(ttl_s=1)
     artifacts = ArtifactStore(tmp_path)
-    dispatcher = EmbeddedDispatcher(settings, store, artifacts)
-    (tmp_path / "models").mkdir()
+    dispatcher = EmbeddedDispatcher(settings, store, artifacts, ModelStore(tmp_path / "models"))
     os.utime(tmp_path / "models", (0, 0))
     try:
         store.create(record())

@@ -12,20 +12,14 @@ import torch
 from PIL import Image
 
 from engine.data import load_sample
-from testkit.stack import Api, RedisServer, Worker, service_env, wait_for
+from testkit.stack import distributed_stack, wait_for
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stack")
-    redis = RedisServer(folder)
-    env = service_env(redis.url, folder / "artifacts", max_upload_bytes=2_000_000)
-    worker = Worker(env, folder)
-    api = Api(env, folder)
-    yield api
-    api.stop()
-    worker.process.stop()
-    redis.stop()
+    with distributed_stack(folder, max_upload_bytes=2_000_000) as api:
+        yield api
 
 
 def png_bytes(name: str = "astronaut") -> bytes:

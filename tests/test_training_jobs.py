@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from engine.data import load_sample
-from testkit.stack import Api, RedisServer, Worker, service_env, wait_for
+from testkit.stack import Api, distributed_stack, wait_for
 
 PGIG = {"sample": "chelsea", "method": "pattern_guided_ig", "options": {"steps": 4}}
 GAD = {"sample": "chelsea", "method": "gad", "target": 285, "options": {"classes": [285, 967]}}
@@ -38,16 +38,10 @@ def stack(tmp_path_factory):
         (folder / name).mkdir()
         for photo in photos:
             Image.fromarray(load_sample(photo)).save(folder / name / f"{photo}.png")
-    redis = RedisServer(folder)
     offered = f"cats={folder / 'cats'};things={folder / 'things'}"
-    env = service_env(redis.url, folder / "artifacts", max_training_epochs=3,
-                      training_sets=offered, max_training_upload_bytes=3_000_000)  # fmt: skip
-    worker = Worker(env, folder)
-    api = Api(env, folder)
-    yield api
-    api.stop()
-    worker.process.stop()
-    redis.stop()
+    with distributed_stack(folder, max_training_epochs=3, training_sets=offered,
+                           max_training_upload_bytes=3_000_000) as api:  # fmt: skip
+        yield api
 
 
 def support_request(api: Api, request: dict, images_a: bytes, images_b: bytes):

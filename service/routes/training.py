@@ -13,16 +13,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from fastapi import APIRouter, Request
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from engine.data import DEFAULT_MAX_PIXELS, InputError, decode_image, image_files
+from engine.data import (
+    DEFAULT_MAX_PIXELS,
+    InputError,
+    decode_image,
+    image_files,
+    load_image,
+    reference_set,
+)
 from engine.models import MODELS, ModelError, ModelSpec
 from jobs.records import JobRecord, new_job_id
 from jobs.settings import Settings
-from jobs.training import images_as_npz, to_uint8, trained_sets
+from jobs.training import as_uint8, images_as_npz, trained_sets
 from service.deps import ArtifactsDep, DispatcherDep, ModelsDep, SettingsDep, StoreDep, Tenant
 from service.errors import ERRORS, ApiError, clean, short
 from service.routes.jobs import job_url
@@ -90,7 +97,7 @@ def read_folder(name: str, size: tuple[int, int], settings: Settings) -> np.ndar
     if len(files) > settings.max_training_images:
         raise ApiError(413, "too_many_images", f"image set {name} holds {len(files)} images; "
                        f"the limit is {settings.max_training_images}")  # fmt: skip
-    return np.stack([to_uint8(np.array(Image.open(path).convert("RGB")), size) for path in files])
+    return as_uint8(reference_set(str(Path(folder).resolve()), size))  # a path, never "samples"
 
 
 def image_model(name: str) -> ModelSpec:
@@ -127,8 +134,8 @@ def read_zip(data: bytes, field: str, size: tuple[int, int], settings: Settings)
                                      max_pixels=pixels)  # fmt: skip
             except InputError as error:
                 raise ApiError(422, "invalid_images", f"{info.filename[:100]}: {error}") from None
-            images.append(to_uint8(np.array(image), size))
-    return np.stack(images)
+            images.append(load_image(image, size)[0])
+    return as_uint8(torch.stack(images))
 
 
 async def read_training(request: Request, files: tuple[str, ...], settings: Settings):
