@@ -74,19 +74,22 @@ class ImageKind(InputKind):
 
     def write(self, explanation: Explanation, out: Path, index: int) -> dict[str, Path]:
         """``attribution.npy`` float32 (C, H, W), ``heatmap.npy`` (H, W), ``heatmap.png``,
-        ``overlay.png``, ``summary.json``; for mask methods also ``mask.npz`` (the mask of each
-        coefficient group, colour axis dropped: group0 = pixels, or yl, yh0…, or shearlets),
-        ``explanation.png`` (the masked reconstruction) and ``history.json``."""
+        ``overlay.png``, ``input.png`` (the image as the model saw it), ``summary.json``; for
+        mask methods also ``mask.npz`` (the mask of each coefficient group, colour axis dropped:
+        group0 = pixels, or yl, yh0…, or shearlets), ``explanation.png`` (the masked
+        reconstruction) and ``history.json``."""
         signed = explanation.options.get("heatmap_reduction") == "signed_sum"
         heatmap = explanation.heatmap[index].numpy()
-        paths = {name: out / name for name in ("attribution.npy", "heatmap.npy", "heatmap.png",
-                                               "overlay.png", "summary.json")}  # fmt: skip
+        names = ("attribution.npy", "heatmap.npy", "heatmap.png", "overlay.png", "input.png",
+                 "summary.json")  # fmt: skip
+        paths = {name: out / name for name in names}
         attribution = explanation.attribution[index].numpy().astype(np.float32)
         np.save(paths["attribution.npy"], attribution)
         np.save(paths["heatmap.npy"], heatmap.astype(np.float32))
         heatmap_image(heatmap, signed=signed).save(paths["heatmap.png"])
         image = explanation.inputs[index].numpy()
         overlay_image(image, heatmap, signed=signed).save(paths["overlay.png"])
+        image_from_tensor(image).save(paths["input.png"])
         outputs = explanation.outputs
         if isinstance(outputs, MaskOutputs):
             paths |= {name: out / name for name in ("mask.npz", "explanation.png", "history.json")}

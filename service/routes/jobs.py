@@ -148,11 +148,23 @@ async def get_job(
     store: StoreDep,
     wait: float = Query(0, ge=0, le=60, description="Wait up to this many seconds for the "
                         "job to finish before answering (long poll)."),
+    since: str | None = Query(None, max_length=64, description="With wait: answer as soon as "
+                              "the job's state differs from this one, given as 'status:step' of "
+                              "an earlier answer (long poll of progress)."),
 ):  # fmt: skip
     """Status, progress, prediction, scores, artifact links and error of a job."""
+
+    def changed(record: JobRecord) -> bool:
+        if record.status in TERMINAL:
+            return True
+        if since is None:
+            return False
+        step = (store.progress(record.id) or {}).get("step", "")
+        return f"{record.status}:{step}" != since
+
     record = await run_in_threadpool(find, store, job_id, tenant)
     deadline = time.monotonic() + wait
-    while record.status not in TERMINAL and time.monotonic() < deadline:
+    while not await run_in_threadpool(changed, record) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
         record = await run_in_threadpool(find, store, job_id, tenant)
     return await run_in_threadpool(job_view, store, record, request)

@@ -14,7 +14,7 @@ from engine.models import MODELS
 from engine.models.spec import ModelSpec
 from jobs.models import BUILT_IN, ModelRefused, ModelUpload
 from service.deps import ModelsDep, SettingsDep, require_admin, require_key
-from service.errors import ERRORS, ApiError, clean
+from service.errors import ERRORS, ApiError, clean, short
 
 router = APIRouter(responses={401: ERRORS[401]})
 Admin = Annotated[None, Depends(require_admin)]
@@ -33,6 +33,15 @@ def models(settings: SettingsDep, store: ModelsDep) -> list[dict[str, Any]]:
     """Every model, built in or stored: input kind and size, normalisation, classes, Grad-CAM
     layer, and the methods that apply to it on this server."""
     return [describe(spec, settings.allowed_methods.get(name, ())) for name, spec in MODELS.items()]
+
+
+@router.get("/models/{name}/labels", dependencies=[Depends(require_key)],
+            responses={404: ERRORS[404]})  # fmt: skip
+def labels(name: str, _: ModelsDep) -> list[str]:
+    """The model's class labels, by class index (targets may name them)."""
+    if name not in MODELS:
+        raise ApiError(404, "not_found", f"no model {short(name)!r}")
+    return list(MODELS[name].labels)
 
 
 @router.post(

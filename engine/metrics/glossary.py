@@ -1,0 +1,82 @@
+"""What every score key of a result means, and which direction is better: the one place the CLI,
+``GET /scores`` and the web page read it from. A test checks that every key a method or metric
+writes is listed here."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Better = Literal["higher", "lower"] | None  # None: a property of the explanation, not a grade
+
+SCORES: dict[str, tuple[str, Better]] = {
+    # gradient methods along a path (IG, Pattern-Guided IG)
+    "completeness_gap": ("Σ attribution − (S(x) − S(baseline)); 0 when the quadrature is exact "
+                         "(IG's completeness axiom).", None),
+    "score_difference": ("S(x) − S(baseline): what the attributions should add up to.", None),
+    # mask methods (their own optimisation)
+    "retained_probability": ("Target probability of the masked input relative to the "
+                             "original's, averaged over noise draws (1: all kept).", "higher"),
+    "mask_mean": ("Mean mask value: the share of coefficients kept.", "lower"),
+    "loss": ("Final value of the optimised loss.", "lower"),
+    "iterations": ("Iterations the optimisation ran.", None),
+    "distortion": ("Final distortion term of the loss.", "lower"),
+    "attribution_mean": ("Mean attribution (the mask's size for a mask method).", None),
+    # GAD
+    "gad_rc": ("Relative coverage: area of the GAD hull over the original explanation's hull.",
+               None),
+    "gad_hull_degenerate": ("1 when a hull was degenerate (flat), so RC is unreliable.", None),
+    "gad_rs": ("Occlusion sensitivity of the GAD region: score drop per occluded pixel.",
+               "higher"),
+    "gad_rs_supplementary": ("Occlusion sensitivity of the original region outside GAD's.",
+                             "lower"),
+    "gad_pixel_share": ("Share of pixels GAD keeps.", None),
+    # quality metrics (GET /quality-metrics)
+    "cp_l1_sx": ("CP-ℓ1: class probability per unit of kept ℓ1 (ShearletX paper).", "higher"),
+    "cp_l1_pixel_sx": ("CP-ℓ1-pixel: class probability per unit of kept pixel ℓ1.", "higher"),
+    "cp_entropy_sx": ("CP-Entropy: class probability per unit of the explanation's entropy.",
+                      "higher"),
+    "retained_probability_sg": ("Retained target probability over noisy obfuscations "
+                                "(StartGrad paper).", "higher"),
+    "cp_l1_sg": ("Retained probability per unit of kept coefficients (StartGrad).", "higher"),
+    "cp_pixel_sg": ("Retained probability per unit of kept pixels (StartGrad).", "higher"),
+    "hallucination": ("Share of the explanation's edges that are not edges of the image "
+                      "(0: none made up).", "lower"),
+    "image_edges": ("Edge pixels found in the image (context for hallucination).", None),
+    "faithfulness": ("AUC of damage with the top features removed minus with only them kept.",
+                     "higher"),
+    "auc_keep_top": ("AUC of the target probability keeping only the top fraction.", "higher"),
+    "auc_remove_top": ("AUC of the target probability removing the top fraction.", "lower"),
+    "iterations_to_target": ("First iteration at which the curve reached its target.", "lower"),
+    "target_reached": ("1 when the curve reached its target at all.", "higher"),
+    "degradation_morf": ("AUC of the probability removing the most relevant patches first.",
+                         "lower"),
+    "degradation_lerf": ("AUC of the probability removing the least relevant patches first.",
+                         "higher"),
+    "degradation_random": ("The same AUC for a random order (the baseline to beat).", None),
+    "pixel_perturbation": ("Fractional logit change removing the least salient pixels.",
+                           "lower"),
+    "pixel_perturbation_random": ("The same for as many random pixels (the baseline).", None),
+    "sensitivity_n": ("Correlation of summed attribution with the logit drop (Sensitivity-n).",
+                      "higher"),
+    # time series: black box (top features masked)
+    "comprehensiveness": ("Probability drop with the top features removed.", "higher"),
+    "sufficiency": ("Probability drop with only the top features kept.", "lower"),
+    "accuracy": ("Accuracy with the top features removed.", "lower"),
+    "cross_entropy": ("Cross-entropy with the top features removed.", "higher"),
+    "log_odds": ("Log-odds change with the top features removed.", "lower"),
+    # time series: white box (against the ground truth)
+    "aup": ("Area under precision over thresholds.", "higher"),
+    "aur": ("Area under recall over thresholds.", "higher"),
+    "information": ("Information of the salient entries, bits.", "higher"),
+    "entropy": ("Entropy of the salient entries, bits.", "lower"),
+    "auroc": ("Area under the ROC curve against the truth.", "higher"),
+    "auprc": ("Average precision against the truth.", "higher"),
+    "mae": ("Mean absolute error against the truth.", "lower"),
+    "mse": ("Mean squared error against the truth.", "lower"),
+}  # fmt: skip
+
+
+def describe_scores() -> dict[str, dict[str, str | None]]:
+    """Every score key → ``{"meaning": ..., "better": "higher" | "lower" | None}``."""
+    return {key: {"meaning": meaning, "better": better} for key, (meaning, better) in
+            SCORES.items()}  # fmt: skip
