@@ -3,12 +3,18 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$root/scripts/bootstrap.sh"
-# The service tests start their own redis-server processes on free ports.
-if ! command -v redis-server >/dev/null 2>&1; then
+# The service tests start their own redis-server processes on free ports; the web page's tests
+# drive Debian's Chromium (never a browser download).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    echo "Installing ${missing[*]} with apt-get..." >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "redis-server is missing: apt-get install -y redis-server" >&2
+    echo "missing: ${missing[*]}; install with: apt-get install -y ${missing[*]}" >&2
     exit 1
   fi
 fi

@@ -18,7 +18,7 @@ from jobs.settings import Settings
 from jobs.store import JobStore, MemoryJobStore, RedisJobStore
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.errors import ApiError, error_response, install_error_handlers
-from service.routes import catalogue, jobs, models, ops, training
+from service.routes import catalogue, jobs, models, ops, training, web
 from service.schemas import ErrorResponse, explain_request_adapter
 
 
@@ -95,8 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                  "/support-sets": zips},
     )  # fmt: skip
     install_error_handlers(app)
-    for module in (jobs, training, catalogue, models, ops):
+    for module in (jobs, training, catalogue, models, ops, web):
         app.include_router(module.router)
+    app.mount("/ui", web.static_files, name="ui")
 
     def openapi() -> dict:
         """FastAPI's document plus the explain request: a union over the method registry."""

@@ -1,0 +1,344 @@
+"""The web page in a real browser: Playwright's Python package drives Debian's Chromium
+(/usr/bin/chromium, installed by ./test.sh; no browser download) against the API over real HTTP,
+embedded mode with the bundled model, and one test in distributed mode (redis-server, a Celery
+worker, API keys).
+
+Every test fails on a console error, an uncaught page error, a failed request, or an HTTP error
+the test did not announce with ``watched.allow(status, path)``; every test saves a screenshot in
+``build/screenshots/`` (EXPLAINER_SCREENSHOT_DIR). Expected values come from the API itself
+(GET /jobs, GET /methods, a direct POST), not from the page.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from playwright.sync_api import Page, Request, Response, sync_playwright
+
+from engine.data import load_sample
+from testkit.browser import launch_chromium
+from testkit.stack import ROOT, Api, distributed_stack, service_env
+
+SCREENSHOTS = Path(os.environ.get("EXPLAINER_SCREENSHOT_DIR", ROOT / "build" / "screenshots"))
+TERMINAL = ("succeeded", "failed", "cancelled")
+# Chromium's console line for any HTTP error response; the response itself is checked instead.
+HTTP_ERROR_LINE = re.compile(r"^Failed to load resource: the server responded with a status of")
+
+
+class Watched:
+    """A page whose console errors, page errors, failed requests and unannounced HTTP errors
+    are collected as problems."""
+
+    def __init__(self, page: Page):
+        self.page, self.problems, self.allowed = page, [], []
+        self.posts: list[Request] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        page.on("requestfailed", self._failed)
+        page.on("response", self._response)
+        page.on("request", lambda r: self.posts.append(r) if r.method == "POST" else None)
+
+    def allow(self, status: int, path: str) -> None:
+        """Announce a deliberate HTTP error: ``status`` from a URL path starting with ``path``."""
+        self.allowed.append((status, path))
+
+    def _console(self, message) -> None:
+        if message.type == "error" and not HTTP_ERROR_LINE.match(message.text):
+            self.problems.append(f"console error: {message.text}")
+
+    def _failed(self, request: Request) -> None:
+        self.problems.append(f"request failed: {request.method} {request.url} {request.failure}")
+
+    def _response(self, response: Response) -> None:
+        if response.status < 400:
+            return
+        path = httpx.URL(response.url).path
+        if not any(response.status == s and path.startswith(p) for s, p in self.allowed):
+            self.problems.append(f"HTTP {response.status} from {response.request.method} {path}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("web")
+    api = Api(service_env(None, folder / "artifacts"), folder)
+    yield api
+    api.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        yield browser
+        browser.close()
+
+
+def open_page(browser, request, width: int = 1280, height: int = 800) -> Watched:
+    """A fresh browser context (its own session storage) with a watched page; at the end of the
+    test a screenshot is saved and the page must have no problems."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    watched = Watched(context.new_page())
+
+    def finish():
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        name = request.node.name.replace("[", "_").replace("]", "")
+        watched.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+        problems = watched.problems
+        context.close()
+        assert not problems, problems
+
+    request.addfinalizer(finish)
+    return watched
+
+
+@pytest.fixture
+def page(browser, request, server) -> Watched:
+    watched = open_page(browser, request)
+    watched.page.goto(server.url + "/")
+    watched.page.wait_for_selector("#method option", state="attached")
+    return watched
+
+
+def job_id_of(page: Page) -> str:
+    page.wait_for_url(re.compile(r".*#/jobs/[0-9a-f]+$"))
+    return page.url.rsplit("/", 1)[1]
+
+
+def wait_status(page: Page, statuses: tuple[str, ...], timeout_s: float = 120) -> str:
+    page.wait_for_function(
+        "statuses => statuses.includes(document.querySelector('.status')?.dataset.status)",
+        arg=list(statuses), timeout=timeout_s * 1000,
+    )  # fmt: skip
+    return page.locator(".status").first.get_attribute("data-status")
+
+
+def images_loaded(page: Page, selector: str) -> list[int]:
+    """Natural widths of the images under ``selector`` once every one has loaded."""
+    page.wait_for_function(
+        "s => { const all = [...document.querySelectorAll(s)]; "
+        "return all.length > 0 && all.every(i => i.complete && i.naturalWidth > 0); }",
+        arg=selector, timeout=30_000,
+    )  # fmt: skip
+    return page.eval_on_selector_all(selector, "all => all.map(i => i.naturalWidth)")
+
+
+def photograph_png(folder: Path, name: str = "chelsea") -> Path:
+    path = folder / f"{name}.png"
+    Image.fromarray(load_sample(name)).save(path)
+    return path
+
+
+def test_upload_png_and_gradcam_shows_overlay_and_label(page, server, tmp_path):
+    p = page.page
+    p.set_input_files("#input-file", str(photograph_png(tmp_path)))
+    assert p.inner_text("#input-chosen").startswith("File: chelsea.png")
+    p.select_option("#method", "gradcam")
+    p.click("button[type=submit]")
+    job_id = job_id_of(p)
+    assert wait_status(p, TERMINAL) == "succeeded"
+    assert all(width > 0 for width in images_loaded(p, "figure.overlay img"))
+    job = server.client.get(f"/jobs/{job_id}").json()
+    assert job["method"] == "gradcam" and job["status"] == "succeeded"
+    assert job["prediction"]["label"] in p.inner_text("#prediction")
+    upload = next(r for r in page.posts if r.url.endswith("/explain"))
+    assert upload.headers["content-type"].startswith("multipart/form-data")
+    # the uploaded photograph is what the job explained: same prediction as the sample itself
+    direct = server.client.post("/explain", json={"sample": "chelsea", "method": "gradcam"})
+    reference = server.wait_done(direct.json()["id"])
+    assert reference["prediction"]["label"] == job["prediction"]["label"]
+
+
+def test_waveletx_progress_rises_and_loss_curve_is_drawn(page, server):
+    p = page.page
+    p.select_option("#method", "waveletx")
+    assert p.locator(".field.prominent #opt-init").count() == 1  # init shown prominently
+    p.fill("#opt-iterations", "30")
+    p.fill("#opt-noise_samples", "4")
+    p.click("button[type=submit]")
+    job_id = job_id_of(p)
+    seen: list[float] = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        value = float(p.get_attribute("progress", "value") or 0)
+        if not seen or value != seen[-1]:
+            seen.append(value)
+        if p.locator(".status").get_attribute("data-status") in TERMINAL:
+            break
+        time.sleep(0.02)
+    assert wait_status(p, TERMINAL, 5) == "succeeded"
+    increases = sum(b > a for a, b in itertools.pairwise(seen))
+    assert increases >= 2, seen
+    assert seen == sorted(seen), seen
+    job = server.client.get(f"/jobs/{job_id}").json()
+    history = server.client.get(job["artifacts"]["history.json"]).json()
+    p.wait_for_function("() => Number(document.querySelector('svg.chart').dataset.points) > 1")
+    assert int(p.get_attribute("svg.chart", "data-points")) == len(history["loss"]) == 31
+    assert images_loaded(p, "img[data-artifact='explanation.png']")
+    # every score of the job is listed with its meaning
+    for key in job["scores"]:
+        assert p.locator("table.scores th[scope=row]", has_text=key).count() >= 1
+
+
+def test_compare_grid_of_three_methods(page, server):
+    p = page.page
+    p.click("nav >> text=Compare")
+    p.wait_for_selector("#compare-gradcam")
+    methods = ["gradcam", "saliency", "gradient_x_input"]
+    for method in methods:
+        p.check(f"#compare-{method}")
+    p.click("button[type=submit]")
+    p.wait_for_url(re.compile(r".*#/compare/[0-9a-f,]+$"))
+    ids = p.url.rsplit("/", 1)[1].split(",")
+    assert len(ids) == 3
+    p.wait_for_function(
+        "() => [...document.querySelectorAll('.cell .status')].filter("
+        "s => s.dataset.status === 'succeeded').length === 3", timeout=120_000,
+    )  # fmt: skip
+    assert len(images_loaded(p, ".cell figure.overlay img.layer")) == 3
+    jobs = [server.client.get(f"/jobs/{i}").json() for i in ids]
+    assert sorted(j["method"] for j in jobs) == sorted(methods)
+    header = p.locator("table.compare-scores thead th").all_inner_texts()
+    assert [h for h in header if h in methods] == [j["method"] for j in jobs]
+
+
+def test_invalid_file_shows_the_api_message(page, server, tmp_path):
+    p = page.page
+    page.allow(422, "/explain")
+    fake = tmp_path / "holiday.png"
+    fake.write_bytes(b"this is not a picture\n" * 10)
+    p.set_input_files("#input-file", str(fake))
+    p.select_option("#method", "gradcam")
+    p.click("button[type=submit]")
+    p.wait_for_selector("#input-error:not(:empty)")
+    direct = server.client.post(
+        "/explain", files={"image": ("holiday.png", fake.read_bytes(), "image/png")},
+        data={"request": '{"method": "gradcam"}'},
+    )  # fmt: skip
+    assert direct.status_code == 422
+    assert p.inner_text("#input-error") == direct.json()["error"]["message"]
+    assert "#/jobs/" not in p.url
+
+
+def test_cancel_a_running_job(page, server):
+    p = page.page
+    p.select_option("#method", "waveletx")  # 300 iterations by default: a minute or more here
+    p.click("button[type=submit]")
+    job_id = job_id_of(p)
+    p.wait_for_function(
+        "() => document.querySelector('.status').dataset.status === 'running' && "
+        "Number(document.querySelector('progress').value) >= 1", timeout=60_000,
+    )  # fmt: skip
+    p.click("#cancel")
+    assert wait_status(p, TERMINAL, 30) == "cancelled"
+    assert p.inner_text(".status").lower() == "cancelled"
+    assert server.client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def test_options_form_refuses_out_of_bounds_values(page, server):
+    p = page.page
+    page.allow(422, "/explain")  # the budget check below is the server's
+    schema = next(m for m in server.client.get("/methods").json()
+                  if m["name"] == "integrated_gradients")["options_schema"]  # fmt: skip
+    maximum = schema["properties"]["steps"]["maximum"]
+    p.select_option("#method", "integrated_gradients")
+    p.fill("#opt-steps", str(maximum + 1))
+    p.click("button[type=submit]")
+    message = f"Input should be less than or equal to {maximum}"
+    p.wait_for_selector("#opt-steps-error:not(:empty)")
+    assert p.inner_text("#opt-steps-error") == message
+    # nested: the noise tunnel's samples
+    samples = schema["$defs"]["SmoothingOptions"]["properties"]["samples"]
+    p.fill("#opt-steps", "4")
+    p.check("#opt-smoothing-use")
+    p.fill("[id='opt-smoothing.samples']", "0")
+    p.click("button[type=submit]")
+    error = p.locator("[id='opt-smoothing.samples-error']")
+    assert error.inner_text() == f"Input should be greater than or equal to {samples['minimum']}"
+    assert p.inner_text("#opt-steps-error") == ""
+    assert not [r for r in page.posts if r.url.endswith("/explain")]  # refused before sending
+    # within every bound but over the server's cost budget: the API's message on the form
+    p.fill("#opt-steps", str(maximum))
+    p.fill("[id='opt-smoothing.samples']", str(samples["maximum"]))
+    p.click("button[type=submit]")
+    p.wait_for_selector("#form-error:not(:empty)")
+    direct = server.client.post("/explain", json={
+        "sample": "chelsea", "method": "integrated_gradients",
+        "options": {"steps": maximum, "smoothing": {"samples": samples["maximum"]}}})  # fmt: skip
+    assert p.inner_text("#form-error") == direct.json()["error"]["message"]
+
+
+def test_job_page_reopens_by_its_url(browser, request, server):
+    created = server.client.post("/explain", json={"sample": "coffee", "method": "layercam"})
+    job = server.wait_done(created.json()["id"])
+    watched = open_page(browser, request)
+    p = watched.page
+    p.goto(f"{server.url}/#/jobs/{job['id']}")
+    assert wait_status(p, TERMINAL, 30) == "succeeded"
+    assert p.inner_text("h1") == "layercam on efficientnet_lite0"
+    assert job["prediction"]["label"] in p.inner_text("#prediction")
+    assert all(width == 224 for width in images_loaded(p, "figure.overlay img"))
+    p.click("text=Options and reproducibility record")
+    p.wait_for_function("() => document.querySelector('pre.record').textContent.includes('sha256')")
+
+
+def test_time_series_sample_with_its_model(page, server):
+    p = page.page
+    p.select_option("#model", "state_gru")
+    p.click("button[data-sample='state:3']")
+    p.select_option("#method", "extremal_mask")
+    p.fill("#opt-iterations", "20")
+    p.click("button[type=submit]")
+    job_id = job_id_of(p)
+    assert wait_status(p, TERMINAL) == "succeeded"
+    assert images_loaded(p, "img[data-artifact='series.png']")
+    job = server.client.get(f"/jobs/{job_id}").json()
+    assert "auroc" in job["scores"]  # the sample's ground truth came along
+    row = p.locator("table.scores tr", has=p.locator("th", has_text=re.compile("^auroc$")))
+    assert float(row.locator("td.num").inner_text()) == pytest.approx(job["scores"]["auroc"], 1e-3)
+
+
+def test_narrow_window_labels_and_keyboard(browser, request, server):
+    watched = open_page(browser, request, width=390, height=800)
+    p = watched.page
+    p.goto(server.url + "/")
+    p.wait_for_selector("#method option", state="attached")
+    overflow = p.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0
+    unlabelled = p.evaluate("""() => [...document.querySelectorAll('input, select, button')]
+        .filter(e => e.type !== 'hidden' && !(e.labels && e.labels.length)
+                 && !e.getAttribute('aria-label') && !e.textContent.trim())
+        .map(e => e.outerHTML.slice(0, 80))""")
+    assert unlabelled == []
+    p.focus("button[data-sample='coffee']")
+    p.keyboard.press("Enter")
+    assert p.inner_text("#input-chosen") == "Sample: coffee"
+    assert p.get_attribute("button[data-sample='coffee']", "aria-pressed") == "true"
+
+
+def test_distributed_mode_with_an_api_key(browser, request, tmp_path):
+    with distributed_stack(tmp_path, api_keys="web-key") as api:
+        watched = open_page(browser, request)
+        for path in ("/methods", "/models", "/quality-metrics", "/scores", "/samples"):
+            watched.allow(401, path)  # before the key is given
+        p = watched.page
+        p.goto(api.url + "/")
+        p.wait_for_selector("#key-dialog[open]")
+        p.fill("#key-input", "web-key")
+        p.click("#key-form button")
+        p.wait_for_selector("#method option", state="attached")
+        p.select_option("#method", "gradcam")
+        p.click("button[type=submit]")
+        job_id = job_id_of(p)
+        assert wait_status(p, TERMINAL) == "succeeded"
+        assert images_loaded(p, "figure.overlay img")
+        job = api.client.get(f"/jobs/{job_id}", headers={"X-API-Key": "web-key"}).json()
+        assert job["prediction"]["label"] in p.inner_text("#prediction")
+        assert p.evaluate("() => sessionStorage.getItem('explainer.apiKey')") == "web-key"
+        assert p.evaluate("() => localStorage.length") == 0  # the key stays in the session
