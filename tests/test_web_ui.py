@@ -119,6 +119,14 @@ def wait_status(page: Page, statuses: tuple[str, ...], timeout_s: float = 120) -
     return page.locator(".status").first.get_attribute("data-status")
 
 
+def wait_cells_succeeded(page: Page, count: int) -> None:
+    """Wait until ``count`` cells of a compare grid show a succeeded job."""
+    page.wait_for_function(
+        "n => document.querySelectorAll('.cell .status[data-status=succeeded]').length === n",
+        arg=count, timeout=120_000,
+    )  # fmt: skip
+
+
 def images_loaded(page: Page, selector: str) -> list[int]:
     """Natural widths of the images under ``selector`` once every one has loaded."""
     page.wait_for_function(
@@ -153,6 +161,33 @@ def test_upload_png_and_gradcam_shows_overlay_and_label(page, server, tmp_path):
     direct = server.client.post("/explain", json={"sample": "chelsea", "method": "gradcam"})
     reference = server.wait_done(direct.json()["id"])
     assert reference["prediction"]["label"] == job["prediction"]["label"]
+    # the session's history lists the job and reopens it
+    p.click("nav >> text=History")
+    p.click(f"a[href='#/jobs/{job_id}']")
+    assert wait_status(p, TERMINAL, 10) == "succeeded"
+    assert p.inner_text("h1") == "gradcam on efficientnet_lite0"
+
+
+def test_target_class_by_label_with_type_ahead(page, server):
+    p = page.page
+    page.allow(422, "/explain")
+    labels = server.client.get("/models/efficientnet_lite0/labels").json()
+    p.wait_for_function("n => document.querySelectorAll('#target-labels option').length === n",
+                        arg=len(labels))  # fmt: skip
+    p.select_option("#method", "gradcam")
+    p.fill("#target", "no such class")
+    p.click("button[type=submit]")
+    p.wait_for_selector("#target-error:not(:empty)")
+    direct = server.client.post("/explain", json={"sample": "chelsea", "method": "gradcam",
+                                                  "target": "no such class"})  # fmt: skip
+    assert p.inner_text("#target-error") == direct.json()["error"]["message"]
+    p.fill("#target", "tiger cat")
+    p.click("button[type=submit]")
+    job_id = job_id_of(p)
+    assert wait_status(p, TERMINAL) == "succeeded"
+    job = server.client.get(f"/jobs/{job_id}").json()
+    assert job["prediction"]["target"] == labels.index("tiger cat")
+    assert "explaining tiger cat" in p.inner_text("#prediction")
 
 
 def test_waveletx_progress_rises_and_loss_curve_is_drawn(page, server):
@@ -197,15 +232,36 @@ def test_compare_grid_of_three_methods(page, server):
     p.wait_for_url(re.compile(r".*#/compare/[0-9a-f,]+$"))
     ids = p.url.rsplit("/", 1)[1].split(",")
     assert len(ids) == 3
-    p.wait_for_function(
-        "() => [...document.querySelectorAll('.cell .status')].filter("
-        "s => s.dataset.status === 'succeeded').length === 3", timeout=120_000,
-    )  # fmt: skip
+    wait_cells_succeeded(p, 3)
     assert len(images_loaded(p, ".cell figure.overlay img.layer")) == 3
     jobs = [server.client.get(f"/jobs/{i}").json() for i in ids]
     assert sorted(j["method"] for j in jobs) == sorted(methods)
     header = p.locator("table.compare-scores thead th").all_inner_texts()
     assert [h for h in header if h in methods] == [j["method"] for j in jobs]
+
+
+def test_compare_one_mask_method_with_three_inits(page, server):
+    p = page.page
+    p.click("nav >> text=Compare")
+    p.check("#compare-pixelmask")
+    for init in ("ones", "uniform", "startgrad"):
+        p.set_checked(f"#init-{init}", True)
+    p.fill("#mask-iterations", "3")
+    p.click("button[type=submit]")
+    p.wait_for_url(re.compile(r".*#/compare/[0-9a-f,]+$"))
+    ids = p.url.rsplit("/", 1)[1].split(",")
+    wait_cells_succeeded(p, 3)
+    jobs = [server.client.get(f"/jobs/{i}").json() for i in ids]
+    assert [(j["method"], j["options"]["init"], j["options"]["iterations"]) for j in jobs] == [
+        ("pixelmask", "ones", 3),
+        ("pixelmask", "uniform", 3),
+        ("pixelmask", "startgrad", 3),
+    ]
+    header = p.locator("table.compare-scores thead th").all_inner_texts()
+    assert header[1:4] == ["pixelmask · ones", "pixelmask · uniform", "pixelmask · startgrad"]
+    row = p.locator("table.compare-scores tr", has=p.locator("th", has_text="mask_mean"))
+    shown = [float(t) for t in row.locator("td.num").all_inner_texts()]
+    assert shown == pytest.approx([j["scores"]["mask_mean"] for j in jobs], rel=1e-3)
 
 
 def test_invalid_file_shows_the_api_message(page, server, tmp_path):
@@ -272,6 +328,40 @@ def test_options_form_refuses_out_of_bounds_values(page, server):
         "sample": "chelsea", "method": "integrated_gradients",
         "options": {"steps": maximum, "smoothing": {"samples": samples["maximum"]}}})  # fmt: skip
     assert p.inner_text("#form-error") == direct.json()["error"]["message"]
+
+
+def sent_body(watched: Watched) -> dict:
+    """The JSON body of the page's last POST /explain."""
+    return next(r for r in reversed(watched.posts) if r.url.endswith("/explain")).post_data_json
+
+
+def test_nested_options_reach_the_api(page, server):
+    p = page.page
+    # a noise tunnel switched on with its defaults is sent, as an empty object
+    p.select_option("#method", "saliency")
+    p.check("#opt-smoothing-use")
+    p.click("button[type=submit]")
+    job_id = job_id_of(p)
+    assert sent_body(page)["options"] == {"smoothing": {}}
+    recorded = server.client.get(f"/jobs/{job_id}").json()["options"]["smoothing"]
+    assert recorded["kind"] == "smoothgrad" and recorded["samples"] == 25
+    # an add-on's base options follow its base method, one level down, with a nested tunnel
+    p.click("nav >> text=Explain")
+    p.select_option("#method", "crigrad")
+    p.select_option("#opt-base", "integrated_gradients")
+    p.fill("[id='opt-base_options.steps']", "5")
+    p.check("[id='opt-base_options.smoothing-use']")
+    p.fill("[id='opt-base_options.smoothing.samples']", "2")
+    p.click("button[type=submit]")
+    job_id = job_id_of(p)
+    expected = {"base": "integrated_gradients",
+                "base_options": {"steps": 5, "smoothing": {"samples": 2}}}  # fmt: skip
+    assert sent_body(page)["options"] == expected
+    job = server.wait_done(job_id)
+    assert job["status"] == "succeeded", job["error"]
+    recorded = job["options"]["base_options"]  # with every default filled in
+    assert recorded["steps"] == 5 and recorded["smoothing"]["samples"] == 2
+    assert wait_status(p, TERMINAL, 10) == "succeeded"
 
 
 def test_job_page_reopens_by_its_url(browser, request, server):

@@ -45,7 +45,7 @@ export function statusLine() {
   const status = h("span.status", { role: "status", "aria-live": "polite" });
   const bar = h("progress", { max: 1, value: 0, "aria-label": "Progress" });
   const steps = h("span.steps");
-  const element = h("div.status-line", {}, status, bar, steps);
+  const element = h("div.status-line", {}, status, steps, bar);
   return {
     element,
     update(job) {

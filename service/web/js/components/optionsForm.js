@@ -182,6 +182,7 @@ export function optionsForm(schema, { methods = [], prefix = "opt" } = {}) {
       path,
       nested: true,
       read: () => (toggle && !toggle.checked ? null : collect(inner, path.length)),
+      switchedOn: () => Boolean(toggle && toggle.checked), // sent even with every default
       fields: inner,
       isActive: () => !toggle || toggle.checked,
     });
@@ -233,8 +234,7 @@ export function optionsForm(schema, { methods = [], prefix = "opt" } = {}) {
       const value = f.read();
       const key = f.path[depth];
       if (f.nested) {
-        if (value === null) continue;
-        if (Object.keys(value).length || f.default !== undefined) out[key] = value;
+        if (value !== null && (Object.keys(value).length || f.switchedOn?.())) out[key] = value;
         continue;
       }
       if (!sameValue(value, f.default)) out[key] = value;
