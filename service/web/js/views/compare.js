@@ -75,7 +75,7 @@ export function compareFormView(container, catalogue, navigate) {
     [...methodsBox.querySelectorAll("input:checked")].map((b) => b.value);
   const family = (name) => catalogue.methods.find((m) => m.name === name)?.family;
   const syncMask = () => {
-    const anyMask = checkedMethods().some((name) => family(name) === "mask" && maskSchema);
+    const anyMask = checkedMethods().some((name) => family(name) === "mask");
     maskFields.hidden = !anyMask;
     inits.hidden = !anyMask;
     fields.setFamily(anyMask ? "mask" : "gradient");
@@ -114,20 +114,19 @@ export function compareFormView(container, catalogue, navigate) {
     h("div.actions", {}, submit),
   );
 
-  /** Every job to run: [method, options] pairs. */
+  /** Every job to run: [method, options] pairs; a mask method runs once per chosen init it
+   * knows (once with its default init when it knows none of them). */
   function variants() {
     const chosenInits = [...inits.querySelectorAll("input:checked")].map((b) => b.value);
     const count = iterations.value === "" ? null : Number(iterations.value);
     return checkedMethods().flatMap((method) => {
-      if (family(method) !== "mask" || !maskSchema) return [[method, {}]];
+      if (family(method) !== "mask") return [[method, {}]];
       const base = count === null ? {} : { iterations: count };
-      const initsOfMethod = catalogue.methods.find((m) => m.name === method).options_schema
-        .properties.init
-        ? chosenInits.length
-          ? chosenInits
-          : [null]
-        : [null];
-      return initsOfMethod.map((init) => [method, init ? { ...base, init } : base]);
+      const known = catalogue.methods.find((m) => m.name === method).options_schema.properties.init
+        ?.enum;
+      const initsOfMethod = chosenInits.filter((init) => known?.includes(init));
+      if (!initsOfMethod.length) return [[method, base]];
+      return initsOfMethod.map((init) => [method, { ...base, init }]);
     });
   }
 
