@@ -15,6 +15,12 @@ from typing import Any
 from jobs.records import TERMINAL, JobRecord, JobStatus
 
 DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, float("inf"))
+MAX_INDEXED = 1000  # newest jobs per owner kept in the index of GET /jobs
+
+
+def owner_key(owner: str | None) -> str:
+    """The index key of a tenant's jobs (one shared index when the server has no API keys)."""
+    return f"owner:{owner or '-'}"
 
 
 class JobStore(ABC):
@@ -57,13 +63,35 @@ class JobStore(ABC):
         """Ids of the jobs marked running."""
 
     @abstractmethod
+    def _index(self, owner: str, job_id: str, created_at: float) -> None:
+        """Add a job to its owner's index of recent jobs (the newest MAX_INDEXED are kept)."""
+
+    @abstractmethod
+    def _indexed(self, owner: str, limit: int) -> list[str]:
+        """The owner's newest ``limit`` job ids, newest first."""
+
+    @abstractmethod
+    def _unindex(self, owner: str, job_ids: list[str]) -> None: ...
+
+    @abstractmethod
     def ping(self) -> bool: ...
 
     # --- the job life cycle ------------------------------------------------------------------
     def create(self, record: JobRecord) -> JobRecord:
         self._put(record)
+        self._index(owner_key(record.owner), record.id, record.created_at)
         self._incr("stats", "submitted")
         return record
+
+    def recent(self, owner: str | None, limit: int) -> list[JobRecord]:
+        """The owner's (tenant's) newest jobs that have not expired, newest first."""
+        key = owner_key(owner)
+        ids = self._indexed(key, limit)
+        records = [self.get(job_id) for job_id in ids]
+        gone = [job_id for job_id, record in zip(ids, records, strict=True) if record is None]
+        if gone:
+            self._unindex(key, gone)
+        return [record for record in records if record is not None]
 
     def claim_key(self, kind: str, key: str, job_id: str) -> str:
         """Bind an idempotency key or content hash to a job; returns the job that holds it."""
@@ -201,6 +229,7 @@ class MemoryJobStore(JobStore):
         self._values: dict[str, tuple[float, str]] = {}
         self._hashes: dict[str, dict[str, float]] = {}
         self._running_ids: set[str] = set()
+        self._owned: dict[str, list[tuple[float, str]]] = {}  # owner → (created, id), oldest first
 
     def _alive(self, entry):
         return entry is not None and entry[0] > time.time()
@@ -214,6 +243,8 @@ class MemoryJobStore(JobStore):
                     del table[key]
                     removed += 1
             self._running_ids &= set(self._records)
+            for owner, entries in self._owned.items():
+                self._owned[owner] = [e for e in entries if e[1] in self._records]
             return removed
 
     def __len__(self) -> int:
@@ -268,6 +299,22 @@ class MemoryJobStore(JobStore):
     def _counters(self, key):
         with self._lock:
             return dict(self._hashes.get(key, {}))
+
+    def _index(self, owner, job_id, created_at):
+        with self._lock:
+            entries = self._owned.setdefault(owner, [])
+            entries.append((created_at, job_id))
+            entries.sort()
+            del entries[:-MAX_INDEXED]
+
+    def _indexed(self, owner, limit):
+        with self._lock:
+            return [job_id for _, job_id in reversed(self._owned.get(owner, [])[-limit:])]
+
+    def _unindex(self, owner, job_ids):
+        with self._lock:
+            entries = self._owned.get(owner, [])
+            entries[:] = [e for e in entries if e[1] not in job_ids]
 
     def ping(self):
         return True
@@ -343,6 +390,20 @@ class RedisJobStore(JobStore):
 
     def running(self):
         return sorted(m.decode() for m in self.redis.smembers(self._key("running")))
+
+    def _index(self, owner, job_id, created_at):
+        key = self._key(owner)
+        with self.redis.pipeline() as pipe:
+            pipe.zadd(key, {job_id: created_at})
+            pipe.zremrangebyrank(key, 0, -MAX_INDEXED - 1)
+            pipe.expire(key, self.ttl_s)  # the index outlives no job in it
+            pipe.execute()
+
+    def _indexed(self, owner, limit):
+        return [m.decode() for m in self.redis.zrevrange(self._key(owner), 0, limit - 1)]
+
+    def _unindex(self, owner, job_ids):
+        self.redis.zrem(self._key(owner), *job_ids)
 
     def ping(self):
         try:

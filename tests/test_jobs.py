@@ -61,6 +61,30 @@ def test_a_job_is_claimed_by_one_run_and_taken_over_once_its_heartbeat_stops(sto
     assert store.start("j1", "run-c", stale_after_s=0.0) is None  # finished: never again
 
 
+def test_recent_jobs_are_listed_per_owner_newest_first_until_they_expire(store, monkeypatch):
+    import jobs.store
+
+    monkeypatch.setattr(jobs.store, "MAX_INDEXED", 4)
+    now = time.time()
+    for i in range(6):  # created in shuffled order; listed by creation time
+        created = now + [3, 0, 5, 1, 4, 2][i]
+        store.create(record(f"a{i}", owner="tenant-a", created_at=created))
+    store.create(record("b0", owner="tenant-b"))
+    store.create(record("n0"))  # a server without keys: owner None
+    newest = [r.id for r in store.recent("tenant-a", 10)]
+    assert newest == ["a2", "a4", "a0", "a5"]  # the 4 newest kept, newest first
+    assert [r.id for r in store.recent("tenant-a", 2)] == ["a2", "a4"]
+    assert [r.id for r in store.recent("tenant-b", 10)] == ["b0"]
+    assert [r.id for r in store.recent(None, 10)] == ["n0"]
+    assert store.recent("nobody", 10) == []
+    # a record that expired leaves the list
+    if isinstance(store, MemoryJobStore):
+        store._records.pop("a2")
+    else:
+        store.redis.delete(store._key("job:a2"))
+    assert [r.id for r in store.recent("tenant-a", 10)] == ["a4", "a0", "a5"]
+
+
 def test_requeue_stale_hands_back_only_jobs_whose_heartbeat_stopped(store):
     for job_id in ("alive", "dead", "done"):
         store.create(record(job_id))

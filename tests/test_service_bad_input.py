@@ -349,6 +349,11 @@ def test_each_key_sees_only_its_own_jobs(tmp_path):
         assert api.wait_done(again.json()["id"], **two)["status"] == "succeeded"
         same = api.client.post("/explain", json=request, headers=one)  # k1's own: reused
         assert same.status_code == 200 and same.json()["id"] == first
+        # each key lists its own jobs only
+        assert [j["id"] for j in api.client.get("/jobs", headers=one).json()] == [first]
+        listed = api.client.get("/jobs", headers=two).json()
+        assert [j["id"] for j in listed] == [again.json()["id"]]
+        assert listed[0]["status"] == "succeeded" and "overlay.png" in listed[0]["artifacts"]
         schemes = api.client.get("/openapi.json").json()["components"]["securitySchemes"]
         assert {s["type"] for s in schemes.values()} == {"apiKey", "http"}
     finally:

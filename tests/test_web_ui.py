@@ -161,9 +161,14 @@ def test_upload_png_and_gradcam_shows_overlay_and_label(page, server, tmp_path):
     direct = server.client.post("/explain", json={"sample": "chelsea", "method": "gradcam"})
     reference = server.wait_done(direct.json()["id"])
     assert reference["prediction"]["label"] == job["prediction"]["label"]
+    health = server.client.get("/health").json()
+    p.wait_for_selector("#server-state:not(:empty)")
+    assert p.inner_text("#server-state").startswith(f"embedded · {health['device']} · ")
     # the session's history lists the job and reopens it
     p.click("nav >> text=History")
-    p.click(f"a[href='#/jobs/{job_id}']")
+    p.locator("table.jobs", has_text="This browser session").locator(
+        f"a[href='#/jobs/{job_id}']"
+    ).click()
     assert wait_status(p, TERMINAL, 10) == "succeeded"
     assert p.inner_text("h1") == "gradcam on efficientnet_lite0"
 
@@ -432,3 +437,11 @@ def test_distributed_mode_with_an_api_key(browser, request, tmp_path):
         assert job["prediction"]["label"] in p.inner_text("#prediction")
         assert p.evaluate("() => sessionStorage.getItem('explainer.apiKey')") == "web-key"
         assert p.evaluate("() => localStorage.length") == 0  # the key stays in the session
+        p.wait_for_selector("#server-state:not(:empty)")
+        assert p.inner_text("#server-state").startswith("distributed · ")
+        # History lists the key's jobs from the server, without the session's own list
+        p.evaluate("() => sessionStorage.removeItem('explainer.jobs')")
+        p.click("nav >> text=History")
+        server_jobs = p.locator("table.jobs", has_text="Recent jobs of this API key")
+        server_jobs.locator(f"a[href='#/jobs/{job_id}']").click()
+        assert wait_status(p, TERMINAL, 10) == "succeeded"

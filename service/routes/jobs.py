@@ -140,6 +140,18 @@ async def submit(
     return await run_in_threadpool(accept)
 
 
+@router.get("/jobs", response_model=list[JobView], responses=ERRORS)
+def list_jobs(
+    request: Request,
+    tenant: Tenant,
+    store: StoreDep,
+    limit: int = Query(20, ge=1, le=100, description="How many of the newest jobs."),
+):
+    """The caller's newest jobs (those of its API key; every job when the server has no
+    keys), newest first, until they expire."""
+    return [job_view(store, record, request) for record in store.recent(tenant, limit)]
+
+
 @router.get("/jobs/{job_id}", response_model=JobView, responses=ERRORS)
 async def get_job(
     job_id: str,

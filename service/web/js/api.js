@@ -74,6 +74,9 @@ export const api = {
     return (await request("/explain", { method: "POST", body: form })).json();
   },
 
+  /** The newest jobs of this API key (GET /jobs). */
+  jobs: (limit) => getJson(`/jobs?limit=${limit}`),
+
   /** GET /jobs/{id}, long-polling up to `wait` s for a state other than `since`. */
   job: (id, { wait = 0, since = null } = {}) => {
     const query = new URLSearchParams({ wait });

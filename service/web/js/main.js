@@ -64,6 +64,19 @@ function navigate(hash) {
   else location.hash = hash;
 }
 
+/** "embedded · cpu · 1 worker" in the header, from GET /health (no key needed). */
+async function showServerState() {
+  const element = document.getElementById("server-state");
+  try {
+    const health = await api.health();
+    const workers = `${health.workers} worker${health.workers === 1 ? "" : "s"}`;
+    element.textContent = `${health.mode} · ${health.device} · ${workers}`;
+    element.dataset.status = health.status;
+  } catch (error) {
+    element.textContent = `server unreachable: ${error.message}`;
+  }
+}
+
 let catalogue;
 function route() {
   if (leave) leave();
@@ -84,6 +97,7 @@ function route() {
 
 try {
   catalogue = await loadCatalogue();
+  showServerState();
   window.addEventListener("hashchange", route);
   route();
 } catch (error) {
