@@ -172,7 +172,7 @@ export function scoresTable(scores, glossary) {
           {},
           h("th", { scope: "row" }, key),
           h("td.num", {}, formatNumber(scores[key])),
-          h("td", {}, betterText(glossary[key])),
+          h("td.better", {}, betterText(glossary[key])),
           h("td", {}, glossary[key]?.meaning || ""),
         ),
       ),

@@ -260,7 +260,7 @@ export function compareGridView(container, catalogue, navigate, ids) {
                 job?.scores && key in job.scores ? formatNumber(job.scores[key]) : "",
               ),
             ),
-            h("td", {}, betterText(catalogue.scores[key])),
+            h("td.better", {}, betterText(catalogue.scores[key])),
           ),
         ),
       ),
