@@ -109,8 +109,7 @@ class ModelStore:
             config = upload.model_dump(exclude={"source"}, exclude_none=True)
             if upload.source != "state_dict":
                 config.pop("factory_kwargs", None)
-            config[{"torchscript": "torchscript", "state_dict": "state_dict",
-                    "series": "series"}[upload.source]] = WEIGHTS  # fmt: skip
+            config[upload.source] = WEIGHTS  # the config field is named as the source
             (incoming / CONFIG).write_text(json.dumps(config, indent=2))
             spec = self._probe(incoming / CONFIG)
             incoming.rename(self.root / upload.name)

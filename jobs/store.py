@@ -5,6 +5,7 @@ interface, same transitions.
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 import time
@@ -303,8 +304,7 @@ class MemoryJobStore(JobStore):
     def _index(self, owner, job_id, created_at):
         with self._lock:
             entries = self._owned.setdefault(owner, [])
-            entries.append((created_at, job_id))
-            entries.sort()
+            bisect.insort(entries, (created_at, job_id))
             del entries[:-MAX_INDEXED]
 
     def _indexed(self, owner, limit):

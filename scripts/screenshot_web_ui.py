@@ -24,11 +24,18 @@ sys.path.insert(0, str(ROOT))
 from testkit.browser import launch_chromium  # noqa: E402
 from testkit.stack import Api, service_env  # noqa: E402
 
-SUCCEEDED = "document.querySelectorAll('.status[data-status=succeeded]').length >= {}"
+SUCCEEDED = "n => document.querySelectorAll('.status[data-status=succeeded]').length >= n"
 IMAGES_LOADED = "[...document.images].every(i => i.complete && i.naturalWidth > 0)"
-
-
 METRICS = ("cp_shearletx", "faithfulness")
+
+
+def submit_with_metrics(page: Page, jobs: int) -> None:
+    """Tick the quality metrics, submit, and wait for ``jobs`` finished jobs and their pictures."""
+    for metric in METRICS:
+        page.check(f"#metric-{metric}")
+    page.click("button[type=submit]")
+    page.wait_for_function(SUCCEEDED, arg=jobs, timeout=600_000)
+    page.wait_for_function(IMAGES_LOADED)
 
 
 def explain_waveletx(page: Page, url: str, iterations: int) -> None:
@@ -36,11 +43,7 @@ def explain_waveletx(page: Page, url: str, iterations: int) -> None:
     page.wait_for_selector("#method option", state="attached")
     page.select_option("#method", "waveletx")
     page.fill("#opt-iterations", str(iterations))
-    for metric in METRICS:
-        page.check(f"#metric-{metric}")
-    page.click("button[type=submit]")
-    page.wait_for_function(SUCCEEDED.format(1), timeout=600_000)
-    page.wait_for_function(IMAGES_LOADED)
+    submit_with_metrics(page, 1)
 
 
 def compare(page: Page, url: str, iterations: int) -> None:
@@ -49,11 +52,7 @@ def compare(page: Page, url: str, iterations: int) -> None:
     for method in ("gradcam", "integrated_gradients", "waveletx"):
         page.check(f"#compare-{method}")
     page.fill("#mask-iterations", str(iterations))
-    for metric in METRICS:
-        page.check(f"#metric-{metric}")
-    page.click("button[type=submit]")
-    page.wait_for_function(SUCCEEDED.format(3), timeout=600_000)
-    page.wait_for_function(IMAGES_LOADED)
+    submit_with_metrics(page, 3)
 
 
 def main() -> int:

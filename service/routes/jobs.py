@@ -166,19 +166,19 @@ async def get_job(
 ):  # fmt: skip
     """Status, progress, prediction, scores, artifact links and error of a job."""
 
-    def changed(record: JobRecord) -> bool:
-        if record.status in TERMINAL:
-            return True
-        if since is None:
-            return False
+    def look() -> tuple[JobRecord, bool]:
+        """The record, and whether it answers the long poll now."""
+        record = find(store, job_id, tenant)
+        if record.status in TERMINAL or since is None:
+            return record, record.status in TERMINAL
         step = (store.progress(record.id) or {}).get("step", "")
-        return f"{record.status}:{step}" != since
+        return record, f"{record.status}:{step}" != since
 
-    record = await run_in_threadpool(find, store, job_id, tenant)
     deadline = time.monotonic() + wait
-    while not await run_in_threadpool(changed, record) and time.monotonic() < deadline:
+    record, ready = await run_in_threadpool(look)
+    while not ready and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-        record = await run_in_threadpool(find, store, job_id, tenant)
+        record, ready = await run_in_threadpool(look)
     return await run_in_threadpool(job_view, store, record, request)
 
 

@@ -10,7 +10,7 @@ export function h(tag, attributes = {}, ...children) {
     if (value === undefined || value === null || value === false) continue;
     if (key.startsWith("on")) element.addEventListener(key.slice(2), value);
     else if (key in element && !["list", "form", "for", "role"].includes(key)) element[key] = value;
-    else element.setAttribute(key === "for" ? "for" : key, value === true ? "" : value);
+    else element.setAttribute(key, value === true ? "" : value);
   }
   append(element, children);
   return element;

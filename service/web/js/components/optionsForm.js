@@ -219,14 +219,12 @@ export function optionsForm(schema, { methods = [], prefix = "opt" } = {}) {
   }
 
   // base_options follows the base select.
-  queueMicrotask(() => {
-    const base = fields.find((f) => f.path.join(".") === "base");
-    const holder = fields.find((f) => f.render);
-    if (base && holder) {
-      holder.render(base.read());
-      base.input.addEventListener("change", () => holder.render(base.read()));
-    }
-  });
+  const base = fields.find((f) => f.path.join(".") === "base");
+  const baseOptionsHolder = fields.find((f) => f.render);
+  if (base && baseOptionsHolder) {
+    baseOptionsHolder.render(base.read());
+    base.input.addEventListener("change", () => baseOptionsHolder.render(base.read()));
+  }
 
   function collect(list, depth) {
     const out = {};

@@ -114,11 +114,11 @@ export function compareFormView(container, catalogue, navigate) {
     h("div.actions", {}, submit),
   );
 
-  /** Every job to run: [method, options] pairs; a mask method runs once per chosen init it
-   * knows (once with its default init when it knows none of them). */
-  function variants() {
+  /** Every job to run: [method, options] pairs, mask methods at `count` iterations (null: their
+   * default); a mask method runs once per chosen init it knows (once with its default init when
+   * it knows none of them). */
+  function variants(count) {
     const chosenInits = [...inits.querySelectorAll("input:checked")].map((b) => b.value);
-    const count = iterations.value === "" ? null : Number(iterations.value);
     return checkedMethods().flatMap((method) => {
       if (family(method) !== "mask") return [[method, {}]];
       const base = count === null ? {} : { iterations: count };
@@ -140,7 +140,7 @@ export function compareFormView(container, catalogue, navigate) {
       iterationsError.textContent = problem;
       return;
     }
-    const runs = variants();
+    const runs = variants(count);
     if (runs.length < 2 || runs.length > MAX_JOBS) {
       methodsError.textContent = `Choose between 2 and ${MAX_JOBS} methods or inits to compare (now ${runs.length}).`;
       return;
