@@ -58,7 +58,7 @@ def cases(model, x, targets, steps, samples, chunk, references):
     """(name, our options, Captum callable) for every method."""
     net = model.module
     rewritten = relu6_as_relu(net)  # Captum's rectifier rules hook nn.ReLU only
-    layer = net.get_submodule(model.cam_layer)
+    layer = model.classifier.get_submodule(model.spec.cam_layer)
     t = targets.tolist()
     batch = x.shape[0]
     sigma = float((x.max() - x.min()) * 0.15)
@@ -112,9 +112,9 @@ def cases(model, x, targets, steps, samples, chunk, references):
         (
             "guided_gradcam",
             {},
-            lambda: GuidedGradCam(rewritten, rewritten.get_submodule(model.cam_layer)).attribute(
-                x, target=t, interpolate_mode="bilinear"
-            ),
+            lambda: GuidedGradCam(
+                rewritten, rewritten.get_submodule("classifier." + model.spec.cam_layer)
+            ).attribute(x, target=t, interpolate_mode="bilinear"),
         ),
     ]
 
@@ -156,8 +156,9 @@ def main() -> None:
             spec = get_method(name)
             parsed = spec.parse_options(options)
             ctx = MethodContext(
-                model.module, model.spec, size, model.cam_layer, device,
+                model.module, model.spec, size, model.spec.cam_layer, device,
                 torch.Generator().manual_seed(0), extras={"references": references},
+                named_model=model.classifier,
             )  # fmt: skip
             method = spec.build(ctx, parsed)
             ours_fn = lambda method=method, x=x, targets=targets: method.attribute(x, targets)  # noqa: E731

@@ -24,6 +24,7 @@ from engine.metrics.cp import CP_SHEARLETX, CP_STARTGRAD
 from engine.metrics.faithfulness import FAITHFULNESS
 from engine.metrics.hallucination import HALLUCINATION
 from engine.metrics.perturbation import DEGRADATION, PIXEL_PERTURBATION, SENSITIVITY_N
+from engine.models.spec import ModelSpec
 
 METHODS: dict[str, MethodSpec] = index(
     [
@@ -58,6 +59,13 @@ def get_method(name: str) -> MethodSpec:
 
 def all_methods() -> list[MethodSpec]:
     return list(METHODS.values())
+
+
+def applicable_methods(model: ModelSpec) -> list[MethodSpec]:
+    """The methods that run on ``model`` with their default options (its input kind and
+    capabilities; a model whose capabilities are not recorded is taken to have them all)."""
+    return [m for m in METHODS.values()
+            if m.refusal(m.options(), model.input_kind, model.allows) is None]  # fmt: skip
 
 
 def get_metric(name: str) -> MetricSpec:

@@ -103,8 +103,8 @@ def explain(
     options = spec.parse_options(options)
     metric_requests = parse_metrics(metrics)
     loaded = resolve_model(model, weights, device)
-    if loaded.spec.input_kind not in spec.input_kinds:
-        raise MethodError(f"{method} does not accept {loaded.spec.input_kind} models")
+    if refusal := spec.refusal(options, loaded.spec.input_kind, loaded.capabilities):
+        raise MethodError(refusal)
     kind = input_kind(loaded.spec.input_kind)
     kind.check_metrics(metric_requests)
     options.check_input_kind(kind.name)
@@ -211,8 +211,10 @@ def method_context(
     """What a method builder sees for batch x: the prepared model, its spec, a seeded generator."""
     generator = torch.Generator().manual_seed(seed)
     size = (x.shape[-2], x.shape[-1])
-    return MethodContext(net, loaded.spec, size, loaded.cam_layer, loaded.device, generator, seed,
-                         progress, dict(extras or {}))  # fmt: skip
+    return MethodContext(
+        net, loaded.spec, size, loaded.spec.cam_layer, loaded.device, generator, seed, progress,
+        dict(extras or {}), named_model=loaded.classifier,
+    )  # fmt: skip
 
 
 def finite(attribution: Tensor, method: str) -> Tensor:

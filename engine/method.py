@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from torch import Tensor, nn
 
+from engine.models.inspection import CAPABILITIES, WHY_NEEDED, LayerNotFound, find_layer
 from engine.models.spec import InputKindName, ModelSpec
 
 ProgressFn = Callable[..., None]  # (done, total, **values such as loss); may raise to cancel
@@ -77,6 +78,16 @@ def names_server_path(field: FieldInfo) -> bool:
     return isinstance(extra, dict) and bool(extra.get(SERVER_PATH))
 
 
+LAYER_NAME = "x-layer-name"  # JSON-schema mark of an option that names layers of the model
+
+
+def names_layers(field: FieldInfo) -> bool:
+    """Whether the option names the model's layers (a name or a list of names), which the API
+    checks against the model's layer names at submit."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get(LAYER_NAME))
+
+
 class MethodOptions(BaseModel):
     """Options every method has. Unknown fields are refused."""
 
@@ -87,6 +98,11 @@ class MethodOptions(BaseModel):
         description="How channels become a 2-D heat map: Σ_c|A_c| (abs_sum), Σ_c A_c "
         "(signed_sum) or max_c|A_c| (max_abs). The attribution tensor itself is not reduced.",
     )
+
+    def requirements(self) -> frozenset[str]:
+        """What the model must allow for these options, beyond the method's own
+        :attr:`MethodSpec.requires` (:data:`~engine.models.inspection.CAPABILITIES`)."""
+        return frozenset()
 
     def trained_set(self) -> Literal["patterns", "support_set"] | None:
         """The set these options need trained beforehand (an add-on's patterns or GAD support
@@ -137,6 +153,16 @@ class MethodContext:
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. a reference set tensor
     # Backward rules an add-on asks every gradient of the method to run under (CriGrad's filter).
     rules: tuple[BackwardRule, ...] = ()
+    # The user's own model inside ``model`` (without the engine's normalisation wrapper): layer
+    # options name its modules. None: ``model`` itself.
+    named_model: nn.Module | None = None
+
+    def layer(self, name: str) -> nn.Module:
+        """The model's layer by its own name (``layer4``, ``blocks.11.norm1``)."""
+        try:
+            return find_layer(self.named_model or self.model, name)
+        except LayerNotFound as error:
+            raise MethodError(str(error)) from None
 
 
 # Extra per-image scores of a method (e.g. IG's completeness gap): (ctx, method, x, attribution,
@@ -160,6 +186,25 @@ class MethodSpec:
     # What it explains of a series model: its two classes, through S = ±Σ_t z_t (gradient
     # methods), or each step's logit z_t (ExtremalMask). Images always have classes.
     explains: Literal["classes", "steps"] = "classes"
+    # What a model must allow for it to run (engine.models.inspection.CAPABILITIES); options
+    # may add more (MethodOptions.requirements).
+    requires: frozenset[str] = frozenset()
+
+    def needs(self, options: MethodOptions) -> frozenset[str]:
+        return self.requires | options.requirements()
+
+    def refusal(
+        self, options: MethodOptions, kind: InputKindName, capabilities: frozenset[str]
+    ) -> str | None:
+        """Why this method with ``options`` cannot run on a model of input ``kind`` that has
+        ``capabilities``; None when it can. The engine and the API both ask this."""
+        if kind not in self.input_kinds:
+            return f"{self.name} does not explain {kind} models"
+        missing = [need for need in CAPABILITIES if need in self.needs(options)
+                   and need not in capabilities]  # fmt: skip
+        if missing:
+            return f"{self.name} cannot run on this model: {WHY_NEEDED[missing[0]]}"
+        return None
 
     def parse_options(self, options: dict[str, Any] | MethodOptions | None) -> MethodOptions:
         if isinstance(options, self.options):

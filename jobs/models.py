@@ -1,39 +1,44 @@
 """The model store: models added over the API, in a directory that the API and every worker share
 (``EXPLAINER_MODEL_DIR``; in distributed mode the artifact volume). One folder per model holds
-``model.json`` (the engine's model config format) and its weight file. Each process registers
-the stored models in the engine's registry and reads the folder again when it changes, so a
-worker started after an upload, or running while it happened, can run the new model.
+``model.json`` (the engine's model config format), its weight file and ``inspection.json`` (what
+the probe found: capabilities, CAM layer, layer names). Each process registers the stored models
+in the engine's registry and reads the folder again when it changes, so a worker started after
+an upload, or running while it happened, can run the new model.
 
-A model is checked before it is stored: its name is free, its weights load without pickled code
-(``weights_only``; TorchScript archives hold no Python objects), and it answers a probe input of
-its declared size with one finite score per label (images) or per time step (series).
+A model is checked before it is stored, in a process of its own (:mod:`jobs.model_probe`): its
+name is free, its weights load without pickled code (``weights_only``; TorchScript archives and
+exported programs hold no Python objects), and it answers a probe batch of its declared size
+with one finite score per label (images) or per time step (series).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.explain import cached_model
 from engine.models import MODELS, ModelError, ModelSpec, register_model
 from engine.models.builtin import builtin_specs
-from engine.models.config import spec_from_config
-from engine.models.spec import Normalized
+from engine.models.config import TIMM_REFUSED_KWARGS, spec_from_config
 
 log = logging.getLogger(__name__)
 CONFIG = "model.json"
+INSPECTION = "inspection.json"
 WEIGHTS = "weights.pt"
 BUILT_IN = frozenset(spec.name for spec in builtin_specs())
+PROBE_TIMEOUT_S = 600
 
-Source = Literal["torchscript", "state_dict", "series"]
+Source = Literal["torchscript", "export", "state_dict", "timm", "series"]
 
 
 class ModelUpload(BaseModel):
@@ -43,17 +48,66 @@ class ModelUpload(BaseModel):
 
     name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="A new model name.")
     source: Source = Field(
-        ..., description="The weight file: a TorchScript archive, a state dict for 'factory' (a "
-        "function importable on the server), or a series classifier saved by train-series.",
+        ..., description="The weight file: a TorchScript archive, a torch.export program "
+        "(torch.export.save, with a dynamic batch size), a state dict for 'factory' (a function "
+        "importable on the server) or for a timm 'architecture', or a series classifier saved "
+        "by train-series.",
     )  # fmt: skip
     factory: str | None = Field(None, pattern=r"^[\w.]+:[\w.]+$")
-    factory_kwargs: dict[str, Any] = {}
+    architecture: str | None = Field(
+        None, pattern=r"^[\w.]+$", description="The timm architecture (source 'timm'), e.g. "
+        "vit_tiny_patch16_224; its pretrained_cfg gives mean, std and input size.",
+    )  # fmt: skip
+    factory_kwargs: dict[str, Any] = Field(
+        {}, description="Keyword arguments of the factory or of timm.create_model (e.g. "
+        "num_classes).",
+    )  # fmt: skip
     description: str = Field("uploaded model", max_length=500)
-    input_size: tuple[int, int] = Field((224, 224), description="[H, W] of its input images")
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    input_size: tuple[int, int] | None = Field(
+        None, description="[H, W] of its input images; default: the timm architecture's, or 224²."
+    )
+    mean: tuple[float, float, float] | None = Field(
+        None, description="Normalisation the model expects: (x − mean) / std of [0, 1] pixels. "
+        "Required for image models (with std), except for timm (its pretrained_cfg) or with "
+        "normalize false.",
+    )  # fmt: skip
+    std: tuple[float, float, float] | None = None
+    normalize: bool = Field(True, description="false: the model takes [0, 1] pixels as they are.")
     labels: list[str] = Field([], max_length=100_000, description="One per output class")
-    cam_layer: str | None = None
+    cam_layer: str | None = Field(
+        None, max_length=500, description="The model's module name for the CAM family; default: "
+        "found by the probe (a transformer's last block norm, else the last spatial map).",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _explicit(self) -> ModelUpload:
+        if (self.factory is not None) != (self.source == "state_dict"):
+            raise ValueError("'factory' goes with source 'state_dict', which needs it")
+        if (self.architecture is not None) != (self.source == "timm"):
+            raise ValueError("'architecture' goes with source 'timm', which needs it")
+        if self.source == "timm" and (refused := TIMM_REFUSED_KWARGS & set(self.factory_kwargs)):
+            raise ValueError(f"factory_kwargs may not set {', '.join(sorted(refused))}: weights "
+                             "come from the uploaded state dict")  # fmt: skip
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both 'mean' and 'std', or neither")
+        implicit = self.source not in ("timm", "series") and self.normalize and self.mean is None
+        if implicit:
+            raise ValueError("say how the model normalises its input: 'mean' and 'std', or "
+                             "'normalize': false for a model that takes [0, 1] pixels")  # fmt: skip
+        return self
+
+    def config(self) -> dict[str, Any]:
+        """The engine's model config (``engine.models.config``) for this upload's weight file."""
+        config = self.model_dump(exclude={"source", "architecture"}, exclude_none=True)
+        if self.source not in ("state_dict", "timm"):
+            config.pop("factory_kwargs", None)
+        if self.source == "state_dict":
+            config["state_dict"] = WEIGHTS
+        elif self.source == "timm":
+            config |= {"timm": self.architecture, "state_dict": WEIGHTS}
+        else:
+            config[self.source] = WEIGHTS
+        return config
 
 
 class ModelRefused(ValueError):
@@ -88,36 +142,52 @@ class ModelStore:
                 if self._seen.get(name) == stamp:
                     continue
                 try:
-                    register_model(spec_from_config(self.root / name / CONFIG))
+                    register_model(self._stored_spec(self.root / name))
                 except ModelError as error:  # a broken folder must not take the others down
                     log.warning("stored model %s cannot be loaded: %s", name, error)
             cached_model.cache_clear()
             self._seen = current
 
-    def add(self, upload: ModelUpload, weights: bytes) -> ModelSpec:
-        """Check and store a model; ModelRefused says why not."""
-        if upload.name in BUILT_IN:
-            raise ModelRefused(409, f"{upload.name} is a built-in model's name")
-        if (self.root / upload.name).exists():
-            raise ModelRefused(409, f"a model {upload.name} exists; delete it first")
-        if upload.source == "state_dict" and upload.factory is None:
-            raise ModelRefused(422, "a state dict needs 'factory', a function on the server")
-        incoming = self.root / f".incoming-{uuid.uuid4().hex}"
-        incoming.mkdir()
+    def _stored_spec(self, folder: Path) -> ModelSpec:
+        """The model's spec with what its probe found (capabilities, CAM layer, layer names)."""
+        spec = spec_from_config(folder / CONFIG)
+        inspection = folder / INSPECTION
+        if not inspection.is_file():
+            return spec
+        found = json.loads(inspection.read_text())
+        return dataclasses.replace(
+            spec,
+            cam_layer=found.get("cam_layer"),
+            capabilities=frozenset(found.get("capabilities", ())),
+            layers=tuple(found.get("layers", ())),
+        )
+
+    def incoming(self) -> Path:
+        """A fresh folder for an upload's files, inside the store (same disk, atomic rename)."""
+        folder = self.root / f".incoming-{uuid.uuid4().hex}"
+        folder.mkdir()
+        return folder
+
+    def weights_path(self, incoming: Path) -> Path:
+        return incoming / WEIGHTS
+
+    def add(self, upload: ModelUpload, incoming: Path) -> ModelSpec:
+        """Check and store a model whose weight file is already in ``incoming`` (from
+        :meth:`incoming`, moved into the store or removed); ModelRefused says why not."""
         try:
-            (incoming / WEIGHTS).write_bytes(weights)
-            config = upload.model_dump(exclude={"source"}, exclude_none=True)
-            if upload.source != "state_dict":
-                config.pop("factory_kwargs", None)
-            config[upload.source] = WEIGHTS  # the config field is named as the source
-            (incoming / CONFIG).write_text(json.dumps(config, indent=2))
-            spec = self._probe(incoming / CONFIG)
+            if upload.name in BUILT_IN:
+                raise ModelRefused(409, f"{upload.name} is a built-in model's name")
+            if (self.root / upload.name).exists():
+                raise ModelRefused(409, f"a model {upload.name} exists; delete it first")
+            (incoming / CONFIG).write_text(json.dumps(upload.config(), indent=2))
+            found = self._probe(incoming / CONFIG)
+            (incoming / INSPECTION).write_text(json.dumps(found))
             incoming.rename(self.root / upload.name)
         except BaseException:
             shutil.rmtree(incoming, ignore_errors=True)
             raise
         self.refresh()
-        return spec
+        return MODELS[upload.name]
 
     def remove(self, name: str) -> None:
         if name in BUILT_IN:
@@ -128,44 +198,20 @@ class ModelStore:
         shutil.rmtree(folder)
         self.refresh()
 
-    def _probe(self, config: Path) -> ModelSpec:
-        """Build the model from its config and run it once on a probe input of its size."""
+    def _probe(self, config: Path) -> dict[str, Any]:
+        """Build the model and run it on a probe batch, in a process of its own."""
+        limit = str(self.max_probe_pixels)
+        command = [sys.executable, "-m", "jobs.model_probe", str(config), limit]
         try:
-            spec = spec_from_config(config)
-            module, _ = spec.build(None)
-        except Exception as error:  # anything a user's file or config can raise
-            if "Weights only load failed" in str(error):
-                raise ModelRefused(422, "the weights file holds pickled Python objects, which "
-                                   "are refused: upload a state dict or a TorchScript "
-                                   "archive") from None  # fmt: skip
-            raise ModelRefused(422, f"the model cannot be loaded: {short(error)}") from None
-        if spec.input_kind == "image":
-            height, width = spec.input_size
-            if height * width > self.max_probe_pixels:
-                raise ModelRefused(422, f"input_size {height}×{width} is above the limit")
-            module = Normalized(module, spec.mean, spec.std)
-            probe = torch.rand(1, 3, height, width)
-            scores, wanted = "one score per label", len(spec.labels) or None  # None: any number
-        else:
-            length, features = spec.input_size
-            probe = torch.randn(1, length or 10, features)
-            scores, wanted = "one logit per time step", probe.shape[1]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ModelRefused(422, f"the model's probe took over {PROBE_TIMEOUT_S} s") from None
         try:
-            with torch.no_grad():
-                output = module.eval()(probe)
-        except Exception as error:
-            raise ModelRefused(422, f"the model fails on a probe input of shape "
-                               f"{tuple(probe.shape)}: {short(error)}") from None  # fmt: skip
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
-        if len(shape) != 2 or shape[0] != 1 or (wanted and shape[1] != wanted):
-            answer, expected = shape or type(output).__name__, f"(1, {wanted or 'classes'})"
-            raise ModelRefused(422, f"on a probe input of shape {tuple(probe.shape)} the model "
-                               f"answers {answer}, not {scores}: {expected}")  # fmt: skip
-        if not torch.isfinite(output).all():
-            raise ModelRefused(422, "the model answers a probe input with NaN or infinity")
-        return spec
-
-
-def short(error: BaseException, limit: int = 200) -> str:
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return text if len(text) <= limit else text[:limit] + "…"
+            answer = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            log.error("model probe failed (exit %s): %s", done.returncode, done.stderr[-2000:])
+            raise ModelRefused(422, "the model's probe process ended without an answer (it "
+                               "crashed or ran out of memory)") from None  # fmt: skip
+        if not answer.get("ok"):
+            raise ModelRefused(answer.get("status", 422), answer.get("message", "refused"))
+        return answer

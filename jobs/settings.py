@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     )  # fmt: skip
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    max_model_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="A model's weight file")
+    max_model_bytes: int = Field(
+        1024**3, ge=1024, description="A model's weight file (1 GiB: ViT-B/16, ConvNeXt-Base fit)"
+    )
     max_pixels: int = Field(25_000_000, ge=1024)
     max_series_length: int = Field(10_000, ge=1)
     max_series_features: int = Field(1_000, ge=1)

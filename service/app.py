@@ -21,12 +21,15 @@ from service.errors import ApiError, error_response, install_error_handlers
 from service.routes import catalogue, jobs, models, ops, training, web
 from service.schemas import ErrorResponse, explain_request_adapter
 
+Limit = tuple[int, str]  # bytes, and the setting that sets them
+
 
 class BodyLimit:
     """Pure ASGI middleware: refuse request bodies above ``limit`` bytes with 413, streaming;
-    ``by_path`` gives some paths their own (model weights, training zips)."""
+    ``by_path`` gives some paths their own (model weights, training zips). The 413 names the
+    setting that raises the limit."""
 
-    def __init__(self, app, limit: int, by_path: dict[str, int]):
+    def __init__(self, app, limit: Limit, by_path: dict[str, Limit]):
         self.app, self.limit, self.by_path = app, limit, by_path
 
     async def __call__(self, scope, receive, send):
@@ -34,7 +37,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         limit = self.by_path.get(scope["path"], self.limit)
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and declared.isdigit() and int(declared) > limit[0]:
             return await self._refuse(limit, scope, receive, send)
         seen = 0
 
@@ -42,8 +45,8 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > limit:
-                raise ApiError(413, "payload_too_large", f"request body above {limit} bytes")
+            if seen > limit[0]:
+                raise ApiError(413, "payload_too_large", "request body above the limit")
             return message
 
         try:
@@ -51,8 +54,8 @@ class BodyLimit:
         except ApiError:
             await self._refuse(limit, scope, receive, send)
 
-    async def _refuse(self, limit, scope, receive, send):
-        message = f"request body above the limit of {limit} bytes"
+    async def _refuse(self, limit: Limit, scope, receive, send):
+        message = f"request body above the limit of {limit[0]} bytes (set by {limit[1]})"
         await error_response(413, "payload_too_large", message)(scope, receive, send)
 
 
@@ -87,12 +90,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.store = settings, store
     app.state.artifacts, app.state.dispatcher = artifacts, dispatcher
     app.state.models = model_store
-    zips = 2 * settings.max_training_upload_bytes + 65536  # a support set's two zips
+    zips = (2 * settings.max_training_upload_bytes + 65536,  # a support set's two zips
+            "EXPLAINER_MAX_TRAINING_UPLOAD_BYTES")  # fmt: skip
     app.add_middleware(
         BodyLimit,
-        limit=int(settings.max_upload_bytes * 4 / 3) + 65536,  # base64 in JSON
-        by_path={"/models": settings.max_model_bytes + 65536, "/patterns": zips,
-                 "/support-sets": zips},
+        limit=(int(settings.max_upload_bytes * 4 / 3) + 65536,  # base64 in JSON
+               "EXPLAINER_MAX_UPLOAD_BYTES"),
+        by_path={"/models": (settings.max_model_bytes + 65536, "EXPLAINER_MAX_MODEL_BYTES"),
+                 "/patterns": zips, "/support-sets": zips},
     )  # fmt: skip
     install_error_handlers(app)
     for module in (jobs, training, catalogue, models, ops, web):

@@ -21,9 +21,10 @@ from engine.catalogue import all_methods, get_method, parse_metrics
 from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
 from engine.data.images import ImageTooSmall, check_fits
 from engine.data.timeseries import DEFAULT_MAX_FEATURES, SERIES_SAMPLES, load_series
-from engine.method import OptionsError, names_server_path, walk_options
+from engine.method import OptionsError, names_layers, names_server_path, walk_options
 from engine.metrics.base import MetricError
-from engine.models import MODELS, ModelError, ModelSpec
+from engine.models import MODELS, ModelError, ModelSpec, known_layers
+from engine.models.inspection import unknown_layer_message
 from jobs.settings import Settings
 from jobs.training import has_trained_set
 from service.errors import ApiError, clean, short
@@ -231,10 +232,10 @@ def read_series_file(data: bytes) -> np.ndarray:
 def check_method(parsed, input_info: dict, settings: Settings) -> None:
     """The method applies to the model and is allowed on this server; the target is one of the
     model's classes; no option at any depth names a server file; the job fits the budgets."""
-    kind = MODELS[parsed.model].input_kind
-    if kind not in get_method(parsed.method).input_kinds:
-        raise ApiError(422, "method_not_applicable",
-                       f"method {parsed.method} does not explain {kind} models")  # fmt: skip
+    model = MODELS[parsed.model]
+    kind = model.input_kind
+    if refusal := get_method(parsed.method).refusal(parsed.options, kind, model.allows):
+        raise ApiError(422, "method_not_applicable", refusal)
     allowed = settings.allowed_methods.get(parsed.model)
     if allowed and parsed.method not in allowed:
         raise ApiError(
@@ -242,7 +243,7 @@ def check_method(parsed, input_info: dict, settings: Settings) -> None:
             f"method {parsed.method} is not allowed for model {parsed.model}; allowed: "
             + ", ".join(allowed),
         )  # fmt: skip
-    check_target(parsed.target, MODELS[parsed.model])
+    check_target(parsed.target, model)
     try:
         parsed.options.check_input_kind(kind)
     except OptionsError as error:
@@ -253,7 +254,20 @@ def check_method(parsed, input_info: dict, settings: Settings) -> None:
             raise ApiError(422, "invalid_option",
                            f"over the API, options.{path} cannot name a file or folder on the "
                            f"server; leave it at its default ({field.default!r})")  # fmt: skip
+        if names_layers(field) and value is not None:
+            check_layers(path, [value] if isinstance(value, str) else value, model)
     check_memory(parsed, input_info, settings)
+
+
+def check_layers(option: str, names: list[str], model: ModelSpec) -> None:
+    """Layer options name modules the model has (its own names: ``layer4``, not a wrapper's)."""
+    known = known_layers(model)
+    if known is None:
+        return
+    for name in names:
+        if name not in known:
+            message = unknown_layer_message(name, known)
+            raise ApiError(422, "invalid_option", f"options.{option}: {message}")
 
 
 def check_trained_set(parsed) -> None:

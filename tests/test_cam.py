@@ -54,10 +54,10 @@ def bed(request):
     return model, f"classifier.{layer}", photos
 
 
-def reference_map(cam_class, net, layer, x) -> torch.Tensor:
+def reference_map(cam_class, net, layer, x, classes=TARGETS, reshape=None) -> torch.Tensor:
     """pytorch-grad-cam's CAM at the layer's resolution, before its ReLU and scaling."""
-    cam = cam_class(model=net, target_layers=[layer])
-    targets = [ClassifierOutputTarget(t) for t in TARGETS]
+    cam = cam_class(model=net, target_layers=[layer], reshape_transform=reshape)
+    targets = [ClassifierOutputTarget(t) for t in classes]
     leaf = x.clone().requires_grad_(True)  # our models' weights are frozen: the graph needs x
     outputs = cam.activations_and_grads(leaf)
     if cam.uses_gradients:
@@ -99,7 +99,7 @@ def test_gradcam_like_weights_differ_where_gradients_vary(bed):
 @pytest.mark.parametrize("method", [*THEIRS, "guided_gradcam"])
 def test_every_cam_through_explain(lite0, method):
     """Registered, upsampled to the input, non-negative after the ReLU, finite."""
-    options = {"layer": "classifier._blocks.12"} | ({"batch_size": 64} if method == "scorecam"
+    options = {"layer": "_blocks.12"} | ({"batch_size": 64} if method == "scorecam"
                                                      else {})  # fmt: skip
     photo = load_image("chelsea", (96, 96))[0]
     result = explain(lite0, photo, method, options, resize="none")

@@ -219,7 +219,7 @@ def test_expected_gradients_same_draws(model, two_photos):
 
 
 def test_gradcam(model, two_photos):
-    layer = model.module.get_submodule(model.cam_layer)
+    layer = model.classifier.get_submodule(model.spec.cam_layer)
     cam = LayerGradCam(model.module, layer).attribute(
         two_photos, target=TARGETS, relu_attributions=True
     )
@@ -252,18 +252,19 @@ IN_PLACE_FOLLOWED = [
 def test_gradcam_on_a_layer_followed_by_an_in_place_operation(random_torchvision, name, layer):
     model = random_torchvision[name]
     x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
-    path = f"classifier.{layer}"
-    cam = LayerGradCam(model.module, model.module.get_submodule(path)).attribute(
+    cam = LayerGradCam(model.module, model.classifier.get_submodule(layer)).attribute(
         x, target=TARGETS, relu_attributions=True
     )
     reference = LayerAttribution.interpolate(cam, (128, 128), "bilinear")
-    result = explain(model, x, "gradcam", {"layer": path}, target=TARGETS, resize="none")
+    result = explain(model, x, "gradcam", {"layer": layer}, target=TARGETS, resize="none")
     assert_relative_close(result.attribution, reference, 1e-5)
 
 
 def test_guided_gradcam_on_a_layer_followed_by_an_in_place_operation(resnet18_random, two_photos):
-    path = "classifier.layer4.1.bn2"
-    reference = GuidedGradCam(resnet18_random.module, resnet18_random.module.get_submodule(path))
+    path = "layer4.1.bn2"
+    reference = GuidedGradCam(
+        resnet18_random.module, resnet18_random.classifier.get_submodule(path)
+    )
     expected = reference.attribute(two_photos, target=TARGETS, interpolate_mode="bilinear")
     assert_relative_close(ours(resnet18_random, two_photos, "guided_gradcam", {"layer": path}),
                           expected, 1e-5)  # fmt: skip
@@ -271,7 +272,7 @@ def test_guided_gradcam_on_a_layer_followed_by_an_in_place_operation(resnet18_ra
 
 def test_guided_gradcam(model, two_photos):
     rewritten = relu6_as_relu(model.module)
-    layer = rewritten.get_submodule(model.cam_layer)
+    layer = rewritten.get_submodule("classifier." + model.spec.cam_layer)
     reference = GuidedGradCam(rewritten, layer).attribute(
         two_photos, target=TARGETS, interpolate_mode="bilinear"
     )

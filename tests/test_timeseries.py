@@ -248,9 +248,9 @@ def test_series_validation_errors_are_clear(tmp_path):
 
 def test_registry_refuses_a_model_input_mismatch(one_model, lite0):
     model, test = one_model
-    with pytest.raises(MethodError, match="does not accept image"):
+    with pytest.raises(MethodError, match="does not explain image"):
         explain(lite0, test.x[:1], "extremal_mask")
-    with pytest.raises(MethodError, match="does not accept timeseries"):
+    with pytest.raises(MethodError, match="does not explain timeseries"):
         explain(model, test.x[:1], "gradcam")
 
 

@@ -60,6 +60,10 @@ class AddonOptions(MethodOptions):
     def nested_options(self) -> dict[str, BaseModel]:
         return {"base_options": GRADIENT_METHODS[self.base].parse_options(self.base_options)}
 
+    def requirements(self) -> frozenset[str]:
+        """What the base method needs (Guided Backprop as a base needs rectifiers)."""
+        return GRADIENT_METHODS[self.base].needs(self.nested_options()["base_options"])
+
     def model_copies(self) -> int:
         """Models the base method runs on (GAD: the original and its support networks)."""
         return 1

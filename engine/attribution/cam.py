@@ -19,7 +19,8 @@ output, so an in-place operation after the layer cannot overwrite what is explai
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from engine.attribution.base import ScoreType, class_scores
 from engine.attribution.methods import guided_backprop
 from engine.method import (
+    LAYER_NAME,
     Attribution,
     MethodContext,
     MethodError,
@@ -37,24 +39,72 @@ from engine.method import (
     Reduction,
     index,
 )
+from engine.models.inspection import find_layer
 from engine.runtime import max_rows_per_pass
 
 Interpolation = Literal["bilinear", "nearest", "bicubic"]
+GridSide = Annotated[int, Field(ge=1, le=1024)]
 
 
-def find_layer(model: nn.Module, path: str) -> nn.Module:
-    try:
-        return model.get_submodule(path)
-    except AttributeError as error:
-        raise MethodError(f"model has no layer {path!r}") from error
+def token_grid(
+    tokens: int, size: tuple[int, int], grid: tuple[int, int] | None, drop: int | None
+) -> tuple[int, tuple[int, int]]:
+    """(leading tokens to drop, (h, w)) for a transformer layer's N tokens on an H × W input.
+
+    Given ``grid``, the tokens to drop are N − h·w (or ``drop``, checked); otherwise the grid is
+    the h × w with the input's aspect ratio and h·w = N − k, for the given ``drop`` k or the
+    smallest k ≥ 0 that has one (ViT: 197 = 1 + 14², DeiT-distilled: 2 + 14², registers: more).
+    """
+    height, width = size
+    if grid is not None:
+        drop = tokens - grid[0] * grid[1] if drop is None else drop
+        if drop < 0 or tokens - drop != grid[0] * grid[1]:
+            raise MethodError(f"the layer has {tokens} tokens, which are not {drop or 0} "
+                              f"dropped + a {grid[0]}×{grid[1]} grid")  # fmt: skip
+        return drop, grid
+    for k in range(min(tokens, 17)) if drop is None else (drop,):
+        patches = tokens - k
+        h = max(1, round(math.sqrt(patches * height / width)))
+        if patches > 0 and patches % h == 0:
+            return k, (h, patches // h)
+    raise MethodError(f"cannot arrange the layer's {tokens} tokens as a grid of the input's "
+                      "aspect ratio; pass the options 'grid' and 'tokens_to_drop'")  # fmt: skip
+
+
+def _aspect_matches(h: int, w: int, size: tuple[int, int]) -> bool:
+    return round(h * size[1] / size[0]) == w
+
+
+def spatial_map(
+    output: Tensor,
+    size: tuple[int, int],
+    grid: tuple[int, int] | None = None,
+    tokens_to_drop: int | None = None,
+) -> Tensor:
+    """A layer's output as a (B, C, h, w) map: convolutional maps as they are, channels-last
+    maps (B, h, w, C) (Swin, ConvNeXt blocks) permuted, token sequences (B, N, C) (ViT, DeiT)
+    without their leading class/register tokens and reshaped to the patch grid."""
+    if output.ndim == 4:
+        first, last = output.shape[2:], output.shape[1:3]
+        if _aspect_matches(*last, size) and not _aspect_matches(*first, size):
+            return output.permute(0, 3, 1, 2)
+        return output
+    if output.ndim == 3:
+        drop, (h, w) = token_grid(output.shape[1], size, grid, tokens_to_drop)
+        return output[:, drop:].reshape(output.shape[0], h, w, -1).permute(0, 3, 1, 2)
+    raise MethodError(f"the layer outputs shape {tuple(output.shape)}, neither a map (B, C, h, w) "
+                      "/ (B, h, w, C) nor tokens (B, N, C)")  # fmt: skip
 
 
 class CAM(Attribution):
-    """The shared part of every CAM at ``layer`` (a module path); returns (B, 1, H, W).
+    """The shared part of every CAM at ``layer`` (a module, or its path in ``model``); returns
+    (B, 1, H, W).
 
     ``call_index`` picks which call of the layer to use when the module runs several times in
-    one forward pass (-1: the last, e.g. EfficientNet's shared activation at the head).
-    Subclasses define :meth:`weights` (one weight per channel) or :meth:`combine`.
+    one forward pass (-1: the last, e.g. EfficientNet's shared activation at the head). The
+    layer's output becomes a map by :func:`spatial_map` (``grid`` and ``tokens_to_drop`` for
+    transformer tokens), and so does its gradient. Subclasses define :meth:`weights` (one
+    weight per channel) or :meth:`combine`.
     """
 
     uses_gradient = True
@@ -62,21 +112,24 @@ class CAM(Attribution):
     def __init__(
         self,
         model: nn.Module,
-        layer: str,
+        layer: nn.Module | str,
         score: ScoreType = "logit",
         relu: bool = True,
         interpolation: Interpolation = "bilinear",
         align_corners: bool = False,
         call_index: int = -1,
+        grid: tuple[int, int] | None = None,
+        tokens_to_drop: int | None = None,
     ):
         self.model = model
-        self.layer = layer
-        self.module = find_layer(model, layer)
+        self.module = find_layer(model, layer) if isinstance(layer, str) else layer
         self.score = score
         self.relu = relu
         self.interpolation = interpolation
         self.align_corners = align_corners
         self.call_index = call_index
+        self.grid = grid
+        self.tokens_to_drop = tokens_to_drop
 
     def weights(self, activation: Tensor, gradient: Tensor, x: Tensor, targets: Tensor) -> Tensor:
         """One weight per channel (B, C)."""
@@ -88,7 +141,8 @@ class CAM(Attribution):
         return (weights[:, :, None, None] * activation).sum(1)
 
     def activation_and_gradient(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The layer's output (B, C, h, w) on x and, for gradient CAMs, ∂S_c/∂output."""
+        """The layer's output on x as a map (B, C, h, w) and, for gradient CAMs, ∂S_c/∂output
+        as the same map."""
         outputs: list[Tensor] = []
 
         def keep(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:
@@ -101,17 +155,19 @@ class CAM(Attribution):
                 leaf = x.detach().requires_grad_(self.uses_gradient)
                 logits = self.model(leaf)
                 if not outputs:
-                    raise MethodError(f"layer {self.layer!r} did not run in the forward pass")
+                    raise MethodError("the CAM layer did not run in the forward pass")
                 activation = outputs[self.call_index]
-                if not isinstance(activation, Tensor) or activation.ndim != 4:
-                    raise MethodError(f"layer {self.layer!r} does not output a (B, C, h, w) map")
+                if not isinstance(activation, Tensor):
+                    raise MethodError("the CAM layer does not output a tensor")
                 gradient = None
                 if self.uses_gradient:
                     scores = class_scores(logits, targets, self.score)
                     (gradient,) = torch.autograd.grad(scores.sum(), activation)
         finally:
             handle.remove()
-        return activation.detach(), gradient
+        size = (x.shape[-2], x.shape[-1])
+        as_map = lambda t: spatial_map(t, size, self.grid, self.tokens_to_drop)  # noqa: E731
+        return as_map(activation.detach()), None if gradient is None else as_map(gradient)
 
     def layer_map(self, x: Tensor, targets: Tensor) -> Tensor:
         """The class activation map at the layer's resolution, (B, 1, h, w)."""
@@ -228,11 +284,25 @@ class GuidedGradCAM(Attribution):
 
 class LayerOptions(MethodOptions):
     heatmap_reduction: Reduction = "signed_sum"
-    layer: str | None = Field(None, description="Module path; default: the model's CAM layer.")
+    layer: str | None = Field(
+        None, max_length=500, description="The model's module name (e.g. layer4, "
+        "blocks.11.norm1); default: the model's CAM layer.", json_schema_extra={LAYER_NAME: True},
+    )  # fmt: skip
     relu: bool = Field(True, description="ReLU on the layer map (as the papers do).")
     interpolation: Interpolation = "bilinear"
     align_corners: bool = False
     call_index: int = Field(-1, description="Which call of a layer run several times (-1: last).")
+    grid: tuple[GridSide, GridSide] | None = Field(
+        None, description="[h, w] of a transformer layer's patch tokens; default: the grid "
+        "with the input's aspect ratio that the token count allows.",
+    )  # fmt: skip
+    tokens_to_drop: int | None = Field(
+        None, ge=0, le=64, description="Leading tokens of a transformer layer that are not "
+        "patches (class, distillation, register tokens); default: the token count minus the grid.",
+    )  # fmt: skip
+
+    def requirements(self) -> frozenset[str]:
+        return frozenset({"hooks"} if self.layer is not None else {"hooks", "cam_layer"})
 
 
 class CAMOptions(LayerOptions):
@@ -252,11 +322,11 @@ class ScoreCAMOptions(CAMOptions):
         return 1280
 
 
-def cam_layer(ctx: MethodContext, options: LayerOptions) -> str:
-    layer = options.layer or ctx.cam_layer
-    if layer is None:
+def cam_layer(ctx: MethodContext, options: LayerOptions) -> nn.Module:
+    name = options.layer or ctx.cam_layer
+    if name is None:
         raise MethodError("this model declares no CAM layer; pass the 'layer' option")
-    return layer
+    return ctx.layer(name)
 
 
 def _builder(cls: type[CAM]):
@@ -264,7 +334,7 @@ def _builder(cls: type[CAM]):
         extra = {"batch_size": o.batch_size} if isinstance(o, ScoreCAMOptions) else {}
         score = getattr(o, "score", "logit")
         return cls(ctx.model, cam_layer(ctx, o), score, o.relu, o.interpolation,
-                   o.align_corners, o.call_index, **extra)  # fmt: skip
+                   o.align_corners, o.call_index, o.grid, o.tokens_to_drop, **extra)  # fmt: skip
 
     return build
 
@@ -317,6 +387,7 @@ CAM_METHODS: dict[str, MethodSpec] = index(
             citation="Selvaraju et al., ICCV 2017",
             options=CAMOptions,
             build=_guided_gradcam,
+            requires=frozenset({"rectifiers"}),
         ),
     ]
 )

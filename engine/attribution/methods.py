@@ -290,6 +290,7 @@ GRADIENT_METHODS: dict[str, MethodSpec] = index(
             citation="Springenberg et al., ICLR Workshop 2015",
             options=GradientOptions,
             build=lambda ctx, o: smoothed(ctx, o, guided_backprop(ctx, o)),
+            requires=frozenset({"hooks", "rectifiers"}),
         ),
         MethodSpec(
             name="deconvolution",
@@ -300,6 +301,7 @@ GRADIENT_METHODS: dict[str, MethodSpec] = index(
             build=lambda ctx, o: smoothed(
                 ctx, o, Saliency(input_gradient(ctx, o, DeconvolutionRule()))
             ),
+            requires=frozenset({"hooks", "rectifiers"}),
         ),
     ]
 )

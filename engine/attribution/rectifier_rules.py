@@ -11,11 +11,14 @@ The rule is installed with a forward pre-hook (stash the input; clone it first f
 modules, so the module's in-place op cannot overwrite it) and a forward hook that replaces the
 module's output by the same values computed through a custom autograd function. State is kept per
 call, so a module that is called several times (ResNet's BasicBlock reuses ``self.relu``) works.
-Functional rectifiers (``F.relu``) cannot be hooked. After every forward pass the rule walks the
-output's autograd graph: a rectifier node there (ReluBackward0, HardtanhBackward0) came from a call
-outside the hooked modules (theirs are replaced and unreachable), and the call is refused rather
-than silently returning a plain gradient. The walk visits each graph node once: about 0.1 ms per
-forward pass of ResNet18 on the CPU (benchmarks/rectifier_guard.py).
+Rectifier modules are nn.ReLU, nn.ReLU6 and their torch.export counterparts (an unflattened
+module whose graph is one relu or hardtanh(0, 6) call: ``engine.models.inspection``); a model
+without any is refused. Functional rectifiers (``F.relu``) cannot be hooked. After every forward
+pass the rule walks the output's autograd graph: a rectifier node there (ReluBackward0,
+HardtanhBackward0) came from a call outside the hooked modules (theirs are replaced and
+unreachable), and the call is refused rather than silently returning a plain gradient. The walk
+visits each graph node once: about 0.1 ms per forward pass of ResNet18 on the CPU
+(benchmarks/rectifier_guard.py).
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from engine.method import MethodError
+from engine.models.inspection import is_torchscript, rectifier_bound, rectifier_is_inplace
 
-RECTIFIER_MODULES = (nn.ReLU, nn.ReLU6)
 # Autograd nodes of relu, relu_, Tensor.relu (ReluBackward0), relu6 and hardtanh (Hardtanh...).
 _FUNCTIONAL_RECTIFIER_NODES = {"ReluBackward0": "relu", "HardtanhBackward0": "relu6/hardtanh"}
 
@@ -76,22 +79,23 @@ class RectifierRule:
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[None]:
-        modules = [m for m in model.modules() if isinstance(m, RECTIFIER_MODULES)]
-        if isinstance(model, torch.jit.ScriptModule):
+        if is_torchscript(model):
             raise MethodError(f"{self.name} cannot hook a TorchScript model")
+        bounds = {id(m): (rectifier_bound(m), rectifier_is_inplace(m)) for m in model.modules()}
+        modules = [m for m in model.modules() if bounds[id(m)][0] is not None]
+        if not modules:
+            raise MethodError(f"{self.name} needs ReLU/ReLU6 modules and the model has none; "
+                              "it would equal the plain gradient")  # fmt: skip
         stash: dict[int, list[Tensor]] = {}
 
         def before(module: nn.Module, inputs: tuple[Tensor, ...]):
             x = inputs[0]
             stash.setdefault(id(module), []).append(x)
-            if getattr(module, "inplace", False):
-                return (x.clone(),)
-            return None
+            return (x.clone(),) if bounds[id(module)][1] else None
 
         def after(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
             x = stash[id(module)].pop()
-            upper = 6.0 if isinstance(module, nn.ReLU6) else math.inf
-            return _RectifierBackward.apply(x, upper, self.guided)
+            return _RectifierBackward.apply(x, bounds[id(module)][0], self.guided)
 
         def check(model: nn.Module, inputs: tuple, output: Tensor) -> None:
             if isinstance(output, Tensor) and (name := functional_rectifier(output)):

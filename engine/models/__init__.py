@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
 from pathlib import Path
 
 import torch
 
 from engine.models.builtin import builtin_specs
 from engine.models.config import is_config_path, spec_from_config
+from engine.models.inspection import layer_names
 from engine.models.spec import LoadedModel, ModelError, ModelSpec, Normalized, file_sha256
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in builtin_specs()}
@@ -27,6 +30,24 @@ def get_model_spec(name: str) -> ModelSpec:
     raise ModelError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
 
 
+def known_layers(spec: ModelSpec) -> tuple[str, ...] | None:
+    """The layer names of a model (its own module names), without its weights: from the spec
+    where it records them, else from the architecture built on the meta device. None where
+    neither works (the API then leaves the check to the worker)."""
+    return spec.layers if spec.layers is not None else _meta_layers(spec)
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_layers(spec: ModelSpec) -> tuple[str, ...] | None:
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # copying checkpoint tensors into meta ones: a no-op
+            module, _ = spec.build("random" if spec.needs_weights_file else None)
+    except Exception:  # an architecture that cannot be built without real tensors
+        return None
+    return tuple(layer_names(module))
+
+
 def load_model(
     name: str, weights: str | None = None, device: str | torch.device = "cpu"
 ) -> LoadedModel:
@@ -38,9 +59,8 @@ def load_model(
     spec = get_model_spec(name)
     classifier, source = spec.build(weights)
     # Images are explained in [0, 1] pixels, normalised inside; series are taken as they are.
-    module = (
-        Normalized(classifier, spec.mean, spec.std) if spec.input_kind == "image" else classifier
-    )
+    normalized = spec.input_kind == "image" and spec.mean is not None and spec.std is not None
+    module = Normalized(classifier, spec.mean, spec.std) if normalized else classifier
     module.eval().requires_grad_(False)
     device = torch.device(device)
     sha = file_sha256(source) if Path(source).is_file() else None
@@ -54,6 +74,7 @@ __all__ = [
     "ModelSpec",
     "Normalized",
     "get_model_spec",
+    "known_layers",
     "load_model",
     "register_model",
 ]

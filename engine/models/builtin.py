@@ -73,6 +73,9 @@ def _torchvision_builder(arch: str):
     return build
 
 
+# What every built-in image model allows: Python modules, ReLU/ReLU6 modules, a CAM layer.
+EAGER_CNN = frozenset({"hooks", "rectifiers", "modules", "cam_layer"})
+
 # Default Grad-CAM layers: the output of the last convolutional block, after its activation.
 _TORCHVISION_CAM_LAYERS = {
     "resnet18": "layer4",
@@ -98,6 +101,7 @@ def builtin_specs() -> list[ModelSpec]:
             std=(128.0 / 255,) * 3,
             labels=labels,
             cam_layer="_swish",  # reused by stem and head; Grad-CAM uses its last call (the head)
+            capabilities=EAGER_CNN,
         )
         for variant, size in ((0, 224), (2, 260))
     ]
@@ -113,6 +117,7 @@ def builtin_specs() -> list[ModelSpec]:
                 labels=labels,
                 cam_layer=layer,
                 needs_weights_file=True,
+                capabilities=EAGER_CNN,
             )
         )
     return specs

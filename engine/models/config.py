@@ -1,16 +1,22 @@
 """A user's own model described by a YAML or JSON config file.
 
-Fields: ``name``; one of ``factory: "package.module:function"`` (called with ``factory_kwargs``),
-``torchscript: path`` or ``series: path`` (a series classifier saved by ``train-series``);
-optional ``state_dict: path``; ``input_size: [H, W]``; ``mean``; ``std``; ``labels`` (a list or a
-text file with one label per line); ``cam_layer``. Relative paths are relative to the config
-file. Weight files are read with ``weights_only=True``: never arbitrary pickles.
+Fields: ``name``; one source: ``factory: "package.module:function"`` (called with
+``factory_kwargs``), ``timm: architecture`` (``timm.create_model`` without pretrained weights,
+with ``factory_kwargs``), ``export: path`` (a ``torch.export`` program saved by
+``torch.export.save``), ``torchscript: path`` or ``series: path`` (a series classifier saved by
+``train-series``); optional ``state_dict: path`` (for ``factory`` and ``timm``);
+``input_size: [H, W]``; the normalisation: ``mean`` and ``std``, or ``normalize: false`` for a
+model that takes [0, 1] pixels (a timm model's default is its ``pretrained_cfg``, otherwise
+ImageNet's); ``labels`` (a list or a text file with one label per line); ``cam_layer``. Relative
+paths are relative to the config file. Weight files are read with ``weights_only=True``: never
+arbitrary pickles.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,14 @@ from torch import nn
 from engine.models.series import series_spec
 from engine.models.spec import ModelError, ModelSpec
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SOURCES = ("factory", "timm", "export", "torchscript", "series")
+# timm.create_model arguments that would fetch or read weights on their own.
+TIMM_REFUSED_KWARGS = frozenset(
+    {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir"}
+)
+
 
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -30,24 +44,95 @@ class ModelConfig(BaseModel):
     description: str = "user model"
     factory: str | None = Field(None, pattern=r"^[\w.]+:[\w.]+$")
     factory_kwargs: dict[str, Any] = {}
+    timm: str | None = Field(None, pattern=r"^[\w.]+$")
+    export: str | None = None
     torchscript: str | None = None
     series: str | None = None
     state_dict: str | None = None
-    input_size: tuple[int, int] = (224, 224)
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    input_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    normalize: bool = True
     labels: list[str] | str = []
     cam_layer: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        if sum(s is not None for s in (self.factory, self.torchscript, self.series)) != 1:
-            raise ValueError("give exactly one of 'factory', 'torchscript' or 'series'")
+        if sum(getattr(self, source) is not None for source in SOURCES) != 1:
+            raise ValueError(f"give exactly one of {', '.join(repr(s) for s in SOURCES)}")
+        if self.state_dict is not None and self.factory is None and self.timm is None:
+            raise ValueError("'state_dict' goes with 'factory' or 'timm'")
+        if self.timm is not None and (refused := TIMM_REFUSED_KWARGS & set(self.factory_kwargs)):
+            raise ValueError(f"factory_kwargs may not set {', '.join(sorted(refused))}: weights "
+                             "come from the state dict only")  # fmt: skip
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both 'mean' and 'std', or neither")
         return self
 
 
 def is_config_path(name: str) -> bool:
     return name.endswith((".yaml", ".yml", ".json")) and Path(name).is_file()
+
+
+def timm_defaults(architecture: str) -> tuple[tuple[int, int], tuple, tuple]:
+    """(input size, mean, std) of a timm architecture's ``pretrained_cfg`` (no download)."""
+    import timm
+
+    if not timm.is_model(architecture):
+        raise ModelError(f"timm has no architecture {architecture!r}")
+    cfg = timm.models.get_pretrained_cfg(architecture)
+    if cfg is None:
+        return (224, 224), IMAGENET_MEAN, IMAGENET_STD
+    return tuple(cfg.input_size[1:]), tuple(cfg.mean), tuple(cfg.std)
+
+
+def normalisation(config: ModelConfig) -> tuple[tuple[int, int], tuple | None, tuple | None]:
+    """(input size, mean, std): given, else the timm architecture's, else 224² and ImageNet's;
+    mean and std are None for ``normalize: false``."""
+    size, mean, std = (224, 224), IMAGENET_MEAN, IMAGENET_STD
+    if config.timm is not None:
+        size, mean, std = timm_defaults(config.timm)
+        if isinstance(side := config.factory_kwargs.get("img_size"), int):
+            size = (side, side)
+    if config.input_size is not None:
+        size = config.input_size
+    if not config.normalize:
+        return size, None, None
+    if config.mean is not None:
+        mean, std = config.mean, config.std
+    return size, mean, std
+
+
+def load_torchscript(path: Path) -> nn.Module:
+    with warnings.catch_warnings():  # PyTorch's own notice that TorchScript is deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
+def load_exported(path: Path) -> nn.Module:
+    """A ``torch.export`` program as modules with the original names, so hooks run on them."""
+    program = torch.export.load(str(path))
+    return torch.export.unflatten(program)
+
+
+def call_factory(path: str, kwargs: dict[str, Any]) -> nn.Module:
+    module_name, _, attr = path.partition(":")
+    factory = importlib.import_module(module_name)
+    for part in attr.split("."):
+        factory = getattr(factory, part)
+    return factory(**kwargs)
+
+
+def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
+    """Tensors only (``weights_only``), memory-mapped where the file's format allows, so a large
+    file is not read into memory before its tensors are copied into the model."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        return torch.load(file, map_location="cpu", weights_only=True)  # a legacy-format file
 
 
 def spec_from_config(path: str | Path) -> ModelSpec:
@@ -71,31 +156,33 @@ def spec_from_config(path: str | Path) -> ModelSpec:
 
     def build(weights: str | None) -> tuple[nn.Module, str]:
         if config.torchscript is not None:
-            model = torch.jit.load(str(resolve(config.torchscript)), map_location="cpu")
-            source = str(resolve(config.torchscript))
+            return load_torchscript(resolve(config.torchscript)), str(resolve(config.torchscript))
+        if config.export is not None:
+            return load_exported(resolve(config.export)), str(resolve(config.export))
+        if config.timm is not None:
+            import timm
+
+            model = timm.create_model(config.timm, pretrained=False, **config.factory_kwargs)
+            source = f"timm:{config.timm}"
         else:
-            module_name, _, attr = config.factory.partition(":")
-            factory = importlib.import_module(module_name)
-            for part in attr.split("."):
-                factory = getattr(factory, part)
-            model = factory(**config.factory_kwargs)
-            source = config.factory
+            model, source = call_factory(config.factory, config.factory_kwargs), config.factory
         state_path = weights or config.state_dict
         if state_path is not None:
             file = Path(state_path) if weights else resolve(state_path)
             if not file.is_file():
                 raise ModelError(f"state dict for {config.name!r} not found at {file}")
-            model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+            model.load_state_dict(read_state_dict(file))
             source = str(file)
         return model, source
 
+    size, mean, std = normalisation(config)
     return ModelSpec(
         name=config.name,
         description=config.description,
         build=build,
-        input_size=config.input_size,
-        mean=config.mean,
-        std=config.std,
+        input_size=size,
+        mean=mean,
+        std=std,
         labels=tuple(labels),
         cam_layer=config.cam_layer,
     )

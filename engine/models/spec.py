@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -10,6 +11,8 @@ from typing import Literal
 
 import torch
 from torch import nn
+
+from engine.models.inspection import CAPABILITIES, capabilities_of
 
 InputKindName = Literal["image", "timeseries"]
 
@@ -31,11 +34,22 @@ class ModelSpec:
     build: Callable[[str | None], tuple[nn.Module, str]]  # weights arg -> (module, weights source)
     input_kind: InputKindName = "image"
     input_size: tuple[int, int] = (224, 224)
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    # Normalisation put inside the model: (x − mean) / std; None: the model takes [0, 1] pixels.
+    mean: tuple[float, ...] | None = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] | None = (0.229, 0.224, 0.225)
     labels: Sequence[str] = field(default=(), repr=False)
-    cam_layer: str | None = None  # module path inside the raw classifier
+    cam_layer: str | None = None  # the model's own module name
     needs_weights_file: bool = False
+    # What the model allows (engine.models.inspection.CAPABILITIES) and its layer names, where
+    # known without loading it (built-in models, the model store's probe); None: found at load.
+    capabilities: frozenset[str] | None = field(default=None, repr=False)
+    layers: tuple[str, ...] | None = field(default=None, repr=False)
+
+    @property
+    def allows(self) -> frozenset[str]:
+        """Its capabilities; a model whose capabilities are not recorded is taken to have them
+        all (the engine checks the loaded model again before a method runs)."""
+        return self.capabilities if self.capabilities is not None else frozenset(CAPABILITIES)
 
     def label(self, index: int) -> str:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)
@@ -56,11 +70,12 @@ class ModelSpec:
             "description": self.description,
             "input_kind": self.input_kind,
             "input_size": list(self.input_size),
-            "mean": list(self.mean),
-            "std": list(self.std),
+            "mean": list(self.mean) if self.mean is not None else None,
+            "std": list(self.std) if self.std is not None else None,
             "num_classes": len(self.labels),
             "cam_layer": self.cam_layer,
             "needs_weights_file": self.needs_weights_file,
+            "capabilities": sorted(self.capabilities) if self.capabilities is not None else None,
         }
 
 
@@ -88,12 +103,14 @@ class LoadedModel:
     device: torch.device
 
     @property
-    def cam_layer(self) -> str | None:
-        """Default Grad-CAM layer as a path inside :attr:`module`."""
-        if self.spec.cam_layer is None:
-            return None
-        prefix = "classifier." if isinstance(self.module, Normalized) else ""
-        return prefix + self.spec.cam_layer
+    def classifier(self) -> nn.Module:
+        """The user's own model inside :attr:`module`: layer names are its names."""
+        return self.module.classifier if isinstance(self.module, Normalized) else self.module
+
+    @functools.cached_property
+    def capabilities(self) -> frozenset[str]:
+        """What the loaded model allows (:data:`~engine.models.inspection.CAPABILITIES`)."""
+        return capabilities_of(self.classifier, self.spec.cam_layer)
 
     def record(self) -> dict:
         """Name and weights (a file by its name and sha256, never its folder: records leave

@@ -3,16 +3,19 @@ model as a multipart upload (``config`` JSON + ``weights`` file) and delete stor
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import shutil
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from engine.catalogue import all_methods
+from engine.catalogue import applicable_methods
 from engine.models import MODELS
 from engine.models.spec import ModelSpec
 from jobs.models import BUILT_IN, ModelRefused, ModelUpload
+from jobs.training import trained_sets
 from service.deps import ModelsDep, SettingsDep, require_admin, require_key
 from service.errors import ERRORS, ApiError, clean, short
 
@@ -21,11 +24,19 @@ Admin = Annotated[None, Depends(require_admin)]
 
 
 def describe(spec: ModelSpec, allowed: tuple[str, ...]) -> dict[str, Any]:
-    applicable = [m.name for m in all_methods() if spec.input_kind in m.input_kinds]
-    return spec.describe() | {
-        "stored": spec.name not in BUILT_IN,
-        "methods": [m for m in applicable if not allowed or m in allowed],
-    }
+    """The model's description with the methods that will run on it here: those the engine
+    finds applicable (input kind, capabilities), allowed on this server, and, for add-ons that
+    need a trained set, with one in the cache."""
+    trained = {kind: {note["model"] for note in trained_sets(kind)}
+               for kind in ("patterns", "gad")}  # fmt: skip
+    listed = []
+    for method in applicable_methods(spec):
+        need = method.options().trained_set()
+        if need is not None and spec.name not in trained["gad" if need == "support_set" else need]:
+            continue
+        if not allowed or method.name in allowed:
+            listed.append(method.name)
+    return spec.describe() | {"stored": spec.name not in BUILT_IN, "methods": listed}
 
 
 @router.get("/models", dependencies=[Depends(require_key)])
@@ -84,14 +95,33 @@ async def add_model(
     except ValidationError as error:
         details = clean(error.errors())
         raise ApiError(422, "invalid_config", "the model config is invalid", details) from None
-    data = await form["weights"].read(settings.max_model_bytes + 1)
-    if len(data) > settings.max_model_bytes:
-        raise ApiError(413, "payload_too_large", f"weights above {settings.max_model_bytes} bytes")
+    incoming = store.incoming()
     try:
-        spec = await run_in_threadpool(store.add, upload, data)
+        limit, target = settings.max_model_bytes, store.weights_path(incoming)
+        size = await run_in_threadpool(copy_limited, form["weights"].file, target, limit)
+        if size > limit:
+            message = f"weights above the limit of {limit} bytes (EXPLAINER_MAX_MODEL_BYTES)"
+            raise ApiError(413, "payload_too_large", message)
+    except BaseException:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
+    try:
+        spec = await run_in_threadpool(store.add, upload, incoming)
     except ModelRefused as refusal:
         raise ApiError(refusal.status, "model_refused", str(refusal)) from None
     return describe(spec, settings.allowed_methods.get(spec.name, ()))
+
+
+def copy_limited(source: BinaryIO, target: Path, limit: int, chunk: int = 1 << 20) -> int:
+    """Copy an uploaded file (spooled to disk by the multipart parser) in chunks, stopping past
+    ``limit`` bytes; the number of bytes copied (limit + 1 or more when it is too large)."""
+    copied = 0
+    source.seek(0)
+    with open(target, "wb") as out:
+        while copied <= limit and (block := source.read(chunk)):
+            out.write(block)
+            copied += len(block)
+    return copied
 
 
 @router.delete("/models/{name}", status_code=204, responses={**ERRORS, 409: ERRORS[422]})

@@ -30,8 +30,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from engine.addons import AddonOptions, build_base, with_rule
-from engine.attribution.rectifier_rules import RECTIFIER_MODULES
-from engine.method import Attribution, MethodContext, MethodError, MethodSpec
+from engine.method import LAYER_NAME, Attribution, MethodContext, MethodError, MethodSpec
+from engine.models.inspection import rectifier_modules
 
 Importance = Literal["gxi", "abs_gxi", "abs_grad"]
 Granularity = Literal["unit", "channel"]
@@ -74,22 +74,19 @@ class _CriticalFilter(torch.autograd.Function):
 class CriticalGradientRule:
     """Backward rule: filter the gradient at the chosen layers' outputs (see the module doc)."""
 
-    def __init__(self, layers: list[str] | None = None, keep: float = 0.5,
+    def __init__(self, layers: list[nn.Module] | None = None, keep: float = 0.5,
                  importance: Importance = "gxi", granularity: Granularity = "unit"):  # fmt: skip
         self.layers = layers
         self.settings = (keep, importance, granularity)
 
     def modules(self, model: nn.Module) -> list[nn.Module]:
-        named = dict(model.named_modules())
-        if self.layers is None:
-            chosen = [m for m in named.values() if isinstance(m, RECTIFIER_MODULES)]
-            if not chosen:
-                raise MethodError("CriGrad found no nn.ReLU/nn.ReLU6 module; name its layers")
-            return chosen
-        unknown = [name for name in self.layers if name not in named]
-        if unknown:
-            raise MethodError(f"CriGrad layers not in the model: {', '.join(unknown)}")
-        return [named[name] for name in self.layers]
+        """The filtered layers: those given, or every rectifier module of ``model``."""
+        if self.layers is not None:
+            return self.layers
+        chosen = rectifier_modules(model)
+        if not chosen:
+            raise MethodError("CriGrad found no ReLU/ReLU6 module; name its layers")
+        return chosen
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[None]:
@@ -111,13 +108,19 @@ class CriGradOptions(AddonOptions):
     )
     granularity: Granularity = Field("unit", description="Rank single units or whole channels.")
     layers: list[str] | None = Field(
-        None, description="Module paths filtered; default: every ReLU/ReLU6 module."
+        None,
+        description="The model's module names filtered; default: every ReLU/ReLU6 module.",
+        json_schema_extra={LAYER_NAME: True},
     )
+
+    def requirements(self) -> frozenset[str]:
+        own = {"hooks"} if self.layers is not None else {"hooks", "rectifiers"}
+        return super().requirements() | own
 
 
 def _crigrad(ctx: MethodContext, options: CriGradOptions) -> Attribution:
-    rule = CriticalGradientRule(options.layers, options.keep, options.importance,
-                                options.granularity)  # fmt: skip
+    layers = [ctx.layer(name) for name in options.layers] if options.layers is not None else None
+    rule = CriticalGradientRule(layers, options.keep, options.importance, options.granularity)
     return build_base(with_rule(ctx, rule), options.base, options.base_options)
 
 

@@ -133,6 +133,7 @@ GAD_METHOD = MethodSpec(
     "with `python -m engine train-gad`); scores RC and RS.",
     citation="Mazini Rodrigues, Boutry & Najman, Pattern Recognition Letters (GAD)",
     options=GADOptions,
+    requires=frozenset({"modules"}),
     build=_GADWithSupportSet,
     scores=_scores,
 )

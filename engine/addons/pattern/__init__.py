@@ -99,6 +99,7 @@ _PATTERN_NET = MethodSpec(
     "signal estimate in input space. Needs a pattern set for the model.",
     citation=_CITATION,
     options=PatternOptions,
+    requires=frozenset({"modules"}),
     build=_pattern_gradient("net"),
 )
 _PATTERN_ATTRIBUTION = MethodSpec(
@@ -107,6 +108,7 @@ _PATTERN_ATTRIBUTION = MethodSpec(
     summary="PatternAttribution: the backward pass with weights W ⊙ A. Needs a pattern set.",
     citation=_CITATION,
     options=PatternOptions,
+    requires=frozenset({"modules"}),
     build=_pattern_gradient("attribution"),
 )
 _PATTERN_GUIDED_IG = MethodSpec(
@@ -116,6 +118,7 @@ _PATTERN_GUIDED_IG = MethodSpec(
     "gradients (equal to IG when A ≡ 1). Needs a pattern set.",
     citation="Schwarzenberg & Castle, ICML WHI 2020 (Pattern-Guided Integrated Gradients)",
     options=PatternIGOptions,
+    requires=frozenset({"modules"}),
     build=_pattern_guided_ig,
     scores=ig_scores,
 )

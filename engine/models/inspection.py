@@ -1,0 +1,167 @@
+"""What a loaded classifier allows: whether hooks run on its layers, whether it has rectifier
+modules, whether its Python modules are there, its layers by name, and a default CAM layer.
+
+Methods declare what they need (:attr:`engine.method.MethodSpec.requires`); a model provides
+:func:`capabilities_of`; a method whose needs a model does not meet is refused before it runs,
+with :data:`WHY_NEEDED`'s reason.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+# hooks: forward hooks run on its submodules (not on TorchScript, whose graph calls no Python).
+# rectifiers: ReLU/ReLU6 modules whose backward pass a rule can replace (Guided Backprop, ...).
+# modules: its own Python modules with Conv2d/Linear weights (patterns, GAD's support networks).
+# cam_layer: a default layer for the CAM family is known (declared, or found by a probe).
+CAPABILITIES = ("hooks", "rectifiers", "modules", "cam_layer")
+
+WHY_NEEDED = {
+    "hooks": "it hooks the model's layers, which a TorchScript model does not run; upload the "
+    "model as a torch.export program (source 'export') or as a state dict instead",
+    "rectifiers": "it replaces the backward pass of ReLU modules and this model has none (its "
+    "activations are e.g. GELU or SiLU), so it would silently equal the plain gradient",
+    "modules": "it needs the model's own Python modules (Conv2d/Linear layers), which an "
+    "exported or TorchScript model does not have; upload a state dict instead",
+    "cam_layer": "this model declares no CAM layer and none was found; pass the 'layer' option "
+    "(a module name of the model)",
+}
+
+# aten ops of an exported rectifier module (torch.export.unflatten keeps each nn.ReLU as a
+# module whose graph is this one call).
+_EXPORTED_RELU = {"aten.relu.default", "aten.relu_.default"}
+_EXPORTED_HARDTANH = {"aten.hardtanh.default", "aten.hardtanh_.default"}
+
+
+class LayerNotFound(ValueError):
+    """A layer name the model does not have; the message lists the closest names."""
+
+
+def is_torchscript(module: nn.Module) -> bool:
+    return isinstance(module, torch.jit.ScriptModule)
+
+
+def is_exported(module: nn.Module) -> bool:
+    """A module rebuilt from a torch.export program (``torch.export.unflatten``)."""
+    return type(module).__module__.startswith("torch.export")
+
+
+def _single_call(module: nn.Module) -> tuple[str, tuple] | None:
+    """(op name, args) of an exported module whose graph is exactly one function call."""
+    graph = getattr(module, "graph", None)
+    if not is_exported(module) or graph is None:
+        return None
+    calls = [node for node in graph.nodes if node.op not in ("placeholder", "output")]
+    if len(calls) != 1 or calls[0].op != "call_function":
+        return None
+    return str(calls[0].target), calls[0].args
+
+
+def rectifier_bound(module: nn.Module) -> float | None:
+    """u of a rectifier module computing clamp(x, 0, u): ∞ for ReLU, 6 for ReLU6 (eager or
+    exported); None for anything else."""
+    if isinstance(module, nn.ReLU6):
+        return 6.0
+    if isinstance(module, nn.ReLU):
+        return math.inf
+    call = _single_call(module)
+    if call is None:
+        return None
+    op, args = call
+    if op in _EXPORTED_RELU:
+        return math.inf
+    if op in _EXPORTED_HARDTANH and tuple(args[1:3]) == (0.0, 6.0):
+        return 6.0
+    return None
+
+
+def rectifier_is_inplace(module: nn.Module) -> bool:
+    """Whether the rectifier overwrites its input (nn.ReLU(inplace=True), an exported relu_)."""
+    call = _single_call(module)
+    return bool(getattr(module, "inplace", False)) or (call is not None and "_." in call[0])
+
+
+def rectifier_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if rectifier_bound(m) is not None]
+
+
+def capabilities_of(model: nn.Module, cam_layer: str | None = None) -> frozenset[str]:
+    """The :data:`CAPABILITIES` a loaded classifier (without the engine's wrappers) has."""
+    if is_torchscript(model):
+        return frozenset()
+    found = {"hooks"}
+    if rectifier_modules(model):
+        found.add("rectifiers")
+    if not is_exported(model):
+        found.add("modules")
+    if cam_layer is not None:
+        found.add("cam_layer")
+    return frozenset(found)
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in model.named_modules() if name]
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` (the model's own dotted name, e.g. ``layer4`` or
+    ``blocks.11.norm1``); :class:`LayerNotFound` with the closest names otherwise."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise LayerNotFound(unknown_layer_message(name, layer_names(model))) from None
+
+
+def unknown_layer_message(name: str, known: Iterable[str]) -> str:
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f"; closest: {', '.join(close)}" if close else f"; e.g. {', '.join(known[-5:])}"
+    shown = name if len(name) <= 80 else name[:80] + "…"
+    return f"the model has no layer {shown!r}{hint}"
+
+
+_VIT_BLOCK = re.compile(r"^blocks\.(\d+)\.norm1$")
+_SWIN_BLOCK = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.norm1$")
+
+
+def locate_cam_layer(model: nn.Module, probe: Tensor) -> str | None:
+    """A default CAM layer: for transformers the input norm of the last block (ViT/DeiT
+    ``blocks.N.norm1``, Swin ``layers.N.blocks.M.norm1``, as pytorch-grad-cam's docs
+    recommend), else the last module (in call order) whose output is a spatial map (B, C, h, w)
+    with h·w > 1 that it did not merely pass on (the outermost of modules that return the same
+    map, e.g. ResNet's ``layer4``), found by running ``probe``. None when there is neither."""
+    names = layer_names(model)
+    for pattern in (_SWIN_BLOCK, _VIT_BLOCK):
+        blocks = [(tuple(map(int, m.groups())), n) for n in names if (m := pattern.match(n))]
+        if blocks:
+            return max(blocks)[1]
+    if is_torchscript(model):
+        return None
+    last: list[str] = []
+    modules = dict(model.named_modules())
+
+    def record(name: str):
+        def hook(module, inputs, output):
+            passed_on = any(output is given for given in inputs)  # nn.Identity and the like
+            spatial = (
+                isinstance(output, Tensor) and output.ndim == 4 and output.shape[2:].numel() > 1
+            )
+            if spatial and not passed_on:
+                last.append(name)
+
+        return hook
+
+    handles = [module.register_forward_hook(record(n)) for n, module in modules.items() if n]
+    try:
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return last[-1] if last else None

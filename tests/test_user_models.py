@@ -1,0 +1,189 @@
+"""The models people bring, uploaded through the API of an embedded server (real HTTP, random
+weights, small inputs): timm ViT-Tiny, DeiT-Tiny, Swin-T (narrower, at 128²) and ConvNeXt-Atto as
+timm state dicts, and torchvision's ResNet18 as a state dict for a factory, as a torch.export
+program and as a TorchScript archive. For each, every method that ``GET /models`` lists succeeds
+in a job and every method it does not list is a 422 at submit; layer names are the model's own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import timm
+import torch
+import torchvision
+
+from engine.catalogue import all_methods
+from testkit.stack import Api, service_env
+
+ADMIN = {"X-Admin-Key": "admin-secret"}
+LABELS = ["ant", "bee", "cat"]
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+SWIN_SMALL = {"img_size": 128, "embed_dim": 24, "num_heads": [1, 2, 4, 8], "window_size": 4}
+TIMM = {  # name: (architecture, factory_kwargs)
+    "vit": ("vit_tiny_patch16_224", {"img_size": 96}),
+    "deit": ("deit_tiny_patch16_224", {"img_size": 96}),
+    "swin": ("swin_tiny_patch4_window7_224", SWIN_SMALL),
+    "convnext": ("convnext_atto", {}),
+}
+RESNET_SIZE = 96
+# Options that keep each job to a few passes (the matrix runs every method on every model).
+CHEAP = {
+    "integrated_gradients": {"steps": 4},
+    "smoothgrad": {"samples": 2},
+    "smoothgrad_sq": {"samples": 2},
+    "vargrad": {"samples": 2},
+    "smoothgrad_ig": {"steps": 2, "samples": 1},
+    "expected_gradients": {"samples": 2},
+    "scorecam": {"batch_size": 64},
+    **{m: {"iterations": 2, "noise_samples": 2}
+       for m in ("pixelmask", "smoothmask", "cartoonx", "waveletx", "shearletx")},
+}  # fmt: skip
+
+
+def saved(value, save) -> bytes:
+    buffer = io.BytesIO()
+    save(value, buffer)
+    return buffer.getvalue()
+
+
+def resnet18() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=len(LABELS)).eval()
+
+
+def uploads() -> dict[str, tuple[dict, bytes]]:
+    """name → (config, weight file) of every model the matrix runs."""
+    result = {}
+    for name, (architecture, kwargs) in TIMM.items():
+        torch.manual_seed(0)
+        model = timm.create_model(architecture, pretrained=False, num_classes=3, **kwargs)
+        config = {"source": "timm", "architecture": architecture,
+                  "factory_kwargs": {"num_classes": 3, **kwargs}}  # fmt: skip
+        if name == "convnext":
+            config["input_size"] = [RESNET_SIZE, RESNET_SIZE]
+        result[name] = (config, saved(model.state_dict(), torch.save))
+    size = {"input_size": [RESNET_SIZE, RESNET_SIZE]}
+    result["resnet_sd"] = (
+        {"source": "state_dict", "factory": "torchvision.models:resnet18",
+         "factory_kwargs": {"num_classes": 3}, **size, **IMAGENET},
+        saved(resnet18().state_dict(), torch.save),
+    )  # fmt: skip
+    example = (torch.rand(2, 3, RESNET_SIZE, RESNET_SIZE),)
+    dynamic = ({0: torch.export.Dim.AUTO},)
+    program = torch.export.export(resnet18(), example, dynamic_shapes=dynamic)
+    result["resnet_export"] = ({"source": "export", **size, **IMAGENET},
+                               saved(program, torch.export.save))  # fmt: skip
+    scripted = torch.jit.script(resnet18())
+    result["resnet_script"] = ({"source": "torchscript", **size, **IMAGENET},
+                               saved(scripted, torch.jit.save))  # fmt: skip
+    return result
+
+
+def upload(api: Api, name: str, config: dict, weights: bytes):
+    body = {"name": name, "labels": LABELS, **config}
+    return api.client.post("/models", headers=ADMIN, files={"weights": ("w", weights)},
+                           data={"config": json.dumps(body)}, timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("user_models")
+    env = service_env(None, folder / "artifacts", admin_keys="admin-secret", preload_models="")
+    api = Api(env, folder)
+    for name, (config, weights) in uploads().items():
+        response = upload(api, name, config, weights)
+        assert response.status_code == 201, response.text
+    listing = {m["name"]: m for m in api.client.get("/models").json()}
+    yield api, listing
+    api.stop()
+
+
+def submit(api: Api, model: str, method: str, options: dict | None = None):
+    request = {"model": model, "sample": "chelsea", "method": method,
+               "options": CHEAP.get(method, {}) if options is None else options}  # fmt: skip
+    return api.client.post("/explain", json=request)
+
+
+@pytest.mark.parametrize("model", [*TIMM, "resnet_sd", "resnet_export", "resnet_script"])
+def test_every_listed_method_runs_and_every_other_is_refused_at_submit(server, model):
+    api, listing = server
+    listed = set(listing[model]["methods"])
+    jobs, refused = {}, {}
+    for method in (m.name for m in all_methods()):
+        response = submit(api, model, method)
+        if method in listed:
+            assert response.status_code == 202, (method, response.text)
+            jobs[method] = response.json()["id"]
+        else:
+            assert response.status_code == 422, (method, response.text)
+            refused[method] = response.json()["error"]["message"]
+    failed = {}
+    for method, job in jobs.items():
+        view = api.wait_done(job, timeout=300)
+        if view["status"] != "succeeded":
+            failed[method] = view.get("error")
+    assert not failed, failed
+    # What each kind of model must and must not offer.
+    assert {"saliency", "integrated_gradients", "pixelmask", "shearletx"} <= listed
+    assert "extremal_mask" in refused and "pattern_net" in refused  # series; no pattern set
+    cams = {m.name for m in all_methods() if m.family == "cam"}
+    if model == "resnet_script":
+        assert not cams & listed and "guided_backprop" not in listed
+        assert "torch.export" in refused["gradcam"] and "TorchScript" in refused["gradcam"]
+    else:
+        assert cams - {"guided_gradcam"} <= listed, cams - listed
+    rectified = model.startswith("resnet") and model != "resnet_script"
+    for method in ("guided_backprop", "deconvolution", "guided_gradcam", "crigrad"):
+        assert (method in listed) == rectified, method
+    if not rectified and model != "resnet_script":
+        assert "ReLU" in refused["guided_backprop"]  # GELU nets: it would equal saliency
+
+
+def test_uploads_describe_their_normalisation_and_layers(server):
+    _, listing = server
+    assert listing["vit"]["mean"] == [0.5] * 3 and listing["vit"]["std"] == [0.5] * 3  # timm's
+    assert listing["vit"]["input_size"] == [96, 96]
+    assert listing["deit"]["mean"] == pytest.approx(IMAGENET["mean"])
+    assert listing["vit"]["cam_layer"] == "blocks.11.norm1"
+    assert listing["swin"]["cam_layer"] == "layers.3.blocks.1.norm1"
+    assert listing["convnext"]["cam_layer"] == "stages"  # the last stage's map
+    assert listing["resnet_sd"]["cam_layer"] == "layer4"
+    assert listing["resnet_export"]["cam_layer"] == "layer4"
+    assert listing["resnet_script"]["capabilities"] == []
+
+
+def test_layer_options_take_the_models_own_names(server):
+    api, _ = server
+    own = submit(api, "resnet_sd", "gradcam", {"layer": "layer3"})
+    assert own.status_code == 202, own.text
+    assert api.wait_done(own.json()["id"])["status"] == "succeeded"
+    for wrong in ("classifier.layer4", "layer5"):
+        response = submit(api, "resnet_sd", "gradcam", {"layer": wrong})
+        assert response.status_code == 422, response.text
+        assert "closest: layer4" in response.json()["error"]["message"]
+    response = submit(api, "resnet_export", "crigrad", {"layers": ["layer4.1.relu", "relu9"]})
+    assert response.status_code == 422 and "'relu9'" in response.text
+    built_in = submit(api, "efficientnet_lite0", "gradcam", {"layer": "_blocks.99"})
+    assert built_in.status_code == 422 and "_blocks.9" in built_in.text
+
+
+def test_uploads_say_how_they_normalise(server):
+    api, _ = server
+    config, weights = {"source": "state_dict", "factory": "torchvision.models:resnet18",
+                       "factory_kwargs": {"num_classes": 3}}, b"unused"  # fmt: skip
+    response = upload(api, "implicit", config, weights)
+    assert response.status_code == 422 and "normalize" in response.text
+    bad_layer = upload(api, "badlayer", {**uploads_resnet_sd(), "cam_layer": "layer9"},
+                       saved(resnet18().state_dict(), torch.save))  # fmt: skip
+    assert bad_layer.status_code == 422 and "closest: layer" in bad_layer.text
+    timm_download = upload(api, "pretrained", {"source": "timm", "architecture": "convnext_atto",
+                           "factory_kwargs": {"pretrained": True}}, b"x")  # fmt: skip
+    assert timm_download.status_code == 422 and "pretrained" in timm_download.text
+
+
+def uploads_resnet_sd() -> dict:
+    return {"source": "state_dict", "factory": "torchvision.models:resnet18",
+            "factory_kwargs": {"num_classes": 3}, **IMAGENET}  # fmt: skip
