@@ -6,11 +6,17 @@ bundled model, Debian's Chromium driven by Playwright (as in tests/test_web_ui.p
 1. ``docs/web_ui.png``: the job page of a WaveletX explanation of the photograph ``chelsea``
    (loss curve, input, mask, explanation, overlay, scores with their meaning).
 2. ``docs/web_ui_compare.png``: the compare grid of Grad-CAM, Integrated Gradients and WaveletX.
+3. ``docs/web_ui_vit.png``: Grad-CAM on a timm ViT-Tiny uploaded to the model store as a state
+   dict (random weights: no ViT weights ship offline), at its default layer ``blocks.11.norm1``.
+
+``--only vit`` takes one of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import sys
 import tempfile
 import time
@@ -55,25 +61,62 @@ def compare(page: Page, url: str, iterations: int) -> None:
     submit_with_metrics(page, 3)
 
 
+ADMIN_KEY = "screenshot-admin"
+
+
+def upload_vit(api: Api) -> None:
+    import timm
+    import torch
+
+    torch.manual_seed(1)  # seed 0's map is negative everywhere: all zero after Grad-CAM's ReLU
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=1000)
+    weights = io.BytesIO()
+    torch.save(model.state_dict(), weights)
+    labels = api.client.get("/models/efficientnet_lite0/labels").json()
+    config = {"name": "vit_tiny", "source": "timm", "architecture": "vit_tiny_patch16_224",
+              "factory_kwargs": {"num_classes": 1000}, "labels": labels,
+              "description": "timm ViT-Tiny (random weights)"}  # fmt: skip
+    response = api.client.post("/models", headers={"X-Admin-Key": ADMIN_KEY}, timeout=300,
+                               data={"config": json.dumps(config)},
+                               files={"weights": ("vit.pt", weights.getvalue())})  # fmt: skip
+    response.raise_for_status()
+
+
+def explain_vit(page: Page, url: str) -> None:
+    page.goto(url + "/")
+    page.wait_for_selector("#model option[value=vit_tiny]", state="attached")
+    page.select_option("#model", "vit_tiny")
+    page.select_option("#method", "gradcam")
+    submit_with_metrics(page, 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--iterations", type=int, default=100, help="WaveletX iterations")
+    parser.add_argument("--only", choices=["waveletx", "compare", "vit"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder, sync_playwright() as playwright:
-        api = Api(service_env(None, Path(folder) / "artifacts"), Path(folder))
+        env = service_env(None, Path(folder) / "artifacts", admin_keys=ADMIN_KEY)
+        api = Api(env, Path(folder))
         browser = launch_chromium(playwright)
+        shots = {
+            "waveletx": lambda page: explain_waveletx(page, api.url, args.iterations),
+            "compare": lambda page: compare(page, api.url, args.iterations),
+            "vit": lambda page: (upload_vit(api), explain_vit(page, api.url)),
+        }
+        files = {"waveletx": "web_ui.png", "compare": "web_ui_compare.png", "vit": "web_ui_vit.png"}
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             started = time.perf_counter()
-            explain_waveletx(page, api.url, args.iterations)
-            page.screenshot(path=str(args.out / "web_ui.png"), full_page=True)
-            compare(page, api.url, args.iterations)
-            page.screenshot(path=str(args.out / "web_ui_compare.png"), full_page=True)
-            print(f"wrote {args.out}/web_ui.png and web_ui_compare.png in "
-                  f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+            for name, take in shots.items():
+                if args.only in (None, name):
+                    take(page)
+                    page.screenshot(path=str(args.out / files[name]), full_page=True)
+                    print(f"wrote {args.out / files[name]}")
+            print(f"in {time.perf_counter() - started:.0f} s")
         finally:
             browser.close()
             api.stop()

@@ -1,5 +1,5 @@
 """The README's quick start: `./run.sh` serves, and its curl examples (an image, a time series,
-an uploaded model) return finished jobs. They are read from the README itself, so the two
+an uploaded timm ViT and an exported program) return finished jobs. They are read from the README itself, so the two
 cannot drift apart."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def test_run_command_serves_and_the_curl_example_works(tmp_path):
                 return False
 
         wait_for(up, 300, "./run.sh to serve")
-        image, series, model = readme_examples()
+        image, series, vit, exported = readme_examples()
         view = run_example(image, port, tmp_path)
         assert view["status"] == "succeeded", view
         assert view["prediction"]["label"] == "Egyptian cat"
@@ -59,8 +59,11 @@ def test_run_command_serves_and_the_curl_example_works(tmp_path):
         assert view["status"] == "succeeded", view
         assert {"comprehensiveness", "aup", "auroc"} <= set(view["scores"])
         assert (tmp_path / "series.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        view = run_example(model, port, tmp_path)
-        assert view["status"] == "succeeded", view
-        assert view["model"] == "mynet" and view["prediction"]["label"] in ("cat", "dog")
+        for example, model, method in ((vit, "myvit", "gradcam"),
+                                       (exported, "myresnet", "guided_backprop")):  # fmt: skip
+            view = run_example(example, port, tmp_path)
+            assert view["status"] == "succeeded", view
+            assert (view["model"], view["method"]) == (model, method)
+            assert view["prediction"]["label"] in ("cat", "dog")
     finally:
         server.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 import timm
@@ -54,6 +55,11 @@ def resnet18() -> torch.nn.Module:
     return torchvision.models.resnet18(num_classes=len(LABELS)).eval()
 
 
+def resnet_state_dict_config() -> dict:
+    return {"source": "state_dict", "factory": "torchvision.models:resnet18",
+            "factory_kwargs": {"num_classes": 3}, **IMAGENET}  # fmt: skip
+
+
 def uploads() -> dict[str, tuple[dict, bytes]]:
     """name → (config, weight file) of every model the matrix runs."""
     result = {}
@@ -66,11 +72,8 @@ def uploads() -> dict[str, tuple[dict, bytes]]:
             config["input_size"] = [RESNET_SIZE, RESNET_SIZE]
         result[name] = (config, saved(model.state_dict(), torch.save))
     size = {"input_size": [RESNET_SIZE, RESNET_SIZE]}
-    result["resnet_sd"] = (
-        {"source": "state_dict", "factory": "torchvision.models:resnet18",
-         "factory_kwargs": {"num_classes": 3}, **size, **IMAGENET},
-        saved(resnet18().state_dict(), torch.save),
-    )  # fmt: skip
+    result["resnet_sd"] = (resnet_state_dict_config() | size,
+                           saved(resnet18().state_dict(), torch.save))  # fmt: skip
     example = (torch.rand(2, 3, RESNET_SIZE, RESNET_SIZE),)
     dynamic = ({0: torch.export.Dim.AUTO},)
     program = torch.export.export(resnet18(), example, dynamic_shapes=dynamic)
@@ -172,11 +175,10 @@ def test_layer_options_take_the_models_own_names(server):
 
 def test_uploads_say_how_they_normalise(server):
     api, _ = server
-    config, weights = {"source": "state_dict", "factory": "torchvision.models:resnet18",
-                       "factory_kwargs": {"num_classes": 3}}, b"unused"  # fmt: skip
-    response = upload(api, "implicit", config, weights)
+    implicit = {k: v for k, v in resnet_state_dict_config().items() if k not in IMAGENET}
+    response = upload(api, "implicit", implicit, b"unused")
     assert response.status_code == 422 and "normalize" in response.text
-    bad_layer = upload(api, "badlayer", {**uploads_resnet_sd(), "cam_layer": "layer9"},
+    bad_layer = upload(api, "badlayer", resnet_state_dict_config() | {"cam_layer": "layer9"},
                        saved(resnet18().state_dict(), torch.save))  # fmt: skip
     assert bad_layer.status_code == 422 and "closest: layer" in bad_layer.text
     timm_download = upload(api, "pretrained", {"source": "timm", "architecture": "convnext_atto",
@@ -184,6 +186,49 @@ def test_uploads_say_how_they_normalise(server):
     assert timm_download.status_code == 422 and "pretrained" in timm_download.text
 
 
-def uploads_resnet_sd() -> dict:
-    return {"source": "state_dict", "factory": "torchvision.models:resnet18",
-            "factory_kwargs": {"num_classes": 3}, **IMAGENET}  # fmt: skip
+def peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def test_a_400_mb_state_dict_uploads_without_the_api_holding_it(server, tmp_path):
+    """The weights stream to disk and the probe runs in a process of its own: the API's peak
+    RSS grows by less than 100 MB while a 400 MB ViT-B state dict is uploaded and probed."""
+    api, _ = server
+    torch.manual_seed(0)
+    classes = 20_000  # ViT-B/16 (343 MB) with a 20,000-class head: about 405 MB
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=classes)
+    path = tmp_path / "vit_base.pt"
+    torch.save(model.state_dict(), path)
+    del model
+    assert path.stat().st_size > 400e6
+    pid = api.process.proc.pid
+    with open(f"/proc/{pid}/clear_refs", "w") as handle:
+        handle.write("5")  # resets the peak (VmHWM) to the current RSS
+    before = peak_rss_mb(pid)
+    config = {"name": "vit_base", "source": "timm", "architecture": "vit_base_patch16_224",
+              "factory_kwargs": {"num_classes": classes}}  # fmt: skip
+    with open(path, "rb") as weights:
+        response = api.client.post("/models", headers=ADMIN, data={"config": json.dumps(config)},
+                                   files={"weights": ("w.pt", weights)}, timeout=600)  # fmt: skip
+    assert response.status_code == 201, response.text
+    growth = peak_rss_mb(pid) - before
+    assert growth < 100, f"the API's peak RSS grew by {growth:.0f} MB"
+    assert api.client.delete("/models/vit_base", headers=ADMIN).status_code == 204
+
+
+def test_weights_above_the_limit_are_a_413_naming_the_setting(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from jobs.settings import Settings
+    from service.app import create_app
+
+    settings = Settings(artifact_dir=tmp_path, admin_keys=("admin-secret",), max_model_bytes=4096)
+    config = {"config": json.dumps({"name": "big", "source": "export", "normalize": False})}
+    with TestClient(create_app(settings)) as client:
+        for size in (10_000, 200_000):  # under the body limit (file checked), and over it
+            response = client.post("/models", headers=ADMIN, data=config,
+                                   files={"weights": ("w", b"0" * size)})  # fmt: skip
+            assert response.status_code == 413, response.text
+            assert "EXPLAINER_MAX_MODEL_BYTES" in response.json()["error"]["message"]
+        assert not list((tmp_path / "models").iterdir())  # nothing left of either upload
