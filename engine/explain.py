@@ -109,6 +109,8 @@ def explain(
     kind.check_metrics(metric_requests)
     options.check_input_kind(kind.name)
     x, records = kind.prepare(inputs, loaded.spec, options, resize)
+    if refusal := loaded.spec.size_refusal(*x.shape[-2:]):
+        raise MethodError(refusal)
     parameter = next(loaded.module.parameters(), None)
     x = x.to(loaded.device, parameter.dtype if parameter is not None else torch.float32)
     timings: dict[str, float] = {}

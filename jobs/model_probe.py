@@ -88,12 +88,29 @@ def probe(config: Path, max_pixels: int) -> dict[str, Any]:
     elif spec.input_kind == "image":
         with torch.no_grad():
             cam_layer = locate_cam_layer(module, (probe_input - 0.5) / 0.25)
+    capabilities = capabilities_of(module, cam_layer)
+    if spec.input_kind == "timeseries" or takes_other_sizes(wrapped, probe_input):
+        capabilities |= {"any_size"}
     return {
         "ok": True,
-        "capabilities": sorted(capabilities_of(module, cam_layer)),
+        "capabilities": sorted(capabilities),
         "cam_layer": cam_layer,
         "layers": layer_names(module),
     }
+
+
+def takes_other_sizes(model: torch.nn.Module, probe_input: torch.Tensor) -> bool:
+    """Whether the model answers images 32 pixels larger on each side just as well."""
+    larger = torch.rand(*probe_input.shape[:2], *(side + 32 for side in probe_input.shape[2:]))
+    try:
+        with torch.no_grad():
+            output = model(larger)
+    except Exception:  # fixed position embeddings, a program exported for one size, ...
+        return False
+    return isinstance(output, torch.Tensor) and output.shape == (
+        probe_input.shape[0],
+        output.shape[1],
+    )
 
 
 def main() -> None:

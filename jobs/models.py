@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from engine.explain import cached_model
 from engine.models import MODELS, ModelError, ModelSpec, register_model
@@ -39,6 +40,13 @@ BUILT_IN = frozenset(spec.name for spec in builtin_specs())
 PROBE_TIMEOUT_S = 600
 
 Source = Literal["torchscript", "export", "state_dict", "timm", "series"]
+
+
+CONFIG_RULE = "model_config_rule"  # the error type of a rule between an upload's fields
+
+
+def config_rule(message: str) -> PydanticCustomError:
+    return PydanticCustomError(CONFIG_RULE, message)
 
 
 class ModelUpload(BaseModel):
@@ -81,19 +89,22 @@ class ModelUpload(BaseModel):
 
     @model_validator(mode="after")
     def _explicit(self) -> ModelUpload:
+        """Rules between fields that the JSON schema does not state (their own error type)."""
         if (self.factory is not None) != (self.source == "state_dict"):
-            raise ValueError("'factory' goes with source 'state_dict', which needs it")
+            raise config_rule("'factory' goes with source 'state_dict', which needs it")
         if (self.architecture is not None) != (self.source == "timm"):
-            raise ValueError("'architecture' goes with source 'timm', which needs it")
+            raise config_rule("'architecture' goes with source 'timm', which needs it")
         if self.source == "timm" and (refused := TIMM_REFUSED_KWARGS & set(self.factory_kwargs)):
-            raise ValueError(f"factory_kwargs may not set {', '.join(sorted(refused))}: weights "
-                             "come from the uploaded state dict")  # fmt: skip
+            raise config_rule(f"factory_kwargs may not set {', '.join(sorted(refused))}: weights "
+                              "come from the uploaded state dict")  # fmt: skip
         if (self.mean is None) != (self.std is None):
-            raise ValueError("give both 'mean' and 'std', or neither")
+            raise config_rule("give both 'mean' and 'std', or neither")
         implicit = self.source not in ("timm", "series") and self.normalize and self.mean is None
         if implicit:
-            raise ValueError("say how the model normalises its input: 'mean' and 'std', or "
-                             "'normalize': false for a model that takes [0, 1] pixels")  # fmt: skip
+            raise config_rule(
+                "say how the model normalises its input: 'mean' and 'std', or 'normalize': "
+                "false for a model that takes [0, 1] pixels"
+            )
         return self
 
     def config(self) -> dict[str, Any]:
@@ -182,7 +193,10 @@ class ModelStore:
             (incoming / CONFIG).write_text(json.dumps(upload.config(), indent=2))
             found = self._probe(incoming / CONFIG)
             (incoming / INSPECTION).write_text(json.dumps(found))
-            incoming.rename(self.root / upload.name)
+            try:
+                incoming.rename(self.root / upload.name)
+            except OSError:  # stored by a concurrent upload while this one was probed
+                raise ModelRefused(409, f"a model {upload.name} exists; delete it first") from None
         except BaseException:
             shutil.rmtree(incoming, ignore_errors=True)
             raise

@@ -104,6 +104,15 @@ def train(
 WORK = {"patterns": estimate, "support_set": train}
 
 
+CACHE_FOLDERS = {"patterns": "patterns", "support_set": "gad"}  # trained set → cache folder
+
+
+def models_with_trained_sets() -> dict[str, set[str]]:
+    """For each kind of trained set ('patterns', 'support_set'), the models that have one."""
+    return {need: {note["model"] for note in trained_sets(folder)}
+            for need, folder in CACHE_FOLDERS.items()}  # fmt: skip
+
+
 def trained_sets(kind: str) -> list[dict[str, Any]]:
     """The notes of every trained pattern set ('patterns') or support set ('gad')."""
     folder = cache_dir(kind)

@@ -20,6 +20,7 @@ from engine.addons import BASE_OPTIONS_ERROR
 from engine.catalogue import all_methods, get_method, parse_metrics
 from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
 from engine.data.images import ImageTooSmall, check_fits
+from engine.data.samples import sample_size
 from engine.data.timeseries import DEFAULT_MAX_FEATURES, SERIES_SAMPLES, load_series
 from engine.method import OptionsError, names_layers, names_server_path, walk_options
 from engine.metrics.base import MetricError
@@ -151,7 +152,9 @@ def check_image(parsed, upload: Upload | None, settings: Settings) -> tuple[dict
             known = ", ".join([*SAMPLES, *SERIES_SAMPLES])
             raise ApiError(422, "unknown_sample", f"unknown sample {short(parsed.sample)!r}; "
                            f"known: {known}")  # fmt: skip
-        return {"kind": "sample", "name": parsed.sample, "sha256": "sample:" + parsed.sample}, None
+        size = list(sample_size(parsed.sample))  # the size resize='none' explains it at
+        return {"kind": "sample", "name": parsed.sample, "sha256": "sample:" + parsed.sample,
+                "size": size}, None  # fmt: skip
     data = upload.data if upload is not None else None
     if data is None:
         try:
@@ -256,6 +259,7 @@ def check_method(parsed, input_info: dict, settings: Settings) -> None:
                            f"server; leave it at its default ({field.default!r})")  # fmt: skip
         if names_layers(field) and value is not None:
             check_layers(path, [value] if isinstance(value, str) else value, model)
+    check_size(parsed, input_info)
     check_memory(parsed, input_info, settings)
 
 
@@ -297,6 +301,12 @@ def explained_size(parsed, input_info: dict) -> tuple[int, int]:
         width, height = input_info["size"]
         return height, width
     return target_size(parsed)
+
+
+def check_size(parsed, input_info: dict) -> None:
+    """The model takes images of the size they would be explained at."""
+    if refusal := MODELS[parsed.model].size_refusal(*explained_size(parsed, input_info)):
+        raise ApiError(422, "invalid_option", refusal)
 
 
 def check_memory(parsed, input_info: dict, settings: Settings) -> None:

@@ -102,10 +102,10 @@ def test_token_grids():
 
 
 def test_spatial_maps_of_each_layout():
-    maps = torch.arange(2 * 8 * 3 * 5, dtype=torch.float64).view(2, 8, 3, 5)  # (B, C, h, w)
+    maps = torch.arange(2 * 16 * 3 * 5, dtype=torch.float64).view(2, 16, 3, 5)  # (B, C, h, w)
     assert torch.equal(spatial_map(maps, (60, 100)), maps)
     assert torch.equal(spatial_map(maps.permute(0, 2, 3, 1), (60, 100)), maps)  # channels-last
-    tokens = torch.cat([torch.zeros(2, 1, 8), maps.flatten(2).transpose(1, 2)], 1)
+    tokens = torch.cat([torch.zeros(2, 1, 16), maps.flatten(2).transpose(1, 2)], 1)
     assert torch.equal(spatial_map(tokens, (60, 100)), maps)  # class token dropped
     with pytest.raises(MethodError, match="neither a map"):
         spatial_map(torch.zeros(2, 8), (60, 100))

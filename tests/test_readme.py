@@ -1,6 +1,6 @@
 """The README's quick start: `./run.sh` serves, and its curl examples (an image, a time series,
-an uploaded timm ViT and an exported program) return finished jobs. They are read from the README itself, so the two
-cannot drift apart."""
+an uploaded timm ViT and an exported program) return finished jobs. They are read from the
+README itself, so the two cannot drift apart."""
 
 from __future__ import annotations
 

@@ -155,7 +155,7 @@ def test_uploads_describe_their_normalisation_and_layers(server):
     assert listing["convnext"]["cam_layer"] == "stages"  # the last stage's map
     assert listing["resnet_sd"]["cam_layer"] == "layer4"
     assert listing["resnet_export"]["cam_layer"] == "layer4"
-    assert listing["resnet_script"]["capabilities"] == []
+    assert listing["resnet_script"]["capabilities"] == ["any_size"]  # no hooks: no CAMs
 
 
 def test_layer_options_take_the_models_own_names(server):
@@ -232,3 +232,19 @@ def test_weights_above_the_limit_are_a_413_naming_the_setting(tmp_path):
             assert response.status_code == 413, response.text
             assert "EXPLAINER_MAX_MODEL_BYTES" in response.json()["error"]["message"]
         assert not list((tmp_path / "models").iterdir())  # nothing left of either upload
+
+
+def test_models_of_one_input_size_refuse_other_sizes_at_submit(server):
+    api, listing = server
+    assert "any_size" not in listing["vit"]["capabilities"]  # fixed position embeddings
+    assert "any_size" not in listing["resnet_export"]["capabilities"]  # exported at 96²
+    assert "any_size" in listing["resnet_sd"]["capabilities"]  # global average pooling
+    for model in ("vit", "resnet_export"):
+        resized = submit(api, model, "pixelmask", {"iterations": 1, "image_size": 64})
+        assert resized.status_code == 422 and "images only" in resized.text, resized.text
+        request = {"model": model, "sample": "chelsea", "method": "saliency", "resize": "none"}
+        native = api.client.post("/explain", json=request)
+        assert native.status_code == 422 and "451" in native.text, native.text  # chelsea's width
+    fine = submit(api, "resnet_sd", "pixelmask", {"iterations": 1, "image_size": 64})
+    assert fine.status_code == 202, fine.text
+    assert api.wait_done(fine.json()["id"])["status"] == "succeeded"

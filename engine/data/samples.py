@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -43,6 +44,13 @@ SAMPLES: dict[str, Callable[[], np.ndarray]] = {
     "gravel": _skimage("gravel"),
     "brick": _skimage("brick"),
 }
+
+
+@functools.cache
+def sample_size(name: str) -> tuple[int, int]:
+    """(width, height) of a sample photograph, as an uploaded image's is recorded."""
+    height, width = load_sample(name).shape[:2]
+    return width, height
 
 
 def load_sample(name: str) -> np.ndarray:

@@ -73,8 +73,9 @@ def _torchvision_builder(arch: str):
     return build
 
 
-# What every built-in image model allows: Python modules, ReLU/ReLU6 modules, a CAM layer.
-EAGER_CNN = frozenset({"hooks", "rectifiers", "modules", "cam_layer"})
+# What every built-in image model allows: Python modules, ReLU/ReLU6 modules, a CAM layer, any
+# input size (global pooling before the classifier).
+EAGER_CNN = frozenset({"hooks", "rectifiers", "modules", "cam_layer", "any_size"})
 
 # Default Grad-CAM layers: the output of the last convolutional block, after its activation.
 _TORCHVISION_CAM_LAYERS = {

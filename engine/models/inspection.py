@@ -20,7 +20,9 @@ from torch import Tensor, nn
 # rectifiers: ReLU/ReLU6 modules whose backward pass a rule can replace (Guided Backprop, ...).
 # modules: its own Python modules with Conv2d/Linear weights (patterns, GAD's support networks).
 # cam_layer: a default layer for the CAM family is known (declared, or found by a probe).
-CAPABILITIES = ("hooks", "rectifiers", "modules", "cam_layer")
+# any_size: it takes images of other sizes than its input size (fully convolutional, adaptive
+# pooling); a ViT's position embeddings or an exported program's fixed shapes do not.
+CAPABILITIES = ("hooks", "rectifiers", "modules", "cam_layer", "any_size")
 
 WHY_NEEDED = {
     "hooks": "it hooks the model's layers, which a TorchScript model does not run; upload the "
@@ -31,6 +33,7 @@ WHY_NEEDED = {
     "exported or TorchScript model does not have; upload a state dict instead",
     "cam_layer": "this model declares no CAM layer and none was found; pass the 'layer' option "
     "(a module name of the model)",
+    "any_size": "this model takes images of its input size only",
 }
 
 # aten ops of an exported rectifier module (torch.export.unflatten keeps each nn.ReLU as a

@@ -129,7 +129,7 @@ def series_spec(name: str, path: str | Path) -> ModelSpec:
         input_kind="timeseries",
         input_size=(record.get("length", 0), model.features),
         labels=STEP_LABELS,
-        capabilities=frozenset({"hooks", "modules"}),
+        capabilities=frozenset({"hooks", "modules", "any_size"}),  # any length
     )
 
 

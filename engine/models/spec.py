@@ -51,6 +51,17 @@ class ModelSpec:
         all (the engine checks the loaded model again before a method runs)."""
         return self.capabilities if self.capabilities is not None else frozenset(CAPABILITIES)
 
+    def size_refusal(self, height: int, width: int) -> str | None:
+        """Why images explained at height × width cannot go through this model (one that takes
+        its input size only, as the model store's probe found), or None."""
+        if self.input_kind != "image" or (height, width) == tuple(self.input_size):
+            return None
+        if "any_size" in self.allows:
+            return None
+        h, w = self.input_size
+        return (f"model {self.name} takes {h}×{w} images only, not {height}×{width}: leave "
+                "image_size and resize at their defaults")  # fmt: skip
+
     def label(self, index: int) -> str:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)
 

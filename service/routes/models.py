@@ -14,8 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from engine.catalogue import applicable_methods
 from engine.models import MODELS
 from engine.models.spec import ModelSpec
-from jobs.models import BUILT_IN, ModelRefused, ModelUpload
-from jobs.training import trained_sets
+from jobs.models import BUILT_IN, CONFIG_RULE, ModelRefused, ModelUpload
+from jobs.training import models_with_trained_sets
 from service.deps import ModelsDep, SettingsDep, require_admin, require_key
 from service.errors import ERRORS, ApiError, clean, short
 
@@ -23,16 +23,14 @@ router = APIRouter(responses={401: ERRORS[401]})
 Admin = Annotated[None, Depends(require_admin)]
 
 
-def describe(spec: ModelSpec, allowed: tuple[str, ...]) -> dict[str, Any]:
+def describe(spec: ModelSpec, allowed: tuple[str, ...], trained: dict[str, set[str]]) -> dict:
     """The model's description with the methods that will run on it here: those the engine
     finds applicable (input kind, capabilities), allowed on this server, and, for add-ons that
-    need a trained set, with one in the cache."""
-    trained = {kind: {note["model"] for note in trained_sets(kind)}
-               for kind in ("patterns", "gad")}  # fmt: skip
+    need a trained set, with one in the cache (``trained``: models_with_trained_sets())."""
     listed = []
     for method in applicable_methods(spec):
         need = method.options().trained_set()
-        if need is not None and spec.name not in trained["gad" if need == "support_set" else need]:
+        if need is not None and spec.name not in trained[need]:
             continue
         if not allowed or method.name in allowed:
             listed.append(method.name)
@@ -42,8 +40,10 @@ def describe(spec: ModelSpec, allowed: tuple[str, ...]) -> dict[str, Any]:
 @router.get("/models", dependencies=[Depends(require_key)])
 def models(settings: SettingsDep, store: ModelsDep) -> list[dict[str, Any]]:
     """Every model, built in or stored: input kind and size, normalisation, classes, Grad-CAM
-    layer, and the methods that apply to it on this server."""
-    return [describe(spec, settings.allowed_methods.get(name, ())) for name, spec in MODELS.items()]
+    layer, capabilities, and the methods that will run on it on this server."""
+    trained = models_with_trained_sets()
+    return [describe(spec, settings.allowed_methods.get(name, ()), trained)
+            for name, spec in MODELS.items()]  # fmt: skip
 
 
 @router.get("/models/{name}/labels", dependencies=[Depends(require_key)],
@@ -94,6 +94,8 @@ async def add_model(
         upload = ModelUpload.model_validate_json(raw if isinstance(raw, str) else "", strict=True)
     except ValidationError as error:
         details = clean(error.errors())
+        if all(d["type"] == CONFIG_RULE for d in details):  # a rule the schema cannot state
+            raise ApiError(422, "model_refused", details[0]["msg"], details) from None
         raise ApiError(422, "invalid_config", "the model config is invalid", details) from None
     incoming = store.incoming()
     try:
@@ -109,7 +111,7 @@ async def add_model(
         spec = await run_in_threadpool(store.add, upload, incoming)
     except ModelRefused as refusal:
         raise ApiError(refusal.status, "model_refused", str(refusal)) from None
-    return describe(spec, settings.allowed_methods.get(spec.name, ()))
+    return describe(spec, settings.allowed_methods.get(spec.name, ()), models_with_trained_sets())
 
 
 def copy_limited(source: BinaryIO, target: Path, limit: int, chunk: int = 1 << 20) -> int:

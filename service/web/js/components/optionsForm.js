@@ -126,12 +126,18 @@ export function optionsForm(schema, { methods = [], prefix = "opt" } = {}) {
       read = () => (input.value.trim() === "" ? (nullable ? null : NaN) : Number(input.value));
     } else if (schema.type === "array") {
       input = h("input", { id, type: "text", placeholder: "comma-separated; empty: default" });
+      // Numbers for arrays of numbers ([h, w] grids, class pairs); text otherwise.
+      const itemSchemas = schema.prefixItems || (schema.items ? [schema.items] : []);
+      const numeric =
+        itemSchemas.length > 0 &&
+        itemSchemas.every((item) => item.type === "integer" || item.type === "number");
       read = () => {
         const items = input.value
           .split(",")
           .map((s) => s.trim())
           .filter(Boolean);
-        return items.length ? items : null;
+        if (!items.length) return null;
+        return numeric ? items.map(Number) : items;
       };
     } else {
       input = h("input", {
