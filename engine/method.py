@@ -160,7 +160,8 @@ class MethodContext:
     def layer(self, name: str) -> nn.Module:
         """The model's layer by its own name (``layer4``, ``blocks.11.norm1``)."""
         try:
-            return find_layer(self.named_model or self.model, name)
+            root = self.model if self.named_model is None else self.named_model
+            return find_layer(root, name)
         except LayerNotFound as error:
             raise MethodError(str(error)) from None
 
