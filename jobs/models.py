@@ -42,6 +42,7 @@ PROBE_TIMEOUT_S = 600
 Source = Literal["torchscript", "export", "state_dict", "timm", "series"]
 
 
+TORCHVISION_REFUSED_KWARGS = frozenset({"weights", "weights_backbone", "progress"})
 CONFIG_RULE = "model_config_rule"  # the error type of a rule between an upload's fields
 
 
@@ -94,7 +95,8 @@ class ModelUpload(BaseModel):
             raise config_rule("'factory' goes with source 'state_dict', which needs it")
         if (self.architecture is not None) != (self.source == "timm"):
             raise config_rule("'architecture' goes with source 'timm', which needs it")
-        if self.source == "timm" and (refused := TIMM_REFUSED_KWARGS & set(self.factory_kwargs)):
+        downloads = TIMM_REFUSED_KWARGS if self.source == "timm" else TORCHVISION_REFUSED_KWARGS
+        if refused := downloads & set(self.factory_kwargs):
             raise config_rule(f"factory_kwargs may not set {', '.join(sorted(refused))}: weights "
                               "come from the uploaded state dict")  # fmt: skip
         if (self.mean is None) != (self.std is None):
@@ -129,11 +131,30 @@ class ModelRefused(ValueError):
         self.status = status
 
 
+def factory_allowed(factory: str, allowed: tuple[str, ...]) -> bool:
+    """Whether an upload may name ``factory`` ('module:function'): listed as it is, or a
+    torchvision classification builder where 'torchvision' is listed. Nothing is imported."""
+    if factory in allowed:
+        return True
+    module, _, name = factory.partition(":")
+    if "torchvision" not in allowed or module != "torchvision.models":
+        return False
+    import torchvision
+
+    return name in torchvision.models.list_models(module=torchvision.models)
+
+
 class ModelStore:
-    def __init__(self, root: str | Path, max_probe_pixels: int = 4096 * 4096):
+    def __init__(
+        self,
+        root: str | Path,
+        max_probe_pixels: int = 4096 * 4096,
+        allowed_factories: tuple[str, ...] = ("torchvision",),
+    ):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_probe_pixels = max_probe_pixels
+        self.allowed_factories = allowed_factories
         self._lock = threading.Lock()
         self._seen: dict[str, int] = {}  # name → config mtime, of what this process registered
 
@@ -190,6 +211,11 @@ class ModelStore:
                 raise ModelRefused(409, f"{upload.name} is a built-in model's name")
             if (self.root / upload.name).exists():
                 raise ModelRefused(409, f"a model {upload.name} exists; delete it first")
+            if upload.factory and not factory_allowed(upload.factory, self.allowed_factories):
+                raise ModelRefused(
+                    422, f"factory {upload.factory} is not on this server's allow-list "
+                    "(EXPLAINER_ALLOWED_FACTORIES, set by its operator)",
+                )  # fmt: skip
             (incoming / CONFIG).write_text(json.dumps(upload.config(), indent=2))
             found = self._probe(incoming / CONFIG)
             (incoming / INSPECTION).write_text(json.dumps(found))

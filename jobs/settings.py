@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     artifact_dir: Path = Path("artifacts")
     api_keys: Names = ()
     admin_keys: Names = Field((), description="Keys that may add and delete models (X-Admin-Key)")
+    allowed_factories: Names = Field(
+        ("torchvision",), description="Functions an uploaded state dict may name as its factory "
+        "('module:function'); 'torchvision' stands for every torchvision model builder. Nothing "
+        "else an upload names is imported or called.",
+    )  # fmt: skip
     cache_dir: Path | None = Field(
         None, description="Pattern sets, GAD support sets and shearlet systems, shared by the "
         "API and every worker; default: <artifact_dir>/cache (the engine reads it as "
@@ -89,7 +94,7 @@ class Settings(BaseSettings):
         8_000_000, ge=100_000, description="A Celery pool process above this is replaced"
     )
 
-    @field_validator("api_keys", "admin_keys", "preload_models", mode="before")
+    @field_validator("api_keys", "admin_keys", "preload_models", "allowed_factories", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
         return _names(value)

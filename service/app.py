@@ -62,7 +62,8 @@ class BodyLimit:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.share_cache()
-    artifacts, model_store = ArtifactStore(settings.artifact_dir), ModelStore(settings.models_path)
+    artifacts = ArtifactStore(settings.artifact_dir)
+    model_store = ModelStore(settings.models_path, allowed_factories=settings.allowed_factories)
     store: JobStore
     dispatcher: Dispatcher
     if settings.embedded:

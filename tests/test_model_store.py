@@ -37,7 +37,8 @@ def stack(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     redis = RedisServer(folder)
     env = service_env(redis.url, folder / "artifacts", admin_keys="admin-secret",
-                      api_keys="user-key", preload_models="")  # fmt: skip
+                      api_keys="user-key", preload_models="",
+                      allowed_factories="torchvision,tests.tiny_models:tiny_cnn")  # fmt: skip
     api = Api(env, folder)
     api.client.headers["X-API-Key"] = "user-key"
     yield api, env, folder
@@ -111,6 +112,25 @@ def test_bad_uploads_are_refused_with_their_4xx(stack, config, weights, headers,
     assert response.status_code == status, response.text
     assert words in response.json()["error"]["message"] or words in response.text
     assert not any(p.name.startswith(".incoming") for p in (folder / "artifacts/models").iterdir())
+
+
+OFF_THE_LIST = ["os:system", "subprocess:run", "builtins:open", "torchvision.models:get_weight",
+                "tests.tiny_models:RowLimitedCNN"]  # fmt: skip
+
+
+@pytest.mark.parametrize("factory", OFF_THE_LIST)
+def test_factories_off_the_allow_list_are_refused_and_never_called(stack, factory, tmp_path):
+    api, _, _ = stack
+    marker = tmp_path / "created"
+    config = {"name": "probe", "source": "state_dict", "factory": factory, "normalize": False,
+              "factory_kwargs": {"args": ["touch", str(marker)], "file": str(marker),
+                                 "command": f"touch {marker}", "mode": "w"}}  # fmt: skip
+    response = upload(api, config, b"x")
+    assert response.status_code == 422 and "EXPLAINER_ALLOWED_FACTORIES" in response.text
+    assert not marker.exists()
+    downloads = upload(api, config | {"factory": "torchvision.models:resnet18",
+                                      "factory_kwargs": {"weights": "DEFAULT"}}, b"x")  # fmt: skip
+    assert downloads.status_code == 422 and "weights come from the uploaded" in downloads.text
 
 
 def test_delete_removes_a_stored_model_and_keeps_built_ins(stack):
