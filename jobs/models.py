@@ -156,6 +156,7 @@ class ModelStore:
         self.max_probe_pixels = max_probe_pixels
         self.allowed_factories = allowed_factories
         self._lock = threading.Lock()
+        self._probing = threading.Semaphore(1)  # one probe process at a time: each holds a model
         self._seen: dict[str, int] = {}  # name → config mtime, of what this process registered
 
     def names(self) -> list[str]:
@@ -243,7 +244,9 @@ class ModelStore:
         limit = str(self.max_probe_pixels)
         command = [sys.executable, "-m", "jobs.model_probe", str(config), limit]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+            with self._probing:
+                done = subprocess.run(command, capture_output=True, text=True,
+                                      timeout=PROBE_TIMEOUT_S)  # fmt: skip
         except subprocess.TimeoutExpired:
             raise ModelRefused(422, f"the model's probe took over {PROBE_TIMEOUT_S} s") from None
         try:

@@ -101,14 +101,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder, sync_playwright() as playwright:
         env = service_env(None, Path(folder) / "artifacts", admin_keys=ADMIN_KEY)
         api = Api(env, Path(folder))
-        browser = launch_chromium(playwright)
         shots = {
             "waveletx": lambda page: explain_waveletx(page, api.url, args.iterations),
             "compare": lambda page: compare(page, api.url, args.iterations),
             "vit": lambda page: (upload_vit(api), explain_vit(page, api.url)),
         }
         files = {"waveletx": "web_ui.png", "compare": "web_ui_compare.png", "vit": "web_ui_vit.png"}
+        browser = None
         try:
+            browser = launch_chromium(playwright)
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             started = time.perf_counter()
             for name, take in shots.items():
@@ -118,7 +119,8 @@ def main() -> int:
                     print(f"wrote {args.out / files[name]}")
             print(f"in {time.perf_counter() - started:.0f} s")
         finally:
-            browser.close()
+            if browser is not None:
+                browser.close()
             api.stop()
     return 0
 
