@@ -7,8 +7,12 @@ A TorchScript archive loads without PyTorch's deprecation notice.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import pathlib
 import warnings
+import zipfile
 
 import pytest
 import torch
@@ -25,7 +29,7 @@ from captum.attr import (
 
 from engine import explain
 from engine.attribution.smoothing import draw_noise, noise_scale
-from engine.models import load_model
+from engine.models import ModelError, load_model
 from engine.models.spec import Normalized
 from tests.conftest import assert_relative_close
 
@@ -46,13 +50,17 @@ def write_config(folder, name: str, source: str, file: str) -> str:
     return str(path)
 
 
+def exported_program() -> torch.export.ExportedProgram:
+    """ResNet18 exported with a batch size of its own choosing."""
+    example = (torch.rand(2, 3, SIZE, SIZE),)
+    return torch.export.export(eager_resnet18(), example,
+                               dynamic_shapes=({0: torch.export.Dim.AUTO},))  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("exported")
-    example = (torch.rand(2, 3, SIZE, SIZE),)
-    program = torch.export.export(eager_resnet18(), example,
-                                  dynamic_shapes=({0: torch.export.Dim.AUTO},))  # fmt: skip
-    torch.export.save(program, folder / "resnet18.pt2")
+    torch.export.save(exported_program(), folder / "resnet18.pt2")
     return load_model(write_config(folder, "exported_resnet18", "export", "resnet18.pt2"))
 
 
@@ -120,3 +128,47 @@ def test_torchscript_loads_quietly(tmp_path):
         warnings.simplefilter("error")  # a deprecation notice would fail the load
         model = load_model(write_config(tmp_path, "scripted", "torchscript", "resnet18.pt"))
     assert model.capabilities == frozenset()
+
+
+class Payload:
+    """Unpickling it creates a file: what a hostile archive would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def tampered(source: pathlib.Path, target: pathlib.Path, marker: pathlib.Path, how: str) -> None:
+    """A copy of a real .pt2 with a pickled payload where PyTorch's loader would unpickle it."""
+    payload = io.BytesIO()
+    torch.save(Payload(marker), payload)
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as copy:
+        for item in original.infolist():
+            data = original.read(item.filename)
+            if how == "weights" and item.filename.endswith("model_weights_config.json"):
+                config = json.loads(data)
+                config["config"]["conv1.weight"].update(use_pickle=True, path_name="weight_x")
+                data = json.dumps(config).encode()
+                copy.writestr(item.filename.rsplit("/", 1)[0] + "/weight_x", payload.getvalue())
+            if how == "sample_inputs" and "/sample_inputs/" in item.filename:
+                data = payload.getvalue()
+            copy.writestr(item, data)
+        if how == "aotinductor":
+            copy.writestr("archive/data/aotinductor/model/model.so", b"\x7fELF")
+
+
+@pytest.mark.parametrize("how", ["weights", "sample_inputs", "aotinductor"])
+def test_archives_that_would_unpickle_or_load_code_are_refused_unopened(tmp_path, how):
+    source = tmp_path / "resnet18.pt2"
+    torch.export.save(exported_program(), source)
+    marker = tmp_path / "created"
+    tampered(source, tmp_path / "evil.pt2", marker, how)
+    with pytest.raises(ModelError, match="refused"):
+        load_model(write_config(tmp_path, "evil", "export", "evil.pt2"))
+    assert not marker.exists()
+    if how != "aotinductor":  # the check is what stops it: PyTorch's loader runs the payload
+        with contextlib.suppress(Exception):
+            torch.export.load(tmp_path / "evil.pt2")
+        assert marker.exists()

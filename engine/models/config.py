@@ -15,8 +15,10 @@ arbitrary pickles.
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +112,37 @@ def load_torchscript(path: Path) -> nn.Module:
         return torch.jit.load(str(path), map_location="cpu")
 
 
+def check_exported_archive(path: Path) -> None:
+    """Refuse a ``.pt2`` archive whose loading would run code: PyTorch unpickles payloads marked
+    ``use_pickle``, custom and opaque objects, and sample inputs that ``weights_only`` refuses
+    (it falls back to a full unpickler), and loads compiled AOTInductor libraries. An archive of
+    a plain ``torch.export.save`` has none of these."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ModelError("the file is not a torch.export archive (.pt2, a zip)") from None
+    with archive:
+        for name in archive.namelist():
+            if "aotinductor/" in name:
+                raise ModelError("the archive holds compiled AOTInductor code, which is refused")
+            if "/sample_inputs/" in name:
+                try:
+                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+                except Exception:
+                    raise ModelError("the archive's sample inputs hold pickled Python objects, "
+                                     "which are refused") from None  # fmt: skip
+            if name.endswith("_config.json") and "/data/" in name:
+                for entry in json.loads(archive.read(name)).get("config", {}).values():
+                    pickled = entry.get("use_pickle") or not str(entry.get("path_name", ""))
+                    if pickled or entry["path_name"].startswith(("custom_obj_", "opaque_obj_")):
+                        raise ModelError("the archive holds pickled Python objects (weights or "
+                                         "constants), which are refused")  # fmt: skip
+
+
 def load_exported(path: Path) -> nn.Module:
-    """A ``torch.export`` program as modules with the original names, so hooks run on them."""
+    """A ``torch.export`` program as modules with the original names, so hooks run on them
+    (after :func:`check_exported_archive`)."""
+    check_exported_archive(path)
     program = torch.export.load(str(path))
     return torch.export.unflatten(program)
 
