@@ -78,14 +78,16 @@ def names_server_path(field: FieldInfo) -> bool:
     return isinstance(extra, dict) and bool(extra.get(SERVER_PATH))
 
 
-LAYER_NAME = "x-layer-name"  # JSON-schema mark of an option that names layers of the model
+# JSON-schema mark of an option that names layers of the model: "map" (a CAM layer, whose
+# output must be a map or tokens) or "any".
+LAYER_NAME = "x-layer-name"
 
 
-def names_layers(field: FieldInfo) -> bool:
-    """Whether the option names the model's layers (a name or a list of names), which the API
-    checks against the model's layer names at submit."""
+def names_layers(field: FieldInfo) -> str | None:
+    """What kind of the model's layers the option names ('map' or 'any'; a name or a list of
+    names), which the API checks against the model's layers at submit; None: no layers."""
     extra = field.json_schema_extra
-    return isinstance(extra, dict) and bool(extra.get(LAYER_NAME))
+    return extra.get(LAYER_NAME) if isinstance(extra, dict) else None
 
 
 class MethodOptions(BaseModel):

@@ -1,8 +1,9 @@
-"""The model store's probe, run in a process of its own (``python -m jobs.model_probe CONFIG``):
-build the model from its config and weights, run it once on a probe input of its size, and
-print JSON: ``{"ok": true, "capabilities", "cam_layer", "layers"}`` or ``{"ok": false, "status",
-"message"}``. A process of its own keeps the weights (hundreds of MB for a ViT-B) out of the
-API's memory and ends whatever the model's code left behind.
+"""The model store's probe, in a process of its own (``python -m jobs.model_probe CONFIG
+PIXELS OUT``): build the model from its config and weights, run it on probe inputs of its size,
+and write JSON to the file OUT: ``{"ok": true, "capabilities", "cam_layer", "layers",
+"map_layers"}`` or ``{"ok": false, "status", "message"}``. A process of its own keeps the weights
+(hundreds of MB for a ViT-B) out of the API's memory and ends whatever the model's code left
+behind.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from engine.models.inspection import (
     LayerNotFound,
     capabilities_of,
     find_layer,
+    is_exported,
     layer_names,
     locate_cam_layer,
+    map_layers,
 )
 from engine.models.spec import Normalized
+from engine.runtime import max_rows_per_pass
 
 PROBE_BATCH = 2  # a batch of two: every method runs batches, so the batch size must be free
 
@@ -33,8 +37,9 @@ class Refused(Exception):
         self.status = status
 
 
-def short(error: BaseException, limit: int = 200) -> str:
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+def short(error: BaseException, limit: int = 400) -> str:
+    """The error's text on one line (a state dict mismatch names its keys on the next lines)."""
+    text = " ".join(line.strip() for line in str(error).splitlines()) or type(error).__name__
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -43,7 +48,7 @@ def probe(config: Path, max_pixels: int) -> dict[str, Any]:
         spec = spec_from_config(config)
         module, _ = spec.build(None)
     except Exception as error:  # anything a user's file or config can raise
-        if "Weights only load failed" in str(error):
+        if "Weights only load failed" in str(error) and "GLOBAL" in str(error):
             raise Refused(422, "the weights file holds pickled Python objects, which are "
                           "refused: upload a state dict, an exported program or a TorchScript "
                           "archive") from None  # fmt: skip
@@ -67,8 +72,8 @@ def probe(config: Path, max_pixels: int) -> dict[str, Any]:
             output = wrapped(probe_input)
     except Exception as error:
         hint = ""
-        if "export" in type(module).__module__:
-            hint = " (export it with a dynamic batch size: dynamic_shapes={'x': {0: Dim.AUTO}})"
+        if is_exported(module) and "shape[0]" in str(error):
+            hint = " (export it with a free batch size: dynamic_shapes={'x': {0: Dim.AUTO}})"
         raise Refused(422, f"the model fails on a probe input of shape "
                       f"{tuple(probe_input.shape)}: {short(error)}{hint}") from None  # fmt: skip
     shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
@@ -79,15 +84,23 @@ def probe(config: Path, max_pixels: int) -> dict[str, Any]:
                       f"answers {answer}, not {scores}: {expected}")  # fmt: skip
     if not torch.isfinite(output).all():
         raise Refused(422, "the model answers a probe input with NaN or infinity")
+    if is_exported(module):
+        check_free_batch(wrapped, probe_input)
+    hooks = "hooks" in capabilities_of(module)
+    maps = {}
+    if spec.input_kind == "image" and hooks:
+        maps = map_layers(module, (probe_input - 0.5) / 0.25)
     cam_layer = spec.cam_layer
     if cam_layer is not None:
         try:
             find_layer(module, cam_layer)
         except LayerNotFound as error:
             raise Refused(422, f"cam_layer: {error}") from None
-    elif spec.input_kind == "image":
-        with torch.no_grad():
-            cam_layer = locate_cam_layer(module, (probe_input - 0.5) / 0.25)
+        if hooks and cam_layer not in maps:
+            raise Refused(422, f"cam_layer: {cam_layer} outputs no spatial map or tokens; "
+                          f"layers that do: {', '.join(list(maps)[-5:])}")  # fmt: skip
+    elif hooks:
+        cam_layer = locate_cam_layer(module, maps)
     capabilities = capabilities_of(module, cam_layer)
     if spec.input_kind == "timeseries" or takes_other_sizes(wrapped, probe_input):
         capabilities |= {"any_size"}
@@ -96,30 +109,51 @@ def probe(config: Path, max_pixels: int) -> dict[str, Any]:
         "capabilities": sorted(capabilities),
         "cam_layer": cam_layer,
         "layers": layer_names(module),
+        "map_layers": list(maps),
     }
 
 
+def check_free_batch(model: torch.nn.Module, probe_input: torch.Tensor) -> None:
+    """An exported program guards its batch size: it must take one row and more rows than a
+    pass ever holds (methods batch noise samples, IG steps, Score-CAM's masked inputs)."""
+    for rows in (1, max_rows_per_pass(probe_input[0].numel()) + 1):
+        try:
+            with torch.no_grad():
+                model(probe_input[:1].expand(rows, *probe_input.shape[1:]).contiguous())
+        except Exception as error:
+            raise Refused(422, f"the exported program does not take a batch of {rows}: export it "
+                          "with a free batch size (dynamic_shapes={'x': {0: Dim.AUTO}}); "
+                          f"{short(error)}") from None  # fmt: skip
+
+
 def takes_other_sizes(model: torch.nn.Module, probe_input: torch.Tensor) -> bool:
-    """Whether the model answers images 32 pixels larger on each side just as well."""
-    larger = torch.rand(*probe_input.shape[:2], *(side + 32 for side in probe_input.shape[2:]))
-    try:
-        with torch.no_grad():
-            output = model(larger)
-    except Exception:  # fixed position embeddings, a program exported for one size, ...
-        return False
-    return isinstance(output, torch.Tensor) and output.shape == (
-        probe_input.shape[0],
-        output.shape[1],
-    )
+    """Whether the model answers images of other sizes just as well: larger and smaller, with
+    sides that no patch or stride divides (a ViT with dynamic_img_size takes only multiples of
+    its patch size)."""
+    height, width = probe_input.shape[2:]
+    sizes = ((height + 13, width + 7), (max(32, height // 2 + 3), max(32, width // 2 + 5)))
+    for size in sizes:
+        try:
+            with torch.no_grad():
+                output = model(torch.rand(*probe_input.shape[:2], *size))
+        except Exception:  # fixed position embeddings, a program exported for one size, ...
+            return False
+        if not (isinstance(output, torch.Tensor) and output.ndim == 2):
+            return False
+    return True
 
 
 def main() -> None:
-    config, max_pixels = Path(sys.argv[1]), int(sys.argv[2])
+    """Arguments: the model config, the pixel limit, and the file the answer is written to (a
+    model's own code may print on stdout)."""
+    config, max_pixels, answer_file = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
     try:
         answer = probe(config, max_pixels)
     except Refused as refusal:
-        answer = {"ok": False, "status": refusal.status, "message": str(refusal)}
-    sys.stdout.write(json.dumps(answer))
+        # The upload's folder is the server's business, not the message's.
+        message = str(refusal).replace(f"{config.parent}/", "")
+        answer = {"ok": False, "status": refusal.status, "message": message}
+    answer_file.write_text(json.dumps(answer))
 
 
 if __name__ == "__main__":

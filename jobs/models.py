@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -42,6 +43,10 @@ PROBE_TIMEOUT_S = 600
 Source = Literal["torchscript", "export", "state_dict", "timm", "series"]
 
 
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+Side = Annotated[int, Field(ge=32, le=8192)]  # pixels; smaller images are never explained
+Positive = Annotated[float, Field(gt=1e-6)]
+Label = Annotated[str, Field(min_length=1, max_length=500)]
 TORCHVISION_REFUSED_KWARGS = frozenset({"weights", "weights_backbone", "progress"})
 CONFIG_RULE = "model_config_rule"  # the error type of a rule between an upload's fields
 
@@ -55,7 +60,7 @@ class ModelUpload(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="A new model name.")
+    name: str = Field(..., pattern=NAME_PATTERN, description="A new model name.")
     source: Source = Field(
         ..., description="The weight file: a TorchScript archive, a torch.export program "
         "(torch.export.save, with a dynamic batch size), a state dict for 'factory' (a function "
@@ -72,7 +77,7 @@ class ModelUpload(BaseModel):
         "num_classes).",
     )  # fmt: skip
     description: str = Field("uploaded model", max_length=500)
-    input_size: tuple[int, int] | None = Field(
+    input_size: tuple[Side, Side] | None = Field(
         None, description="[H, W] of its input images; default: the timm architecture's, or 224²."
     )
     mean: tuple[float, float, float] | None = Field(
@@ -80,9 +85,9 @@ class ModelUpload(BaseModel):
         "Required for image models (with std), except for timm (its pretrained_cfg) or with "
         "normalize false.",
     )  # fmt: skip
-    std: tuple[float, float, float] | None = None
+    std: tuple[Positive, Positive, Positive] | None = None
     normalize: bool = Field(True, description="false: the model takes [0, 1] pixels as they are.")
-    labels: list[str] = Field([], max_length=100_000, description="One per output class")
+    labels: list[Label] = Field([], max_length=100_000, description="One per output class")
     cam_layer: str | None = Field(
         None, max_length=500, description="The model's module name for the CAM family; default: "
         "found by the probe (a transformer's last block norm, else the last spatial map).",
@@ -101,6 +106,10 @@ class ModelUpload(BaseModel):
                               "come from the uploaded state dict")  # fmt: skip
         if (self.mean is None) != (self.std is None):
             raise config_rule("give both 'mean' and 'std', or neither")
+        if not self.normalize and self.mean is not None:
+            raise config_rule("'normalize': false takes no 'mean' and 'std'")
+        if len(set(self.labels)) != len(self.labels):
+            raise config_rule("labels must differ from each other (targets may name them)")
         implicit = self.source not in ("timm", "series") and self.normalize and self.mean is None
         if implicit:
             raise config_rule(
@@ -193,6 +202,8 @@ class ModelStore:
             cam_layer=found.get("cam_layer"),
             capabilities=frozenset(found.get("capabilities", ())),
             layers=tuple(found.get("layers", ())),
+            map_layers=tuple(found.get("map_layers", ())),
+            revision=found.get("revision"),
         )
 
     def incoming(self) -> Path:
@@ -218,7 +229,7 @@ class ModelStore:
                     "(EXPLAINER_ALLOWED_FACTORIES, set by its operator)",
                 )  # fmt: skip
             (incoming / CONFIG).write_text(json.dumps(upload.config(), indent=2))
-            found = self._probe(incoming / CONFIG)
+            found = self._probe(incoming / CONFIG) | {"revision": uuid.uuid4().hex}
             (incoming / INSPECTION).write_text(json.dumps(found))
             try:
                 incoming.rename(self.root / upload.name)
@@ -231,6 +242,8 @@ class ModelStore:
         return MODELS[upload.name]
 
     def remove(self, name: str) -> None:
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise ModelRefused(404, "no stored model of that name")
         if name in BUILT_IN:
             raise ModelRefused(409, f"{name} is built in; it cannot be deleted")
         folder = self.root / name
@@ -241,8 +254,9 @@ class ModelStore:
 
     def _probe(self, config: Path) -> dict[str, Any]:
         """Build the model and run it on a probe batch, in a process of its own."""
-        limit = str(self.max_probe_pixels)
-        command = [sys.executable, "-m", "jobs.model_probe", str(config), limit]
+        answer_file = config.parent / "probe.json"
+        command = [sys.executable, "-m", "jobs.model_probe", str(config),
+                   str(self.max_probe_pixels), str(answer_file)]  # fmt: skip
         try:
             with self._probing:
                 done = subprocess.run(command, capture_output=True, text=True,
@@ -250,8 +264,9 @@ class ModelStore:
         except subprocess.TimeoutExpired:
             raise ModelRefused(422, f"the model's probe took over {PROBE_TIMEOUT_S} s") from None
         try:
-            answer = json.loads(done.stdout)
-        except json.JSONDecodeError:
+            answer = json.loads(answer_file.read_text())
+            answer_file.unlink()
+        except (OSError, json.JSONDecodeError):
             log.error("model probe failed (exit %s): %s", done.returncode, done.stderr[-2000:])
             raise ModelRefused(422, "the model's probe process ended without an answer (it "
                                "crashed or ran out of memory)") from None  # fmt: skip

@@ -257,21 +257,27 @@ def check_method(parsed, input_info: dict, settings: Settings) -> None:
             raise ApiError(422, "invalid_option",
                            f"over the API, options.{path} cannot name a file or folder on the "
                            f"server; leave it at its default ({field.default!r})")  # fmt: skip
-        if names_layers(field) and value is not None:
-            check_layers(path, [value] if isinstance(value, str) else value, model)
+        if (kind := names_layers(field)) and value is not None:
+            check_layers(path, [value] if isinstance(value, str) else value, kind, model)
     check_size(parsed, input_info)
     check_memory(parsed, input_info, settings)
 
 
-def check_layers(option: str, names: list[str], model: ModelSpec) -> None:
-    """Layer options name modules the model has (its own names: ``layer4``, not a wrapper's)."""
+def check_layers(option: str, names: list[str], kind: str, model: ModelSpec) -> None:
+    """Layer options name modules the model has (its own names: ``layer4``, not a wrapper's);
+    a CAM layer (``kind`` 'map') one whose output is a map or tokens."""
     known = known_layers(model)
     if known is None:
         return
+    every, maps = known
     for name in names:
-        if name not in known:
-            message = unknown_layer_message(name, known)
+        if name not in every:
+            message = unknown_layer_message(name, every)
             raise ApiError(422, "invalid_option", f"options.{option}: {message}")
+        if kind == "map" and name not in maps:
+            message = (f"options.{option}: {short(name)} outputs no spatial map or tokens; "
+                       f"layers that do: {', '.join(maps[-5:])}")  # fmt: skip
+            raise ApiError(422, "invalid_option", message)
 
 
 def check_trained_set(parsed) -> None:

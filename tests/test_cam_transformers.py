@@ -15,7 +15,7 @@ import torch
 from engine import explain
 from engine.attribution.cam import spatial_map, token_grid
 from engine.method import MethodError
-from engine.models.inspection import capabilities_of, locate_cam_layer
+from engine.models.inspection import capabilities_of, locate_cam_layer, map_layers
 from tests.conftest import assert_relative_close
 from tests.test_cam import THEIRS, reference_map
 
@@ -54,7 +54,7 @@ def their_reshape(kind: str, grid: int):
 
 def test_the_probe_chooses_the_last_blocks_input_norm(transformer):
     _, model, x, layer = transformer
-    assert locate_cam_layer(model, x) == layer
+    assert locate_cam_layer(model, map_layers(model, x)) == layer
     assert capabilities_of(model, layer) == {"hooks", "modules", "cam_layer"}  # GELU: no ReLU
 
 
@@ -93,6 +93,10 @@ def test_token_grids():
     assert token_grid(198, (224, 224), None, None) == (2, (14, 14))  # DeiT distilled
     assert token_grid(201, (224, 224), None, None) == (5, (14, 14))  # 4 registers + class
     assert token_grid(1 + 7 * 14, (112, 224), None, None) == (1, (7, 14))  # not square
+    # Small grids with registers: 21 = 1 + 4×5 fits no square grid; 5 + 4×4 does.
+    assert token_grid(21, (56, 56), None, None) == (5, (4, 4))
+    assert token_grid(30, (70, 70), None, None) == (5, (5, 5))
+    assert token_grid(1 + 6 * 9, (100, 150), None, None) == (1, (6, 9))  # sides not multiples
     assert token_grid(197, (224, 224), (14, 14), None) == (1, (14, 14))
     assert token_grid(200, (224, 224), (10, 20), 0) == (0, (10, 20))
     with pytest.raises(MethodError, match="not 3 dropped"):

@@ -248,3 +248,55 @@ def test_models_of_one_input_size_refuse_other_sizes_at_submit(server):
     fine = submit(api, "resnet_sd", "pixelmask", {"iterations": 1, "image_size": 64})
     assert fine.status_code == 202, fine.text
     assert api.wait_done(fine.json()["id"])["status"] == "succeeded"
+
+
+def test_exports_must_take_any_batch_size(server):
+    api, _ = server
+    example = (torch.rand(2, 3, RESNET_SIZE, RESNET_SIZE),)
+    config = {"source": "export", "input_size": [RESNET_SIZE, RESNET_SIZE], **IMAGENET}
+    bounded = {0: torch.export.Dim("batch", min=2, max=8)}
+    for name, dynamic in (("static", None), ("bounded", (bounded,))):
+        program = torch.export.export(resnet18(), example, dynamic_shapes=dynamic)
+        response = upload(api, f"batch-{name}", config, saved(program, torch.export.save))
+        assert response.status_code == 422, response.text
+        assert "free batch size" in response.json()["error"]["message"]
+
+
+def test_a_name_uploaded_again_is_a_new_model_for_reuse(server):
+    api, _ = server
+    config = resnet_state_dict_config() | {"input_size": [RESNET_SIZE, RESNET_SIZE]}
+    views = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        weights = torchvision.models.resnet18(num_classes=3).state_dict()
+        assert upload(api, "again", config, saved(weights, torch.save)).status_code == 201
+        response = submit(api, "again", "saliency")
+        assert response.status_code == 202, response.text  # never "reused" across uploads
+        views.append(api.wait_done(response.json()["id"]))
+        assert api.client.delete("/models/again", headers=ADMIN).status_code == 204
+    first, second = (view["prediction"]["probability"] for view in views)
+    assert first != second
+
+
+def test_cam_layers_must_output_maps(server):
+    api, _ = server
+    not_a_map = upload(api, "fc-cam", resnet_state_dict_config() | {"cam_layer": "fc"},
+                       saved(resnet18().state_dict(), torch.save))  # fmt: skip
+    assert not_a_map.status_code == 422 and "outputs no spatial map" in not_a_map.text
+    for model, layer in (("resnet_sd", "fc"), ("resnet_export", "avgpool"), ("vit", "head")):
+        response = submit(api, model, "gradcam", {"layer": layer})
+        assert response.status_code == 422 and "outputs no spatial map" in response.text
+    assert submit(api, "efficientnet_lite0", "gradcam", {"layer": "_fc"}).status_code == 422
+
+
+def test_odd_uploads_and_training_requests_are_refused(server):
+    api, _ = server
+    tiny = upload(api, "tiny-input", resnet_state_dict_config() | {"input_size": [16, 16]}, b"x")
+    assert tiny.status_code == 422 and "input_size" in tiny.text
+    both = upload(api, "both", resnet_state_dict_config() | {"normalize": False}, b"x")
+    assert both.status_code == 422 and "takes no 'mean'" in both.text
+    twice = upload(api, "twice", resnet_state_dict_config() | {"labels": ["a", "a", "b"]}, b"x")
+    assert twice.status_code == 422 and "differ" in twice.text
+    assert api.client.delete("/models/%2E%2E", headers=ADMIN).status_code == 404
+    patterns = api.client.post("/patterns", json={"model": "resnet_export", "images": "samples"})
+    assert patterns.status_code == 422 and "Python modules" in patterns.text

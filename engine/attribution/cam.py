@@ -65,7 +65,7 @@ def token_grid(
     for k in range(min(tokens, 17)) if drop is None else (drop,):
         patches = tokens - k
         h = max(1, round(math.sqrt(patches * height / width)))
-        if patches > 0 and patches % h == 0:
+        if patches > 0 and patches % h == 0 and _aspect_matches(h, patches // h, size):
             return k, (h, patches // h)
     raise MethodError(f"cannot arrange the layer's {tokens} tokens as a grid of the input's "
                       "aspect ratio; pass the options 'grid' and 'tokens_to_drop'")  # fmt: skip
@@ -286,7 +286,7 @@ class LayerOptions(MethodOptions):
     heatmap_reduction: Reduction = "signed_sum"
     layer: str | None = Field(
         None, max_length=500, description="The model's module name (e.g. layer4, "
-        "blocks.11.norm1); default: the model's CAM layer.", json_schema_extra={LAYER_NAME: True},
+        "blocks.11.norm1); default: the model's CAM layer.", json_schema_extra={LAYER_NAME: "map"},
     )  # fmt: skip
     relu: bool = Field(True, description="ReLU on the layer map (as the papers do).")
     interpolation: Interpolation = "bilinear"

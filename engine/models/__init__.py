@@ -10,7 +10,7 @@ import torch
 
 from engine.models.builtin import builtin_specs
 from engine.models.config import is_config_path, spec_from_config
-from engine.models.inspection import layer_names
+from engine.models.inspection import layer_names, map_layers
 from engine.models.spec import LoadedModel, ModelError, ModelSpec, Normalized, file_sha256
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in builtin_specs()}
@@ -30,22 +30,27 @@ def get_model_spec(name: str) -> ModelSpec:
     raise ModelError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
 
 
-def known_layers(spec: ModelSpec) -> tuple[str, ...] | None:
-    """The layer names of a model (its own module names), without its weights: from the spec
-    where it records them, else from the architecture built on the meta device. None where
-    neither works (the API then leaves the check to the worker)."""
-    return spec.layers if spec.layers is not None else _meta_layers(spec)
+def known_layers(spec: ModelSpec) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(every layer name, the layers whose output is a map a CAM can use) of a model, without its
+    weights: from the spec where it records them (the model store's probe), else from the
+    architecture run on the meta device. None where neither works (the worker checks then)."""
+    if spec.layers is not None and spec.map_layers is not None:
+        return spec.layers, spec.map_layers
+    return _meta_layers(spec)
 
 
 @functools.lru_cache(maxsize=32)
-def _meta_layers(spec: ModelSpec) -> tuple[str, ...] | None:
+def _meta_layers(spec: ModelSpec) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # copying checkpoint tensors into meta ones: a no-op
             module, _ = spec.build("random" if spec.needs_weights_file else None)
-    except Exception:  # an architecture that cannot be built without real tensors
+            maps = {}
+            if spec.input_kind == "image":
+                maps = map_layers(module, torch.empty(1, 3, *spec.input_size))
+    except Exception:  # an architecture that cannot be built or run without real tensors
         return None
-    return tuple(layer_names(module))
+    return tuple(layer_names(module)), tuple(maps)
 
 
 def load_model(

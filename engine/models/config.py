@@ -94,8 +94,11 @@ def normalisation(config: ModelConfig) -> tuple[tuple[int, int], tuple | None, t
     size, mean, std = (224, 224), IMAGENET_MEAN, IMAGENET_STD
     if config.timm is not None:
         size, mean, std = timm_defaults(config.timm)
-        if isinstance(side := config.factory_kwargs.get("img_size"), int):
+        side = config.factory_kwargs.get("img_size")
+        if isinstance(side, int):
             size = (side, side)
+        elif isinstance(side, list | tuple) and len(side) == 2:
+            size = (int(side[0]), int(side[1]))
     if config.input_size is not None:
         size = config.input_size
     if not config.normalize:

@@ -133,38 +133,52 @@ _VIT_BLOCK = re.compile(r"^blocks\.(\d+)\.norm1$")
 _SWIN_BLOCK = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.norm1$")
 
 
-def locate_cam_layer(model: nn.Module, probe: Tensor) -> str | None:
-    """A default CAM layer: for transformers the input norm of the last block (ViT/DeiT
-    ``blocks.N.norm1``, Swin ``layers.N.blocks.M.norm1``, as pytorch-grad-cam's docs
-    recommend), else the last module (in call order) whose output is a spatial map (B, C, h, w)
-    with h·w > 1 that it did not merely pass on (the outermost of modules that return the same
-    map, e.g. ResNet's ``layer4``), found by running ``probe``. None when there is neither."""
-    names = layer_names(model)
-    for pattern in (_SWIN_BLOCK, _VIT_BLOCK):
-        blocks = [(tuple(map(int, m.groups())), n) for n in names if (m := pattern.match(n))]
-        if blocks:
-            return max(blocks)[1]
-    if is_torchscript(model):
-        return None
-    last: list[str] = []
-    modules = dict(model.named_modules())
+def is_map(output: object) -> bool:
+    """Whether a layer output can be a CAM's map: (B, C, h, w) or (B, h, w, C) with more than one
+    position, or tokens (B, N, C) with more than one token."""
+    if not isinstance(output, Tensor):
+        return False
+    shape = output.shape
+    if output.ndim == 4:
+        return shape[2] * shape[3] > 1 and shape[1] * shape[2] > 1
+    return output.ndim == 3 and shape[1] > 1
+
+
+def map_layers(model: nn.Module, probe: Tensor) -> dict[str, int]:
+    """The layers whose output on ``probe`` is a map (:func:`is_map`) → its number of dimensions
+    (4: a spatial map, 3: tokens), in the order their last calls ended, leaving out those that
+    only pass their input on (nn.Identity and the like). Works on the meta device (shapes)."""
+    found: dict[str, int] = {}
 
     def record(name: str):
         def hook(module, inputs, output):
-            passed_on = any(output is given for given in inputs)  # nn.Identity and the like
-            spatial = (
-                isinstance(output, Tensor) and output.ndim == 4 and output.shape[2:].numel() > 1
-            )
-            if spatial and not passed_on:
-                last.append(name)
+            passed_on = any(output is given for given in inputs)
+            if is_map(output) and not passed_on:
+                found.pop(name, None)  # a module called again moves to its last call
+                found[name] = output.ndim
 
         return hook
 
-    handles = [module.register_forward_hook(record(n)) for n, module in modules.items() if n]
+    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
     try:
         with torch.no_grad():
             model(probe)
     finally:
         for handle in handles:
             handle.remove()
-    return last[-1] if last else None
+    return found
+
+
+def locate_cam_layer(model: nn.Module, maps: dict[str, int]) -> str | None:
+    """A default CAM layer: for transformers the input norm of the last block (ViT/DeiT
+    ``blocks.N.norm1``, Swin ``layers.N.blocks.M.norm1``, as pytorch-grad-cam's docs
+    recommend), else the last layer whose output is a spatial map (``maps`` from
+    :func:`map_layers`: the outermost of modules that return the same map, e.g. ResNet's
+    ``layer4``). None when there is neither."""
+    names = layer_names(model)
+    for pattern in (_SWIN_BLOCK, _VIT_BLOCK):
+        blocks = [(tuple(map(int, m.groups())), n) for n in names if (m := pattern.match(n))]
+        if blocks:
+            return max(blocks)[1]
+    spatial = [name for name, ndim in maps.items() if ndim == 4]
+    return spatial[-1] if spatial else None

@@ -44,6 +44,10 @@ class ModelSpec:
     # known without loading it (built-in models, the model store's probe); None: found at load.
     capabilities: frozenset[str] | None = field(default=None, repr=False)
     layers: tuple[str, ...] | None = field(default=None, repr=False)
+    map_layers: tuple[str, ...] | None = field(default=None, repr=False)  # outputs CAMs can use
+    # Which upload of a stored model this is (a name deleted and uploaded again is another
+    # model: results of the first are not reused for the second); None for built-in models.
+    revision: str | None = None
 
     @property
     def allows(self) -> frozenset[str]:

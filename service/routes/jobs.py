@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from engine.models import MODELS
 from jobs.artifacts import MEDIA_TYPES
 from jobs.records import TERMINAL, JobRecord, new_job_id
 from jobs.store import JobStore
@@ -85,7 +86,8 @@ async def submit(
         options, records = parsed.options.model_dump(mode="json"), metric_records(metrics)
         content_hash = hashlib.sha256(
             json.dumps(
-                {"model": parsed.model, "method": parsed.method, "options": options,
+                {"model": parsed.model, "revision": MODELS[parsed.model].revision,
+                 "method": parsed.method, "options": options,
                  "target": parsed.target, "seed": parsed.seed, "resize": parsed.resize,
                  "input": input_info["sha256"], "metrics": records},
                 sort_keys=True,

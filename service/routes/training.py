@@ -27,6 +27,7 @@ from engine.data import (
     reference_set,
 )
 from engine.models import MODELS, ModelError, ModelSpec
+from engine.models.inspection import WHY_NEEDED
 from jobs.records import JobRecord, new_job_id
 from jobs.settings import Settings
 from jobs.training import as_uint8, images_as_npz, trained_sets
@@ -101,9 +102,13 @@ def read_folder(name: str, size: tuple[int, int], settings: Settings) -> np.ndar
 
 
 def image_model(name: str) -> ModelSpec:
+    """An image model whose Python modules a training job can use (patterns, support nets)."""
     spec = MODELS.get(name)
     if spec is None or spec.input_kind != "image":
         raise ApiError(422, "unknown_model", f"{name!r} is not an image model of this server")
+    if "modules" not in spec.allows:
+        raise ApiError(422, "method_not_applicable", f"model {name} cannot be trained for: "
+                       f"{WHY_NEEDED['modules']}")  # fmt: skip
     return spec
 
 

@@ -110,7 +110,7 @@ class CriGradOptions(AddonOptions):
     layers: list[str] | None = Field(
         None,
         description="The model's module names filtered; default: every ReLU/ReLU6 module.",
-        json_schema_extra={LAYER_NAME: True},
+        json_schema_extra={LAYER_NAME: "any"},
     )
 
     def requirements(self) -> frozenset[str]:

@@ -33,7 +33,9 @@ class _SubstituteBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, output: Tensor, call: LayerCall, substitute: Tensor) -> Tensor:
         ctx.call, ctx.substitute = call, substitute
-        return output
+        # A copy: the returned input would be a view that an in-place activation after the
+        # layer (timm's BatchNormAct2d with SiLU(inplace=True)) may not modify.
+        return output.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
