@@ -14,6 +14,7 @@ from engine.data import InputError
 from engine.method import MethodError, OptionsError
 from engine.metrics.base import MetricError
 from engine.models import MODELS, ModelError
+from engine.models.spec import class_number
 from engine.runtime import keep_freed_memory
 
 
@@ -227,8 +228,8 @@ def command_explain(args: argparse.Namespace) -> int:
     from engine.explain import explain
 
     target: int | str | None = args.target
-    if target is not None and target.lstrip("-").isdigit():
-        target = int(target)
+    if target is not None and (number := class_number(target)) is not None:
+        target = number
     options = options_from_args(args.option)
     for name in ("init", "iterations"):
         if getattr(args, name) is not None:

@@ -135,3 +135,12 @@ def test_bad_config_is_refused(tmp_path):
     path.write_text("name: x\nfactory: a:b\nunknown_field: 1\n")
     with pytest.raises(ModelError, match="unknown_field"):
         load_model(str(path))
+
+
+def test_class_numbers_are_ascii_digits():
+    spec = MODELS["efficientnet_lite0"]
+    assert spec.class_index("285") == 285 and spec.class_index(" -1 ") == -1
+    assert spec.class_index("Egyptian cat") == 285
+    for text in ("²", "٣", "1²", "+3", "3.0"):
+        with pytest.raises(ModelError, match="no class labelled"):
+            spec.class_index(text)

@@ -177,6 +177,9 @@ def test_values_must_have_the_documented_json_types(api):
         ({"sample": "chelsea", "method": "saliency", "target": -1}, 422, ["not a class"]),
         ({"sample": "chelsea", "method": "saliency", "target": "no such"}, 422, ["no class"]),
         ({"sample": "chelsea", "method": "saliency", "target": "x" * 300}, 422, ["target"]),
+        # Unicode digits pass str.isdigit and then fail int(): a label, not a 500.
+        ({"sample": "chelsea", "method": "saliency", "target": "²"}, 422, ["no class"]),
+        ({"sample": "chelsea", "method": "saliency", "target": "٣"}, 422, ["no class"]),
         (
             {
                 "sample": "chelsea",

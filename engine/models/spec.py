@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,13 @@ from torch import nn
 from engine.models.inspection import CAPABILITIES, capabilities_of
 
 InputKindName = Literal["image", "timeseries"]
+
+
+def class_number(text: str) -> int | None:
+    """The class index a text spells in ASCII digits ("285", "-1"), else None ("²" and other
+    Unicode digits are labels, which str.isdigit would accept and int() then refuse)."""
+    text = text.strip()
+    return int(text) if re.fullmatch(r"-?[0-9]{1,18}", text) else None
 
 
 class ModelError(ValueError):
@@ -71,8 +79,8 @@ class ModelSpec:
 
     def class_index(self, label: str) -> int:
         """Resolve a class label (case-insensitive) or a number given as text."""
-        if label.strip().lstrip("-").isdigit():
-            return int(label)
+        if (number := class_number(label)) is not None:
+            return number
         wanted = label.strip().lower()
         for i, name in enumerate(self.labels):
             if name.lower() == wanted:
