@@ -15,17 +15,18 @@ from typing import Any
 
 import torch
 
+from engine.models import with_normalisation
 from engine.models.config import spec_from_config
 from engine.models.inspection import (
     LayerNotFound,
     capabilities_of,
     find_layer,
     is_exported,
+    is_torchscript,
     layer_names,
     locate_cam_layer,
     map_layers,
 )
-from engine.models.spec import Normalized
 from engine.runtime import max_rows_per_pass
 
 PROBE_BATCH = 2  # a batch of two: every method runs batches, so the batch size must be free
@@ -64,9 +65,7 @@ def probe(config: Path, max_pixels: int) -> dict[str, Any]:
         length, features = spec.input_size
         probe_input = torch.randn(PROBE_BATCH, length or 10, features)
         scores, wanted = "one logit per time step", probe_input.shape[1]
-    wrapped = module
-    if spec.input_kind == "image" and spec.mean is not None:
-        wrapped = Normalized(module, spec.mean, spec.std)
+    wrapped = with_normalisation(spec, module)
     try:
         with torch.no_grad():
             output = wrapped(probe_input)
@@ -86,7 +85,7 @@ def probe(config: Path, max_pixels: int) -> dict[str, Any]:
         raise Refused(422, "the model answers a probe input with NaN or infinity")
     if is_exported(module):
         check_free_batch(wrapped, probe_input)
-    hooks = "hooks" in capabilities_of(module)
+    hooks = not is_torchscript(module)
     maps = {}
     if spec.input_kind == "image" and hooks:
         maps = map_layers(module, (probe_input - 0.5) / 0.25)

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from engine.models.builtin import builtin_specs
 from engine.models.config import is_config_path, spec_from_config
@@ -53,6 +54,14 @@ def _meta_layers(spec: ModelSpec) -> tuple[tuple[str, ...], tuple[str, ...]] | N
     return tuple(layer_names(module)), tuple(maps)
 
 
+def with_normalisation(spec: ModelSpec, classifier: nn.Module) -> nn.Module:
+    """The classifier as the engine runs it: images in [0, 1] pixels, normalised inside where
+    the spec has a mean and std; series as they are."""
+    if spec.input_kind == "image" and spec.mean is not None and spec.std is not None:
+        return Normalized(classifier, spec.mean, spec.std)
+    return classifier
+
+
 def load_model(
     name: str, weights: str | None = None, device: str | torch.device = "cpu"
 ) -> LoadedModel:
@@ -64,8 +73,7 @@ def load_model(
     spec = get_model_spec(name)
     classifier, source = spec.build(weights)
     # Images are explained in [0, 1] pixels, normalised inside; series are taken as they are.
-    normalized = spec.input_kind == "image" and spec.mean is not None and spec.std is not None
-    module = Normalized(classifier, spec.mean, spec.std) if normalized else classifier
+    module = with_normalisation(spec, classifier)
     module.eval().requires_grad_(False)
     device = torch.device(device)
     sha = file_sha256(source) if Path(source).is_file() else None
@@ -82,4 +90,5 @@ __all__ = [
     "known_layers",
     "load_model",
     "register_model",
+    "with_normalisation",
 ]

@@ -26,6 +26,10 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
+from torch.export.pt2_archive.constants import (
+    CUSTOM_OBJ_FILENAME_PREFIX,
+    OPAQUE_OBJ_FILENAME_PREFIX,
+)
 
 from engine.models.series import series_spec
 from engine.models.spec import ModelError, ModelSpec
@@ -136,8 +140,10 @@ def check_exported_archive(path: Path) -> None:
                                      "which are refused") from None  # fmt: skip
             if name.endswith("_config.json") and "/data/" in name:
                 for entry in json.loads(archive.read(name)).get("config", {}).values():
-                    pickled = entry.get("use_pickle") or not str(entry.get("path_name", ""))
-                    if pickled or entry["path_name"].startswith(("custom_obj_", "opaque_obj_")):
+                    path_name = str(entry.get("path_name", ""))
+                    objects = path_name.startswith((CUSTOM_OBJ_FILENAME_PREFIX,
+                                                    OPAQUE_OBJ_FILENAME_PREFIX))  # fmt: skip
+                    if entry.get("use_pickle") or not path_name or objects:
                         raise ModelError("the archive holds pickled Python objects (weights or "
                                          "constants), which are refused")  # fmt: skip
 
