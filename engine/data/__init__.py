@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.data.archives import read_zip_entry
 from engine.data.images import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -18,6 +19,7 @@ from engine.data.images import (
     decode_image,
     fit_to_size,
     image_to_tensor,
+    open_image,
     sha256_bytes,
 )
 from engine.data.samples import SAMPLES, load_sample
@@ -131,5 +133,7 @@ __all__ = [
     "image_to_tensor",
     "load_image",
     "load_sample",
+    "open_image",
+    "read_zip_entry",
     "reference_set",
 ]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
+import zlib
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -14,6 +16,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
+# A phone camera's JPEG with a second picture (depth map, preview): Pillow calls it MPO; its
+# first frame is the photograph, read like any JPEG.
+JPEG_VARIANTS = ("MPO",)
+# PNG metadata that Pillow decompresses while it opens a file (text, ICC profile): a 50 KB file
+# can hold a 50 MB chunk. Each chunk, and all of them together, are bounded before Pillow sees
+# them (Pillow's own bounds are 1 MB a chunk and 64 MB in all).
+MAX_PNG_CHUNK_BYTES = 1024 * 1024
+MAX_PNG_METADATA_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000  # well above any photo, far below a decompression bomb
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 MIN_SIDE = 32  # what the models' strided convolutions need (resize='none' keeps the image's)
@@ -35,13 +45,32 @@ def decode_image(
     """Decode PNG/JPEG/WebP bytes to an RGB image, applying EXIF orientation.
 
     The pixel count is checked from the header *before* the pixels are decoded, so a
-    decompression bomb is refused without allocating it. Alpha is composited on white,
-    greyscale and palette images become RGB.
+    decompression bomb is refused without allocating it, and so is a PNG whose metadata chunks
+    would decompress to more than :data:`MAX_PNG_CHUNK_BYTES`. Alpha is composited on white,
+    greyscale and palette images become RGB (16-bit greyscale scaled, not clipped); an MPO
+    (a phone camera's JPEG with extra frames) is read as its first frame.
     """
+    image = open_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InputError(f"truncated or corrupt {image.format} image: {error}") from error
+    image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def open_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Image.Image:
+    """The image of PNG/JPEG/WebP bytes with its header read and checked (format, pixel count,
+    PNG metadata; the limits of :func:`decode_image`) but no pixel decoded: what a server can
+    afford to check before it queues the decoding."""
     if not data:
         raise InputError("empty image file")
     if len(data) > max_bytes:
         raise InputError(f"image file is {len(data)} bytes; the limit is {max_bytes} bytes")
+    if data.startswith(PNG_SIGNATURE):
+        check_png_metadata(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -52,7 +81,11 @@ def decode_image(
         raise InputError(f"image too large: {error}") from error
     except Image.DecompressionBombWarning as error:
         raise InputError(f"image too large: {error}") from error
-    if image.format not in ALLOWED_FORMATS:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+        raise InputError(f"not a readable image: its header is corrupt ({error})") from None
+    if image.format in JPEG_VARIANTS:
+        image.seek(0)  # the first frame is the photograph
+    elif image.format not in ALLOWED_FORMATS:
         raise InputError(
             f"image format {image.format} not accepted; use one of {', '.join(ALLOWED_FORMATS)}"
         )
@@ -61,20 +94,87 @@ def decode_image(
         raise InputError(f"image has {width}×{height} pixels; the limit is {max_pixels} pixels")
     if width < 1 or height < 1:
         raise InputError("image has no pixels")
+    return image
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_png_metadata(data: bytes) -> None:
+    """Refuse a PNG whose compressed text (zTXt, iTXt) or ICC profile (iCCP) chunks decompress
+    above :data:`MAX_PNG_CHUNK_BYTES` each or :data:`MAX_PNG_METADATA_BYTES` together, reading
+    at most one byte past a limit. Anything else wrong with the file is left to Pillow."""
+    offset, total = len(PNG_SIGNATURE), 0
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        start, offset = offset + 8, offset + 12 + length
+        if kind == b"IEND":
+            return
+        if kind not in (b"zTXt", b"iTXt", b"iCCP"):
+            continue
+        compressed = _compressed_metadata(kind, data[start : start + length])
+        if compressed is None:
+            continue
+        name = kind.decode("latin-1")
+        size = _inflated_size(compressed, MAX_PNG_CHUNK_BYTES)
+        if size > MAX_PNG_CHUNK_BYTES:
+            raise InputError(f"PNG {name} chunk (metadata) decompresses to more than "
+                             f"{MAX_PNG_CHUNK_BYTES} bytes; the limit is {MAX_PNG_CHUNK_BYTES} "
+                             "bytes per chunk")  # fmt: skip
+        total += size
+        if total > MAX_PNG_METADATA_BYTES:
+            raise InputError(f"PNG metadata (text and ICC chunks) decompresses to more than "
+                             f"{MAX_PNG_METADATA_BYTES} bytes; the limit is "
+                             f"{MAX_PNG_METADATA_BYTES} bytes")  # fmt: skip
+
+
+def _compressed_metadata(kind: bytes, body: bytes) -> bytes | None:
+    """The zlib stream of a zTXt, compressed iTXt or iCCP chunk; None for an uncompressed
+    iTXt chunk or a malformed one."""
+    if kind in (b"zTXt", b"iCCP"):  # name \0 method stream
+        name_end = body.find(b"\0")
+        return body[name_end + 2 :] if name_end >= 0 else None
+    if kind == b"iTXt":  # keyword \0 flag method language \0 translated \0 text
+        name_end = body.find(b"\0")
+        if name_end < 0 or body[name_end + 1 : name_end + 2] != b"\1":
+            return None
+        language_end = body.find(b"\0", name_end + 3)
+        translated_end = body.find(b"\0", language_end + 1) if language_end >= 0 else -1
+        return body[translated_end + 1 :] if translated_end >= 0 else None
+    return None
+
+
+def _inflated_size(stream: bytes, limit: int) -> int:
+    """Bytes the zlib ``stream`` inflates to, counting at most ``limit + 1`` (a corrupt stream
+    counts what it gave; Pillow reports the corruption)."""
+    inflater = zlib.decompressobj()
     try:
-        image.load()
-    except (OSError, SyntaxError, ValueError) as error:
-        raise InputError(f"truncated or corrupt {image.format} image: {error}") from error
-    image = ImageOps.exif_transpose(image)
-    return to_rgb(image)
+        return len(inflater.decompress(stream, limit + 1))
+    except zlib.error:
+        return 0
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
+    """Any decoded mode as 8-bit RGB: alpha composited on white, greyscale and palette images
+    spread to three channels, 16-bit greyscale scaled to 8 bits (Pillow's own conversion would
+    clip every value above 255 to white)."""
+    if image.mode in SIXTEEN_BIT_GREY:
+        image = Image.fromarray(scale_to_8_bits(np.asarray(image)), "L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+# Pillow's modes for 16-bit greyscale PNGs ("I" holds 32-bit integers; from a PNG, 16-bit ones).
+SIXTEEN_BIT_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def scale_to_8_bits(values: np.ndarray) -> np.ndarray:
+    """16-bit values (0..65535) → uint8 (0..255), rounded: v · 255 / 65535 = v / 257."""
+    scaled = np.clip(values.astype(np.float64), 0, 65535) / 257
+    return np.round(scaled).astype(np.uint8)
 
 
 def image_to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
