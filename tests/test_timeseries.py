@@ -7,6 +7,7 @@ lr 1e-3, 30 epochs) rather than shipped."""
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import subprocess
@@ -19,7 +20,7 @@ from torch import nn
 
 from engine import explain
 from engine.data import InputError
-from engine.data.timeseries import load_series, state_dataset, switch_feature_dataset
+from engine.data.timeseries import load_series, read_npy, state_dataset, switch_feature_dataset
 from engine.masks.extremal import ExtremalMaskOptions, SeriesMaskOutputs
 from engine.method import MethodError
 from engine.metrics.timeseries import black_box, white_box
@@ -244,6 +245,67 @@ def test_series_validation_errors_are_clear(tmp_path):
         load_series(np.zeros((20, 3)), max_length=10)
     (tmp_path / "ok.csv").write_text("1,2,3\n4,5,6\n")
     assert load_series(tmp_path / "ok.csv").shape == (2, 3)
+
+
+def npy_header_only(shape: tuple[int, ...], descr: str = "<f8", data: bytes = b"\0" * 48) -> bytes:
+    """A .npy file whose header claims ``shape`` of ``descr``, followed by ``data`` only (the
+    probe's file claimed 10¹² × 3 float64: 24 TB)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": descr, "fortran_order": False, "shape": shape}
+    )
+    return header.getvalue() + data
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_npy_header_is_checked_before_anything_is_allocated(tmp_path):
+    """np.load allocated what the header claimed (a MemoryError for 10¹² rows, gigabytes for
+    10⁸) before finding the data missing."""
+    bomb = tmp_path / "bomb.npy"
+    bomb.write_bytes(npy_header_only((10**12, 3)))
+    with pytest.raises(InputError, match=r"series is 1000000000000×3; limits are 10000 steps"):
+        load_series(bomb)
+    with pytest.raises(InputError, match=r"header says 240 bytes .* the file has 48"):
+        read_npy(npy_header_only((10, 3)))
+    with pytest.raises(InputError, match="2-D"):
+        read_npy(npy_header_only((10**6, 10**6, 10**6)))
+    with pytest.raises(InputError, match=r"not a readable \.npy"):
+        read_npy(npy(np.zeros((4, 3)))[:20])
+
+
+@pytest.mark.parametrize(
+    ("array", "words"),
+    [
+        (np.ones((5, 3)) * (1 + 2j), "complex numbers"),
+        (np.array([["a", "b", "c"]] * 2), "<U1"),
+        (np.zeros((4, 3), dtype=bool), "bool"),
+        (np.zeros(4, dtype=[("t", "<f8"), ("v", "<f8")]), "real numbers"),
+        (np.zeros((4, 3), dtype="datetime64[s]"), "datetime64"),
+    ],
+    ids=["complex", "strings", "bool", "structured", "dates"],
+)
+def test_series_of_anything_but_real_numbers_are_refused(tmp_path, array, words):
+    """A complex series was accepted with its imaginary part silently dropped."""
+    path = tmp_path / "series.npy"
+    path.write_bytes(npy(array))
+    with pytest.raises(InputError, match=words):
+        load_series(path)
+    with pytest.raises(InputError, match=words):
+        load_series(array)
+
+
+def test_npy_series_read_as_saved(tmp_path):
+    values = np.arange(12, dtype=">i4").reshape(4, 3)
+    for array in (values, np.asfortranarray(values.astype(np.float16)), values[:, 0]):
+        path = tmp_path / "series.npy"
+        path.write_bytes(npy(array))
+        expected = array.reshape(len(array), -1).astype(np.float32)
+        assert np.array_equal(load_series(path).numpy(), expected)
 
 
 def test_registry_refuses_a_model_input_mismatch(one_model, lite0):

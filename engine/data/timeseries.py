@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -143,6 +144,59 @@ class SeriesRecord:
         return asdict(self)
 
 
+def check_series_dtype(dtype: np.dtype) -> None:
+    """Series values are real numbers: integers or floats. Complex values (whose imaginary part
+    a cast would drop), booleans, strings, objects, dates and structured records are refused."""
+    real = np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+    if dtype.names is not None or not real:
+        kind = "complex numbers" if np.issubdtype(dtype, np.complexfloating) else str(dtype)
+        raise InputError(f"series values must be real numbers (integer or float), got {kind}")
+
+
+def check_series_shape(
+    shape: tuple[int, ...], max_length: int = DEFAULT_MAX_LENGTH,
+    max_features: int = DEFAULT_MAX_FEATURES,
+) -> None:  # fmt: skip
+    """A series is time × features (a 1-D array: one feature), not empty, within the limits."""
+    if len(shape) == 1:
+        shape = (shape[0], 1)
+    if len(shape) != 2 or 0 in shape:
+        raise InputError(f"a series is time × features (2-D), got shape {tuple(shape)}")
+    if shape[0] > max_length or shape[1] > max_features:
+        raise InputError(f"series is {shape[0]}×{shape[1]}; limits are {max_length} steps and "
+                         f"{max_features} features")  # fmt: skip
+
+
+def read_npy(
+    data: bytes, *, max_length: int = DEFAULT_MAX_LENGTH, max_features: int = DEFAULT_MAX_FEATURES
+) -> np.ndarray:
+    """A series from ``.npy`` bytes, its header checked before anything is allocated: format
+    1.0 or 2.0, a real-number dtype, a shape within the limits, and exactly the bytes that shape
+    needs (a header claiming 10¹² rows is refused, never allocated). No pickles."""
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):
+            raise InputError(f".npy format version {version[0]}.{version[1]} is not supported "
+                             "(1.0 or 2.0 expected)")  # fmt: skip
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)  # fmt: skip
+        shape, fortran_order, dtype = read_header(stream)
+    except (ValueError, EOFError) as error:
+        if isinstance(error, InputError):
+            raise
+        raise InputError(f"not a readable .npy file: {error}") from None
+    check_series_dtype(dtype)
+    check_series_shape(shape, max_length, max_features)
+    needed = int(np.prod(shape)) * dtype.itemsize
+    present = len(data) - stream.tell()
+    if present != needed:
+        raise InputError(f"the .npy header says {needed} bytes of data for shape {shape} and "
+                         f"{dtype}, the file has {present}")  # fmt: skip
+    array = np.frombuffer(data, dtype=dtype, offset=stream.tell())
+    return array.reshape(shape, order="F" if fortran_order else "C")
+
+
 def load_series(
     source: str | Path | np.ndarray | torch.Tensor,
     *,
@@ -150,13 +204,14 @@ def load_series(
     max_features: int = DEFAULT_MAX_FEATURES,
 ) -> torch.Tensor:
     """A series as time × features from an array, a list, a ``.npy`` or a ``.csv`` file (comma
-    separated, no header) → float32 (T, D), validated: 2-D, finite, within the limits."""
+    separated, no header) → float32 (T, D), validated: 2-D, real numbers, finite, within the
+    limits (a ``.npy`` file's header is checked before its data is read: :func:`read_npy`)."""
     if isinstance(source, str | Path):
         path = Path(source)
         if not path.is_file():
             raise InputError(f"series file {path} not found")
         if path.suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
+            array = read_npy(path.read_bytes(), max_length=max_length, max_features=max_features)
         elif path.suffix == ".csv":
             try:
                 array = np.loadtxt(path, delimiter=",", ndmin=2)
@@ -167,15 +222,10 @@ def load_series(
     else:
         array = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else source
     array = np.asarray(array)
+    check_series_shape(array.shape, max_length, max_features)
+    check_series_dtype(array.dtype)
     if array.ndim == 1:
         array = array[:, None]
-    if array.ndim != 2 or array.size == 0:
-        raise InputError(f"a series is time × features (2-D), got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.number):
-        raise InputError(f"series values must be numbers, got {array.dtype}")
-    if array.shape[0] > max_length or array.shape[1] > max_features:
-        raise InputError(f"series is {array.shape[0]}×{array.shape[1]}; limits are {max_length} "
-                         f"steps and {max_features} features")  # fmt: skip
     if not np.isfinite(array).all():
         raise InputError("series values must be finite (no NaN or inf)")
     return torch.from_numpy(array.astype(np.float32))
