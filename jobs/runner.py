@@ -33,7 +33,7 @@ from jobs.artifacts import ArtifactStore
 from jobs.records import TERMINAL, JobRecord, new_run_token
 from jobs.settings import Settings
 from jobs.store import JobStore
-from jobs.training import WORK
+from jobs.training import WORK, set_extras
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2  # a job whose worker died once is run once more, never a third time
@@ -234,6 +234,7 @@ def _explain(
         resize=record.input.get("resize", "center_crop"),
         progress=reporter,
         metrics=record.metrics,
+        extras=set_extras(record.owner),  # the trained sets its owner may use
     )
     if truth is not None:  # a series with its ground truth: the white-box scores too
         result.scores[0].update(white_box(result.attribution, torch.as_tensor(truth)[None]))

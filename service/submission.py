@@ -27,7 +27,7 @@ from engine.metrics.base import MetricError
 from engine.models import MODELS, ModelError, ModelSpec, known_layers
 from engine.models.inspection import unknown_layer_message
 from jobs.settings import Settings
-from jobs.training import has_trained_set
+from jobs.training import trained_set_files
 from service.errors import ApiError, clean, short
 from service.schemas import explain_request_adapter
 
@@ -280,19 +280,24 @@ def check_layers(option: str, names: list[str], kind: str, model: ModelSpec) -> 
             raise ApiError(422, "invalid_option", message)
 
 
-def check_trained_set(parsed) -> None:
+def check_trained_set(parsed, tenant: str | None) -> list[str]:
     """An add-on that needs a trained set for this model (patterns, GAD support networks) is
-    refused until a training job has made it."""
+    refused until a training job has made one that ``tenant`` may use (its own or a shared
+    one: jobs.training.usable_folders). Returns what identifies the sets the job will use (a
+    new set is a new job for reuse keys); empty when it needs none."""
     need = parsed.options.trained_set()
     if need is None:
-        return
+        return []
     classes = getattr(parsed.options, "classes", None)
-    if not has_trained_set(parsed.model, need, tuple(classes) if classes else None):
+    found = trained_set_files(parsed.model, need, tuple(classes) if classes else None, tenant)
+    if not found:
         endpoint = {"patterns": "POST /patterns", "support_set": "POST /support-sets"}[need]
         what = {"patterns": "a pattern set", "support_set": "GAD support networks"}[need]
         pair = f" for classes {tuple(classes)}" if classes else ""
-        raise ApiError(422, "needs_training", f"{parsed.method} needs {what} of model "
+        yours = " (yours, or shared by an admin)" if tenant is not None else ""
+        raise ApiError(422, "needs_training", f"{parsed.method} needs {what}{yours} of model "
                        f"{parsed.model}{pair}; make them first with {endpoint}")  # fmt: skip
+    return [f"{path}@{path.stat().st_mtime_ns}" for path in found]
 
 
 def target_size(parsed) -> tuple[int, int]:

@@ -14,6 +14,7 @@ rule), or runs the base method on other models.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
@@ -21,6 +22,7 @@ from pydantic_core import PydanticCustomError
 
 from engine.attribution.methods import GRADIENT_METHODS
 from engine.method import Attribution, BackwardRule, MethodContext, MethodOptions, OptionsError
+from engine.storage import cache_dir
 
 # The methods built on the input gradient (the ones a backward rule reaches).
 GradientBase = Literal[
@@ -71,6 +73,17 @@ class AddonOptions(MethodOptions):
     def model_passes(self, height: int, width: int) -> int:
         base = self.nested_options()["base_options"].model_passes(height, width)
         return base * self.model_copies()
+
+
+# ``extras`` key: the cache folders whose trained sets (pattern sets, GAD support sets) a run may
+# use, in order of preference (the first folder that has a fitting set wins); default: the
+# engine cache itself. The service gives a tenant's own folder, then the shared one.
+SET_FOLDERS = "trained_set_folders"
+
+
+def set_folders(ctx: MethodContext) -> tuple[Path, ...]:
+    """The cache folders a method looks in for its default trained set, in order."""
+    return tuple(Path(folder) for folder in ctx.extras.get(SET_FOLDERS) or (cache_dir(),))
 
 
 def with_rule(ctx: MethodContext, rule: BackwardRule) -> MethodContext:

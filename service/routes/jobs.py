@@ -82,14 +82,14 @@ async def submit(
         check_method(parsed, input_info, settings)
         metrics = check_metrics(parsed)
         check_cost(parsed, input_info, metrics, settings)
-        check_trained_set(parsed)  # last: it loads the model to find its trained sets
+        sets = check_trained_set(parsed, tenant)  # last: it loads the model to find its sets
         options, records = parsed.options.model_dump(mode="json"), metric_records(metrics)
         content_hash = hashlib.sha256(
             json.dumps(
                 {"model": parsed.model, "revision": MODELS[parsed.model].revision,
                  "method": parsed.method, "options": options,
                  "target": parsed.target, "seed": parsed.seed, "resize": parsed.resize,
-                 "input": input_info["sha256"], "metrics": records},
+                 "input": input_info["sha256"], "metrics": records, "sets": sets},
                 sort_keys=True,
             ).encode()
         ).hexdigest()  # fmt: skip

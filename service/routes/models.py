@@ -16,7 +16,7 @@ from engine.models import MODELS
 from engine.models.spec import ModelSpec
 from jobs.models import BUILT_IN, CONFIG_RULE, ModelRefused, ModelUpload
 from jobs.training import models_with_trained_sets
-from service.deps import ModelsDep, SettingsDep, require_admin, require_key
+from service.deps import ModelsDep, SettingsDep, Tenant, require_admin, require_key
 from service.errors import ERRORS, ApiError, clean, short
 
 router = APIRouter(responses={401: ERRORS[401]})
@@ -26,7 +26,8 @@ Admin = Annotated[None, Depends(require_admin)]
 def describe(spec: ModelSpec, allowed: tuple[str, ...], trained: dict[str, set[str]]) -> dict:
     """The model's description with the methods that will run on it here: those the engine
     finds applicable (input kind, capabilities), allowed on this server, and, for add-ons that
-    need a trained set, with one in the cache (``trained``: models_with_trained_sets())."""
+    need a trained set, with one the caller may use (``trained``: models_with_trained_sets of
+    the caller's tenant)."""
     listed = []
     for method in applicable_methods(spec):
         need = method.options().trained_set()
@@ -37,11 +38,11 @@ def describe(spec: ModelSpec, allowed: tuple[str, ...], trained: dict[str, set[s
     return spec.describe() | {"stored": spec.name not in BUILT_IN, "methods": listed}
 
 
-@router.get("/models", dependencies=[Depends(require_key)])
-def models(settings: SettingsDep, store: ModelsDep) -> list[dict[str, Any]]:
+@router.get("/models")
+def models(tenant: Tenant, settings: SettingsDep, store: ModelsDep) -> list[dict[str, Any]]:
     """Every model, built in or stored: input kind and size, normalisation, classes, Grad-CAM
-    layer, capabilities, and the methods that will run on it on this server."""
-    trained = models_with_trained_sets()
+    layer, capabilities, and the methods that will run on it on this server for the caller."""
+    trained = models_with_trained_sets(tenant)
     return [describe(spec, settings.allowed_methods.get(name, ()), trained)
             for name, spec in MODELS.items()]  # fmt: skip
 
@@ -111,7 +112,8 @@ async def add_model(
         spec = await run_in_threadpool(store.add, upload, incoming)
     except ModelRefused as refusal:
         raise ApiError(refusal.status, "model_refused", str(refusal)) from None
-    return describe(spec, settings.allowed_methods.get(spec.name, ()), models_with_trained_sets())
+    shared = models_with_trained_sets(None)  # an admin's view: the shared sets
+    return describe(spec, settings.allowed_methods.get(spec.name, ()), shared)
 
 
 def copy_limited(source: BinaryIO, target: Path, limit: int, chunk: int = 1 << 20) -> int:

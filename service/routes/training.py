@@ -1,44 +1,58 @@
 """Training jobs over the API: the pattern sets of PatternNet, PatternAttribution and
 Pattern-Guided IG (``POST /patterns``) and GAD's support networks (``POST /support-sets``), run
 by the workers like explanations (progress, cancel) and stored in the shared cache, where every
-worker finds them; ``GET`` lists what exists."""
+worker finds them; ``GET`` lists those the caller may use. A set belongs to the API key that
+made it, or, made with an admin key (X-Admin-Key), is shared with every key, read-only
+(jobs.training.usable_folders)."""
 
 from __future__ import annotations
 
-import io
 import json
 import time
-import zipfile
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-import torch
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request, Security
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from engine.data import (
     DEFAULT_MAX_PIXELS,
     InputError,
-    decode_image,
     image_files,
-    load_image,
     reference_set,
 )
 from engine.models import MODELS, ModelError, ModelSpec
 from engine.models.inspection import WHY_NEEDED
 from jobs.records import JobRecord, new_job_id
 from jobs.settings import Settings
-from jobs.training import as_uint8, images_as_npz, trained_sets
-from service.deps import ArtifactsDep, DispatcherDep, ModelsDep, SettingsDep, StoreDep, Tenant
+from jobs.training import (
+    TooLarge,
+    ZipLimits,
+    as_uint8,
+    check_zip,
+    images_as_npz,
+    trained_sets,
+    zips_as_npz,
+)
+from service.deps import (
+    ADMIN_KEY_HEADER,
+    ArtifactsDep,
+    DispatcherDep,
+    ModelsDep,
+    SettingsDep,
+    StoreDep,
+    Tenant,
+    matches,
+)
 from service.errors import ERRORS, ApiError, clean, short
 from service.routes.jobs import job_url
 from service.schemas import JobCreated
 from service.submission import parse_json
 
 router = APIRouter()
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 class PatternsRequest(BaseModel):
@@ -112,35 +126,21 @@ def image_model(name: str) -> ModelSpec:
     return spec
 
 
-def read_zip(data: bytes, field: str, size: tuple[int, int], settings: Settings) -> np.ndarray:
-    """The images of an uploaded zip, at the model's size, as uint8 (N, H, W, 3); every bound
-    (entries, bytes per entry, pixels) is checked before anything is decoded."""
+def uploaded_zips(uploads: dict[str, bytes], settings: Settings) -> tuple[bytes, dict]:
+    """(stored input, record input) of a training job's uploaded zips, checked here without
+    decoding a pixel (jobs.training.check_zip); the worker decodes them."""
+    limits = ZipLimits(images=settings.max_training_images,
+                       entry_bytes=settings.max_upload_bytes,
+                       total_bytes=settings.max_training_upload_bytes,
+                       pixels=min(settings.max_pixels, DEFAULT_MAX_PIXELS))  # fmt: skip
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise ApiError(422, "invalid_images", f"{field} is not a zip archive") from None
-    with archive:
-        entries = [
-            i for i in archive.infolist() if Path(i.filename).suffix.lower() in IMAGE_SUFFIXES
-        ]
-        if not entries:
-            raise ApiError(422, "invalid_images", f"{field} holds no PNG, JPEG or WebP file")
-        if len(entries) > settings.max_training_images:
-            raise ApiError(413, "too_many_images", f"{field} holds {len(entries)} images; the "
-                           f"limit is {settings.max_training_images}")  # fmt: skip
-        images = []
-        for info in entries:
-            if info.file_size > settings.max_upload_bytes:
-                raise ApiError(413, "invalid_images", f"{info.filename[:100]} is above "
-                               f"{settings.max_upload_bytes} bytes")  # fmt: skip
-            try:
-                pixels = min(settings.max_pixels, DEFAULT_MAX_PIXELS)
-                image = decode_image(archive.read(info), max_bytes=settings.max_upload_bytes,
-                                     max_pixels=pixels)  # fmt: skip
-            except InputError as error:
-                raise ApiError(422, "invalid_images", f"{info.filename[:100]}: {error}") from None
-            images.append(load_image(image, size)[0])
-    return as_uint8(torch.stack(images))
+        count = sum(check_zip(data, field, limits) for field, data in uploads.items())
+    except TooLarge as error:
+        raise ApiError(413, error.code, str(error)) from None
+    except InputError as error:
+        raise ApiError(422, "invalid_images", str(error)) from None
+    source = {"kind": "zips", "fields": list(uploads), "count": count, "limits": asdict(limits)}
+    return zips_as_npz(uploads), source
 
 
 async def read_training(request: Request, files: tuple[str, ...], settings: Settings):
@@ -182,11 +182,28 @@ def queue(request: Request, record: JobRecord, data: bytes | None, store, artifa
     return JobCreated(id=record.id, url=job_url(request, record.id), status="queued")
 
 
+def shared_by_admin(
+    settings: SettingsDep, supplied: Annotated[str | None, Security(ADMIN_KEY_HEADER)]
+) -> bool:
+    """Whether the set this request makes is shared with every API key (read-only to them): it
+    carries a valid admin key. Without one the set is the caller's own."""
+    if supplied is None:
+        return False
+    if not matches(supplied, settings.admin_keys):
+        raise ApiError(401, "invalid_admin_key", "the admin key is not valid")
+    return True
+
+
 def training_record(kind: str, method: str, model: str, options: dict, seed: int,
-                    source: dict, tenant: str | None) -> JobRecord:  # fmt: skip
+                    source: dict, tenant: str | None, shared: bool) -> JobRecord:  # fmt: skip
+    """The job record of a training request: owned by the caller; ``options['shared']`` puts
+    its set in the shared scope (jobs.training.training_scope)."""
     return JobRecord(id=new_job_id(), kind=kind, created_at=time.time(), model=model,
-                     method=method, options=options, seed=seed, input=source,
-                     content_hash="", owner=tenant)  # fmt: skip
+                     method=method, options=options | {"shared": shared}, seed=seed,
+                     input=source, content_hash="", owner=tenant)  # fmt: skip
+
+
+SharedByAdmin = Annotated[bool, Depends(shared_by_admin)]
 
 
 @router.post(
@@ -197,26 +214,29 @@ def training_record(kind: str, method: str, model: str, options: dict, seed: int
     openapi_extra=training_body(PatternsRequest, {"images": "A zip of PNG/JPEG/WebP images"}),
 )
 async def make_patterns(
-    request: Request, tenant: Tenant, settings: SettingsDep, store: StoreDep,
-    artifacts: ArtifactsDep, dispatcher: DispatcherDep, _: ModelsDep,
+    request: Request, tenant: Tenant, shared: SharedByAdmin, settings: SettingsDep,
+    store: StoreDep, artifacts: ArtifactsDep, dispatcher: DispatcherDep, _: ModelsDep,
 ):  # fmt: skip
     """Estimate a model's pattern set (for pattern_net, pattern_attribution,
     pattern_guided_ig) from the bundled photographs or an image folder this server offers (JSON
     body, 'images' by name) or from an uploaded zip of images (multipart: 'request' +
-    'images'). A job: follow it at GET /jobs/{id}."""
+    'images'). A job: follow it at GET /jobs/{id}. The set is the caller's own (it replaces
+    the caller's earlier set of this model); with an admin key (X-Admin-Key) it is shared with
+    every API key, which uses it where it has no own set."""
     payload, uploads = await read_training(request, ("images",), settings)
     parsed = validated(PatternsRequest, payload)
     spec = image_model(parsed.model)
 
     def accept():
         data, source = None, {"kind": "samples"}
-        if uploads or parsed.images != "samples":
-            images = (read_zip(uploads["images"], "images", spec.input_size, settings) if uploads
-                      else read_folder(parsed.images, spec.input_size, settings))  # fmt: skip
+        if uploads:
+            data, source = uploaded_zips(uploads, settings)
+        elif parsed.images != "samples":
+            images = read_folder(parsed.images, spec.input_size, settings)
             data, source = images_as_npz(images), {"kind": "images", "count": len(images)}
         options = {"estimator": parsed.estimator}
         record = training_record("patterns", "estimate_patterns", parsed.model, options,
-                                 parsed.seed, source, tenant)  # fmt: skip
+                                 parsed.seed, source, tenant, shared)  # fmt: skip
         return queue(request, record, data, store, artifacts, dispatcher)
 
     return await run_in_threadpool(accept)
@@ -231,12 +251,14 @@ async def make_patterns(
                                                     "images_b": "A zip of images of class_b"}),
 )  # fmt: skip
 async def make_support_set(
-    request: Request, tenant: Tenant, settings: SettingsDep, store: StoreDep,
-    artifacts: ArtifactsDep, dispatcher: DispatcherDep, _: ModelsDep,
+    request: Request, tenant: Tenant, shared: SharedByAdmin, settings: SettingsDep,
+    store: StoreDep, artifacts: ArtifactsDep, dispatcher: DispatcherDep, _: ModelsDep,
 ):  # fmt: skip
     """Train GAD's support networks for a class pair from two uploaded zips of images
     (multipart: 'request' + 'images_a' + 'images_b') or two image folders this server offers
-    (JSON: images_a, images_b by name). A job: follow it at GET /jobs/{id}."""
+    (JSON: images_a, images_b by name). A job: follow it at GET /jobs/{id}. The networks are
+    the caller's own, or shared with every API key when made with an admin key (X-Admin-Key),
+    as for POST /patterns."""
     payload, uploads = await read_training(request, ("images_a", "images_b"), settings)
     parsed = validated(SupportSetRequest, payload)
     if not uploads and (parsed.images_a is None or parsed.images_b is None):
@@ -256,30 +278,35 @@ async def make_support_set(
                        f"classes of {spec.name}")  # fmt: skip
 
     def accept():
-        sets = [read_zip(uploads[f], f, spec.input_size, settings) if uploads
-                else read_folder(getattr(parsed, f), spec.input_size, settings)
-                for f in ("images_a", "images_b")]  # fmt: skip
-        labels = np.concatenate(
-            [np.full(len(s), c, dtype=np.int64) for s, c in zip(sets, classes, strict=True)]
-        )
-        data = images_as_npz(np.concatenate(sets), labels)
+        if uploads:  # images_a is class_a's, images_b class_b's
+            data, source = uploaded_zips(uploads, settings)
+            source["labels"] = classes
+        else:
+            sets = [read_folder(getattr(parsed, f), spec.input_size, settings)
+                    for f in ("images_a", "images_b")]  # fmt: skip
+            labels = np.concatenate(
+                [np.full(len(s), c, dtype=np.int64) for s, c in zip(sets, classes, strict=True)]
+            )
+            data = images_as_npz(np.concatenate(sets), labels)
+            source = {"kind": "images", "count": len(labels)}
         options = {"class_a": classes[0], "class_b": classes[1], "epochs": parsed.epochs,
                    "learning_rate": parsed.learning_rate}  # fmt: skip
-        source = {"kind": "images", "count": len(labels)}
         record = training_record("support_set", "train_support_set", parsed.model, options,
-                                 parsed.seed, source, tenant)  # fmt: skip
+                                 parsed.seed, source, tenant, shared)  # fmt: skip
         return queue(request, record, data, store, artifacts, dispatcher)
 
     return await run_in_threadpool(accept)
 
 
 @router.get("/patterns", responses=ERRORS)
-def list_patterns(_: Tenant) -> list[dict[str, Any]]:
-    """The pattern sets in the shared cache: model, images, layers, estimator, when."""
-    return trained_sets("patterns")
+def list_patterns(tenant: Tenant) -> list[dict[str, Any]]:
+    """The pattern sets the caller's jobs may use: model, images, layers, estimator, when; its
+    own first, then those an admin shared ('shared': true, without the job that made them)."""
+    return trained_sets("patterns", tenant)
 
 
 @router.get("/support-sets", responses=ERRORS)
-def list_support_sets(_: Tenant) -> list[dict[str, Any]]:
-    """The GAD support sets in the shared cache: model, class pair, images, epochs, when."""
-    return trained_sets("gad")
+def list_support_sets(tenant: Tenant) -> list[dict[str, Any]]:
+    """The GAD support sets the caller's jobs may use: model, class pair, images, epochs, when;
+    its own first, then those an admin shared, as for GET /patterns."""
+    return trained_sets("support_set", tenant)

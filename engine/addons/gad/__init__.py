@@ -16,18 +16,18 @@ from typing import Literal
 from pydantic import Field
 from torch import Tensor
 
-from engine.addons import AddonOptions, build_base
+from engine.addons import AddonOptions, build_base, set_folders
 from engine.addons.gad.support import (
     DEFAULT_ALPHAS,
     SupportSet,
     SupportSetError,
     default_support_path,
+    saved_support_sets,
     train_support_set,
 )
 from engine.method import Attribution, MethodContext, MethodSpec, ServerPathField
 from engine.metrics.gad import gad_scores, important_pixels
 from engine.models.spec import model_fingerprint
-from engine.storage import cache_dir
 
 Binarisation = Literal["top_fraction", "threshold"]
 
@@ -78,24 +78,35 @@ class GADOptions(AddonOptions):
 
 
 def resolve_support_set(ctx: MethodContext, options: GADOptions, targets: Tensor) -> SupportSet:
+    """The support set given in ``ctx.extras``, at ``options.support_set``, or in the first cache
+    folder of :func:`~engine.addons.set_folders` that has one for the model's weights and the
+    class pair (``options.classes``, else the one pair that holds every target)."""
     given = ctx.extras.get("support_set")
     if isinstance(given, SupportSet):
         return given
     if options.support_set:
         return SupportSet.load(options.support_set)
     fingerprint = model_fingerprint(ctx.model)
-    if options.classes is not None:
-        return SupportSet.load(default_support_path(fingerprint, options.classes))
-    found = sorted(cache_dir("gad").glob(f"{fingerprint[:24]}-*"))
-    wanted = set(targets.tolist())
-    matching = [p for p in found if wanted <= {int(c) for c in p.stem.split("-")[1:]}]
-    if len(matching) != 1:
-        raise SupportSetError(
-            f"{len(matching)} saved GAD support sets of model {ctx.model_spec.name!r} hold "
-            f"class(es) {sorted(wanted)}; train one with `python -m engine train-gad` or pass "
-            "'classes'"
-        )
-    return SupportSet.load(matching[0])
+    wanted = set(targets.tolist()) if options.classes is None else set(options.classes)
+    for folder in set_folders(ctx):
+        if options.classes is not None:
+            pair = default_support_path(fingerprint, options.classes, folder)
+            matching = [pair] if pair.is_file() else []
+        else:
+            matching = [p for p in saved_support_sets(fingerprint, folder)
+                        if wanted <= {int(c) for c in p.stem.split("-")[1:]}]  # fmt: skip
+        if len(matching) > 1:
+            raise SupportSetError(
+                f"{len(matching)} saved GAD support sets of model {ctx.model_spec.name!r} hold "
+                f"class(es) {sorted(wanted)}; pass 'classes' to choose one"
+            )
+        if matching:
+            return SupportSet.load(matching[0])
+    raise SupportSetError(
+        f"no saved GAD support set of model {ctx.model_spec.name!r} with these weights holds "
+        f"class(es) {sorted(wanted)}; train one with `python -m engine train-gad` (or POST "
+        "/support-sets)"
+    )
 
 
 class _GADWithSupportSet(Attribution):

@@ -85,9 +85,19 @@ class SupportSet:
         return cls(**record)
 
 
-def default_support_path(fingerprint: str, classes: tuple[int, int]) -> Path:
+def default_support_path(
+    fingerprint: str, classes: tuple[int, int], folder: Path | None = None
+) -> Path:
+    """Where a cache folder (default: the engine cache) keeps the support set of the model with
+    these weights for this class pair."""
     low, high = sorted(classes)
-    return cache_dir("gad", f"{fingerprint[:24]}-{low}-{high}.pt")
+    return (folder or cache_dir()) / "gad" / f"{fingerprint[:24]}-{low}-{high}.pt"
+
+
+def saved_support_sets(fingerprint: str, folder: Path | None = None) -> list[Path]:
+    """The support sets a cache folder (default: the engine cache) holds for the model with
+    these weights, any class pair."""
+    return sorted(((folder or cache_dir()) / "gad").glob(f"{fingerprint[:24]}-*-*.pt"))
 
 
 def train_support_set(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from engine.addons import with_rule
+from engine.addons import set_folders, with_rule
 from engine.addons.pattern.estimate import PatternError, PatternSet, estimate_patterns
 from engine.addons.pattern.rule import PatternKind, PatternRule
 from engine.attribution.gradient import Saliency
@@ -55,26 +55,29 @@ class PatternIGOptions(UsesPatterns, IntegratedGradientsOptions):
     patterns: str | None = PatternsField
 
 
-def default_pattern_path(fingerprint: str) -> Path:
-    """Where the cache keeps the pattern set of the model with these weights."""
-    return cache_dir("patterns", f"{fingerprint[:24]}.pt")
+def default_pattern_path(fingerprint: str, folder: Path | None = None) -> Path:
+    """Where a cache folder (default: the engine cache) keeps the pattern set of the model with
+    these weights."""
+    return (folder or cache_dir()) / "patterns" / f"{fingerprint[:24]}.pt"
 
 
 def resolve_patterns(ctx: MethodContext, path: str | None) -> PatternSet:
-    """The pattern set given in ``ctx.extras['patterns']``, at ``path``, or in the cache."""
+    """The pattern set given in ``ctx.extras['patterns']``, at ``path``, or in the first cache
+    folder of :func:`~engine.addons.set_folders` that has one for the model's weights."""
     given = ctx.extras.get("patterns")
     if isinstance(given, PatternSet):
         return given
     if path is None:
         fingerprint = model_fingerprint(ctx.model)
-        default = default_pattern_path(fingerprint)
-        if not default.is_file():
+        found = [candidate for folder in set_folders(ctx)
+                 if (candidate := default_pattern_path(fingerprint, folder)).is_file()]  # fmt: skip
+        if not found:
             raise PatternError(
-                f"no patterns estimated for model {ctx.model_spec.name!r} with these weights "
-                f"(looked for {default}); run `python -m engine estimate-patterns --model "
-                f"{ctx.model_spec.name} IMAGE_FOLDER` first"
+                f"no patterns estimated for model {ctx.model_spec.name!r} with these weights; "
+                f"run `python -m engine estimate-patterns --model {ctx.model_spec.name} "
+                "IMAGE_FOLDER` (or POST /patterns) first"
             )
-        path = str(default)
+        path = str(found[0])
     return PatternSet.load(path)
 
 
