@@ -9,7 +9,9 @@ with ``factory_kwargs``), ``export: path`` (a ``torch.export`` program saved by
 model that takes [0, 1] pixels (a timm model's default is its ``pretrained_cfg``, otherwise
 ImageNet's); ``labels`` (a list or a text file with one label per line); ``cam_layer``. Relative
 paths are relative to the config file. Weight files are read with ``weights_only=True``: never
-arbitrary pickles.
+arbitrary pickles. TorchScript archives and exported programs are checked before and after they
+are loaded: nothing runs while they load, and their graphs call allowed operators only
+(:mod:`engine.models.operators`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch.export.pt2_archive.constants import (
     OPAQUE_OBJ_FILENAME_PREFIX,
 )
 
+from engine.models import operators
 from engine.models.series import series_spec
 from engine.models.spec import ModelError, ModelSpec
 
@@ -113,10 +116,12 @@ def normalisation(config: ModelConfig) -> tuple[tuple[int, int], tuple | None, t
 
 
 def load_torchscript(path: Path) -> nn.Module:
+    """A TorchScript archive on the CPU whose loading runs no code and whose every operator is
+    allowed (:mod:`engine.models.operators`)."""
     with warnings.catch_warnings():  # PyTorch's own notice that TorchScript is deprecated
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.load(str(path), map_location="cpu")
+        return operators.load_torchscript(path)
 
 
 def check_exported_archive(path: Path) -> None:
@@ -146,13 +151,15 @@ def check_exported_archive(path: Path) -> None:
                     if entry.get("use_pickle") or not path_name or objects:
                         raise ModelError("the archive holds pickled Python objects (weights or "
                                          "constants), which are refused")  # fmt: skip
+    operators.check_program_archive(path)
 
 
 def load_exported(path: Path) -> nn.Module:
     """A ``torch.export`` program as modules with the original names, so hooks run on them
-    (after :func:`check_exported_archive`)."""
+    (after :func:`check_exported_archive`, and with every operator of its graphs allowed)."""
     check_exported_archive(path)
     program = torch.export.load(str(path))
+    operators.refuse_unless_allowed(operators.program_operators(program), "exported program")
     return torch.export.unflatten(program)
 
 
@@ -161,7 +168,10 @@ def call_factory(path: str, kwargs: dict[str, Any]) -> nn.Module:
     factory = importlib.import_module(module_name)
     for part in attr.split("."):
         factory = getattr(factory, part)
-    return factory(**kwargs)
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{path} returned no PyTorch model (an nn.Module)")
+    return model
 
 
 def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
