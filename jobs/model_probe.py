@@ -9,13 +9,14 @@ behind.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.models import with_normalisation
+from engine.models import ModelError, with_normalisation
 from engine.models.config import spec_from_config
 from engine.models.inspection import (
     LayerNotFound,
@@ -33,9 +34,12 @@ PROBE_BATCH = 2  # a batch of two: every method runs batches, so the batch size 
 
 
 class Refused(Exception):
-    def __init__(self, status: int, message: str):
+    """Why the upload cannot be stored, in the uploader's terms; ``detail`` is the underlying
+    error's own text, for the server's log only."""
+
+    def __init__(self, status: int, message: str, detail: str | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.detail = status, detail
 
 
 def short(error: BaseException, limit: int = 400) -> str:
@@ -44,16 +48,44 @@ def short(error: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+TORCHSCRIPT_TRACEBACK = "The following operation failed in the TorchScript interpreter"
+UNEXPECTED_ARGUMENT = re.compile(r"unexpected keyword argument '(\w+)'")
+
+
+def in_user_terms(error: Exception, stage: str) -> str:
+    """Why building or running the model failed, without Python's internals: the engine's own
+    refusals and PyTorch's messages (state dict keys, shapes, devices) as they are; a Python
+    error inside the model's code, such as a factory_kwargs value of the wrong type, is
+    ``stage``, a sentence on what failed (its text, with type names such as 'NoneType', goes to
+    the server's log)."""
+    text = str(error)
+    if isinstance(error, ModelError):
+        return text
+    if "Weights only load failed" in text:
+        if "GLOBAL" in text:
+            return ("the weights file holds pickled Python objects, which are refused: upload a "
+                    "state dict, an exported program or a TorchScript archive")  # fmt: skip
+        return "the weights file cannot be read: it is not a file saved with torch.save"
+    if isinstance(error, TypeError) and (argument := UNEXPECTED_ARGUMENT.search(text)):
+        return f"factory_kwargs: the model's builder takes no argument {argument[1]!r}"
+    if isinstance(error, RuntimeError):  # PyTorch's: tensors, shapes, state dicts, archives
+        if TORCHSCRIPT_TRACEBACK in text:  # the TorchScript traceback ends with the error itself
+            last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+            return short(re.sub(r"^\w+Error: ", "", last))
+        return short(error)
+    return stage
+
+
 def probe(config: Path, max_pixels: int) -> dict[str, Any]:
     try:
         spec = spec_from_config(config)
         module, _ = spec.build(None)
     except Exception as error:  # anything a user's file or config can raise
-        if "Weights only load failed" in str(error) and "GLOBAL" in str(error):
-            raise Refused(422, "the weights file holds pickled Python objects, which are "
-                          "refused: upload a state dict, an exported program or a TorchScript "
-                          "archive") from None  # fmt: skip
-        raise Refused(422, f"the model cannot be loaded: {short(error)}") from None
+        why = in_user_terms(error, "its code failed on the factory_kwargs or the weights file "
+                            "(check the arguments' names and types)")  # fmt: skip
+        if why.startswith("the weights file"):
+            raise Refused(422, why, short(error)) from None
+        raise Refused(422, f"the model cannot be loaded: {why}", short(error)) from None
     module.eval()
     if spec.input_kind == "image":
         height, width = spec.input_size
@@ -73,8 +105,10 @@ def probe(config: Path, max_pixels: int) -> dict[str, Any]:
         hint = ""
         if is_exported(module) and "shape[0]" in str(error):
             hint = " (export it with a free batch size: dynamic_shapes={'x': {0: Dim.AUTO}})"
-        raise Refused(422, f"the model fails on a probe input of shape "
-                      f"{tuple(probe_input.shape)}: {short(error)}{hint}") from None  # fmt: skip
+        why = in_user_terms(error, "its forward raised an error")
+        shape = tuple(probe_input.shape)
+        raise Refused(422, f"the model fails on a probe input of shape {shape}: {why}{hint}",
+                      short(error)) from None  # fmt: skip
     shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
     if len(shape) != 2 or shape[0] != PROBE_BATCH or (wanted and shape[1] != wanted):
         answer = shape or "no tensor"
@@ -120,9 +154,10 @@ def check_free_batch(model: torch.nn.Module, probe_input: torch.Tensor) -> None:
             with torch.no_grad():
                 model(probe_input[:1].expand(rows, *probe_input.shape[1:]).contiguous())
         except Exception as error:
+            why = in_user_terms(error, "it raised an error")
             raise Refused(422, f"the exported program does not take a batch of {rows}: export it "
                           "with a free batch size (dynamic_shapes={'x': {0: Dim.AUTO}}); "
-                          f"{short(error)}") from None  # fmt: skip
+                          f"{why}", short(error)) from None  # fmt: skip
 
 
 def takes_other_sizes(model: torch.nn.Module, probe_input: torch.Tensor) -> bool:
@@ -151,7 +186,8 @@ def main() -> None:
     except Refused as refusal:
         # The upload's folder is the server's business, not the message's.
         message = str(refusal).replace(f"{config.parent}/", "")
-        answer = {"ok": False, "status": refusal.status, "message": message}
+        answer = {"ok": False, "status": refusal.status, "message": message,
+                  "detail": refusal.detail}  # fmt: skip
     answer_file.write_text(json.dumps(answer))
 
 

@@ -6,9 +6,11 @@ in the engine's registry and reads the folder again when it changes, so a worker
 an upload, or running while it happened, can run the new model.
 
 A model is checked before it is stored, in a process of its own (:mod:`jobs.model_probe`): its
-name is free, its weights load without pickled code (``weights_only``; TorchScript archives and
-exported programs hold no Python objects), and it answers a probe batch of its declared size
-with one finite score per label (images) or per time step (series).
+name is free, its factory is on the operator's allow-list, its weights load without pickled code
+(``weights_only``; TorchScript archives and exported programs hold no Python objects and call
+only operators on the operator allow-list, :mod:`engine.models.operators`), and it answers a
+probe batch of its declared size with one finite score per label (images) or per time step
+(series). Refusals are in the uploader's terms (:func:`jobs.model_probe.in_user_terms`).
 """
 
 from __future__ import annotations
@@ -271,5 +273,7 @@ class ModelStore:
             raise ModelRefused(422, "the model's probe process ended without an answer (it "
                                "crashed or ran out of memory)") from None  # fmt: skip
         if not answer.get("ok"):
+            if answer.get("detail"):
+                log.info("model probe refused %s: %s", config.parent.name, answer["detail"])
             raise ModelRefused(answer.get("status", 422), answer.get("message", "refused"))
         return answer

@@ -1,6 +1,8 @@
 """The model store over real HTTP with a real redis-server and Celery worker: an admin uploads a
 TorchScript image model, a state dict for a factory and a train-series model, a worker started
-afterwards runs all three, and every bad upload gets its 4xx."""
+afterwards runs all three, and every bad upload gets its 4xx in the uploader's terms: factories
+off the operator's allow-list are never called, and archives calling operators off the allow-list
+(a TorchScript model reading a server file) are refused before they run."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 
 from engine.models.series import BUNDLED
 from testkit.stack import Api, RedisServer, Worker, service_env
-from tests.tiny_models import tiny_cnn
+from tests.tiny_models import ReadsAFile, tiny_cnn
 
 ADMIN = {"X-Admin-Key": "admin-secret"}
 IMAGE_CONFIG = {"name": "tiny", "source": "torchscript", "input_size": [32, 32],
@@ -143,3 +145,35 @@ def test_delete_removes_a_stored_model_and_keeps_built_ins(stack):
     assert gone.status_code == 422 and "unknown model" in gone.text
     assert api.client.delete("/models/efficientnet_lite0", headers=ADMIN).status_code == 409
     assert api.client.delete("/models/doomed", headers=ADMIN).status_code == 404
+
+
+def test_an_archive_that_reads_a_server_file_is_refused_and_reads_nothing(stack, tmp_path):
+    """The probe's archive: a TorchScript model whose forward maps a file of the server
+    (torch.from_file; with shared=True it creates the file when missing) and adds its first
+    byte to the scores. It is refused before it runs, naming the operator and the setting."""
+    api, _, folder = stack
+    marker = tmp_path / "server-file"
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(ReadsAFile(str(marker)).eval()), buffer)
+    response = upload(api, IMAGE_CONFIG | {"name": "peek"}, buffer.getvalue())
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "model_refused"
+    assert "aten::from_file" in error["message"]
+    assert "EXPLAINER_ALLOWED_OPERATORS" in error["message"]
+    assert not marker.exists()
+    assert "peek" not in {m["name"] for m in api.client.get("/models").json()}
+    assert not (folder / "artifacts/models/peek").exists()
+
+
+def test_probe_failures_are_told_in_the_uploaders_terms(stack):
+    """A factory argument of the wrong type fails deep inside the factory's code; the message
+    says what to check, not Python's "'str' object is not callable"."""
+    api, _, _ = stack
+    config = {"name": "badkw", "source": "state_dict", "factory": "torchvision.models:resnet18",
+              "factory_kwargs": {"norm_layer": "batchnorm"}, "normalize": False}  # fmt: skip
+    response = upload(api, config, b"unused")
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]["message"]
+    assert "factory_kwargs" in message
+    assert not any(word in message for word in ("object", "'str'", "NoneType", "Error"))
