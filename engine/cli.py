@@ -258,8 +258,10 @@ def command_explain(args: argparse.Namespace) -> int:
         f"{result.method} on {result.model}: predicted {p.label} ({p.class_index}) "
         f"p={p.probability:.3f}; explained {p.target_label} ({p.target})"
     )
-    for name, value in result.scores[0].items():
-        print(f"  {name}: {value:.6g}")
+    summary = result.summary()
+    for name, value in summary["scores"].items():
+        why = summary["undefined_scores"].get(name)
+        print(f"  {name}: {value:.6g}" if why is None else f"  {name}: undefined ({why})")
     print(f"  took {result.metadata['timings']['attribute_s']:.2f} s; wrote {len(paths)} files "
           f"to {args.out}")  # fmt: skip
     return 0

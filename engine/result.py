@@ -3,6 +3,8 @@ outputs and the record of how it was made."""
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +12,7 @@ from torch import Tensor
 
 from engine.masks.extremal import SeriesMaskOutputs
 from engine.masks.methods import MaskOutputs
+from engine.metrics.glossary import finite_scores
 
 MethodOutputs = MaskOutputs | SeriesMaskOutputs | None
 
@@ -53,15 +56,18 @@ class Explanation:
         return [p.target for p in self.predictions]
 
     def summary(self, index: int = 0) -> dict[str, Any]:
-        """A JSON-able record of input ``index``: prediction, scores, options, reproducibility."""
+        """A JSON-able record of input ``index``: prediction, scores, options, reproducibility.
+        An undefined score (NaN in :attr:`scores`) is None, its reason in ``undefined_scores``."""
         meta = dict(self.metadata)
         meta["inputs"] = [meta["inputs"][index]] if meta.get("inputs") else []
+        scores, undefined = finite_scores(self.scores[index])
         summary = {
             "method": self.method,
             "model": self.model,
             "input_kind": self.input_kind,
             "prediction": vars(self.predictions[index]),
-            "scores": self.scores[index],
+            "scores": scores,
+            "undefined_scores": undefined,
             "options": self.options,
             "attribution_shape": list(self.attribution.shape[1:]),
             "metadata": meta,
@@ -70,3 +76,17 @@ class Explanation:
             summary["representation"] = self.outputs.representation
             summary["iterations_run"] = self.outputs.iterations_run
         return summary
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """``value`` as JSON text. NaN and ±∞ are refused (``json.dumps`` would write them as bare
+    ``NaN``, which is not JSON): make undefined values None first (:func:`finite_scores`,
+    :func:`finite_history`)."""
+    return json.dumps(value, indent=indent, allow_nan=False)
+
+
+def finite_history(history: dict[str, list[float]]) -> dict[str, list[float | None]]:
+    """A per-iteration history with each undefined value (NaN, ±∞) as None: null in
+    ``history.json``; the summary's ``undefined_scores`` says why for its key."""
+    return {key: [v if math.isfinite(v) else None for v in values]
+            for key, values in history.items()}  # fmt: skip

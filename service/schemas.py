@@ -94,7 +94,13 @@ class JobView(BaseModel):
     attempts: int
     progress: JobProgress | None
     prediction: dict[str, Any] | None
-    scores: dict[str, Any] | None
+    scores: dict[str, Any] | None = Field(
+        description="Score name → value; null where the score is undefined for this input."
+    )
+    undefined_scores: dict[str, str] = Field(
+        default_factory=dict, description="Why each null score has no value (e.g. the CP "
+        "scores of an all-black image are 0/0).",
+    )  # fmt: skip
     artifacts: dict[str, str] = Field(description="Artifact name → download URL.")
     timings: dict[str, float]
     error: str | None

@@ -21,7 +21,7 @@ from engine.catalogue import all_methods, get_method, parse_metrics
 from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
 from engine.data.images import ImageTooSmall, check_fits
 from engine.data.samples import sample_size
-from engine.data.timeseries import DEFAULT_MAX_FEATURES, SERIES_SAMPLES, load_series
+from engine.data.timeseries import DEFAULT_MAX_FEATURES, SERIES_SAMPLES, load_series, read_npy
 from engine.method import OptionsError, names_layers, names_server_path, walk_options
 from engine.metrics.base import MetricError
 from engine.models import MODELS, ModelError, ModelSpec, known_layers
@@ -190,7 +190,7 @@ def check_series(
     limits = {"max_length": settings.max_series_length,
               "max_features": min(settings.max_series_features, DEFAULT_MAX_FEATURES)}  # fmt: skip
     try:
-        raw = read_series_file(upload.data) if upload else as_array(parsed.series)
+        raw = read_series_file(upload.data, **limits) if upload else as_array(parsed.series)
         series = load_series(raw, **limits)
     except InputError as error:
         status = 413 if "limits" in str(error) else 422
@@ -220,12 +220,12 @@ def as_array(series: list[list[float]]) -> np.ndarray:
     return np.asarray(series, dtype=np.float64)
 
 
-def read_series_file(data: bytes) -> np.ndarray:
-    """An uploaded series: .npy (known by its magic bytes; no pickles) or comma-separated text
-    without a header."""
+def read_series_file(data: bytes, **limits: int) -> np.ndarray:
+    """An uploaded series: .npy (known by its magic bytes; its header checked before anything
+    is allocated, no pickles) or comma-separated text without a header."""
+    if data.startswith(b"\x93NUMPY"):
+        return read_npy(data, **limits)
     try:
-        if data.startswith(b"\x93NUMPY"):
-            return np.load(io.BytesIO(data), allow_pickle=False)
         return np.loadtxt(io.StringIO(data.decode()), delimiter=",", ndmin=2)
     except (ValueError, UnicodeDecodeError) as error:
         raise InputError(f"the series file is neither .npy nor numeric CSV: "

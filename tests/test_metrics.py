@@ -3,6 +3,7 @@ PyCoShREM package itself, and the metrics through explain()."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from engine import explain
+from engine.artifacts import write_artifacts
 from engine.catalogue import parse_metrics
 from engine.data import load_image
 from engine.masks.representation import PixelRepresentation
@@ -27,11 +29,13 @@ from engine.metrics.convergence import (
 from engine.metrics.cp import StartGradCPOptions, cp_shearletx, cp_startgrad, entropy
 from engine.metrics.edges import edge_measure
 from engine.metrics.faithfulness import FaithfulnessOptions, faithfulness, faithfulness_curves
+from engine.metrics.glossary import SCORES, UNDEFINED_WHEN
 from engine.metrics.hallucination import (
     HallucinationOptions,
     hallucination,
     hallucination_score,
 )
+from engine.result import json_text
 
 
 def pixel_view(model, x, mask, targets=None, seed=0) -> MaskView:
@@ -330,3 +334,36 @@ def test_mask_history_logs_startgrad_cp_and_metrics_land_in_scores(lite0):
     with pytest.raises(MetricError, match="history"):
         explain(lite0, "chelsea", "saliency", metrics=[{"name": "iterations_to_target",
                                                         "target": 1}])  # fmt: skip
+
+
+def strict_json(text: str):
+    """JSON as the standard defines it: a bare NaN or Infinity fails the test."""
+
+    def refuse(constant: str):
+        raise AssertionError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+CP_RATIOS = {"cp_l1_sx", "cp_l1_pixel_sx", "cp_entropy_sx", "cp_l1_sg", "cp_pixel_sg"}
+
+
+def test_cp_ratios_of_a_black_image_are_null_with_a_reason_in_strict_json(lite0, tmp_path):
+    """Every CP ratio of an all-black image divides by the image's own information, 0: 0/0.
+    summary.json and history.json held bare NaN (not JSON); now such a score is null with its
+    reason in undefined_scores, and the retained probability, which is defined, stays."""
+    black = torch.zeros(3, 64, 64)
+    options = {"iterations": 2, "noise_samples": 2, "image_size": 64}
+    result = explain(lite0, black, "pixelmask", options, metrics=["cp_shearletx", "cp_startgrad"])
+    assert {key for key, value in result.scores[0].items() if math.isnan(value)} == CP_RATIOS
+    paths = write_artifacts(result, tmp_path)
+    summary = strict_json(paths["summary.json"].read_text())
+    assert {key for key, value in summary["scores"].items() if value is None} == CP_RATIOS
+    assert summary["undefined_scores"] == {key: UNDEFINED_WHEN[key] for key in CP_RATIOS}
+    assert "0/0" in summary["undefined_scores"]["cp_l1_sx"]
+    assert summary["scores"]["retained_probability_sg"] == pytest.approx(1.0)
+    history = strict_json(paths["history.json"].read_text())
+    assert history["cp_pixel_sg"] == [None] * 3 and None not in history["retained_probability"]
+    with pytest.raises(ValueError, match="not JSON compliant"):  # none can slip out again
+        json_text({"score": math.nan})
+    assert set(UNDEFINED_WHEN) <= set(SCORES)  # every key that can be undefined is documented

@@ -13,7 +13,16 @@ from PIL import Image
 
 from engine.data import load_sample
 from testkit.stack import Api, free_port, service_env
-from tests.test_inputs import png_header_only
+from tests.test_inputs import (
+    damaged_zip,
+    image_zip,
+    mpo,
+    png_header_only,
+    png_metadata_bomb,
+    sixteen_bit_grey_png,
+)
+from tests.test_metrics import CP_RATIOS, strict_json
+from tests.test_timeseries import npy, npy_header_only
 
 SERIES = {"model": "state_gru", "method": "extremal_mask"}
 LIMIT_BYTES = 1_000_000
@@ -433,3 +442,99 @@ def test_a_full_artifact_disk_is_a_507_that_leaves_nothing_behind(tmp_path):
         assert created.status_code == 202  # a sample needs no room: the service goes on
     finally:
         api.stop()
+
+
+# --- inputs decoded faithfully or refused, finite JSON (issue 25, findings 10-12) -------------
+
+
+def input_seen(api: Api, data: bytes) -> np.ndarray:
+    """The image a saliency job on ``data`` explained: its input.png artifact, as RGB floats."""
+    created = upload(api, data)
+    assert created.status_code == 202, created.text
+    view = api.wait_done(created.json()["id"])
+    assert view["status"] == "succeeded", view
+    picture = api.client.get(view["artifacts"]["input.png"])
+    return np.asarray(Image.open(io.BytesIO(picture.content)).convert("RGB"), dtype=float)
+
+
+def test_sixteen_bit_and_mpo_images_are_explained_as_they_look(api):
+    """A mid-grey 16-bit PNG was explained as a white image (mean 255, not 78); an MPO (a phone
+    camera's JPEG) was refused as 'format MPO not accepted'."""
+    grey = input_seen(api, sixteen_bit_grey_png(20_000))
+    assert abs(grey.mean() - 20_000 / 257) < 2, grey.mean()
+    first_frame = input_seen(api, mpo((200, 40, 10), (0, 0, 0)))
+    assert np.abs(first_frame.reshape(-1, 3).mean(0) - (200, 40, 10)).max() < 3
+
+
+@pytest.mark.parametrize("kind", ["zTXt", "iTXt", "iCCP", "zTXt-late"])
+def test_png_metadata_bombs_are_413s(api, kind):
+    """A 50 KB PNG whose text or ICC chunk inflates to 50 MB was a 500 (Pillow's ValueError)."""
+    assert_error(upload(api, png_metadata_bomb(kind)), 413, f"PNG {kind[:4]} chunk",
+                 "decompresses to more than 1048576 bytes")  # fmt: skip
+
+
+def upload_series(api: Api, data: bytes):
+    request = SERIES | {"options": {"iterations": 20}}
+    return api.client.post(
+        "/explain", files={"series": ("s.npy", data, "application/octet-stream")},
+        data={"request": json.dumps(request)},
+    )  # fmt: skip
+
+
+def test_npy_series_are_checked_header_first(api):
+    """A header claiming 10¹² × 3 float64 was allocated (a MemoryError, a 500); a complex series
+    was accepted with its imaginary part dropped."""
+    assert_error(upload_series(api, npy_header_only((10**12, 3))), 413,
+                 "1000000000000×3", "limits")  # fmt: skip
+    assert_error(upload_series(api, npy_header_only((10, 3))), 422, "header says 240 bytes")
+    assert_error(upload_series(api, npy(np.ones((8, 3)) * (1 + 2j))), 422, "complex numbers")
+    assert_error(upload_series(api, npy(np.zeros((8, 3), dtype=object))), 422, "object")
+    accepted = upload_series(api, npy(np.full((8, 3), 0.5)))
+    assert accepted.status_code == 202, accepted.text
+    assert api.wait_done(accepted.json()["id"])["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        ("crc", ["images: zip entry 'b.png' is corrupt", "Bad CRC-32"]),
+        ("encrypted", ["images: zip entry 'b.png' is encrypted"]),
+        ("deflate64", ["images: zip entry 'b.png' uses compression method 9 (Deflate64)"]),
+    ],
+)
+def test_unreadable_zip_entries_are_422s_naming_the_entry(api, damage, words):
+    """A bad CRC, an encrypted entry and Deflate64 were 500s on both training routes."""
+    archive = damaged_zip(["a.png", "b.png"], "b.png", damage)
+    response = api.client.post(
+        "/patterns", data={"request": json.dumps({"model": "efficientnet_lite0"})},
+        files={"images": ("images.zip", archive)},
+    )  # fmt: skip
+    assert_error(response, 422, *words)
+    request = {"model": "efficientnet_lite0", "class_a": 285, "class_b": 967, "epochs": 1}
+    response = api.client.post(
+        "/support-sets", data={"request": json.dumps(request)},
+        files={"images_a": ("a.zip", image_zip(["a.png"])), "images_b": ("b.zip", archive)},
+    )  # fmt: skip
+    assert_error(response, 422, *[word.replace("images:", "images_b:") for word in words])
+
+
+def test_a_black_image_has_undefined_cp_scores_as_null_with_a_reason(api):
+    """Every CP ratio of an all-black image is 0/0: summary.json and history.json held bare NaN
+    (not JSON). Now each is null, and undefined_scores says why; the retained probability,
+    which is defined, stays a number."""
+    black = encode(Image.new("RGB", (64, 64)), "PNG")
+    request = {"method": "pixelmask", "options": {"iterations": 2}, "resize": "none",
+               "metrics": ["cp_shearletx", "cp_startgrad"]}  # fmt: skip
+    created = upload(api, black, request)
+    assert created.status_code == 202, created.text
+    assert api.wait_done(created.json()["id"])["status"] == "succeeded"
+    view = strict_json(api.client.get(f"/jobs/{created.json()['id']}").text)
+    assert {key for key, value in view["scores"].items() if value is None} == CP_RATIOS
+    assert set(view["undefined_scores"]) == CP_RATIOS
+    assert all("all black" in reason for reason in view["undefined_scores"].values())
+    assert view["scores"]["retained_probability_sg"] == pytest.approx(1.0)
+    summary = strict_json(api.client.get(view["artifacts"]["summary.json"]).text)
+    assert summary["scores"] == view["scores"]
+    assert summary["undefined_scores"] == view["undefined_scores"]
+    history = strict_json(api.client.get(view["artifacts"]["history.json"]).text)
+    assert history["cp_l1_sg"] == [None] * 3 and None not in history["loss"]

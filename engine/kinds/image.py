@@ -3,7 +3,6 @@ channel reduction as heat map, the quality metrics on request, and pictures as a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from engine.method import Attribution, MethodError, MethodOptions, Reduction
 from engine.metrics.base import MetricRequest, compute_metrics
 from engine.models.spec import ModelSpec
 from engine.render import heatmap_image, image_from_tensor, overlay_image
-from engine.result import Explanation
+from engine.result import Explanation, finite_history, json_text
 
 
 def reduce_channels(attribution: Tensor, reduction: Reduction) -> Tensor:
@@ -97,7 +96,7 @@ class ImageKind(InputKind):
             np.savez_compressed(paths["mask.npz"], **masks)
             picture = image_from_tensor(outputs.explanation[index].cpu().numpy())
             picture.save(paths["explanation.png"])
-            paths["history.json"].write_text(json.dumps(outputs.history[index]))
+            paths["history.json"].write_text(json_text(finite_history(outputs.history[index])))
         summary = explanation.summary(index) | {"files": sorted(paths)}
-        paths["summary.json"].write_text(json.dumps(summary, indent=2))
+        paths["summary.json"].write_text(json_text(summary, indent=2))
         return paths

@@ -3,7 +3,6 @@ map, the black-box scores on every result, and the series with its attribution a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from engine.metrics.base import MetricError, MetricRequest
 from engine.metrics.timeseries import black_box
 from engine.models.spec import ModelSpec
 from engine.render import series_plot
-from engine.result import Explanation
+from engine.result import Explanation, finite_history, json_text
 
 
 class SummedSteps(nn.Module):
@@ -91,7 +90,7 @@ class SeriesKind(InputKind):
         level = np.abs(attribution) / max(float(np.abs(attribution).max()), 1e-12)
         series_plot(explanation.inputs[index].numpy(), level).save(paths["series.png"])
         if isinstance(outputs, SeriesMaskOutputs):
-            paths["history.json"].write_text(json.dumps(outputs.history[index]))
+            paths["history.json"].write_text(json_text(finite_history(outputs.history[index])))
         summary = explanation.summary(index) | {"files": sorted(paths)}
-        paths["summary.json"].write_text(json.dumps(summary, indent=2))
+        paths["summary.json"].write_text(json_text(summary, indent=2))
         return paths

@@ -4,6 +4,7 @@ writes is listed here."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 Better = Literal["higher", "lower"] | None  # None: a property of the explanation, not a grade
@@ -74,6 +75,36 @@ SCORES: dict[str, tuple[str, Better]] = {
     "mae": ("Mean absolute error against the truth.", "lower"),
     "mse": ("Mean squared error against the truth.", "lower"),
 }  # fmt: skip
+
+
+# Why a score can have no value: a ratio whose denominator is the image's own information is 0/0
+# on an image without any (all black). JSON has no NaN: such a score is null, and the result's
+# ``undefined_scores`` gives the reason (finite_scores).
+_NO_ENERGY = "the image has no energy (all black), so "
+UNDEFINED_WHEN: dict[str, str] = {
+    "cp_l1_sx": _NO_ENERGY + "the kept share Σ|m ⊙ c| / Σ|c| is 0/0",
+    "cp_l1_pixel_sx": _NO_ENERGY + "the kept share Σ|E| / Σ|x| is 0/0",
+    "cp_entropy_sx": _NO_ENERGY + "the entropy ratio H(kept) / H(image) is 0/0",
+    "cp_l1_sg": _NO_ENERGY + "the kept share Σ|m ⊙ c| / Σ|c| is 0/0",
+    "cp_pixel_sg": _NO_ENERGY + "the kept share Σ|P| / Σ|x| is 0/0",
+}
+UNDEFINED_OTHERWISE = "the computation gave no finite number (NaN or ±∞) for this input"
+
+
+def undefined_reason(key: str) -> str:
+    """Why score ``key`` can be undefined (null in JSON)."""
+    return UNDEFINED_WHEN.get(key, UNDEFINED_OTHERWISE)
+
+
+def finite_scores(
+    scores: dict[str, float | None],
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Scores as JSON can hold them: an undefined score (NaN, ±∞ or already None) becomes None,
+    and the second dict gives each such key's reason (:func:`undefined_reason`)."""
+    finite = {key: value if value is not None and math.isfinite(value) else None
+              for key, value in scores.items()}  # fmt: skip
+    reasons = {key: undefined_reason(key) for key, value in finite.items() if value is None}
+    return finite, reasons
 
 
 def describe_scores() -> dict[str, dict[str, str | None]]:

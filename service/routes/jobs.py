@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from engine.metrics.glossary import finite_scores
 from engine.models import MODELS
 from jobs.artifacts import MEDIA_TYPES
 from jobs.records import TERMINAL, JobRecord, new_job_id
@@ -31,7 +32,8 @@ from service.submission import (
 )
 
 router = APIRouter()
-VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts"}  # copied from the record
+# copied from the record
+VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts", "undefined_scores"}
 
 
 def find(store: JobStore, job_id: str, tenant: str | None) -> JobRecord:
@@ -48,6 +50,7 @@ def job_view(store: JobStore, record: JobRecord, request: Request) -> JobView:
         **record.model_dump(include=VIEW_FIELDS),
         progress=store.progress(record.id),
         artifacts={name: base.replace("NAME", name) for name in record.artifacts},
+        undefined_scores=finite_scores(record.scores or {})[1],  # why each null score is null
     )
 
 
