@@ -11,7 +11,9 @@ the test did not announce with ``watched.allow(status, path)``; every test saves
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import os
 import re
 import time
@@ -381,6 +383,25 @@ def test_job_page_reopens_by_its_url(browser, request, server):
     assert all(width == 224 for width in images_loaded(p, "figure.overlay img"))
     p.click("text=Options and reproducibility record")
     p.wait_for_function("() => document.querySelector('pre.record').textContent.includes('sha256')")
+
+
+def test_undefined_scores_are_shown_with_their_reason(browser, request, server):
+    """The CP ratios of an all-black image are 0/0: JSON null, which the page showed as 'null';
+    it shows 'undefined' and the reason from the job's undefined_scores."""
+    black = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(black, format="PNG")
+    created = server.client.post(
+        "/explain", files={"image": ("black.png", black.getvalue(), "image/png")},
+        data={"request": json.dumps({"method": "saliency", "metrics": ["cp_shearletx"]})},
+    )  # fmt: skip
+    job = server.wait_done(created.json()["id"])
+    assert job["status"] == "succeeded" and job["scores"]["cp_l1_sx"] is None, job
+    p = open_page(browser, request).page
+    p.goto(f"{server.url}/#/jobs/{job['id']}")
+    assert wait_status(p, TERMINAL, 30) == "succeeded"
+    row = p.locator("table.scores tr", has=p.locator("th", has_text=re.compile("^cp_l1_sx$")))
+    assert row.locator("td.num").inner_text() == "undefined"
+    assert f"Undefined here: {job['undefined_scores']['cp_l1_sx']}." in row.inner_text()
 
 
 def test_time_series_sample_with_its_model(page, server):

@@ -32,6 +32,7 @@ export function fill(element, ...children) {
 
 /** A number for people: 4 significant digits, no trailing noise. */
 export function formatNumber(value) {
+  if (value === null) return "undefined"; // a score with no value for this input (JSON null)
   if (typeof value !== "number") return String(value);
   if (Number.isInteger(value)) return String(value);
   return Number(value.toPrecision(4)).toString();

@@ -143,8 +143,9 @@ export function resultFigures(job) {
   ];
 }
 
-/** Scores as a table: value, which direction is better, meaning (GET /scores). */
-export function scoresTable(scores, glossary) {
+/** Scores as a table: value, which direction is better, meaning (GET /scores). A null score
+ * is undefined for this input; `reasons` (the job's undefined_scores) says why. */
+export function scoresTable(scores, glossary, reasons = {}) {
   const keys = Object.keys(scores || {});
   if (!keys.length) return h("p.muted", {}, "No scores for this method.");
   return h(
@@ -173,7 +174,13 @@ export function scoresTable(scores, glossary) {
           h("th", { scope: "row" }, key),
           h("td.num", {}, formatNumber(scores[key])),
           h("td.better", {}, betterText(glossary[key])),
-          h("td", {}, glossary[key]?.meaning || ""),
+          h(
+            "td",
+            {},
+            [glossary[key]?.meaning, reasons[key] && `Undefined here: ${reasons[key]}.`]
+              .filter(Boolean)
+              .join(" "),
+          ),
         ),
       ),
     ),

@@ -89,7 +89,7 @@ export function jobView(container, catalogue, navigate, id) {
         predictionText(job.prediction),
       ),
       h("div.figures", {}, resultFigures(job)),
-      scoresTable(job.scores, catalogue.scores),
+      scoresTable(job.scores, catalogue.scores, job.undefined_scores),
       h("h2", {}, "Downloads"),
       downloads(job),
       recordDetails(job),
