@@ -283,16 +283,15 @@ def trained_set_files(
     model: str, need: str, classes: tuple[int, int] | None, tenant: str | None
 ) -> list[Path]:
     """The files of the set ``need`` ('patterns' or 'support_set') for ``model`` with its
-    current weights (and this class pair, if given) that a job of ``tenant`` may use, from the
-    first of its folders that has any (the engine looks in the same order); empty: none."""
+    current weights (and this class pair, if given) that a job of ``tenant`` may use, in the
+    order the engine prefers them; empty: none."""
     fingerprint = model_fingerprint(cached_model(model, None, "cpu").module)
+    found = []
     for folder in usable_folders(tenant):
         if need == "patterns":
-            found = [default_pattern_path(fingerprint, folder)]
+            found.append(default_pattern_path(fingerprint, folder))
         elif classes is not None:
-            found = [default_support_path(fingerprint, classes, folder)]
+            found.append(default_support_path(fingerprint, classes, folder))
         else:
-            found = saved_support_sets(fingerprint, folder)
-        if found := [path for path in found if path.is_file()]:
-            return found
-    return []
+            found.extend(saved_support_sets(fingerprint, folder))
+    return [path for path in found if path.is_file()]

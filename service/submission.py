@@ -283,7 +283,7 @@ def check_layers(option: str, names: list[str], kind: str, model: ModelSpec) -> 
 def check_trained_set(parsed, tenant: str | None) -> list[str]:
     """An add-on that needs a trained set for this model (patterns, GAD support networks) is
     refused until a training job has made one that ``tenant`` may use (its own or a shared
-    one: jobs.training.usable_folders). Returns what identifies the sets the job will use (a
+    one: jobs.training.usable_folders). Returns what identifies the sets the job may use (a
     new set is a new job for reuse keys); empty when it needs none."""
     need = parsed.options.trained_set()
     if need is None:

@@ -182,6 +182,24 @@ def test_an_admins_support_set_is_shared_read_only(stack):
     assert denied.status_code == 401, denied.text
 
 
+def test_a_new_set_is_a_new_job_for_reuse(stack):
+    """An identical explanation is reused until the set it used is made again."""
+    a = Caller(stack, "key-a")
+    if not a.get("/patterns").json():
+        assert a.train("/patterns", {"model": "tiny"})["status"] == "succeeded"
+    reusable = PA | {"reuse": True}
+    first = a.post("/explain", json=reusable)  # 200 where an earlier test made the same job
+    assert first.status_code in (200, 202), first.text
+    assert stack.wait_done(first.json()["id"], **a.headers)["status"] == "succeeded"
+    again = a.post("/explain", json=reusable)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"], again.text
+    remade = a.train("/patterns", {"model": "tiny", "estimator": "linear"})
+    assert remade["status"] == "succeeded", remade
+    fresh = a.post("/explain", json=reusable)
+    assert fresh.status_code == 202, fresh.text  # a new job, on the new set
+    assert a.done(fresh)["status"] == "succeeded"
+
+
 def test_training_zips_are_decoded_on_the_worker(stack):
     """Two 25-Mpx PNGs in a 60 KB zip: the API answers without decoding them (its peak memory
     does not grow by the ~300 MB a decoded one takes), the worker decodes them."""
