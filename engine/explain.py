@@ -7,6 +7,7 @@ runs the steps in order and keeps the record.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Sequence
@@ -21,8 +22,10 @@ from engine.data import ImageSource, ResizePolicy
 from engine.kinds import input_kind
 from engine.method import MethodContext, MethodError, MethodOptions, ProgressFn
 from engine.models import LoadedModel, ModelError, ModelSpec, load_model
+from engine.plan import rows_within
 from engine.provenance import device_name, versions
 from engine.result import Explanation, Prediction
+from engine.runtime import current_memory_budget, rows_per_pass_at_most
 
 Target = int | str | None  # class index, label, or None / "predicted"
 
@@ -114,7 +117,7 @@ def explain(
     parameter = next(loaded.module.parameters(), None)
     x = x.to(loaded.device, parameter.dtype if parameter is not None else torch.float32)
     timings: dict[str, float] = {}
-    with prepared(loaded.module) as net:
+    with prepared(loaded.module) as net, within_memory_budget(loaded.spec, options, x):
         tick = time.perf_counter()
         with torch.no_grad():
             probabilities = kind.probabilities(net(x))
@@ -174,6 +177,18 @@ def explain(
         metadata=metadata,
         outputs=attribution_method.outputs,
     )
+
+
+def within_memory_budget(
+    spec: ModelSpec, options: MethodOptions, x: Tensor
+) -> contextlib.AbstractContextManager:
+    """Fewer rows per model pass where the job's memory budget (a job runner's
+    :func:`~engine.runtime.memory_budget`) and the model's pass memory at x's size ask for it."""
+    budget = current_memory_budget()
+    if budget is None or x.ndim != 4:
+        return contextlib.nullcontext()
+    rows = rows_within(spec, options, *x.shape[-2:], budget)
+    return rows_per_pass_at_most(rows) if rows else contextlib.nullcontext()
 
 
 def attribute(

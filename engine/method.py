@@ -121,6 +121,16 @@ class MethodOptions(BaseModel):
         included. The service refuses a job above its budget before it runs."""
         return 1
 
+    def working_set_bytes(self, height: int, width: int) -> int:
+        """Memory the method itself holds per image at ``height`` × ``width``, beyond the
+        model's passes (a mask method's obfuscations and their gradients)."""
+        return 0
+
+    def rows_per_pass(self) -> int:
+        """Rows the method passes through the model at once that cannot be split (a mask
+        method's noise samples of a step); methods that chunk their rows take one."""
+        return 1
+
     def nested_options(self) -> dict[str, BaseModel]:
         """Options models this one holds as plain data (an add-on's ``base_options``), parsed,
         so that a check can walk the whole request (:func:`walk_options`)."""

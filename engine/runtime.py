@@ -11,7 +11,7 @@ import contextvars
 import ctypes
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 # mallopt(3) parameters
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
@@ -70,8 +70,9 @@ def max_rows_per_pass(row_elements: int = REFERENCE_ROW) -> int:
 @contextlib.contextmanager
 def rows_per_pass_at_most(rows: int) -> Iterator[None]:
     """Lower :func:`max_rows_per_pass` to ``rows`` in this thread (e.g. to rerun a job that ran
-    out of memory with half the rows per pass)."""
-    token = _rows_limit.set(max(1, rows))
+    out of memory with half the rows per pass); an enclosing lower limit stays."""
+    outer = _rows_limit.get()
+    token = _rows_limit.set(max(1, rows if outer is None else min(rows, outer)))
     try:
         yield
     finally:
@@ -89,3 +90,50 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and (
         "out of memory" in text or "can't allocate memory" in text
     )
+
+
+_memory_budget: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "memory_budget", default=None
+)
+
+
+@contextlib.contextmanager
+def memory_budget(limit_bytes: int) -> Iterator[None]:
+    """Explanations in the block keep each model pass within ``limit_bytes``: ``explain``
+    lowers the rows per pass to what the model's measured pass memory allows (a job's
+    budget, set by the job runner)."""
+    token = _memory_budget.set(limit_bytes)
+    try:
+        yield
+    finally:
+        _memory_budget.reset(token)
+
+
+def current_memory_budget() -> int | None:
+    return _memory_budget.get()
+
+
+StopCheck = Callable[[], None]
+_stop_check: contextvars.ContextVar[StopCheck | None] = contextvars.ContextVar(
+    "stop_check", default=None
+)
+
+
+@contextlib.contextmanager
+def stoppable(check: StopCheck) -> Iterator[None]:
+    """Run the block with ``check`` called once per model pass of every multi-pass loop
+    (:func:`checkpoint`): it raises to stop the work, e.g. when a job is cancelled or past its
+    time limit, so no loop (noise tunnels, IG, metrics, mask steps) outlives its job."""
+    token = _stop_check.set(check)
+    try:
+        yield
+    finally:
+        _stop_check.reset(token)
+
+
+def checkpoint() -> None:
+    """Called by multi-pass loops before each pass: raises what the current stop check raises
+    (nothing outside :func:`stoppable`)."""
+    check = _stop_check.get()
+    if check is not None:
+        check()

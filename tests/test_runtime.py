@@ -1,5 +1,6 @@
 """engine.runtime: large freed tensors are reused without new page faults (keep_freed_memory);
-no forward/backward pass holds more rows than the process allows (max_rows_per_pass)."""
+no forward/backward pass holds more rows than the process allows (max_rows_per_pass) or the
+job's memory budget; every multi-pass loop stops at the job's stop check (stoppable)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from engine import explain
+from engine.catalogue import get_method
 from engine.data import load_sample
-from engine.runtime import max_rows_per_pass, rows_per_pass_at_most
+from engine.models import MODELS, row_bytes
+from engine.models.inspection import _NewBytes, pass_bytes
+from engine.plan import working_set_bytes
+from engine.runtime import max_rows_per_pass, memory_budget, rows_per_pass_at_most, stoppable
 
 CHILD = """
 import json, resource
@@ -80,3 +86,69 @@ def test_larger_rows_get_fewer_rows_per_pass(lite0, monkeypatch):
     with rows_per_pass_at_most(16):
         assert max_rows_per_pass() == 16 and max_rows_per_pass(3 * 448 * 448) == 4
     assert max_rows_per_pass() == 32
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "metrics"),
+    [
+        # IG inside a noise tunnel: one inner call of 40 path points × 4 samples
+        ("integrated_gradients", {"steps": 40, "smoothing": {"samples": 4}}, None),
+        ("saliency", {}, ["degradation"]),  # a metric's hundreds of perturbed passes
+        ("pixelmask", {"iterations": 50, "image_size": 64, "noise_samples": 2}, None),
+        ("scorecam", {"batch_size": 8}, None),  # masked copies, channel by channel
+    ],
+)
+def test_every_multi_pass_loop_stops_at_the_jobs_stop_check(lite0, method, options, metrics):
+    """The stop check runs before each model pass of every loop: a check that stops the work
+    at its 3rd call ends explain() there (before, a method inside a noise tunnel, a metric's
+    loop or a CAM's channel loop never looked at cancel or the time limit)."""
+    calls = []
+
+    def check():
+        calls.append(True)
+        if len(calls) == 3:
+            raise Stop
+
+    with stoppable(check), pytest.raises(Stop):
+        explain(lite0, "chelsea", method, options, metrics=metrics)
+    assert len(calls) == 3
+
+
+def test_a_pass_is_measured_the_same_on_the_meta_device_and_the_cpu(lite0):
+    """pass_bytes: the bytes one forward+backward allocates, counted from the operators (views
+    excluded); the meta device (shapes only) agrees with the CPU within 10 %."""
+    on_cpu = pass_bytes(lite0.module, torch.rand(1, 3, 224, 224))
+    assert 60e6 < on_cpu < 100e6  # 79 MB: 80 MB per row, as max_rows_per_pass states
+    assert row_bytes(MODELS["efficientnet_lite0"], 224, 224) == pytest.approx(on_cpu, rel=0.1)
+    assert row_bytes(MODELS["efficientnet_lite0"], 448, 448) == pytest.approx(4 * on_cpu, 0.1)
+
+
+def test_the_memory_budget_lowers_the_rows_per_pass(lite0, monkeypatch):
+    """A 400 MB budget: IG on Lite0 at 224² runs 5 rows a pass (79 MB each), not 32."""
+    monkeypatch.setenv("EXPLAINER_MAX_ROWS_PER_PASS", "32")
+    rows = []
+    hook = lite0.module.register_forward_pre_hook(lambda _, inputs: rows.append(len(inputs[0])))
+    try:
+        with memory_budget(400 * 2**20):
+            explain(lite0, "chelsea", "integrated_gradients", {"steps": 24})
+    finally:
+        hook.remove()
+    per_row = row_bytes(MODELS["efficientnet_lite0"], 224, 224)
+    assert max(rows) == 400 * 2**20 // per_row == 5, (rows, per_row)
+
+
+@pytest.mark.parametrize(("method", "size"), [("pixelmask", 128), ("waveletx", 128)])
+def test_the_mask_working_set_estimate_is_near_the_measured_peak(lite0, method, size):
+    """The submit check's estimate for a mask method (its tensors + its noise samples' model
+    passes) against the peak of what explain() allocates: within 0.8–1.5× (ShearletX at 256²
+    to 1024² is in benchmarks/memory.py)."""
+    options = {"image_size": size, "noise_samples": 4, "iterations": 2}
+    estimate = working_set_bytes(MODELS["efficientnet_lite0"],
+                                 get_method(method).parse_options(options), size, size)  # fmt: skip
+    with _NewBytes() as counter:
+        explain(lite0, "chelsea", method, options)
+    assert 0.8 < estimate / counter.peak < 1.5, (estimate, counter.peak)

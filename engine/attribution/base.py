@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.method import BackwardRule, MethodError
-from engine.runtime import max_rows_per_pass
+from engine.runtime import checkpoint, max_rows_per_pass
 
 ScoreType = Literal["logit", "softmax", "log_softmax"]
 
@@ -85,10 +85,12 @@ class InputGradient:
 
 def chunks(total: int, size: int | None, row: Tensor) -> Iterator[slice]:
     """Slices of ``total`` rows like ``row``, ``size`` at a time (None: all), never more than
-    the process's :func:`~engine.runtime.max_rows_per_pass` for rows of that size."""
+    the process's :func:`~engine.runtime.max_rows_per_pass` for rows of that size. Each slice
+    is a model pass: the job's stop check runs before it (:func:`~engine.runtime.checkpoint`)."""
     limit = max_rows_per_pass(row.numel())
     size = max(1, min(total if not size or size <= 0 else size, limit))
     for start in range(0, total, size):
+        checkpoint()
         yield slice(start, min(start + size, total))
 
 

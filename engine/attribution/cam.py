@@ -40,7 +40,7 @@ from engine.method import (
     index,
 )
 from engine.models.inspection import find_layer
-from engine.runtime import max_rows_per_pass
+from engine.runtime import checkpoint, max_rows_per_pass
 
 Interpolation = Literal["bilinear", "nearest", "bicubic"]
 GridSide = Annotated[int, Field(ge=1, le=1024)]
@@ -243,6 +243,7 @@ class ScoreCAM(CAM):
         for b in range(x.shape[0]):
             for start in range(0, channels, rows):
                 stop = min(start + rows, channels)
+                checkpoint()
                 masked = x[b : b + 1] * masks[b, start:stop, None]  # (n, 3, H, W)
                 logits = self.model(masked)
                 scores[b, start:stop] = class_scores(logits, targets[b].expand(stop - start),

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from engine.attribution.base import GradientFn, chunks
-from engine.method import Attribution
+from engine.method import Attribution, ProgressFn
 
 SmoothingKind = Literal["smoothgrad", "smoothgrad_sq", "vargrad"]
 
@@ -75,11 +75,21 @@ class NoiseTunnel(Attribution):
             noise = draw_noise(x, self.samples, noise_scale(x, self.noise_level), self.generator)
         noisy = x.repeat_interleave(self.samples, dim=0) + noise
         noisy_targets = targets.repeat_interleave(self.samples)
-        parts = []
-        for part in chunks(noisy.shape[0], self.batch_size, x[0]):
+        parts, rows = [], noisy.shape[0]
+        for part in chunks(rows, self.batch_size, x[0]):
+            self.method.progress = self._within(part, rows)
             parts.append(self.method.attribute(noisy[part], noisy_targets[part]))
-            self._report(part.stop, noisy.shape[0])
+            self._report(part.stop, rows)
         return aggregate(torch.cat(parts), self.samples, self.kind)
+
+    def _within(self, part: slice, rows: int) -> ProgressFn:
+        """The wrapped method's progress on the rows ``part`` (IG's path points, say) as a
+        share of all ``rows``, so a long inner call reports and can be stopped."""
+
+        def report(done: int, total: int, **_: object) -> None:
+            self._report(part.start + (part.stop - part.start) * done // max(total, 1), rows)
+
+        return report
 
 
 class SmoothedGradient:

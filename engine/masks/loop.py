@@ -30,6 +30,7 @@ from engine.masks.representation import (
 )
 from engine.masks.view import l1_share, pixel_share
 from engine.method import ProgressFn
+from engine.runtime import checkpoint
 
 DistortionTarget = Literal["one", "original"]
 StopMetric = Literal["retained_probability", "cp_pixel_sg", "cp_l1_sg", "distortion", "loss"]
@@ -154,6 +155,7 @@ class MaskLoop:
         total = self.settings.iterations
         stopped, step = False, 0
         for step in range(total + 1):
+            checkpoint()
             unit = noise_model.unit(coefficients, self.settings.noise_samples, generators)
             with torch.enable_grad():
                 terms = self.terms(

@@ -70,14 +70,20 @@ class MaskOptions(MethodOptions):
         return self.iterations * self.noise_samples + init
 
     def working_set_bytes(self, height: int, width: int) -> int:
-        """Memory one image needs per step, about: every obfuscation (noise_samples × 3 colours
-        × coefficients) held by ~12 float32 tensors at once (mixed coefficients, reconstructions,
-        their gradients; 7.5 GB measured for ShearletX at 256², 16 samples, on the CPU)."""
-        values = self.noise_samples * 3 * self.coefficients_per_pixel() * height * width
-        return int(values * 4 * LIVE_TENSORS_PER_STEP)
+        """Memory one image needs beyond the model's passes, about: float32 tensors the size of
+        all coefficients (3 colours × coefficients per pixel), 6 for the image and 1.5 more
+        per noise sample (masks, mixed coefficients, reconstructions, gradients). Fitted to
+        peaks measured on the CPU (benchmarks/memory.py): ShearletX at 256² and 512² with 1
+        and 4 samples, PixelMask and WaveletX at 512²; within 10 % with the model's passes."""
+        coefficients = 3 * self.coefficients_per_pixel() * height * width
+        tensors = TENSORS_PER_IMAGE + TENSORS_PER_SAMPLE * self.noise_samples
+        return int(coefficients * 4 * tensors)
+
+    def rows_per_pass(self) -> int:
+        return self.noise_samples  # every obfuscation of a step goes through the model at once
 
 
-LIVE_TENSORS_PER_STEP = 12
+TENSORS_PER_IMAGE, TENSORS_PER_SAMPLE = 6, 1.5
 
 
 class PixelMaskOptions(MaskOptions):

@@ -22,6 +22,7 @@ from engine.attribution.base import class_scores
 from engine.masks.representation import obfuscate
 from engine.masks.view import TINY, MaskView, l1_share, pixel_share
 from engine.metrics.base import MetricOptions, MetricSpec
+from engine.runtime import checkpoint
 
 
 def entropy(values: list[Tensor]) -> Tensor:
@@ -32,10 +33,12 @@ def entropy(values: list[Tensor]) -> Tensor:
 
 
 def max_probability(view: MaskView, images: Tensor) -> Tensor:
+    checkpoint()
     return view.model(images).softmax(1).amax(1)
 
 
 def target_probability(view: MaskView, images: Tensor, targets: Tensor) -> Tensor:
+    checkpoint()
     return class_scores(view.model(images), targets, "softmax")
 
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from engine.attribution.base import ScoreType, class_scores
 from engine.masks.view import MaskView
 from engine.metrics.base import MetricOptions, MetricSpec, pixel_heatmap
+from engine.runtime import checkpoint
 
 BATCH = 128  # perturbed images per forward pass
 Order = Literal["morf", "lerf", "random"]
@@ -39,10 +40,11 @@ Fill = Literal["channel_mean", "black"]
 @torch.no_grad()
 def scores_of(model: nn.Module, images: Tensor, targets: Tensor, score: ScoreType) -> Tensor:
     """S_c of each image, in forward passes of at most BATCH images."""
-    parts = [
-        class_scores(model(images[s : s + BATCH]), targets[s : s + BATCH], score)
-        for s in range(0, images.shape[0], BATCH)
-    ]
+    parts = []
+    for start in range(0, images.shape[0], BATCH):
+        checkpoint()
+        rows = slice(start, start + BATCH)
+        parts.append(class_scores(model(images[rows]), targets[rows], score))
     return torch.cat(parts)
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from engine.method import ProgressFn
 from engine.metrics.perturbation import ranking
+from engine.runtime import checkpoint
 
 HeatFn = Callable[[Tensor, Tensor], Tensor]  # (images, labels) → heat maps (N, H, W)
 TrainFn = Callable[[Tensor, Tensor], nn.Module]  # (images, labels) → trained model
@@ -56,6 +57,7 @@ def roar(
     test_heat = heat_maps(heat_fn, test_x, test_y)
     result = {}
     for done, fraction in enumerate(fractions, 1):
+        checkpoint()
         model = train_fn(degrade(train_x, train_heat, fraction, fill, keep), train_y)
         with torch.no_grad():
             predicted = model(degrade(test_x, test_heat, fraction, fill, keep)).argmax(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from engine.models.builtin import builtin_specs
 from engine.models.config import is_config_path, spec_from_config
-from engine.models.inspection import layer_names, map_layers
+from engine.models.inspection import layer_names, map_layers, pass_bytes
 from engine.models.spec import LoadedModel, ModelError, ModelSpec, Normalized, file_sha256
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in builtin_specs()}
@@ -37,21 +38,39 @@ def known_layers(spec: ModelSpec) -> tuple[tuple[str, ...], tuple[str, ...]] | N
     architecture run on the meta device. None where neither works (the worker checks then)."""
     if spec.layers is not None and spec.map_layers is not None:
         return spec.layers, spec.map_layers
-    return _meta_layers(spec)
+    survey = _meta_survey(spec)
+    return survey and survey[:2]
+
+
+def row_bytes(spec: ModelSpec, height: int, width: int) -> int | None:
+    """Memory one image row at height × width needs in a forward and backward pass of the model
+    (:func:`~engine.models.inspection.pass_bytes` per pixel, measured at the model's input size
+    by the model store's probe or on the meta device); None for series models and where it is
+    unknown. Linear in the pixels: right for CNNs, low for transformers at larger sizes."""
+    per_pixel = spec.bytes_per_pixel
+    if per_pixel is None and spec.input_kind == "image":
+        survey = _meta_survey(spec)
+        per_pixel = survey[2] if survey else None
+    return None if per_pixel is None else math.ceil(per_pixel * height * width)
 
 
 @functools.lru_cache(maxsize=32)
-def _meta_layers(spec: ModelSpec) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+def _meta_survey(spec: ModelSpec) -> tuple[tuple[str, ...], tuple[str, ...], float | None] | None:
+    """(layer names, map layers, bytes per pixel of a pass) of the architecture run on the meta
+    device, without weights; None if it cannot run there."""
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # copying checkpoint tensors into meta ones: a no-op
             module, _ = spec.build("random" if spec.needs_weights_file else None)
-            maps = {}
+            maps, per_pixel = {}, None
             if spec.input_kind == "image":
-                maps = map_layers(module, torch.empty(1, 3, *spec.input_size))
+                probe = torch.empty(1, 3, *spec.input_size)
+                maps = map_layers(module, probe)
+                frozen = with_normalisation(spec, module).eval().requires_grad_(False)
+                per_pixel = pass_bytes(frozen, probe) / math.prod(spec.input_size)
     except Exception:  # an architecture that cannot be built or run without real tensors
         return None
-    return tuple(layer_names(module)), tuple(maps)
+    return tuple(layer_names(module)), tuple(maps), per_pixel
 
 
 def with_normalisation(spec: ModelSpec, classifier: nn.Module) -> nn.Module:
@@ -90,5 +109,6 @@ __all__ = [
     "known_layers",
     "load_model",
     "register_model",
+    "row_bytes",
     "with_normalisation",
 ]

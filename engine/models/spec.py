@@ -53,6 +53,8 @@ class ModelSpec:
     capabilities: frozenset[str] | None = field(default=None, repr=False)
     layers: tuple[str, ...] | None = field(default=None, repr=False)
     map_layers: tuple[str, ...] | None = field(default=None, repr=False)  # outputs CAMs can use
+    # Memory of a forward+backward pass per input pixel (the model store's probe measures it).
+    bytes_per_pixel: float | None = field(default=None, repr=False)
     # Which upload of a stored model this is (a name deleted and uploaded again is another
     # model: results of the first are not reused for the second); None for built-in models.
     revision: str | None = None

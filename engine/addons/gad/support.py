@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from engine.method import MethodError, ProgressFn
 from engine.models.spec import model_fingerprint
+from engine.runtime import checkpoint
 from engine.storage import cache_dir, load_record, save_record
 
 FORMAT = "explainer-gad-support/1"
@@ -140,6 +141,7 @@ def train_support_set(
         for _ in range(epochs):
             order, total = torch.randperm(len(labels), generator=generator), 0.0
             for start in range(0, len(order), batch_size):
+                checkpoint()
                 batch = order[start : start + batch_size].to(images.device)
                 loss = nn.functional.mse_loss(support(images[batch]), targets[batch])
                 optimiser.zero_grad()

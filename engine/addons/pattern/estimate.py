@@ -39,6 +39,7 @@ from engine.addons.pattern.layers import (
 )
 from engine.method import MethodError, ProgressFn
 from engine.models.spec import model_fingerprint
+from engine.runtime import checkpoint
 from engine.storage import load_record, save_record
 
 Estimator = Literal["two_component", "linear"]
@@ -185,6 +186,7 @@ def estimate_patterns(
     model.eval()
     try:
         for batch in batches:
+            checkpoint()
             if not contexts:
                 contexts.update(layer_contexts(model, batch[:1]))
             with torch.no_grad(), LayerCalls(layers, record):
