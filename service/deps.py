@@ -17,7 +17,10 @@ from jobs.store import JobStore
 from service.dispatch import Dispatcher
 from service.errors import ApiError
 
-API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
+# Each scheme is named: FastAPI names them by class, so the admin key's would be listed as
+# 'APIKeyHeader' (X-API-Key) and the document would say that model uploads take an API key.
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", scheme_name="APIKeyHeader", auto_error=False,
+                              description="An API key.")  # fmt: skip
 BEARER = HTTPBearer(auto_error=False, description="The same API key as a bearer token.")
 
 
@@ -49,7 +52,7 @@ StoreDep = Annotated[JobStore, Depends(get_store)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 ModelsDep = Annotated[ModelStore, Depends(get_models)]
-ADMIN_KEY_HEADER = APIKeyHeader(name="X-Admin-Key", auto_error=False,
+ADMIN_KEY_HEADER = APIKeyHeader(name="X-Admin-Key", scheme_name="AdminKeyHeader", auto_error=False,
                                 description="An admin key: adds and deletes models.")  # fmt: skip
 
 

@@ -1,6 +1,9 @@
 """Schemathesis fuzzes the API from its own OpenAPI document, in process (ASGI) on the embedded
 server with a real model: every operation, with schema-valid and invalid data, under all of
 Schemathesis's checks (no 5xx, responses as documented, 405s with ``Allow``, auth enforced).
+A second run sends POST /models and DELETE /models/{name} with only the admin key, most uploads
+carrying a real model file (so models are probed, stored and deleted, and the probe's hostile
+TorchScript archive meets the operator check).
 
 One check is replaced: a schema cannot state every rule of a valid request (exactly one input,
 a bundled sample's name, a class of the chosen model, an add-on's base_options fitting its base
@@ -11,17 +14,26 @@ every run.
 
 from __future__ import annotations
 
+import io
+import itertools
+import json
 import os
+import re
 import shutil
 import tempfile
+import warnings
 
 import pytest
 import schemathesis
+import torch
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from engine.models.series import BUNDLED
+from jobs.models import NAME_PATTERN
 from jobs.settings import Settings
 from service.app import create_app
+from tests.tiny_models import ReadsAFile, tiny_cnn
 
 CACHE_BEFORE = os.environ.get("EXPLAINER_CACHE_DIR")  # create_app points it at FOLDER/cache
 KEY = "fuzz-key"
@@ -89,3 +101,59 @@ def test_api_conforms_to_its_openapi_document(case):
         excluded_checks=[positive_data_acceptance],
         additional_checks=[valid_data_accepted_or_refused_for_a_stated_rule],
     )
+
+
+# --- POST and DELETE /models with an admin key, with real model files ----------------------------
+
+MARKER = f"{FOLDER}/read-by-a-model"  # a file that the hostile archive below maps (and creates)
+
+
+def model_files() -> dict[str, list[bytes]]:
+    """Weight files by upload source: TorchScript (a model, and the probe's hostile archive that
+    maps MARKER with torch.from_file), an exported program, a state dict, a series model."""
+    torch.manual_seed(0)
+    scripted, hostile, program, state = (io.BytesIO() for _ in range(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(tiny_cnn().eval()), scripted)
+        torch.jit.save(torch.jit.script(ReadsAFile(MARKER).eval()), hostile)
+    example, dims = (torch.rand(2, 3, 32, 32),), ({0: torch.export.Dim.AUTO},)
+    torch.export.save(torch.export.export(tiny_cnn().eval(), example, dynamic_shapes=dims), program)
+    torch.save(tiny_cnn().state_dict(), state)
+    return {"torchscript": [scripted.getvalue(), hostile.getvalue()],
+            "export": [program.getvalue()], "state_dict": [state.getvalue()],
+            "timm": [state.getvalue()], "series": [BUNDLED.read_bytes()]}  # fmt: skip
+
+
+MODEL_FILES = model_files()
+UPLOADS = itertools.count()
+models_schema = schema.include(method=["POST", "DELETE"], path_regex="^/models")
+
+
+@models_schema.parametrize()
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))  # fmt: skip
+def test_admins_uploading_and_deleting_models_get_no_5xx(case):
+    """Schemathesis on POST /models and DELETE /models/{name} with the admin key. Most generated
+    uploads carry a real file of their config's source, picked by the config (so the probe and
+    the operator check run on real models and on the hostile archive); one in four keeps the
+    fuzzer's bytes. The hostile archive never runs."""
+    body = case.body if isinstance(case.body, dict) else {}
+    config = body.get("config") if isinstance(body.get("config"), dict) else {}
+    files = MODEL_FILES.get(str(config.get("source")), [])
+    variant = len(json.dumps(config, default=str, sort_keys=True))
+    if "weights" in body and files and variant % 4:
+        body["weights"] = files[variant % len(files)]
+        # Past the rules the schema cannot state, to the probe: a free name (most are "0"), and
+        # a normalisation for TorchScript and exported programs.
+        name = str(config.get("name"))
+        if re.fullmatch(NAME_PATTERN, name) and (APP.state.settings.models_path / name).exists():
+            config["name"] = f"upload{next(UPLOADS)}"
+        if config.get("mean") is None and config.get("source") in ("torchscript", "export"):
+            config["normalize"] = False
+    case.call_and_validate(
+        headers={"X-Admin-Key": ADMIN},
+        excluded_checks=[positive_data_acceptance],
+        additional_checks=[valid_data_accepted_or_refused_for_a_stated_rule],
+    )
+    assert not os.path.exists(MARKER)
