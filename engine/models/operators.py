@@ -135,6 +135,8 @@ def refuse_unless_allowed(names: Iterable[str], what: str, extra: Collection[str
 
 def _records(path: Path, kind: str) -> tuple[Any, list[str]]:
     """PyTorch's own zip reader on ``path`` (what its loaders read) and the record names."""
+    if not Path(path).is_file():
+        raise ModelError(f"model file {path} not found")
     try:
         reader = torch._C.PyTorchFileReader(str(path))
         return reader, reader.get_all_records()
