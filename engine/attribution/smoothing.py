@@ -76,18 +76,20 @@ class NoiseTunnel(Attribution):
         noisy = x.repeat_interleave(self.samples, dim=0) + noise
         noisy_targets = targets.repeat_interleave(self.samples)
         parts, rows = [], noisy.shape[0]
+        self._per_row = 1  # progress units per noisy row: the wrapped method's, once it reports
         for part in chunks(rows, self.batch_size, x[0]):
             self.method.progress = self._within(part, rows)
             parts.append(self.method.attribute(noisy[part], noisy_targets[part]))
-            self._report(part.stop, rows)
+            self._report(part.stop * self._per_row, rows * self._per_row)
         return aggregate(torch.cat(parts), self.samples, self.kind)
 
     def _within(self, part: slice, rows: int) -> ProgressFn:
-        """The wrapped method's progress on the rows ``part`` (IG's path points, say) as a
-        share of all ``rows``, so a long inner call reports and can be stopped."""
+        """The wrapped method's progress on the noisy rows ``part``, in its own units (IG: path
+        points), as progress over all ``rows``: a long inner call reports, and can be stopped."""
 
         def report(done: int, total: int, **_: object) -> None:
-            self._report(part.start + (part.stop - part.start) * done // max(total, 1), rows)
+            self._per_row = max(1, total // (part.stop - part.start))
+            self._report(part.start * self._per_row + done, rows * self._per_row)
 
         return report
 
