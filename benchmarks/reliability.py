@@ -10,7 +10,12 @@ Prints:
 2. recovery times: after SIGKILL to the pool process (until a new job succeeds) and after
    SIGKILL to a whole worker mid-job (until a second worker has finished that job);
 3. the worker's peak RSS for integrated_gradients at ``--ig-steps`` (the most the server accepts)
-   against the worker memory budget (``EXPLAINER_WORKER_MAX_MEMORY_KB``).
+   against the worker memory budget (``EXPLAINER_WORKER_MAX_MEMORY_KB``);
+4. the cancel latency of integrated_gradients with 2000 steps inside a 10-sample noise tunnel
+   (DELETE until the job reads cancelled);
+5. a Redis stall (SIGSTOP for ``--stall`` seconds) while jobs run: jobs failed (target 0);
+6. the broker down while ``--clients`` clients submit with idempotency keys and retry on 503:
+   jobs orphaned (a record queued without a message, target 0) and keys run twice (target 0).
 """
 
 from __future__ import annotations
@@ -143,11 +148,88 @@ def ig_peak(api: Api, worker: Worker, steps: int, budget_mb: float) -> None:
           f"{budget_mb:.0f} MB")  # fmt: skip
 
 
+def cancel_latency(api: Api) -> None:
+    request = {"sample": "chelsea", "method": "integrated_gradients", "reuse": False,
+               "options": {"steps": 2000, "smoothing": {"samples": 10}}}  # fmt: skip
+    job_id = api.client.post("/explain", json=request).json()["id"]
+    wait_for(lambda: api.client.get(f"/jobs/{job_id}").json()["progress"], 120, "progress")
+    asked = time.perf_counter()
+    api.client.delete(f"/jobs/{job_id}")
+    view = api.wait_done(job_id, timeout=600)
+    print("\n## Cancel of IG, 2000 steps × 10 noise samples (20,000 passes)\n")
+    print(f"status {view['status']} {time.perf_counter() - asked:.2f} s after DELETE "
+          f"(progress then: {view['progress']})")  # fmt: skip
+
+
+def redis_stall(api: Api, redis: RedisServer, stall_s: float, jobs: int = 12) -> None:
+    request = {"sample": "chelsea", "method": "pixelmask", "reuse": False,
+               "options": {"iterations": 60, "image_size": 96, "noise_samples": 4}}  # fmt: skip
+    ids = [api.client.post("/explain", json={**request, "seed": i}).json()["id"]
+           for i in range(jobs)]  # fmt: skip
+    wait_for(lambda: api.client.get(f"/jobs/{ids[0]}").json()["progress"], 120, "progress")
+    redis.pause()
+    time.sleep(stall_s)
+    redis.resume()
+    views = [api.wait_done(job_id, timeout=900) for job_id in ids]
+    statuses = [v["status"] for v in views]
+    print(f"\n## Redis stalled {stall_s:.0f} s while {jobs} pixelmask jobs ran\n")
+    print("| succeeded | failed | attempts > 1 |")
+    print("|---|---|---|")
+    print(f"| {statuses.count('succeeded')} | {statuses.count('failed')} | "
+          f"{sum(v['attempts'] > 1 for v in views)} |")  # fmt: skip
+
+
+def broker_outage(folder: Path, clients: int, outage_s: float = 10.0) -> None:
+    """Clients submit with idempotency keys while the broker is down, retrying every 503 after
+    its Retry-After, until accepted; then every key's job must run exactly once."""
+    (folder / "records").mkdir()
+    (folder / "broker").mkdir()
+    records, broker = RedisServer(folder / "records"), RedisServer(folder / "broker")
+    env = service_env(broker.url, folder / "outage-artifacts")
+    env["EXPLAINER_REDIS_URL"] = records.url
+    api, worker = Api(env, folder, name="outage-api"), Worker(env, folder)
+    refusals = []
+
+    def submit(index: int) -> str:
+        request = {"sample": "coffee", "method": "saliency", "seed": index,
+                   "idempotency_key": f"key-{index}"}  # fmt: skip
+        while True:
+            response = api.client.post("/explain", json=request)
+            if response.status_code in (200, 202):
+                return response.json()["id"]
+            refusals.append(response.status_code)
+            time.sleep(float(response.headers.get("retry-after", 1)))
+
+    try:
+        broker.stop()
+        with ThreadPoolExecutor(clients) as pool:
+            futures = [pool.submit(submit, i) for i in range(4 * clients)]
+            time.sleep(outage_s)
+            broker.start()
+            ids = [future.result() for future in futures]
+        views = [api.wait_done(job_id, timeout=600) for job_id in ids]
+        listed = api.client.get("/jobs", params={"limit": 100}).json()
+        orphans = [v for v in listed if v["status"] == "queued"]
+        print(f"\n## Broker down {outage_s:.0f} s while {clients} clients submit "
+              f"{len(ids)} jobs with idempotency keys\n")  # fmt: skip
+        print("| 503s answered | accepted | succeeded | orphaned records | keys run twice |")
+        print("|---|---|---|---|---|")
+        print(f"| {len(refusals)} | {len(ids)} | "
+              f"{sum(v['status'] == 'succeeded' for v in views)} | {len(orphans)} | "
+              f"{len(ids) - len(set(ids)) + sum(v['attempts'] > 1 for v in views)} |")  # fmt: skip
+    finally:
+        api.stop()
+        worker.process.stop()
+        broker.stop()
+        records.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--ig-steps", type=int, default=2000)
+    parser.add_argument("--stall", type=float, default=8.0)
     args = parser.parse_args()
     budget_mb = Settings().worker_max_memory_kb / 1024
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,12 +241,15 @@ def main() -> None:
         try:
             load(api, workers[0], args.jobs, args.clients)
             ig_peak(api, workers[0], args.ig_steps, budget_mb)
+            cancel_latency(api)
+            redis_stall(api, redis, args.stall)
             workers.append(recovery(api, workers[0], env, folder))
         finally:
             api.stop()
             for worker in workers:
                 worker.process.stop()
             redis.stop()
+        broker_outage(folder, args.clients)
 
 
 if __name__ == "__main__":

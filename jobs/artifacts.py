@@ -20,6 +20,14 @@ NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # jobs.records.new_job_id
 
 
+def is_no_room(error: OSError) -> bool:
+    """A write that failed for lack of room: disk full, quota or file size limit, or a short
+    write (numpy's ``tofile`` reports a full disk as "N requested and M written", no errno)."""
+    if error.errno in NO_ROOM:
+        return True
+    return error.errno is None and re.search(r"requested and \d+ written", str(error)) is not None
+
+
 class ArtifactStoreFull(OSError):
     """The artifact volume has no room for a file (disk full, quota, file size limit)."""
 
@@ -54,6 +62,10 @@ class ArtifactStore:
 
     def load_input(self, job_id: str) -> bytes:
         return (self.job_dir(job_id) / "input.bin").read_bytes()
+
+    def remove_input(self, job_id: str) -> None:
+        """Delete a job's stored input (its outputs, if any, stay)."""
+        (self.job_dir(job_id) / "input.bin").unlink(missing_ok=True)
 
     def staging_dir(self, job_id: str, attempt: int) -> Path:
         folder = self.job_dir(job_id) / f".staging-{attempt}-{os.getpid()}"

@@ -4,12 +4,46 @@ limits and visibility timeout of :class:`~jobs.settings.Settings`. The API sends
 
 from __future__ import annotations
 
+import time
+
 from celery import Celery
 
 from jobs.settings import Settings
 
 EXPLAIN_TASK = "explainer.explain"
-QUEUE = "celery"  # Celery's default queue; its Redis list holds the waiting jobs
+QUEUE = "celery"  # Celery's default queue; its Redis lists hold the waiting jobs
+# Kombu keeps one Redis list per priority step and serves step 0 first: new jobs go to step 3,
+# a job taken back from a dead worker to step 0, ahead of every waiting job.
+NEW_JOB_PRIORITY, FRONT_PRIORITY = 3, 0
+PRIORITY_STEPS = (0, 3)
+QUEUE_KEYS = tuple(QUEUE if step == 0 else f"{QUEUE}\x06\x16{step}" for step in PRIORITY_STEPS)
+
+
+WORKERS_KEY = "explainer:workers"  # worker name → time of its last liveness mark
+
+
+def mark_alive(redis_client, name: str) -> None:
+    """Worker ``name`` is alive now (its reaper calls this every heartbeat period)."""
+    now = time.time()
+    with redis_client.pipeline() as pipe:
+        pipe.zadd(WORKERS_KEY, {name: now})
+        pipe.zremrangebyscore(WORKERS_KEY, 0, now - 24 * 3600)
+        pipe.execute()
+
+
+def mark_gone(redis_client, name: str) -> None:
+    redis_client.zrem(WORKERS_KEY, name)
+
+
+def live_workers(redis_client, within_s: float) -> int:
+    """Workers that marked themselves alive in the last ``within_s`` seconds."""
+    return int(redis_client.zcount(WORKERS_KEY, time.time() - within_s, "+inf"))
+
+
+def send_job(app: Celery, job_id: str, front: bool = False) -> None:
+    """Queue job ``job_id`` (task id = job id): behind the waiting jobs, or ``front``."""
+    priority = FRONT_PRIORITY if front else NEW_JOB_PRIORITY
+    app.send_task(EXPLAIN_TASK, args=[job_id], task_id=job_id, priority=priority)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -27,6 +61,8 @@ def make_celery(settings: Settings) -> Celery:
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": 1,
             "unacked_restore_throttle": 1,
+            "priority_steps": list(PRIORITY_STEPS),
+            "queue_order_strategy": "priority",
         },
         broker_connection_retry_on_startup=True,
         # A new pool process imports torch and loads the models before it reports ready

@@ -6,6 +6,8 @@ here; inputs, tensors and pictures go to the artifact store.
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from typing import Any, Literal
 
@@ -48,4 +50,21 @@ def new_job_id() -> str:
 
 
 def new_run_token() -> str:
-    return uuid.uuid4().hex[:16]
+    """``host/pid/random``: which process runs the job, so a reaper on the same host can tell
+    at once that the process died (:func:`run_is_dead`)."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:16]}"
+
+
+def run_is_dead(token: str | None) -> bool:
+    """The run ``token`` belongs to a process of this host that no longer exists."""
+    host, _, rest = (token or "").partition("/")
+    pid = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid.isdigit() or not pid.isascii():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False

@@ -15,7 +15,8 @@ import logging
 import shutil
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -28,15 +29,23 @@ from engine.method import MethodError, OptionsError
 from engine.metrics.base import MetricError
 from engine.metrics.timeseries import white_box
 from engine.models import ModelError
-from engine.runtime import is_out_of_memory, max_rows_per_pass, rows_per_pass_at_most
-from jobs.artifacts import ArtifactStore
+from engine.runtime import (
+    is_out_of_memory,
+    max_rows_per_pass,
+    memory_budget,
+    rows_per_pass_at_most,
+    stoppable,
+)
+from jobs.artifacts import ArtifactStore, is_no_room
 from jobs.records import TERMINAL, JobRecord, new_run_token
 from jobs.settings import Settings
 from jobs.store import JobStore
 from jobs.training import WORK, set_extras
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MAX_ATTEMPTS = 2  # a job whose worker died once is run once more, never a third time
+NO_ROOM_MESSAGE = "the server had no room to store this job's results; submit it again later"
 USER_ERRORS = (OptionsError, MethodError, ModelError, InputError, MetricError)
 
 
@@ -80,7 +89,10 @@ class Heartbeat:
 class ProgressReporter:
     """Writes (step, total, extra values) into the job record at most every ``interval`` seconds,
     and stops the run (:class:`JobStopped`) once the job is cancelled, past ``deadline``
-    (monotonic seconds) or no longer this run's."""
+    (monotonic seconds) or no longer this run's. :meth:`check` runs at every model pass of
+    every loop (:func:`engine.runtime.stoppable`), so a method that reports seldom still stops.
+    A store away for a moment (a stalled Redis) delays a progress write, never fails the job:
+    the newest progress is written at the next chance."""
 
     def __init__(
         self,
@@ -93,19 +105,49 @@ class ProgressReporter:
         self.store, self.job_id, self.interval = store, job_id, interval
         self.heartbeat, self.deadline = heartbeat, deadline
         self._last = 0.0
+        self._unwritten: dict[str, Any] | None = None
 
     def __call__(self, done: int, total: int, **values: Any) -> None:
-        now = time.monotonic()
+        self._unwritten = {"step": done, "total": total, **values}
+        self.check(now=done >= total)
+
+    def check(self, now: bool = False) -> None:
+        """Stop the run if it should stop; write the newest progress and read the cancel flag
+        at most every ``interval`` seconds (or ``now``)."""
+        clock = time.monotonic()
         if self.heartbeat is not None and self.heartbeat.lost.is_set():
             raise JobStopped("skipped", None)
-        overdue = self.deadline is not None and now > self.deadline
-        if now - self._last >= self.interval or done >= total or overdue:
-            self._last = now
-            self.store.set_progress(self.job_id, {"step": done, "total": total, **values})
-            if self.store.cancel_requested(self.job_id):
+        overdue = self.deadline is not None and clock > self.deadline
+        if now or overdue or clock - self._last >= self.interval:
+            self._last = clock
+            cancelled = False
+            try:
+                if self._unwritten is not None:
+                    self.store.set_progress(self.job_id, self._unwritten)
+                    self._unwritten = None
+                cancelled = self.store.cancel_requested(self.job_id)
+            except self.store.transient_errors as error:
+                log.warning("job %s: progress not written (%s); trying again later",
+                            self.job_id, error)  # fmt: skip
+            if cancelled:
                 raise JobStopped("cancelled", "cancelled while running")
         if overdue:
             raise JobStopped("failed", "the job exceeded its time limit")
+
+
+def persist(store: JobStore, write: Callable[[], T], within_s: float) -> T:
+    """``write()`` to the store, tried again for up to ``within_s`` seconds while the store is
+    away for a moment (:attr:`JobStore.transient_errors`): a finished job's result is not
+    thrown away because Redis stalled as it finished."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return write()
+        except store.transient_errors as error:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("job store unavailable (%s); trying again", error)
+            time.sleep(0.5)
 
 
 def preload_models(names: tuple[str, ...], device: str) -> None:
@@ -164,7 +206,8 @@ def run_job(
     ``time_limit_s``: stop at the first progress step after this many seconds (the embedded
     worker's soft limit; Celery enforces its own)."""
     token = new_run_token()
-    record = claim(store, job_id, token, settings)
+    patience = settings.heartbeat_timeout_s  # a stalled store, before this run gives up
+    record = persist(store, lambda: claim(store, job_id, token, settings), patience)
     if record is None:
         return "skipped"  # unknown, cancelled, finished, or running elsewhere
     if store.cancel_requested(job_id):
@@ -177,10 +220,13 @@ def run_job(
     with Heartbeat(store, job_id, token, settings.heartbeat_interval_s) as heartbeat:
         deadline = time.monotonic() + time_limit_s if time_limit_s else None
         reporter = ProgressReporter(store, job_id, heartbeat, deadline)
-        state, fields = _outcome(record, artifacts, device, reporter)
+        with stoppable(reporter.check), memory_budget(settings.max_job_memory_mb * 2**20):
+            state, fields = _outcome(record, artifacts, device, reporter)
     if state == "skipped":
         return state
-    final = store.finish(job_id, state, **fields)
+    if fields.get("error") == NO_ROOM_MESSAGE:
+        artifacts.remove_input(job_id)  # frees room; the job is submitted anew, not rerun
+    final = persist(store, lambda: store.finish(job_id, state, **fields), patience)
     return final.status if final is not None else "skipped"
 
 
@@ -205,6 +251,9 @@ def _outcome(
     except USER_ERRORS as error:
         return "failed", {"error": str(error)}
     except Exception as error:
+        if isinstance(error, OSError) and is_no_room(error):
+            log.error("job %s: no room for its artifacts: %s", record.id, error)
+            return "failed", {"error": NO_ROOM_MESSAGE}
         if type(error).__name__ == "SoftTimeLimitExceeded":
             return "failed", {"error": "the job exceeded its time limit"}
         if is_out_of_memory(error):

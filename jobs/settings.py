@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="Celery broker (redis://); None: embedded")
     redis_url: str | None = Field(None, description="Job records; defaults to the broker URL")
     artifact_dir: Path = Path("artifacts")
+    public_url: str | None = Field(
+        None, pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$", description="The service's address as "
+        "clients reach it (https://host[:port][/prefix]): job and artifact URLs start with it; "
+        "unset: they are paths on this server (never taken from the request's Host header)",
+    )  # fmt: skip
     api_keys: Names = ()
     admin_keys: Names = Field((), description="Keys that may add and delete models (X-Admin-Key)")
     allowed_factories: Names = Field(

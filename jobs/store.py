@@ -13,10 +13,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from jobs.records import TERMINAL, JobRecord, JobStatus
+from jobs.records import TERMINAL, JobRecord, JobStatus, run_is_dead
 
 DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 MAX_INDEXED = 1000  # newest jobs per owner kept in the index of GET /jobs
+UNDISPATCHED = "undispatched"  # the index of records whose queue message is not confirmed sent
 
 
 def owner_key(owner: str | None) -> str:
@@ -26,6 +27,10 @@ def owner_key(owner: str | None) -> str:
 
 class JobStore(ABC):
     """Atomic transitions over job records, plus progress, cancel flags and counters."""
+
+    #: Errors of a store that is away for a moment (a stalled or restarting Redis): a write
+    #: that fails with one of them is worth retrying.
+    transient_errors: tuple[type[Exception], ...] = ()
 
     def __init__(self, ttl_s: int):
         self.ttl_s = ttl_s
@@ -79,10 +84,31 @@ class JobStore(ABC):
 
     # --- the job life cycle ------------------------------------------------------------------
     def create(self, record: JobRecord) -> JobRecord:
+        """Store a new queued record, marked undispatched until :meth:`dispatched` says its
+        queue message is sent: a record whose submitter died in between is sent again by
+        :meth:`undispatched` (no record stays queued without a message)."""
+        self._index(UNDISPATCHED, record.id, record.created_at)
         self._put(record)
         self._index(owner_key(record.owner), record.id, record.created_at)
         self._incr("stats", "submitted")
         return record
+
+    def dispatched(self, job_id: str) -> None:
+        """The job's queue message is sent."""
+        self._unindex(UNDISPATCHED, [job_id])
+
+    def undispatched(self, older_than_s: float) -> list[str]:
+        """Queued jobs created over ``older_than_s`` ago whose message was never confirmed
+        sent, for the caller to send (once more: a job runs once whatever its messages)."""
+        ids = self._indexed(UNDISPATCHED, MAX_INDEXED)
+        records = [self.get(job_id) for job_id in ids]
+        settled = [job_id for job_id, record in zip(ids, records, strict=True)
+                   if record is None or record.status != "queued"]  # fmt: skip
+        if settled:
+            self._unindex(UNDISPATCHED, settled)
+        cutoff = time.time() - older_than_s
+        return [r.id for r in records if r is not None and r.status == "queued"
+                and r.created_at < cutoff]  # fmt: skip
 
     def recent(self, owner: str | None, limit: int) -> list[JobRecord]:
         """The owner's (tenant's) newest jobs that have not expired, newest first."""
@@ -140,12 +166,14 @@ class JobStore(ABC):
         return record is not None and record.status == "running" and record.run_token == token
 
     def requeue_stale(self, stale_after_s: float) -> list[str]:
-        """Running jobs whose heartbeat stopped (their worker died) go back to queued; returns
-        their ids, for the caller to hand to a live worker."""
+        """Running jobs whose heartbeat stopped (their worker died), or whose process on this
+        host is gone, go back to queued; returns their ids, for the caller to hand to a live
+        worker."""
 
         def change(record: JobRecord) -> JobRecord | None:
             beat = record.heartbeat_at or 0.0
-            if record.status != "running" or time.time() - beat <= stale_after_s:
+            stale = time.time() - beat > stale_after_s or run_is_dead(record.run_token)
+            if record.status != "running" or not stale:
                 return None
             record.status, record.run_token, record.heartbeat_at = "queued", None, None
             return record
@@ -330,6 +358,7 @@ class RedisJobStore(JobStore):
 
         super().__init__(ttl_s)
         self.redis = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=2)
+        self.transient_errors = (redis.ConnectionError, redis.TimeoutError)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}{key}"

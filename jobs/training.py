@@ -47,6 +47,7 @@ from engine.data import (
 from engine.explain import cached_model
 from engine.method import ProgressFn
 from engine.models.spec import model_fingerprint
+from engine.runtime import checkpoint
 from engine.storage import cache_dir
 from jobs.artifacts import ArtifactStore
 from jobs.records import JobRecord
@@ -169,6 +170,7 @@ def decode_zip(data: bytes, field: str, limits: ZipLimits, size: tuple[int, int]
     at a time; an image that cannot be decoded is an InputError naming the field and file."""
     images = []
     for name, content in zip_entries(data, field, limits):
+        checkpoint()  # a large image takes seconds to decode: cancel and time limits apply
         try:
             image = decode_image(content, max_pixels=limits.pixels, max_bytes=limits.entry_bytes)
         except InputError as error:

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from engine.runtime import keep_freed_memory
-    from service.app import create_app
+    from service.app import READ_HEADER_BYTES, create_app
 
     keep_freed_memory()
 
@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         else f"distributed ({settings.broker_url})"
     )
     print(f"Explainer API on http://{args.host}:{args.port} — {mode}", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    # The parser reads headers up to READ_HEADER_BYTES, so that the app answers an oversized
+    # one with a 431 instead of a connection closed mid-request.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
+                h11_max_incomplete_event_size=READ_HEADER_BYTES)  # fmt: skip
     return 0
 
 

@@ -22,12 +22,14 @@ from service.routes import catalogue, jobs, models, ops, training, web
 from service.schemas import ErrorResponse, explain_request_adapter
 
 Limit = tuple[int, str]  # bytes, and the setting that sets them
+MAX_HEADER_BYTES = 64 * 1024  # all header lines of a request together
+READ_HEADER_BYTES = 2 * 1024 * 1024  # what the HTTP parser reads before it gives up unanswered
 
 
-class BodyLimit:
-    """Pure ASGI middleware: refuse request bodies above ``limit`` bytes with 413, streaming;
-    ``by_path`` gives some paths their own (model weights, training zips). The 413 names the
-    setting that raises the limit."""
+class RequestLimits:
+    """Pure ASGI middleware: refuse headers above MAX_HEADER_BYTES with 431, and request bodies
+    above ``limit`` bytes with 413, streaming; ``by_path`` gives some paths their own (model
+    weights, training zips). The 413 names the setting that raises the limit."""
 
     def __init__(self, app, limit: Limit, by_path: dict[str, Limit]):
         self.app, self.limit, self.by_path = app, limit, by_path
@@ -35,6 +37,10 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if sum(len(name) + len(value) + 4 for name, value in scope["headers"]) > MAX_HEADER_BYTES:
+            message = f"request headers above {MAX_HEADER_BYTES} bytes"
+            response = error_response(431, "headers_too_large", message)
+            return await response(scope, receive, send)
         limit = self.by_path.get(scope["path"], self.limit)
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit[0]:
@@ -94,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     zips = (2 * settings.max_training_upload_bytes + 65536,  # a support set's two zips
             "EXPLAINER_MAX_TRAINING_UPLOAD_BYTES")  # fmt: skip
     app.add_middleware(
-        BodyLimit,
+        RequestLimits,
         limit=(int(settings.max_upload_bytes * 4 / 3) + 65536,  # base64 in JSON
                "EXPLAINER_MAX_UPLOAD_BYTES"),
         by_path={"/models": (settings.max_model_bytes + 65536, "EXPLAINER_MAX_MODEL_BYTES"),

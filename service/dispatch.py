@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from jobs.artifacts import ArtifactStore
 from jobs.models import ModelStore
-from jobs.queue import EXPLAIN_TASK, QUEUE, make_celery
+from jobs.queue import QUEUE_KEYS, live_workers, make_celery, send_job
 from jobs.records import TERMINAL
 from jobs.settings import Settings
 from jobs.store import MemoryJobStore
@@ -140,37 +140,44 @@ class EmbeddedDispatcher(Dispatcher):
 
 
 class CeleryDispatcher(Dispatcher):
-    """Sends jobs to Celery workers through the Redis broker (task id = job id)."""
+    """Sends jobs to Celery workers through the Redis broker (task id = job id); reads the
+    workers' liveness marks and devices from the job store's Redis."""
 
     def __init__(self, settings: Settings):
         import redis
 
         self._app = make_celery(settings)
-        self._redis = redis.Redis.from_url(
+        self._broker = redis.Redis.from_url(
             settings.broker_url, socket_timeout=3, socket_connect_timeout=2
         )
+        self._store = redis.Redis.from_url(
+            settings.store_url, socket_timeout=3, socket_connect_timeout=2
+        )
+        self._alive_within_s = 3 * settings.heartbeat_interval_s
 
     def submit(self, job_id: str) -> None:
-        self._app.send_task(EXPLAIN_TASK, args=[job_id], task_id=job_id)
+        send_job(self._app, job_id)
 
     def revoke(self, job_id: str) -> None:
         self._app.control.revoke(job_id)
 
     def queue_length(self) -> int:
         try:
-            return int(self._redis.llen(QUEUE))
+            return sum(int(self._broker.llen(key)) for key in QUEUE_KEYS)
         except Exception:
             return -1
 
     def workers(self) -> int:
+        """Workers whose liveness mark is fresh (one Redis read; a broadcast ping would wait
+        its whole timeout for replies)."""
         try:
-            return len(self._app.control.ping(timeout=1.0) or [])
+            return live_workers(self._store, self._alive_within_s)
         except Exception:
             return 0
 
     def device(self) -> str:
         try:
-            devices = sorted(d.decode() for d in self._redis.smembers("explainer:devices"))
+            devices = sorted(d.decode() for d in self._store.smembers("explainer:devices"))
         except Exception:
             devices = []
         return ",".join(devices) or "unknown"

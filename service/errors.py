@@ -20,9 +20,11 @@ from jobs.artifacts import ArtifactStoreFull
 from service.schemas import ErrorResponse
 
 RETRY_AFTER_S = 5  # what a 503 asks clients to wait while Redis or the broker is away
+NO_ROOM_RETRY_AFTER_S = 60  # a full disk frees up as expired jobs are swept
 MAX_ERRORS = 20  # validation errors listed in one response
 QUOTED = re.compile(r"'([^']{40})[^']+'")  # a long quoted value in a message, cut to 40 characters
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503, 507)}
+ERROR_STATUSES = (400, 401, 404, 413, 415, 422, 431, 503, 507)
+ERRORS = {status: {"model": ErrorResponse} for status in ERROR_STATUSES}
 log = logging.getLogger("service")
 
 
@@ -85,8 +87,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ArtifactStoreFull)
     async def _full(request: Request, error: ArtifactStoreFull):
         log.error("artifact store full: %s", error.__cause__)
-        return error_response(507, "insufficient_storage", "the server has no room to store "
-                              "this input now; retry later")  # fmt: skip
+        response = error_response(507, "insufficient_storage", "the server has no room to "
+                                  "store this input now; retry later")  # fmt: skip
+        response.headers["Retry-After"] = str(NO_ROOM_RETRY_AFTER_S)
+        return response
 
     @app.exception_handler(RedisError)
     @app.exception_handler(OperationalError)

@@ -69,7 +69,8 @@ def explain_request_adapter() -> TypeAdapter:
 
 class JobCreated(BaseModel):
     id: str
-    url: str
+    url: str = Field(description="The job's URL: under the server's public URL when it has one "
+                     "configured, else a path on this server")  # fmt: skip
     status: JobStatus
     reused: bool = Field(False, description="True when an existing job was returned.")
 

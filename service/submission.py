@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from fastapi import Request
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from engine.addons import BASE_OPTIONS_ERROR
 from engine.catalogue import all_methods, get_method, parse_metrics
@@ -26,6 +27,7 @@ from engine.method import OptionsError, names_layers, names_server_path, walk_op
 from engine.metrics.base import MetricError
 from engine.models import MODELS, ModelError, ModelSpec, known_layers
 from engine.models.inspection import unknown_layer_message
+from engine.plan import working_set_bytes
 from jobs.settings import Settings
 from jobs.training import trained_set_files
 from service.errors import ApiError, clean, short
@@ -55,7 +57,7 @@ async def read_submission(request: Request, settings: Settings) -> tuple[dict, U
         raw = form.get("request")
         if raw is None or isinstance(raw, bytes | bytearray) or hasattr(raw, "read"):
             raise ApiError(422, "invalid_request", "multipart needs a JSON text field 'request'")
-        payload = parse_json(raw)
+        payload = await read_json(raw)
         files = [(name, form[name]) for name in FILE_FIELDS if hasattr(form.get(name), "read")]
         if len(files) != 1:
             raise ApiError(422, "invalid_input", "multipart needs one file field, 'image' or "
@@ -68,7 +70,7 @@ async def read_submission(request: Request, settings: Settings) -> tuple[dict, U
             raise ApiError(422, "invalid_input", f"give the {field} as the file field only")
         return payload, Upload(field, data)
     if content_type.startswith("application/json") or not content_type:
-        return parse_json(await request.body()), None
+        return await read_json(await request.body()), None
     raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
 
 
@@ -77,6 +79,17 @@ def integral_float(text: str) -> int | float:
     is a valid ``integer``); float fields accept integers."""
     value = float(text)
     return int(value) if value.is_integer() and abs(value) < 2**63 else value
+
+
+LARGE_JSON_BYTES = 64 * 1024
+
+
+async def read_json(raw: str | bytes) -> dict:
+    """:func:`parse_json`, on a worker thread for a large body (a 13 MB series takes seconds
+    to parse, and the event loop serves every other request meanwhile)."""
+    if len(raw) > LARGE_JSON_BYTES:
+        return await run_in_threadpool(parse_json, raw)
+    return parse_json(raw)
 
 
 def parse_json(raw: str | bytes) -> dict:
@@ -321,18 +334,18 @@ def check_size(parsed, input_info: dict) -> None:
 
 
 def check_memory(parsed, input_info: dict, settings: Settings) -> None:
-    """Mask methods hold every obfuscation of a step at once: refuse what would not fit."""
-    estimate = getattr(parsed.options, "working_set_bytes", None)
-    if estimate is None:
-        return
+    """Refuse a job whose least working set (the model's pass of one row at the explained size,
+    a mask method's obfuscations of a step) would not fit this server's budget."""
     height, width = explained_size(parsed, input_info)
-    needed_mb = estimate(height, width) / 2**20
+    spec = MODELS[parsed.model]
+    needed_mb = working_set_bytes(spec, parsed.options, height, width) / 2**20
     if needed_mb > settings.max_job_memory_mb:
+        lower = ("noise_samples or image_size" if parsed.options.rows_per_pass() > 1
+                 else "the image size (resize)")  # fmt: skip
         raise ApiError(422, "limit_exceeded",
-                       f"{parsed.method} with noise_samples={parsed.options.noise_samples} at "
-                       f"{width}×{height} needs about {needed_mb / 1024:.1f} GB per step; this "
-                       f"server's limit is {settings.max_job_memory_mb / 1024:.1f} GB: lower "
-                       "noise_samples or image_size")  # fmt: skip
+                       f"{parsed.method} on {spec.name} at {width}×{height} needs about "
+                       f"{needed_mb / 1024:.1f} GB at once; this server's limit is "
+                       f"{settings.max_job_memory_mb / 1024:.1f} GB: lower {lower}")  # fmt: skip
 
 
 def job_cost(parsed, input_info: dict, metrics: list[tuple[str, Any]]) -> int:

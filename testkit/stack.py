@@ -129,7 +129,8 @@ class Worker:
 
     count = 0
 
-    def __init__(self, env: dict[str, str], folder: Path):
+    def __init__(self, env: dict[str, str], folder: Path, max_file_bytes: int | None = None):
+        """``max_file_bytes``: the largest file the worker may write (a full disk)."""
         Worker.count += 1
         self.name = f"w{Worker.count}@test"
         self.process = Process(
@@ -138,6 +139,7 @@ class Worker:
              "--without-gossip", "--without-mingle"],
             folder / f"worker{Worker.count}.log",
             env,
+            max_file_bytes,
         )  # fmt: skip
         wait_for(lambda: "ready." in self.process.output() or not self.process.alive(), 90,
                  "the Celery worker")  # fmt: skip

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
+from engine.data import load_sample
 from testkit.stack import Api, RedisServer, Worker, service_env, wait_for
 
 # Short limits so a lost job is redelivered within seconds: soft < hard < visibility timeout.
@@ -143,10 +148,13 @@ def test_a_stalled_redis_holds_up_no_other_request(folder):
         redis.stop()
 
 
-def test_a_killed_pool_process_is_replaced_and_reruns_its_job_once(folder):
+def test_a_killed_pool_process_is_replaced_and_reruns_its_job_once_first(folder):
     """SIGKILL to the pool process (not the worker) mid-job: the worker starts a new one, which
     loads its models for over 5 s before it is ready (Celery's default 4 s readiness limit would
-    kill it again and again), and the job succeeds on its second attempt, once."""
+    kill it again and again), and the job succeeds on its second attempt, once, ahead of the
+    jobs still queued (it went to the back of the queue before: finding 9). The worker reserves
+    one waiting job the moment the process dies, before any reaper can act: that one may run
+    first, no other."""
     redis = RedisServer(folder)
     slow = folder / "slow.yaml"
     slow.write_text('{"name": "slow", "factory": "tests.tiny_models:slow_loading_cnn", '
@@ -157,13 +165,19 @@ def test_a_killed_pool_process_is_replaced_and_reruns_its_job_once(folder):
     worker = Worker(env, folder)
     try:
         job = start_long_job(api, timeout=120)
+        waiting = [api.client.post("/explain", json={"sample": name, "method": "saliency"}).json()
+                   for name in ("coffee", "rocket", "astronaut")]  # fmt: skip
         parent = worker.process.proc.pid
         (child,) = map(int, Path(f"/proc/{parent}/task/{parent}/children").read_text().split())
         os.kill(child, signal.SIGKILL)
         view = api.wait_done(job["id"], timeout=180)
         assert view["status"] == "succeeded", view
         assert view["attempts"] == 2
-        assert api.metric("explainer_jobs_total", state="succeeded") == 1
+        later = [api.wait_done(w["id"], timeout=120) for w in waiting]
+        assert all(v["status"] == "succeeded" and v["attempts"] == 1 for v in later)
+        overtook = [v for v in later if v["started_at"] < view["finished_at"]]
+        assert len(overtook) <= 1, (view, later)
+        assert api.metric("explainer_jobs_total", state="succeeded") == 4
         output = worker.process.output()
         assert "Timed out waiting for UP message" not in output
         loads = [float(t) for t in re.findall(r"preloaded 2 models on cpu in ([\d.]+) s", output)]
@@ -171,4 +185,124 @@ def test_a_killed_pool_process_is_replaced_and_reruns_its_job_once(folder):
     finally:
         worker.process.stop()
         api.stop()
+        redis.stop()
+
+
+# --- jobs that are lost, stuck or wrongly failed (issue 25, findings 5-9 and 13) --------------
+
+
+def test_a_job_the_broker_refused_is_failed_and_a_record_without_a_message_is_sent(folder):
+    """Broker down at submit, job store up: a 503, and the record is failed at once (it stayed
+    queued forever before, and a retry with the same idempotency key got it back as '200
+    reused'). The retry after the broker is back is a new job that runs once. A record whose
+    submitter died between the record and the queue message is sent by a worker's reaper."""
+    from jobs.records import JobRecord
+    from jobs.store import RedisJobStore
+
+    (folder / "store").mkdir()
+    (folder / "broker").mkdir()
+    records, broker = RedisServer(folder / "store"), RedisServer(folder / "broker")
+    env = service_env(broker.url, folder / "artifacts", preload_models="")
+    env["EXPLAINER_REDIS_URL"] = records.url
+    api = Api(env, folder)
+    worker = None
+    request = {"sample": "chelsea", "method": "saliency", "idempotency_key": "retry-me"}
+    try:
+        broker.stop()
+        refused = api.client.post("/explain", json=request)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "5"
+        (failed,) = api.client.get("/jobs").json()
+        assert failed["status"] == "failed" and "never queued" in failed["error"]
+        broker.start()  # same port
+        worker = Worker(env, folder)
+        retried = api.client.post("/explain", json=request)
+        assert retried.status_code == 202 and not retried.json()["reused"], retried.text
+        assert retried.json()["id"] != failed["id"]
+        view = api.wait_done(retried.json()["id"], timeout=120)
+        assert view["status"] == "succeeded" and view["attempts"] == 1
+        assert api.client.post("/explain", json=request).json()["reused"] is True
+
+        # A submitter that died after its record and before the queue message.
+        store = RedisJobStore(records.url, ttl_s=3600)
+        store.create(JobRecord(id="f" * 32, created_at=time.time(), model="efficientnet_lite0",
+                               method="saliency", options={}, content_hash="orphan",
+                               input={"kind": "sample", "name": "coffee"}))  # fmt: skip
+        orphan = api.wait_done("f" * 32, timeout=60)  # reaper: after 10 s, every 2 s
+        assert orphan["status"] == "succeeded" and orphan["attempts"] == 1
+        assert store.undispatched(0) == []
+    finally:
+        if worker is not None:
+            worker.process.stop()
+        api.stop()
+        broker.stop()
+        records.stop()
+
+
+def test_a_stalled_redis_while_a_job_runs_delays_its_progress_but_never_fails_it(folder):
+    """Redis paused (SIGSTOP) for 5 s while a job writes its progress: the writes time out
+    (3 s), the job goes on and succeeds with its last progress written once Redis is back
+    (it failed as 'internal error' before)."""
+    from jobs.artifacts import ArtifactStore
+    from jobs.records import JobRecord
+    from jobs.runner import run_job
+    from jobs.settings import Settings
+    from jobs.store import RedisJobStore
+
+    redis = RedisServer(folder)
+    store = RedisJobStore(redis.url, ttl_s=3600)
+    store.create(JobRecord(id="a" * 32, created_at=time.time(), model="efficientnet_lite0",
+                           method="integrated_gradients",
+                           options={"steps": 40, "internal_batch_size": 1}, content_hash="h",
+                           input={"kind": "sample", "name": "chelsea"}))  # fmt: skip
+    outcome: list[str] = []
+    settings = Settings(heartbeat_interval_s=1.0, heartbeat_timeout_s=30)
+    runner = threading.Thread(target=lambda: outcome.append(
+        run_job("a" * 32, store, ArtifactStore(folder / "artifacts"), settings)))  # fmt: skip
+    try:
+        runner.start()
+        wait_for(lambda: store.progress("a" * 32), 120, "the job's progress")
+        redis.pause()
+        time.sleep(5)
+        redis.resume()
+        runner.join(timeout=600)
+        assert outcome == ["succeeded"], store.get("a" * 32)
+        assert store.progress("a" * 32) == {"step": 40, "total": 40}
+    finally:
+        redis.resume()
+        runner.join(timeout=300)
+        redis.stop()
+
+
+def test_a_full_disk_in_the_worker_is_a_message_and_frees_the_input(folder):
+    """The worker may write files of at most 300 kB (RLIMIT_FSIZE, a full disk): a job whose
+    attribution does not fit fails with 'no room … submit it again later' (an internal error
+    before) and its stored input is deleted (it stayed for 7 days). /health and /metrics answer
+    at once from the workers' liveness marks (each waited a second for a broadcast ping)."""
+    redis = RedisServer(folder)
+    env = service_env(redis.url, folder / "artifacts", preload_models="")
+    worker = Worker(env, folder, max_file_bytes=300_000)
+    api = Api(env, folder)
+    try:
+        photo = io.BytesIO()
+        Image.fromarray(load_sample("chelsea")).save(photo, "PNG")
+        files = {"image": ("chelsea.png", photo.getvalue(), "image/png")}
+        request = {"model": "efficientnet_lite0", "method": "saliency"}
+        created = api.client.post("/explain", files=files,
+                                  data={"request": json.dumps(request)}).json()  # fmt: skip
+        assert (folder / "artifacts" / created["id"] / "input.bin").exists()
+        view = api.wait_done(created["id"], timeout=120)
+        assert view["status"] == "failed", view
+        assert view["error"] == ("the server had no room to store this job's results; submit it "
+                                 "again later")  # fmt: skip
+        assert not (folder / "artifacts" / created["id"] / "input.bin").exists()
+        for path in ("/health", "/metrics"):
+            started = time.perf_counter()
+            assert api.client.get(path).status_code == 200
+            assert time.perf_counter() - started < 0.5, path
+        assert api.client.get("/health").json()["workers"] == 1
+        assert api.metric("explainer_workers") == 1
+    finally:
+        api.stop()
+        worker.process.stop()
         redis.stop()

@@ -1,6 +1,8 @@
 """The Celery worker: ``celery -A workers worker``. One process per GPU, models loaded once per
 process after the fork (CUDA is never touched in the parent); the parent process runs a reaper
-that hands a job whose worker died (its heartbeat stopped) to a live worker."""
+that marks the worker alive, puts a job whose worker died (its heartbeat stopped, or its pool
+process on this host is gone) at the front of the queue, and sends the jobs whose submitter
+died before it could queue them."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from celery import signals
 
 from jobs.artifacts import ArtifactStore
 from jobs.models import ModelStore
-from jobs.queue import EXPLAIN_TASK, make_celery
+from jobs.queue import EXPLAIN_TASK, make_celery, mark_alive, mark_gone, send_job
 from jobs.runner import preload_models, run_job
 from jobs.settings import Settings
 from jobs.store import RedisJobStore
@@ -25,6 +27,7 @@ settings.share_cache()
 app = make_celery(settings)
 _process: dict[str, object] = {}
 _reaper_stop = threading.Event()
+_reapers: list[threading.Thread] = []  # the parent process's reaper thread
 
 
 def process_runtime() -> tuple[RedisJobStore, ArtifactStore, str]:
@@ -63,32 +66,53 @@ def _load_models(**_: object) -> None:
     preload_models(settings.preload_models, device)
 
 
+UNDISPATCHED_AFTER_S = 10.0  # a submitter queues its job within milliseconds of the record
+
+
 def reap(store: RedisJobStore) -> list[str]:
-    """Requeue the jobs whose heartbeat stopped and send each to the queue again."""
+    """Requeue the jobs whose worker died, at the front of the queue, and send the queued jobs
+    that never got their message; returns the ids sent."""
     requeued = store.requeue_stale(settings.heartbeat_timeout_s)
     for job_id in requeued:
-        log.warning("job %s lost its worker; queued again", job_id)
-        app.send_task(EXPLAIN_TASK, args=[job_id], task_id=job_id)
-    return requeued
+        log.warning("job %s lost its worker; queued again at the front", job_id)
+        send_job(app, job_id, front=True)
+    orphans = store.undispatched(UNDISPATCHED_AFTER_S)
+    for job_id in orphans:
+        log.warning("job %s was recorded but never queued; queuing it now", job_id)
+        send_job(app, job_id)
+        store.dispatched(job_id)
+    return requeued + orphans
 
 
-def _reaper() -> None:
+def _reaper(name: str) -> None:
     store = RedisJobStore(settings.store_url, settings.job_ttl_s)
-    while not _reaper_stop.wait(settings.heartbeat_interval_s):
+    while True:
         try:
+            mark_alive(store.redis, name)
             reap(store)
         except Exception as error:  # Redis away for a moment: try again next period
             log.warning("reaper: %s", error)
+        if _reaper_stop.wait(settings.heartbeat_interval_s):
+            break
+    try:
+        mark_gone(store.redis, name)
+    except Exception as error:
+        log.warning("could not mark worker %s gone: %s", name, error)
 
 
 @signals.worker_ready.connect
-def _start_reaper(**_: object) -> None:
-    threading.Thread(target=_reaper, name="explainer-reaper", daemon=True).start()
+def _start_reaper(sender: object = None, **_: object) -> None:
+    name = getattr(sender, "hostname", None) or "worker"
+    reaper = threading.Thread(target=_reaper, args=(name,), name="explainer-reaper", daemon=True)
+    _reapers.append(reaper)
+    reaper.start()
 
 
 @signals.worker_shutdown.connect
 def _stop_reaper(**_: object) -> None:
     _reaper_stop.set()
+    for reaper in _reapers:
+        reaper.join(timeout=5)  # it marks this worker gone
 
 
 @app.task(name=EXPLAIN_TASK)

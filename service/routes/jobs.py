@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 
 from fastapi import APIRouter, Query, Request
@@ -18,6 +19,7 @@ from jobs.artifacts import MEDIA_TYPES
 from jobs.records import TERMINAL, JobRecord, new_job_id
 from jobs.store import JobStore
 from service.deps import ArtifactsDep, DispatcherDep, ModelsDep, SettingsDep, StoreDep, Tenant
+from service.dispatch import Dispatcher
 from service.errors import ERRORS, ApiError, short
 from service.schemas import EXPLAIN_REQUEST_BODY, JobCreated, JobView
 from service.submission import (
@@ -31,6 +33,7 @@ from service.submission import (
     read_submission,
 )
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 # copied from the record
 VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts", "undefined_scores"}
@@ -44,18 +47,44 @@ def find(store: JobStore, job_id: str, tenant: str | None) -> JobRecord:
     return record
 
 
+def public_url(request: Request, route: str, **params: str) -> str:
+    """A route's URL for clients: under the configured public URL (``EXPLAINER_PUBLIC_URL``),
+    else the path alone, relative to this server. Never built from the Host header, which
+    the client writes."""
+    path = request.scope.get("root_path", "") + request.app.url_path_for(route, **params)
+    base = request.app.state.settings.public_url
+    return base.rstrip("/") + path if base else path
+
+
 def job_view(store: JobStore, record: JobRecord, request: Request) -> JobView:
-    base = str(request.url_for("get_artifact", job_id=record.id, name="NAME"))
-    return JobView(
-        **record.model_dump(include=VIEW_FIELDS),
-        progress=store.progress(record.id),
-        artifacts={name: base.replace("NAME", name) for name in record.artifacts},
-        undefined_scores=finite_scores(record.scores or {})[1],  # why each null score is null
-    )
+    links = {name: public_url(request, "get_artifact", job_id=record.id, name=name)
+             for name in record.artifacts}  # fmt: skip
+    progress = store.progress(record.id)
+    undefined = finite_scores(record.scores or {})[1]  # why each null score has no value
+    return JobView(**record.model_dump(include=VIEW_FIELDS), progress=progress, artifacts=links,
+                   undefined_scores=undefined)  # fmt: skip
 
 
 def job_url(request: Request, job_id: str) -> str:
-    return str(request.url_for("get_job", job_id=job_id))
+    return public_url(request, "get_job", job_id=job_id)
+
+
+def enqueue(store: JobStore, dispatcher: Dispatcher, job_id: str) -> None:
+    """Send a recorded job to the queue. If the queue cannot take it, the record fails at once
+    (so neither a retry nor the content key finds a job that would never run) and the error
+    becomes the caller's 503; if this process dies first, the record stays marked undispatched
+    and a worker's reaper sends it (:meth:`JobStore.undispatched`)."""
+    try:
+        dispatcher.submit(job_id)
+    except Exception:
+        try:
+            store.finish(job_id, "failed", error="the job queue was unavailable, so this job "
+                         "was never queued; submit it again")  # fmt: skip
+            store.dispatched(job_id)
+        except Exception as error:  # the store is away too: the reaper sends it later
+            log.warning("job %s: not queued and not marked failed: %s", job_id, error)
+        raise
+    store.dispatched(job_id)
 
 
 @router.post(
@@ -137,7 +166,7 @@ async def submit(
                 return found
             store.rebind_key("idempotency", idempotency, job_id)
         store.rebind_key("content", content, job_id)
-        dispatcher.submit(job_id)
+        enqueue(store, dispatcher, job_id)
         return JobCreated(id=job_id, url=job_url(request, job_id), status="queued")
 
     # Decoding the image and the store's Redis calls block: run them off the event loop, so

@@ -48,7 +48,7 @@ from service.deps import (
     matches,
 )
 from service.errors import ERRORS, ApiError, clean, short
-from service.routes.jobs import job_url
+from service.routes.jobs import enqueue, job_url
 from service.schemas import JobCreated
 from service.submission import parse_json
 
@@ -178,7 +178,7 @@ def queue(request: Request, record: JobRecord, data: bytes | None, store, artifa
     if data is not None:
         artifacts.save_input(record.id, data)
     store.create(record)
-    dispatcher.submit(record.id)
+    enqueue(store, dispatcher, record.id)
     return JobCreated(id=record.id, url=job_url(request, record.id), status="queued")
 
 
