@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -224,7 +225,10 @@ class JobStore(ABC):
         return self._get(f"cancel:{job_id}") is not None
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        self._set(f"progress:{job_id}", json.dumps(progress))
+        """Progress as strict JSON: a value that is not a finite number (a NaN loss) is null."""
+        finite = {key: None if isinstance(value, float) and not math.isfinite(value) else value
+                  for key, value in progress.items()}  # fmt: skip
+        self._set(f"progress:{job_id}", json.dumps(finite, allow_nan=False))
 
     def progress(self, job_id: str) -> dict[str, Any] | None:
         raw = self._get(f"progress:{job_id}")

@@ -144,3 +144,25 @@ def test_class_numbers_are_ascii_digits():
     for text in ("²", "٣", "1²", "+3", "3.0"):
         with pytest.raises(ModelError, match="no class labelled"):
             spec.class_index(text)
+
+
+def test_a_torchscript_model_of_raw_pixels_loads_frozen_and_explains(tmp_path):
+    """``normalize: false`` leaves the ScriptModule unwrapped: load_model called
+    requires_grad_ on it, which ScriptModules lack (the probe accepted such an upload and every
+    job on it failed)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    scripted = torch.jit.script(torchvision.models.resnet18(num_classes=3).eval())
+    torch.jit.save(scripted, tmp_path / "model.pt")
+    config = {"name": "raw", "torchscript": str(tmp_path / "model.pt"), "normalize": False,
+              "input_size": [64, 64], "labels": ["a", "b", "c"]}  # fmt: skip
+    (tmp_path / "raw.json").write_text(json.dumps(config))
+    loaded = load_model(str(tmp_path / "raw.json"))
+    assert isinstance(loaded.module, torch.jit.ScriptModule)
+    assert not any(p.requires_grad for p in loaded.module.parameters())
+    x = torch.rand(1, 3, 64, 64)
+    attribution = explain(loaded, x, "saliency", target=1).attribution
+    leaf = x.clone().requires_grad_(True)
+    scripted(leaf)[0, 1].backward()
+    torch.testing.assert_close(attribution, leaf.grad)

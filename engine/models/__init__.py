@@ -92,8 +92,9 @@ def load_model(
     spec = get_model_spec(name)
     classifier, source = spec.build(weights)
     # Images are explained in [0, 1] pixels, normalised inside; series are taken as they are.
-    module = with_normalisation(spec, classifier)
-    module.eval().requires_grad_(False)
+    module = with_normalisation(spec, classifier).eval()
+    for parameter in module.parameters():  # a ScriptModule has no requires_grad_()
+        parameter.requires_grad_(False)
     device = torch.device(device)
     sha = file_sha256(source) if Path(source).is_file() else None
     return LoadedModel(spec, module.to(device), source, sha, device)
