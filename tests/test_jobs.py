@@ -141,14 +141,15 @@ def test_out_of_memory_is_retried_once_at_half_the_rows_per_pass(tmp_path, rows,
         assert "attribution.npy" in done.artifacts
 
 
-def test_embedded_soft_time_limit_stops_a_job_at_its_next_step(tmp_path):
+def test_embedded_soft_time_limit_stops_a_job_at_its_next_pass(tmp_path):
     store = MemoryJobStore(ttl_s=60)
     store.create(record(method="pixelmask", options={"iterations": 300, "noise_samples": 2}))
     started = time.monotonic()
     state = run_job("j1", store, ArtifactStore(tmp_path), SETTINGS, time_limit_s=1.0)
     assert state == "failed" and store.get("j1").error == "the job exceeded its time limit"
     assert time.monotonic() - started < 15
-    assert 0 < store.progress("j1")["step"] < 300
+    progress = store.progress("j1")  # none yet if the limit passed while the model loaded
+    assert progress is None or progress["step"] < 300
 
 
 def test_embedded_hard_time_limit_fails_an_overrunning_job_and_its_run_stops(tmp_path):
