@@ -1,9 +1,9 @@
 """The model store's probe, in a process of its own (``python -m jobs.model_probe CONFIG
 PIXELS OUT``): build the model from its config and weights, run it on probe inputs of its size,
 and write JSON to the file OUT: ``{"ok": true, "capabilities", "cam_layer", "layers",
-"map_layers"}`` or ``{"ok": false, "status", "message"}``. A process of its own keeps the weights
-(hundreds of MB for a ViT-B) out of the API's memory and ends whatever the model's code left
-behind.
+"map_layers", "bytes_per_pixel"}`` or ``{"ok": false, "status", "message"}``. A process of its
+own keeps the weights (hundreds of MB for a ViT-B) out of the API's memory and ends whatever
+the model's code left behind.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from engine.models.inspection import (
     layer_names,
     locate_cam_layer,
     map_layers,
+    pass_bytes,
 )
 from engine.runtime import max_rows_per_pass
 
@@ -137,12 +138,20 @@ def probe(config: Path, max_pixels: int) -> dict[str, Any]:
     capabilities = capabilities_of(module, cam_layer)
     if spec.input_kind == "timeseries" or takes_other_sizes(wrapped, probe_input):
         capabilities |= {"any_size"}
+    per_pixel = None
+    if spec.input_kind == "image":  # what the API's memory check needs (engine.models.row_bytes)
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+        per_pixel = pass_bytes(wrapped, probe_input[:1]) / (
+            probe_input.shape[-2] * probe_input.shape[-1]
+        )
     return {
         "ok": True,
         "capabilities": sorted(capabilities),
         "cam_layer": cam_layer,
         "layers": layer_names(module),
         "map_layers": list(maps),
+        "bytes_per_pixel": per_pixel,
     }
 
 

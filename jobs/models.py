@@ -193,7 +193,8 @@ class ModelStore:
             self._seen = current
 
     def _stored_spec(self, folder: Path) -> ModelSpec:
-        """The model's spec with what its probe found (capabilities, CAM layer, layer names)."""
+        """The model's spec with what its probe found (capabilities, CAM layer, layer names,
+        the memory of a pass per pixel)."""
         spec = spec_from_config(folder / CONFIG)
         inspection = folder / INSPECTION
         if not inspection.is_file():
@@ -205,6 +206,7 @@ class ModelStore:
             capabilities=frozenset(found.get("capabilities", ())),
             layers=tuple(found.get("layers", ())),
             map_layers=tuple(found.get("map_layers", ())),
+            bytes_per_pixel=found.get("bytes_per_pixel"),
             revision=found.get("revision"),
         )
 

@@ -15,6 +15,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from PIL import Image
 
 from engine.catalogue import all_methods
 from testkit.stack import Api, service_env
@@ -300,3 +301,19 @@ def test_odd_uploads_and_training_requests_are_refused(server):
     assert api.client.delete("/models/%2E%2E", headers=ADMIN).status_code == 404
     patterns = api.client.post("/patterns", json={"model": "resnet_export", "images": "samples"})
     assert patterns.status_code == 422 and "Python modules" in patterns.text
+
+
+def test_the_memory_of_an_uploaded_models_pass_bounds_its_jobs(server):
+    """The probe measures a pass's memory per pixel (a TorchScript model cannot run on the meta
+    device as built-in models do): ResNet18 kept at 5000×5000 needs ~10 GB for one row, over the
+    8 GB budget, and is refused at submit for every method (it was accepted: nothing knew)."""
+    api, listing = server
+    assert "any_size" in listing["resnet_script"]["capabilities"]
+    picture = io.BytesIO()
+    Image.new("RGB", (5000, 5000), (90, 120, 30)).save(picture, "PNG")
+    for method in ("saliency", "integrated_gradients"):
+        request = {"model": "resnet_script", "method": method, "resize": "none"}
+        response = api.client.post("/explain", files={"image": ("big.png", picture.getvalue())},
+                                   data={"request": json.dumps(request)})  # fmt: skip
+        assert response.status_code == 422, response.text
+        assert "resnet_script at 5000×5000 needs about" in response.json()["error"]["message"]
