@@ -435,7 +435,9 @@ def test_a_full_artifact_disk_is_a_507_that_leaves_nothing_behind(tmp_path):
     try:
         data = encode(Image.fromarray(noise), "PNG")
         assert 200_000 < len(data) < LIMIT_BYTES
-        assert_error(upload(api, data), 507, "no room")
+        refused = upload(api, data)
+        assert_error(refused, 507, "no room")
+        assert refused.headers["retry-after"] == "60"  # (it had none)
         assert [p.name for p in artifacts.iterdir()] == ["models"]  # the (empty) model store
         assert list((artifacts / "models").iterdir()) == []
         created = api.client.post("/explain", json={"sample": "chelsea", "method": "saliency"})
