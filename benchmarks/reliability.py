@@ -43,8 +43,8 @@ def tree_rss_mb(pid: int) -> float:
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except OSError:
             continue
-        rss = next(line for line in status.splitlines() if line.startswith("VmRSS"))
-        total += int(rss.split()[1]) / 1024
+        rss = [line for line in status.splitlines() if line.startswith("VmRSS")]
+        total += int(rss[0].split()[1]) / 1024 if rss else 0.0  # none: a zombie, exiting
         pids += [int(c) for c in children]
     return total
 
