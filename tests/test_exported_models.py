@@ -171,9 +171,14 @@ def tampered(source: pathlib.Path, target: pathlib.Path, marker: pathlib.Path, h
             copy.writestr(item, data)
         if how == "aotinductor":
             copy.writestr("archive/data/aotinductor/model/model.so", b"\x7fELF")
+        if how in ("legacy_weights", "legacy_constants"):  # found by a probe of a fresh clone
+            root = original.namelist()[0].split("/", 1)[0]
+            copy.writestr(f"{root}/data/{how.removeprefix('legacy_')}/model.pt", payload.getvalue())
 
 
-@pytest.mark.parametrize("how", ["weights", "sample_inputs", "aotinductor"])
+@pytest.mark.parametrize(
+    "how", ["weights", "sample_inputs", "aotinductor", "legacy_weights", "legacy_constants"]
+)
 def test_archives_that_would_unpickle_or_load_code_are_refused_unopened(tmp_path, how):
     source = tmp_path / "resnet18.pt2"
     torch.export.save(exported_program(), source)

@@ -126,15 +126,27 @@ def load_torchscript(path: Path) -> nn.Module:
 
 def check_exported_archive(path: Path) -> None:
     """Refuse a ``.pt2`` archive whose loading would run code: PyTorch unpickles payloads marked
-    ``use_pickle``, custom and opaque objects, and sample inputs that ``weights_only`` refuses
-    (it falls back to a full unpickler), and loads compiled AOTInductor libraries. An archive of
-    a plain ``torch.export.save`` has none of these."""
+    ``use_pickle``, custom and opaque objects, legacy ``<model>.pt`` weight or constant files,
+    and sample inputs that ``weights_only`` refuses (it falls back to a full unpickler), and
+    loads compiled AOTInductor libraries. An archive of a plain ``torch.export.save`` has none
+    of these: every file in its weights and constants folders is listed by their configs."""
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
         raise ModelError("the file is not a torch.export archive (.pt2, a zip)") from None
     with archive:
+        listed = set()
         for name in archive.namelist():
+            if name.endswith("_config.json") and "/data/" in name:
+                folder = name.rsplit("/", 1)[0]
+                entries = json.loads(archive.read(name)).get("config", {}).values()
+                listed |= {f"{folder}/{entry.get('path_name', '')}" for entry in entries}
+        for name in archive.namelist():
+            stored = "/data/weights/" in name or "/data/constants/" in name
+            if stored and not name.endswith("_config.json") and name not in listed:
+                raise ModelError("the archive holds weight or constant files that its "
+                                 "configuration does not list (legacy pickles), which are "
+                                 "refused")  # fmt: skip
             if "aotinductor/" in name:
                 raise ModelError("the archive holds compiled AOTInductor code, which is refused")
             if "/sample_inputs/" in name:
