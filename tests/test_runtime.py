@@ -152,3 +152,20 @@ def test_the_mask_working_set_estimate_is_near_the_measured_peak(lite0, method, 
     with _NewBytes() as counter:
         explain(lite0, "chelsea", method, options)
     assert 0.8 < estimate / counter.peak < 1.5, (estimate, counter.peak)
+
+
+def test_metric_passes_hold_no_more_rows_than_the_process_allows(lite0, monkeypatch):
+    """The metrics' perturbed images go through the model in passes of at most the rows per
+    pass too (a probe found cp_startgrad with 256 noise samples passing all 256 at once, 4.6 GB
+    at 224², and faithfulness and degradation 64 and 128 rows, whatever the budget)."""
+    monkeypatch.setenv("EXPLAINER_MAX_ROWS_PER_PASS", "8")
+    rows = []
+    hook = lite0.module.register_forward_pre_hook(lambda _, inputs: rows.append(len(inputs[0])))
+    metrics = [{"name": "cp_startgrad", "noise_samples": 24},
+               {"name": "faithfulness", "steps": 6, "noise_samples": 2},
+               {"name": "degradation", "patch": 32}]  # fmt: skip
+    try:
+        explain(lite0, "chelsea", "saliency", metrics=metrics)
+    finally:
+        hook.remove()
+    assert len(rows) > 10 and max(rows) == 8, rows

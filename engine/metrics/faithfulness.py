@@ -24,6 +24,7 @@ from engine.masks.representation import NoiseModel, obfuscate
 from engine.masks.view import MaskView
 from engine.metrics.base import MetricOptions, MetricSpec
 from engine.metrics.cp import target_probability
+from engine.runtime import max_rows_per_pass
 
 BATCH = 64  # obfuscated images per forward pass
 COEFFICIENTS_PER_CHUNK = 2**26
@@ -90,7 +91,8 @@ def _damage(
     target = view.targets[b : b + 1]
     reference = target_probability(view, view.x[b : b + 1], target)
     per_row = sum(c[0].numel() for c in view.coefficients)  # bounds memory for shearlets
-    rows_per_chunk = max(1, min(BATCH // noise_samples, COEFFICIENTS_PER_CHUNK // per_row))
+    images = min(BATCH, max_rows_per_pass(view.x[0].numel()))  # per forward pass
+    rows_per_chunk = max(1, min(images // noise_samples, COEFFICIENTS_PER_CHUNK // per_row))
     damage = []
     for start in range(0, masks[0].shape[0], rows_per_chunk):
         chunk = [m[start : start + rows_per_chunk] for m in masks]

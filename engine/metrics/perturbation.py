@@ -27,10 +27,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from engine.attribution.base import ScoreType, class_scores
+from engine.attribution.base import ScoreType, chunks, class_scores
 from engine.masks.view import MaskView
 from engine.metrics.base import MetricOptions, MetricSpec, pixel_heatmap
-from engine.runtime import checkpoint
 
 BATCH = 128  # perturbed images per forward pass
 Order = Literal["morf", "lerf", "random"]
@@ -39,12 +38,10 @@ Fill = Literal["channel_mean", "black"]
 
 @torch.no_grad()
 def scores_of(model: nn.Module, images: Tensor, targets: Tensor, score: ScoreType) -> Tensor:
-    """S_c of each image, in forward passes of at most BATCH images."""
-    parts = []
-    for start in range(0, images.shape[0], BATCH):
-        checkpoint()
-        rows = slice(start, start + BATCH)
-        parts.append(class_scores(model(images[rows]), targets[rows], score))
+    """S_c of each image, in forward passes of at most BATCH images (and at most the process's
+    rows per pass for images of this size)."""
+    parts = [class_scores(model(images[p]), targets[p], score)
+             for p in chunks(len(images), BATCH, images[0])]  # fmt: skip
     return torch.cat(parts)
 
 
