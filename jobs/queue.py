@@ -63,6 +63,16 @@ def make_celery(settings: Settings) -> Celery:
             "unacked_restore_throttle": 1,
             "priority_steps": list(PRIORITY_STEPS),
             "queue_order_strategy": "priority",
+            # A stalled broker fails a publish in seconds (a 503), instead of holding the
+            # API's thread, and with it, once enough submits wait, every other request.
+            "socket_timeout": 3,
+            "socket_connect_timeout": 2,
+        },
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 0.5,
         },
         broker_connection_retry_on_startup=True,
         # A new pool process imports torch and loads the models before it reports ready

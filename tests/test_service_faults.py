@@ -208,12 +208,22 @@ def test_a_job_the_broker_refused_is_failed_and_a_record_without_a_message_is_se
     worker = None
     request = {"sample": "chelsea", "method": "saliency", "idempotency_key": "retry-me"}
     try:
+        broker.pause()  # stalled: the publish times out in seconds, other requests go on
+        started = time.monotonic()
+        with ThreadPoolExecutor(1) as pool:
+            stalled = pool.submit(api.client.post, "/explain", json={**request, "seed": 1})
+            time.sleep(0.5)
+            assert api.client.get("/health").status_code == 200
+            assert stalled.result().status_code == 503
+        assert time.monotonic() - started < 15
+        broker.resume()
         broker.stop()
         refused = api.client.post("/explain", json=request)
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"] == "5"
-        (failed,) = api.client.get("/jobs").json()
-        assert failed["status"] == "failed" and "never queued" in failed["error"]
+        failed, _ = api.client.get("/jobs").json()  # newest first; the stalled one is failed too
+        assert [job["status"] for job in api.client.get("/jobs").json()] == ["failed"] * 2
+        assert "never queued" in failed["error"]
         broker.start()  # same port
         worker = Worker(env, folder)
         retried = api.client.post("/explain", json=request)
@@ -232,6 +242,7 @@ def test_a_job_the_broker_refused_is_failed_and_a_record_without_a_message_is_se
         assert orphan["status"] == "succeeded" and orphan["attempts"] == 1
         assert store.undispatched(0) == []
     finally:
+        broker.resume()
         if worker is not None:
             worker.process.stop()
         api.stop()
