@@ -30,6 +30,10 @@ class Dispatcher(ABC):
         """Best effort; a revoked or cancelled job is also skipped by the worker itself."""
         return None
 
+    def queue_reachable(self) -> bool:
+        """Whether jobs can be queued now (the broker answers)."""
+        return True
+
     @abstractmethod
     def queue_length(self) -> int: ...
 
@@ -163,6 +167,12 @@ class CeleryDispatcher(Dispatcher):
             self._app.control.revoke(job_id)
         except Exception as error:
             log.warning("revoke of job %s not broadcast: %s", job_id, error)
+
+    def queue_reachable(self) -> bool:
+        try:
+            return bool(self._broker.ping())
+        except Exception:
+            return False
 
     def queue_length(self) -> int:
         try:

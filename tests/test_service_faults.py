@@ -241,6 +241,11 @@ def test_a_job_the_broker_refused_is_failed_and_a_record_without_a_message_is_se
         orphan = api.wait_done("f" * 32, timeout=60)  # reaper: after 10 s, every 2 s
         assert orphan["status"] == "succeeded" and orphan["attempts"] == 1
         assert store.undispatched(0) == []
+
+        assert api.client.get("/health").json()["status"] == "ok"
+        broker.stop()  # a live worker, a live store, no broker: nothing can be queued
+        health = api.client.get("/health").json()
+        assert health["status"] == "degraded" and health["workers"] == 1, health
     finally:
         broker.resume()
         if worker is not None:

@@ -16,15 +16,19 @@ router = APIRouter()
 
 @router.get("/health", response_model=Health)
 def health(settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep):
-    """Redis reachable, workers alive, device. No API key needed."""
+    """Redis and the broker reachable, workers alive, device. No API key needed. A store that
+    does not answer its ping is not asked for the workers' marks (each read would wait out
+    its timeout)."""
     redis_ok = None if settings.embedded else store.ping()
-    workers = dispatcher.workers()
+    reachable = redis_ok is not False
+    workers = dispatcher.workers() if reachable else 0
+    queue_ok = dispatcher.queue_reachable()
     return Health(
-        status="ok" if workers > 0 and redis_ok is not False else "degraded",
+        status="ok" if workers > 0 and reachable and queue_ok else "degraded",
         mode="embedded" if settings.embedded else "distributed",
         redis=redis_ok,
         workers=workers,
-        device=dispatcher.device(),
+        device=dispatcher.device() if reachable else "unknown",
     )
 
 
