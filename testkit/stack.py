@@ -194,7 +194,11 @@ class Api:
 
 
 def service_env(redis_url: str | None, artifacts: Path, **extra: str) -> dict[str, str]:
-    env = {"EXPLAINER_ARTIFACT_DIR": str(artifacts), "PYTHONUNBUFFERED": "1"}
+    """The EXPLAINER_ variables of one test's stack. Its engine cache is its own (beside its
+    artifacts), whatever this process inherited: an app built in-process (create_app) points
+    EXPLAINER_CACHE_DIR at its own cache, and every server started later would share it."""
+    env = {"EXPLAINER_ARTIFACT_DIR": str(artifacts), "PYTHONUNBUFFERED": "1",
+           "EXPLAINER_CACHE_DIR": str(artifacts / "cache")}  # fmt: skip
     if redis_url:
         env["EXPLAINER_BROKER_URL"] = redis_url
     env.update({f"EXPLAINER_{k.upper()}": str(v) for k, v in extra.items()})
