@@ -204,10 +204,10 @@ def test_a_job_the_broker_refused_is_failed_and_a_record_without_a_message_is_se
     records, broker = RedisServer(folder / "store"), RedisServer(folder / "broker")
     env = service_env(broker.url, folder / "artifacts", preload_models="")
     env["EXPLAINER_REDIS_URL"] = records.url
-    api = Api(env, folder)
-    worker = None
+    api = worker = None
     request = {"sample": "chelsea", "method": "saliency", "idempotency_key": "retry-me"}
     try:
+        api = Api(env, folder)
         broker.pause()  # stalled: the publish times out in seconds, other requests go on
         started = time.monotonic()
         with ThreadPoolExecutor(1) as pool:
@@ -250,7 +250,8 @@ def test_a_job_the_broker_refused_is_failed_and_a_record_without_a_message_is_se
         broker.resume()
         if worker is not None:
             worker.process.stop()
-        api.stop()
+        if api is not None:
+            api.stop()
         broker.stop()
         records.stop()
 
