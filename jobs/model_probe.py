@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from engine.models import ModelError, with_normalisation
+from engine.models import ModelError, frozen, with_normalisation
 from engine.models.config import spec_from_config
 from engine.models.inspection import (
     LayerNotFound,
@@ -140,8 +140,7 @@ def probe(config: Path, max_pixels: int) -> dict[str, Any]:
         capabilities |= {"any_size"}
     per_pixel = None
     if spec.input_kind == "image":  # what the API's memory check needs (engine.models.row_bytes)
-        for parameter in module.parameters():
-            parameter.requires_grad_(False)
+        frozen(module)
         per_pixel = pass_bytes(wrapped, probe_input[:1]) / (
             probe_input.shape[-2] * probe_input.shape[-1]
         )

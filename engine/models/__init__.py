@@ -66,11 +66,20 @@ def _meta_survey(spec: ModelSpec) -> tuple[tuple[str, ...], tuple[str, ...], flo
             if spec.input_kind == "image":
                 probe = torch.empty(1, 3, *spec.input_size)
                 maps = map_layers(module, probe)
-                frozen = with_normalisation(spec, module).eval().requires_grad_(False)
-                per_pixel = pass_bytes(frozen, probe) / math.prod(spec.input_size)
+                engine_view = frozen(with_normalisation(spec, module))
+                per_pixel = pass_bytes(engine_view, probe) / math.prod(spec.input_size)
     except Exception:  # an architecture that cannot be built or run without real tensors
         return None
     return tuple(layer_names(module)), tuple(maps), per_pixel
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    """``module`` in eval mode with no parameter requiring a gradient (attributions are taken
+    with respect to the input only); works on ScriptModules, which lack ``requires_grad_``."""
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
 
 
 def with_normalisation(spec: ModelSpec, classifier: nn.Module) -> nn.Module:
@@ -92,9 +101,7 @@ def load_model(
     spec = get_model_spec(name)
     classifier, source = spec.build(weights)
     # Images are explained in [0, 1] pixels, normalised inside; series are taken as they are.
-    module = with_normalisation(spec, classifier).eval()
-    for parameter in module.parameters():  # a ScriptModule has no requires_grad_()
-        parameter.requires_grad_(False)
+    module = frozen(with_normalisation(spec, classifier))
     device = torch.device(device)
     sha = file_sha256(source) if Path(source).is_file() else None
     return LoadedModel(spec, module.to(device), source, sha, device)
@@ -106,6 +113,7 @@ __all__ = [
     "ModelError",
     "ModelSpec",
     "Normalized",
+    "frozen",
     "get_model_spec",
     "known_layers",
     "load_model",
