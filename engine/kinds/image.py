@@ -17,7 +17,7 @@ from engine.masks.view import heatmap_view
 from engine.method import Attribution, MethodError, MethodOptions, Reduction
 from engine.metrics.base import MetricRequest, compute_metrics
 from engine.models.spec import ModelSpec
-from engine.render import heatmap_image, image_from_tensor, overlay_image
+from engine.render import colour_key, heatmap_image, image_from_tensor, overlay_image
 from engine.result import Explanation, finite_history, json_text
 
 
@@ -77,8 +77,12 @@ class ImageKind(InputKind):
         mask methods also ``mask.npz`` (the mask of each coefficient group, colour axis dropped:
         group0 = pixels, or yl, yh0…, or shearlets), ``explanation.png`` (the masked
         reconstruction) and ``history.json``."""
-        signed = explanation.options.get("heatmap_reduction") == "signed_sum"
         heatmap = explanation.heatmap[index].numpy()
+        outputs = explanation.outputs
+        # Diverging colours for a map with a sign; masks and (ReLU'd) CAMs have none.
+        reduction = explanation.options.get("heatmap_reduction")
+        mask = isinstance(outputs, MaskOutputs)
+        signed = reduction == "signed_sum" and not mask and bool((heatmap < 0).any())
         names = ("attribution.npy", "heatmap.npy", "heatmap.png", "overlay.png", "input.png",
                  "summary.json")  # fmt: skip
         paths = {name: out / name for name in names}
@@ -89,14 +93,14 @@ class ImageKind(InputKind):
         image = explanation.inputs[index].numpy()
         overlay_image(image, heatmap, signed=signed).save(paths["overlay.png"])
         image_from_tensor(image).save(paths["input.png"])
-        outputs = explanation.outputs
-        if isinstance(outputs, MaskOutputs):
+        if mask:
             paths |= {name: out / name for name in ("mask.npz", "explanation.png", "history.json")}
             masks = {f"group{i}": m[index, 0].cpu().numpy() for i, m in enumerate(outputs.masks)}
             np.savez_compressed(paths["mask.npz"], **masks)
             picture = image_from_tensor(outputs.explanation[index].cpu().numpy())
             picture.save(paths["explanation.png"])
             paths["history.json"].write_text(json_text(finite_history(outputs.history[index])))
-        summary = explanation.summary(index) | {"files": sorted(paths)}
+        colours = colour_key(heatmap, signed)  # what the heat map's colours stand for
+        summary = explanation.summary(index) | {"files": sorted(paths), "heatmap_colours": colours}
         paths["summary.json"].write_text(json_text(summary, indent=2))
         return paths
