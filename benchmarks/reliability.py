@@ -15,7 +15,14 @@ Prints:
    (DELETE until the job reads cancelled);
 5. a Redis stall (SIGSTOP for ``--stall`` seconds) while jobs run: jobs failed (target 0);
 6. the broker down while ``--clients`` clients submit with idempotency keys and retry on 503:
-   jobs orphaned (a record queued without a message, target 0) and keys run twice (target 0).
+   jobs orphaned (a record queued without a message, target 0) and keys run twice (target 0);
+7. a worker host vanishing mid-job (testkit.netns: Redis, the S3 store, the API and two workers
+   each in a network namespace; the host's link, processes and namespace deleted): the time
+   from the namespace's deletion to that job's success on the other worker, at the default
+   heartbeat settings (root only; ``--host-vanish-only`` runs this section alone);
+8. ``--s3-jobs`` (400) small jobs with artifacts on an S3 server (SeaweedFS, testkit.s3) and on
+   the local directory, in the same run: accepted / succeeded / lost, artifacts in the bucket,
+   and the overhead per job (``--s3-only`` runs this section alone).
 """
 
 from __future__ import annotations
@@ -99,6 +106,97 @@ def load(api: Api, worker: Worker, jobs: int, clients: int) -> None:
           f"{sum(v['attempts'] > 1 for v in views)} |")  # fmt: skip
     print(f"\nworker RSS: {before:.0f} MB before, {rss.peak:.0f} MB at peak, {after:.0f} MB "
           "after")  # fmt: skip
+
+
+def tiny_torchscript() -> bytes:
+    """A tiny CNN (32² input, two classes) as a TorchScript upload: jobs whose cost is mostly
+    the service's own (records, queue, artifacts), so a store's overhead shows."""
+    import io
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 2)).eval()  # fmt: skip
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(net), buffer)
+    return buffer.getvalue()
+
+
+def store_load(folder: Path, store_env: dict[str, str], jobs: int, clients: int) -> dict:
+    """``jobs`` saliency jobs on the tiny CNN through one stack (Redis, a worker, the API) whose
+    artifacts go to the store of ``store_env`` (empty: the local directory)."""
+    import json
+
+    folder.mkdir(parents=True)
+    redis = RedisServer(folder)
+    env = service_env(redis.url, folder / "artifacts", admin_keys="bench-admin",
+                      preload_models=",") | store_env  # fmt: skip
+    api = Api(env, folder)
+    worker = None
+    try:
+        config = {"name": "tiny", "source": "torchscript", "input_size": [32, 32],
+                  "labels": ["a", "b"], "normalize": False}  # fmt: skip
+        added = api.client.post("/models", headers={"X-Admin-Key": "bench-admin"},
+                                data={"config": json.dumps(config)},
+                                files={"weights": ("tiny.pt", tiny_torchscript())})  # fmt: skip
+        assert added.status_code == 201, added.text
+        worker = Worker(env, folder)
+        api.wait_done(api.client.post("/explain", json={"model": "tiny", "sample": "chelsea",
+                                                        "method": "saliency", "target": 0})
+                      .json()["id"])  # a warm-up job: the model loaded once  # fmt: skip
+
+        def submit(index: int) -> str | None:
+            request = {"model": "tiny", "sample": "chelsea", "method": "saliency", "target": 0,
+                       "seed": index, "reuse": False}  # fmt: skip
+            response = api.client.post("/explain", json=request)
+            return response.json()["id"] if response.status_code == 202 else None
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            ids = [i for i in pool.map(submit, range(jobs)) if i]
+        views = [api.wait_done(job_id, timeout=1800) for job_id in ids]
+        elapsed = time.perf_counter() - started
+    finally:
+        api.stop()
+        if worker is not None:
+            worker.process.stop()
+        redis.stop()
+    statuses = [v["status"] for v in views]
+    runs = [v["finished_at"] - v["started_at"] for v in views if v["status"] == "succeeded"]
+    return {"ids": ids, "accepted": len(ids), "succeeded": statuses.count("succeeded"),
+            "failed": statuses.count("failed"),
+            "lost": sum(s not in ("succeeded", "failed", "cancelled") for s in statuses),
+            "wall": elapsed, "run_ms": 1000 * sum(runs) / max(1, len(runs)),
+            "artifacts": sorted(views[0]["artifacts"]) if views else []}  # fmt: skip
+
+
+def s3_overhead(folder: Path, jobs: int, clients: int) -> None:
+    """Section 8: the same load with artifacts on a SeaweedFS S3 server (testkit.s3) and on the
+    local directory, in this run; whether every succeeded job's artifacts are in the bucket."""
+    from testkit.s3 import s3_server
+
+    with s3_server(folder / "s3") as s3:
+        local = store_load(folder / "local", {}, jobs, clients)
+        remote = store_load(folder / "on-s3", s3.env("bench"), jobs, clients)
+        stored = {key.split("/")[1] for key in s3.keys("bench/") if key.endswith("/summary.json")}
+    complete = sum(job_id in stored for job_id in remote["ids"])
+    print(f"\n## {jobs} jobs with artifacts on S3 (SeaweedFS on loopback) against the local "
+          f"directory, {clients} clients\n")  # fmt: skip
+    print("saliency on a tiny uploaded CNN (32²; artifacts: "
+          f"{', '.join(remote['artifacts'])}), one worker process each\n")  # fmt: skip
+    print("| store | accepted | succeeded | failed | lost | summary.json stored | wall (s) | "
+          "jobs/s | mean run on the worker (ms) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, row, kept in (("local directory", local, "–"), ("S3", remote, str(complete))):
+        print(f"| {name} | {row['accepted']} | {row['succeeded']} | {row['failed']} | "
+              f"{row['lost']} | {kept} | {row['wall']:.0f} | {row['accepted'] / row['wall']:.1f} "
+              f"| {row['run_ms']:.0f} |")  # fmt: skip
+    per_job = 1000 * (remote["wall"] - local["wall"]) / max(1, jobs)
+    print(f"\noverhead of S3 per job: {remote['run_ms'] - local['run_ms']:+.0f} ms of the "
+          f"worker's run (claim to finish, the uploads included), {per_job:+.0f} ms of wall "
+          "time")  # fmt: skip
 
 
 def long_job(api: Api) -> str:
@@ -224,16 +322,67 @@ def broker_outage(folder: Path, clients: int, outage_s: float = 10.0) -> None:
         records.stop()
 
 
+ITERATIONS = 600  # the vanishing host's job: some seconds of pixelmask on the tiny CNN
+
+
+def host_vanished(folder: Path) -> None:
+    """A pixelmask job on the tiny uploaded CNN runs on one worker host (the other held by a
+    blocker job, cancelled before); that host vanishes; the job's time to success after."""
+    from testkit import netns
+
+    if reason := netns.unavailable():
+        print(f"\n## A worker host vanished mid-job\n\nnot measured: {reason}")
+        return
+    settings = Settings()
+    request = {"model": "tiny", "sample": "chelsea", "target": 0, "reuse": False,
+               "method": "pixelmask"}  # fmt: skip
+    with netns.explainer_cluster(folder, workers=2, preload_models=",", max_model_passes=100_000,
+                                 **netns.TINY_SETTINGS) as cluster:  # fmt: skip
+        cluster.upload_tiny()
+        blocker = cluster.submit("/explain", request | {"options": {"iterations": 5000}})
+        held = cluster.running_on(blocker)
+        job_id = cluster.submit("/explain", request | {"options": {"iterations": ITERATIONS}})
+        host = cluster.running_on(job_id, progress=True)
+        cluster.cancel(blocker)
+        assert cluster.record(job_id).status == "running" and host != held
+        vanished = cluster.net.vanish(cluster.workers[host])
+        view = cluster.wait_done(job_id, timeout=600)
+        recovered = time.monotonic() - vanished
+        rerun = view["finished_at"] - view["started_at"]
+        taken_over = recovered - rerun
+        record = cluster.record(job_id)
+        print("\n## A worker host vanished mid-job (five network namespaces, artifacts on S3)\n")
+        print(f"heartbeat every {settings.heartbeat_interval_s:g} s, a run is lost after "
+              f"{settings.heartbeat_timeout_s:g} s without one\n")  # fmt: skip
+        print("| job | namespace deleted → job succeeded (s) | → rerun started (s) | the rerun "
+              "(s) | status | attempts | finished on |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
+        finished_on = cluster.host_of(job_id)
+        print(f"| pixelmask, {ITERATIONS} iterations, tiny CNN at 32² | {recovered:.1f} | "
+              f"{taken_over:.1f} | {rerun:.1f} | {view['status']} | {record.attempts} | "
+              f"{finished_on} (was {host}) |")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--ig-steps", type=int, default=2000)
     parser.add_argument("--stall", type=float, default=8.0)
+    parser.add_argument("--host-vanish-only", action="store_true",
+                        help="only the vanished worker host (section 7)")  # fmt: skip
+    parser.add_argument("--s3-jobs", type=int, default=400)
+    parser.add_argument("--s3-only", action="store_true", help="only the S3 store (section 8)")
     args = parser.parse_args()
     budget_mb = Settings().worker_max_memory_kb / 1024
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        if args.host_vanish_only:
+            host_vanished(folder / "hosts")
+            return
+        if args.s3_only:
+            s3_overhead(folder / "stores", args.s3_jobs, args.clients)
+            return
         redis = RedisServer(folder)
         env = service_env(redis.url, folder / "artifacts")
         workers = [Worker(env, folder)]
@@ -250,6 +399,8 @@ def main() -> None:
                 worker.process.stop()
             redis.stop()
         broker_outage(folder, args.clients)
+        host_vanished(folder / "hosts")
+        s3_overhead(folder / "stores", args.s3_jobs, args.clients)
 
 
 if __name__ == "__main__":
