@@ -141,9 +141,13 @@ class Worker:
             env,
             max_file_bytes,
         )  # fmt: skip
-        wait_for(lambda: "ready." in self.process.output() or not self.process.alive(), 90,
-                 "the Celery worker")  # fmt: skip
-        assert self.process.alive(), self.process.output()
+        try:
+            wait_for(lambda: "ready." in self.process.output() or not self.process.alive(), 90,
+                     "the Celery worker")  # fmt: skip
+            assert self.process.alive(), self.process.output()
+        except BaseException:
+            self.process.stop()  # the caller never gets this object, so nothing else could stop it
+            raise
 
 
 class Api:
@@ -167,7 +171,11 @@ class Api:
             except httpx.TransportError:
                 return False
 
-        wait_for(ready, 90, "the API")
+        try:
+            wait_for(ready, 90, "the API")
+        except BaseException:
+            self.stop()  # the caller never gets this object, so nothing else could stop it
+            raise
 
     def wait_done(self, job_id: str, timeout: float = 120, **headers) -> dict:
         """Poll until the job is in a terminal state; returns its last view."""
