@@ -3,7 +3,10 @@
 ``model.json`` (the engine's model config format), its weight file and ``inspection.json`` (what
 the probe found: capabilities, CAM layer, layer names). Each process registers the stored models
 in the engine's registry and reads the folder again when it changes, so a worker started after
-an upload, or running while it happened, can run the new model.
+an upload, or running while it happened, can run the new model. With an S3 store
+(``EXPLAINER_STORE_URL``) the objects ``models/<name>/...`` are the truth and the folder is each
+process's mirror of them (:class:`jobs.objects.Mirror`, by ETag): a worker on another host, with
+an empty folder, downloads a model uploaded before it started.
 
 A model is checked before it is stored, in a process of its own (:mod:`jobs.model_probe`): its
 name is free, its factory is on the operator's allow-list, its weights load without pickled code
@@ -34,6 +37,7 @@ from engine.explain import cached_model
 from engine.models import MODELS, ModelError, ModelSpec, register_model
 from engine.models.builtin import builtin_specs
 from engine.models.config import TIMM_REFUSED_KWARGS, spec_from_config
+from jobs.objects import LocalObjects, ObjectStore
 
 log = logging.getLogger(__name__)
 CONFIG = "model.json"
@@ -41,6 +45,7 @@ INSPECTION = "inspection.json"
 WEIGHTS = "weights.pt"
 BUILT_IN = frozenset(spec.name for spec in builtin_specs())
 PROBE_TIMEOUT_S = 600
+PREFIX = "models/"  # the model store's objects in the object store
 
 Source = Literal["torchscript", "export", "state_dict", "timm", "series"]
 
@@ -161,9 +166,14 @@ class ModelStore:
         root: str | Path,
         max_probe_pixels: int = 4096 * 4096,
         allowed_factories: tuple[str, ...] = ("torchvision",),
+        objects: ObjectStore | None = None,
     ):
+        """``objects``: the object store whose ``models/`` objects this folder mirrors (an S3
+        bucket: each process downloads what changed, by ETag); None or a local store: the
+        folder itself is the store (a shared volume)."""
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._mirror = (objects or LocalObjects(self.root)).mirror(PREFIX, self.root)
         self.max_probe_pixels = max_probe_pixels
         self.allowed_factories = allowed_factories
         self._lock = threading.Lock()
@@ -174,8 +184,9 @@ class ModelStore:
         return sorted(p.name for p in self.root.iterdir() if (p / CONFIG).is_file())
 
     def refresh(self) -> None:
-        """Register what the folder holds now; forget what was removed or replaced."""
+        """Register what the store holds now; forget what was removed or replaced."""
         with self._lock:
+            self._mirror.pull()
             current = {name: (self.root / name / CONFIG).stat().st_mtime_ns
                        for name in self.names()}  # fmt: skip
             if current == self._seen:
@@ -235,10 +246,19 @@ class ModelStore:
             (incoming / CONFIG).write_text(json.dumps(upload.config(), indent=2))
             found = self._probe(incoming / CONFIG) | {"revision": uuid.uuid4().hex}
             (incoming / INSPECTION).write_text(json.dumps(found))
-            try:
-                incoming.rename(self.root / upload.name)
-            except OSError:  # stored by a concurrent upload while this one was probed
-                raise ModelRefused(409, f"a model {upload.name} exists; delete it first") from None
+            with self._lock:
+                self._mirror.pull(force=True)  # a model of that name stored by another host
+                try:
+                    incoming.rename(self.root / upload.name)
+                except OSError:  # stored by a concurrent upload while this one was probed
+                    raise ModelRefused(409, f"a model {upload.name} exists; delete it "
+                                       "first") from None  # fmt: skip
+                try:  # the config last: a model without it is not listed
+                    self._mirror.push(self.root / upload.name / f for f in (WEIGHTS, INSPECTION,
+                                                                           CONFIG))  # fmt: skip
+                except BaseException:
+                    shutil.rmtree(self.root / upload.name, ignore_errors=True)
+                    raise
         except BaseException:
             shutil.rmtree(incoming, ignore_errors=True)
             raise
@@ -251,8 +271,10 @@ class ModelStore:
         if name in BUILT_IN:
             raise ModelRefused(409, f"{name} is built in; it cannot be deleted")
         folder = self.root / name
+        self._mirror.pull(force=True)
         if not (folder / CONFIG).is_file():
             raise ModelRefused(404, f"no stored model {name}")
+        self._mirror.remove(f"{name}/")
         shutil.rmtree(folder)
         self.refresh()
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Names = Annotated[tuple[str, ...], NoDecode]
@@ -63,6 +63,21 @@ class Settings(BaseSettings):
         "default: <artifact_dir>/models (the shared volume in distributed mode)",
     )  # fmt: skip
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    object_store_url: str | None = Field(
+        None, validation_alias=AliasChoices("EXPLAINER_STORE_URL", "object_store_url"),
+        pattern=r"^s3://[^/\s]+(/\S*)?$", description="EXPLAINER_STORE_URL=s3://bucket/prefix: "
+        "artifacts, uploaded models and trained sets in an S3-compatible bucket (jobs.objects); "
+        "unset: the local artifact directory",
+    )  # fmt: skip
+    s3_endpoint: str | None = Field(
+        None, description="The S3 endpoint URL (SeaweedFS, MinIO...); unset: boto3's own "
+        "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS. Credentials: the AWS_* variables",
+    )  # fmt: skip
+    s3_presign: bool = Field(
+        False, description="Artifact downloads redirect (307) to presigned URLs of the bucket "
+        "instead of streaming through the API",
+    )  # fmt: skip
+    s3_presign_expires_s: int = Field(300, ge=1, le=7 * 24 * 3600)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_model_bytes: int = Field(
         1024**3, ge=1024, description="A model's weight file (1 GiB: ViT-B/16, ConvNeXt-Base fit)"

@@ -11,12 +11,17 @@ key, by the operator's ``python -m engine estimate-patterns`` / ``train-gad``, o
 without API keys live. A tenant uses its own sets first, then the shared ones (read-only to it);
 it never sees or uses another tenant's. :func:`usable_folders` is that rule; the submit check,
 the listings, ``GET /models`` and the worker all ask it.
+
+With an S3 store (``EXPLAINER_STORE_URL``) the sets are objects ``cache/<scope>/...``; each
+process's cache folder mirrors them (:func:`share_trained_sets`): a set is uploaded when made and
+downloaded by every other process when it first needs the sets (or when the set's ETag changed).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import time
 import zipfile
@@ -50,12 +55,41 @@ from engine.models.spec import model_fingerprint
 from engine.runtime import checkpoint
 from engine.storage import cache_dir
 from jobs.artifacts import ArtifactStore
+from jobs.objects import Mirror, ObjectStore, StoreUnavailable
 from jobs.records import JobRecord
 
+log = logging.getLogger(__name__)
 BATCH = 16
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # the files of a zip that are images
 TENANT = re.compile(r"[0-9a-f]{32}")  # service.deps.require_key: a digest of the API key
 NEEDS = {"patterns": "patterns", "support_set": "gad"}  # trained set → its folder in a scope
+CACHE_PREFIX = "cache/"  # the engine cache's objects in the object store
+
+
+_shared_sets: list[Mirror] = []  # this process's mirror of the store's trained sets, if any
+
+
+def share_trained_sets(objects: ObjectStore) -> None:
+    """Keep this process's engine cache folder in step with the trained sets of ``objects``
+    (the objects ``cache/...``; an S3 bucket: sets made on other hosts are downloaded when
+    their ETag changes, sets made here uploaded). A local store: the folder is shared as is."""
+    _shared_sets[:] = [objects.mirror(CACHE_PREFIX, cache_dir(), exclusive=False)]
+
+
+def pull_trained_sets() -> None:
+    """Download the trained sets that changed in the store (at most every half second); with
+    the store away, the sets this process holds are used."""
+    for mirror in _shared_sets:
+        try:
+            mirror.pull()
+        except StoreUnavailable as error:
+            log.warning("trained sets not refreshed: %s", error)
+
+
+def push_trained_set(path: Path) -> None:
+    """Upload a set just made here, then its note (a set is listed only with its note)."""
+    for mirror in _shared_sets:
+        mirror.push([path, path.with_suffix(".json")])
 
 
 def set_folder(scope: str | None) -> Path:
@@ -70,6 +104,7 @@ def set_folder(scope: str | None) -> Path:
 def usable_folders(tenant: str | None) -> tuple[Path, ...]:
     """The folders whose sets ``tenant`` may use, in order of preference: its own, then the
     shared one (on a server without API keys, the one anonymous tenant owns the shared one)."""
+    pull_trained_sets()
     return (set_folder(None),) if tenant is None else (set_folder(tenant), set_folder(None))
 
 
@@ -231,6 +266,7 @@ def estimate(
     )
     note(path, record, images=len(images), layers=len(patterns.patterns),
          estimator=record.options["estimator"])  # fmt: skip
+    push_trained_set(path)
     return {"scores": {"images": len(images), "layers": len(patterns.patterns)}}
 
 
@@ -253,6 +289,7 @@ def train(
     )
     note(path, record, classes=list(classes), images=len(images), epochs=o["epochs"],
          alphas=list(support.alphas))  # fmt: skip
+    push_trained_set(path)
     return {"scores": {"images": len(images), "networks": len(support.alphas)}}
 
 

@@ -14,8 +14,10 @@ from fastapi.openapi.utils import get_openapi
 
 from jobs.artifacts import ArtifactStore
 from jobs.models import ModelStore, ModelUpload
+from jobs.objects import open_object_store
 from jobs.settings import Settings
 from jobs.store import JobStore, MemoryJobStore, RedisJobStore
+from jobs.training import share_trained_sets
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.errors import ApiError, error_response, install_error_handlers
 from service.routes import catalogue, jobs, models, ops, training, web
@@ -68,8 +70,11 @@ class RequestLimits:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.share_cache()
-    artifacts = ArtifactStore(settings.artifact_dir)
-    model_store = ModelStore(settings.models_path, allowed_factories=settings.allowed_factories)
+    objects = open_object_store(settings)  # artifacts, models and trained sets
+    share_trained_sets(objects)
+    artifacts = ArtifactStore(settings.artifact_dir, objects)
+    model_store = ModelStore(settings.models_path, allowed_factories=settings.allowed_factories,
+                             objects=objects)  # fmt: skip
     store: JobStore
     dispatcher: Dispatcher
     if settings.embedded:

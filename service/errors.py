@@ -1,7 +1,8 @@
 """The one error shape of every response, ``{"error": {status, code, message, details}}``, and
 the handlers that put every failure into it: our own refusals, validation errors, Starlette's
-404/405 (with ``Allow``), a full artifact disk (507), Redis or the broker away (503 with
-``Retry-After``) and anything unexpected (500). Inputs are never echoed beyond a short prefix."""
+404/405 (with ``Allow``), a full artifact disk (507), Redis, the broker or the object store
+away (503 with ``Retry-After``) and anything unexpected (500). Inputs are never echoed beyond a
+short prefix."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from jobs.artifacts import ArtifactStoreFull
+from jobs.objects import StoreUnavailable
 from service.schemas import ErrorResponse
 
 RETRY_AFTER_S = 5  # what a 503 asks clients to wait while Redis or the broker is away
@@ -98,6 +100,14 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("job store or broker unavailable: %s", error)
         response = error_response(503, "unavailable", "the job store or queue is unavailable; "
                                   "retry shortly")  # fmt: skip
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_away(request: Request, error: StoreUnavailable):
+        log.warning("object store unavailable: %s", error)
+        response = error_response(503, "store_unavailable", "the artifact and model store is "
+                                  "unavailable; retry shortly")  # fmt: skip
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
         return response
 

@@ -137,8 +137,17 @@ class SeaweedS3:
             except Exception:  # not listening yet, or the filer is not up yet
                 return False
 
+        def writable() -> bool:  # the first write to a bucket grows its volumes (seconds)
+            try:
+                client.put_object(Bucket=self.endpoint.bucket, Key=".ready", Body=b"")
+                client.delete_object(Bucket=self.endpoint.bucket, Key=".ready")
+                return True
+            except Exception:  # the volume server is not registered yet
+                return False
+
         try:
             wait_for(ready, timeout, "the SeaweedFS S3 gateway", interval=0.2)
+            wait_for(writable, timeout, "the SeaweedFS volume server", interval=0.2)
         except BaseException:
             self.stop()
             raise

@@ -182,7 +182,7 @@ def test_embedded_records_and_artifacts_expire(tmp_path):
         store.set_progress("j1", {"step": 1, "total": 2})
         artifacts.save_input(JOB, b"x")
         old = time.time() - 120
-        os.utime(artifacts.job_dir(JOB), (old, old))
+        os.utime(artifacts.job_dir(JOB) / "input.bin", (old, old))  # its newest object
         time.sleep(1.1)
         assert store.get("j1") is None and len(store) == 2  # invisible, not yet deleted
         dispatcher.sweep()

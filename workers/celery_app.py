@@ -13,10 +13,12 @@ from celery import signals
 
 from jobs.artifacts import ArtifactStore
 from jobs.models import ModelStore
+from jobs.objects import StoreUnavailable, open_object_store
 from jobs.queue import EXPLAIN_TASK, make_celery, mark_alive, mark_gone, send_job
 from jobs.runner import preload_models, run_job
 from jobs.settings import Settings
 from jobs.store import RedisJobStore
+from jobs.training import share_trained_sets
 
 # Our modules' log records (Celery configures only its own loggers here).
 logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/%(processName)s] "
@@ -45,13 +47,18 @@ def process_runtime() -> tuple[RedisJobStore, ArtifactStore, str]:
         device = settings.device or (
             f"cuda:{index % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
         )
+        objects = open_object_store(settings)  # artifacts, models and trained sets
+        share_trained_sets(objects)
         _process.update(
             store=RedisJobStore(settings.store_url, settings.job_ttl_s),
-            artifacts=ArtifactStore(settings.artifact_dir),
-            models=ModelStore(settings.models_path),
+            artifacts=ArtifactStore(settings.artifact_dir, objects),
+            models=ModelStore(settings.models_path, objects=objects),
             device=device,
         )
-    _process["models"].refresh()  # models added or removed since the last job
+    try:
+        _process["models"].refresh()  # models added or removed since the last job
+    except StoreUnavailable as error:  # the job runs with the models this process has
+        log.warning("model store not refreshed: %s", error)
     return _process["store"], _process["artifacts"], _process["device"]
 
 

@@ -8,9 +8,10 @@ import hashlib
 import json
 import logging
 import time
+from pathlib import PurePath
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from engine.metrics.glossary import finite_scores
@@ -230,13 +231,44 @@ def cancel_job(
 
 @router.get(
     "/jobs/{job_id}/artifacts/{name}",
-    responses={**ERRORS, 200: {"content": {t: {} for t in set(MEDIA_TYPES.values())}}},
-)
-def get_artifact(job_id: str, name: str, tenant: Tenant, store: StoreDep, artifacts: ArtifactsDep):
+    responses={**ERRORS, 200: {"content": {t: {} for t in set(MEDIA_TYPES.values())}},
+               307: {"description": "EXPLAINER_S3_PRESIGN: a presigned URL of the bucket"}},
+)  # fmt: skip
+def get_artifact(
+    job_id: str, name: str, tenant: Tenant, store: StoreDep, artifacts: ArtifactsDep,
+    settings: SettingsDep,
+):  # fmt: skip
     """Download an artifact: attribution.npy, heatmap.npy, overlay.png, heatmap.png,
-    summary.json (mask methods add mask.npz, explanation.png, history.json)."""
+    summary.json (mask methods add mask.npz, explanation.png, history.json). Streamed from the
+    object store, or a redirect to a presigned URL of the bucket (``EXPLAINER_S3_PRESIGN``)."""
     record = find(store, job_id, tenant)
-    path = artifacts.path(job_id, name) if name in record.artifacts else None
-    if path is None:
-        raise ApiError(404, "not_found", f"job {job_id} has no artifact {short(name)!r}")
-    return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream"))
+    missing = ApiError(404, "not_found", f"job {job_id} has no artifact {short(name)!r}")
+    if name not in record.artifacts:
+        raise missing
+    media_type = MEDIA_TYPES.get(PurePath(name).suffix, "application/octet-stream")
+    if settings.s3_presign and artifacts.exists(job_id, name):
+        url = artifacts.presigned_url(job_id, name, settings.s3_presign_expires_s)
+        if url is not None:
+            return RedirectResponse(url, status_code=307)
+    chunks = artifacts.stream(job_id, name)
+    if chunks is None:
+        raise missing
+    return StreamingResponse(chunks, media_type=media_type)
+
+
+@router.get(
+    "/jobs/{job_id}/bundle.zip",
+    responses={**ERRORS, 200: {"content": {"application/zip": {}}}},
+)
+def get_bundle(
+    job_id: str, request: Request, tenant: Tenant, store: StoreDep, artifacts: ArtifactsDep
+):
+    """All of a job's artifacts in one zip, with ``job.json`` (the job's view as ``GET
+    /jobs/{id}`` gives it: status, prediction, scores), streamed from the object store."""
+    record = find(store, job_id, tenant)
+    view = job_view(store, record, request).model_dump_json(indent=2).encode()
+    return StreamingResponse(
+        artifacts.bundle(job_id, list(record.artifacts), {"job.json": view}),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}.zip"'},
+    )
