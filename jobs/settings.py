@@ -1,8 +1,9 @@
 """Service and worker configuration from environment variables (prefix ``EXPLAINER_``).
 
 With no broker URL the service runs in *embedded* mode: jobs run on an in-process worker and job
-records live in memory. With ``EXPLAINER_BROKER_URL=redis://...`` it runs in *distributed* mode:
-Celery workers take jobs from Redis and job records live in Redis.
+records live in SQLite beside the artifacts (a restart keeps them). With
+``EXPLAINER_BROKER_URL=redis://...`` it runs in *distributed* mode: Celery workers take jobs from
+Redis and job records live in Redis.
 
 Lists are comma-separated (``EXPLAINER_API_KEYS=k1,k2``); ``EXPLAINER_ALLOWED_METHODS`` is
 ``model=method,method;model=method``.
@@ -156,6 +157,11 @@ class Settings(BaseSettings):
     @property
     def models_path(self) -> Path:
         return self.model_dir or self.artifact_dir / "models"
+
+    @property
+    def job_db_path(self) -> Path:
+        """The embedded mode's job records (SQLite), beside the artifacts."""
+        return self.artifact_dir / "jobs.sqlite3"
 
     @property
     def embedded(self) -> bool:

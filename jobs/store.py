@@ -1,6 +1,7 @@
 """Job stores: atomic transitions over job records (:mod:`jobs.records`), progress, cancel flags,
-idempotency keys and counters. Redis in distributed mode, memory in embedded mode; same
-interface, same transitions.
+idempotency keys and counters. Redis in distributed mode, SQLite in embedded mode
+(:mod:`jobs.sqlite_store`), memory for code that runs jobs in one process and keeps nothing;
+same interface, same transitions (tests/test_jobs.py runs one contract suite over all three).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class JobStore(ABC):
     #: Errors of a store that is away for a moment (a stalled or restarting Redis): a write
     #: that fails with one of them is worth retrying.
     transient_errors: tuple[type[Exception], ...] = ()
+    #: Newest jobs kept per index (an owner's list in GET /jobs, the undispatched list).
+    max_indexed: int = MAX_INDEXED
 
     def __init__(self, ttl_s: int):
         self.ttl_s = ttl_s
@@ -71,7 +74,7 @@ class JobStore(ABC):
 
     @abstractmethod
     def _index(self, owner: str, job_id: str, created_at: float) -> None:
-        """Add a job to its owner's index of recent jobs (the newest MAX_INDEXED are kept)."""
+        """Add a job to its owner's index of recent jobs (the newest ``max_indexed`` are kept)."""
 
     @abstractmethod
     def _indexed(self, owner: str, limit: int) -> list[str]:
@@ -101,7 +104,7 @@ class JobStore(ABC):
     def undispatched(self, older_than_s: float) -> list[str]:
         """Queued jobs created over ``older_than_s`` ago whose message was never confirmed
         sent, for the caller to send (once more: a job runs once whatever its messages)."""
-        ids = self._indexed(UNDISPATCHED, MAX_INDEXED)
+        ids = self._indexed(UNDISPATCHED, self.max_indexed)
         records = [self.get(job_id) for job_id in ids]
         settled = [job_id for job_id, record in zip(ids, records, strict=True)
                    if record is None or record.status != "queued"]  # fmt: skip
@@ -251,9 +254,9 @@ class JobStore(ABC):
 
 
 class MemoryJobStore(JobStore):
-    """Embedded mode: one process, records in dicts guarded by a lock. Expired entries are
-    invisible at once and deleted by :meth:`purge` (the embedded dispatcher calls it on a
-    timer)."""
+    """One process, records in dicts guarded by a lock, nothing kept after it ends (code that
+    runs jobs in process; the embedded server keeps its records in SQLite). Expired entries
+    are invisible at once and deleted by :meth:`purge`."""
 
     def __init__(self, ttl_s: int):
         super().__init__(ttl_s)
@@ -337,7 +340,7 @@ class MemoryJobStore(JobStore):
         with self._lock:
             entries = self._owned.setdefault(owner, [])
             bisect.insort(entries, (created_at, job_id))
-            del entries[:-MAX_INDEXED]
+            del entries[: -self.max_indexed]
 
     def _indexed(self, owner, limit):
         with self._lock:
@@ -428,7 +431,7 @@ class RedisJobStore(JobStore):
         key = self._key(owner)
         with self.redis.pipeline() as pipe:
             pipe.zadd(key, {job_id: created_at})
-            pipe.zremrangebyrank(key, 0, -MAX_INDEXED - 1)
+            pipe.zremrangebyrank(key, 0, -self.max_indexed - 1)
             pipe.expire(key, self.ttl_s)  # the index outlives no job in it
             pipe.execute()
 

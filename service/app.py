@@ -16,7 +16,8 @@ from jobs.artifacts import ArtifactStore
 from jobs.models import ModelStore, ModelUpload
 from jobs.objects import open_object_store
 from jobs.settings import Settings
-from jobs.store import JobStore, MemoryJobStore, RedisJobStore
+from jobs.sqlite_store import SqliteJobStore
+from jobs.store import JobStore, RedisJobStore
 from jobs.training import share_trained_sets
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.errors import ApiError, error_response, install_error_handlers
@@ -78,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store: JobStore
     dispatcher: Dispatcher
     if settings.embedded:
-        store = MemoryJobStore(settings.job_ttl_s)
+        store = SqliteJobStore(settings.job_db_path, settings.job_ttl_s)
         dispatcher = EmbeddedDispatcher(settings, store, artifacts, model_store)
     else:
         store = RedisJobStore(settings.store_url, settings.job_ttl_s)

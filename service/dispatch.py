@@ -13,7 +13,7 @@ from jobs.models import ModelStore
 from jobs.queue import QUEUE_KEYS, live_workers, make_celery, send_job
 from jobs.records import TERMINAL
 from jobs.settings import Settings
-from jobs.store import MemoryJobStore
+from jobs.sqlite_store import SqliteJobStore
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,12 @@ class EmbeddedDispatcher(Dispatcher):
     running at the hard limit is marked failed by the housekeeping thread (a Python thread
     cannot be killed: its late result is discarded, and it stops at its next step). The same
     thread deletes expired records and artifacts every ``sweep_interval_s``.
+
+    The records are in SQLite, so a restart keeps them; at start, :meth:`recover` runs again
+    what the previous process left unfinished. One embedded server per artifact directory.
     """
 
-    def __init__(self, settings: Settings, store: MemoryJobStore, artifacts: ArtifactStore,
+    def __init__(self, settings: Settings, store: SqliteJobStore, artifacts: ArtifactStore,
                  models: ModelStore):  # fmt: skip
         self._settings, self._store, self._artifacts = settings, store, artifacts
         self._models = models
@@ -80,6 +83,7 @@ class EmbeddedDispatcher(Dispatcher):
 
         # Load the models first, on the job thread, so the first job does not wait for them.
         self._executor.submit(preload_models, self._settings.preload_models, self._device)
+        self.recover()
         threading.Thread(target=self._housekeeping, name="explainer-housekeeping",
                          daemon=True).start()  # fmt: skip
 
@@ -87,6 +91,21 @@ class EmbeddedDispatcher(Dispatcher):
         with self._lock:
             self._waiting += 1
         self._executor.submit(self._run, job_id)
+
+    def recover(self) -> list[str]:
+        """Queue again the jobs the previous process left unfinished (it died or was stopped
+        with jobs waiting or running); returns their ids, oldest first. Queued jobs simply run.
+        A running job's run died with that process: it goes back to queued and runs once more,
+        like a job whose Celery worker died (the runner's MAX_ATTEMPTS); a job whose second
+        run was lost too is failed by the runner, saying that its worker was lost twice."""
+        self._store.requeue_stale(0.0)  # no run of the previous process is alive
+        unfinished = self._store.unfinished()
+        for job_id in unfinished:
+            log.warning("job %s was left unfinished by the previous process; queued again",
+                        job_id)  # fmt: skip
+            self.submit(job_id)
+            self._store.dispatched(job_id)
+        return unfinished
 
     def _run(self, job_id: str) -> None:
         from jobs.runner import run_job
