@@ -178,7 +178,7 @@ class ModelStore:
         self.allowed_factories = allowed_factories
         self._lock = threading.Lock()
         self._probing = threading.Semaphore(1)  # one probe process at a time: each holds a model
-        self._seen: dict[str, int] = {}  # name → config mtime, of what this process registered
+        self._seen: dict[str, tuple[int, ...]] = {}  # name → _stamp of what this process registered
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if (p / CONFIG).is_file())
@@ -187,8 +187,7 @@ class ModelStore:
         """Register what the store holds now; forget what was removed or replaced."""
         with self._lock:
             self._mirror.pull()
-            current = {name: (self.root / name / CONFIG).stat().st_mtime_ns
-                       for name in self.names()}  # fmt: skip
+            current = {name: self._stamp(name) for name in self.names()}
             if current == self._seen:
                 return
             for name in set(self._seen) - set(current):
@@ -202,6 +201,12 @@ class ModelStore:
                     log.warning("stored model %s cannot be loaded: %s", name, error)
             cached_model.cache_clear()
             self._seen = current
+
+    def _stamp(self, name: str) -> tuple[int, ...]:
+        """When the model's files last changed: a model deleted and added again elsewhere with
+        the same config but new weights is registered anew (its mirror rewrote the weights)."""
+        files = (self.root / name / part for part in (CONFIG, INSPECTION, WEIGHTS))
+        return tuple(path.stat().st_mtime_ns for path in files if path.exists())
 
     def _stored_spec(self, folder: Path) -> ModelSpec:
         """The model's spec with what its probe found (capabilities, CAM layer, layer names,

@@ -184,3 +184,48 @@ def test_an_unreachable_store_is_store_unavailable(s3_env, tmp_path):
         dead.put_bytes("a", b"x")
     assert ArtifactStore(tmp_path, dead).sweep(60, every_s=0) == 0  # skipped, not raised
     assert time.monotonic() - started < 20
+
+
+def test_a_model_replaced_in_the_bucket_is_registered_anew(s3_env, tmp_path):
+    """A model store on an empty folder registers the models of the bucket, and registers one
+    again when its weights' ETag changes (deleted and added again elsewhere, same config)."""
+    import json
+
+    import torch
+
+    from engine.explain import cached_model
+    from engine.models import MODELS
+    from jobs.models import ModelStore
+    from tests.tiny_models import tiny_cnn
+
+    def weights(seed: int) -> bytes:
+        torch.manual_seed(seed)
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.script(tiny_cnn().eval()), buffer)
+        return buffer.getvalue()
+
+    s3 = s3_env
+    objects = S3Objects(s3.bucket, f"models-{uuid.uuid4().hex[:8]}", s3.url)
+    name = f"replaced_{uuid.uuid4().hex[:6]}"
+    config = {"name": name, "torchscript": "weights.pt", "input_size": [32, 32],
+              "labels": ["a", "b"], "normalize": False}  # fmt: skip
+    objects.put_bytes(f"models/{name}/weights.pt", weights(0))
+    objects.put_bytes(f"models/{name}/model.json", json.dumps(config).encode())
+    store = ModelStore(tmp_path / "models", objects=objects)
+    try:
+        store.refresh()
+        assert name in store.names() and name in MODELS
+        x = torch.rand(1, 3, 32, 32)
+        before = cached_model(name, None, "cpu").module(x)
+        objects.put_bytes(f"models/{name}/weights.pt", weights(1))
+        time.sleep(0.6)  # a mirror lists at most every half second
+        store.refresh()
+        after = cached_model(name, None, "cpu").module(x)
+        assert not torch.allclose(before, after)  # the new weights run
+        objects.delete([f"models/{name}/weights.pt", f"models/{name}/model.json"])
+        time.sleep(0.6)
+        store.refresh()
+        assert name not in store.names() and name not in MODELS
+    finally:
+        MODELS.pop(name, None)
+        cached_model.cache_clear()
