@@ -37,6 +37,7 @@ from engine.runtime import (
     stoppable,
 )
 from jobs.artifacts import ArtifactStore, is_no_room
+from jobs.objects import StoreUnavailable
 from jobs.records import TERMINAL, JobRecord, new_run_token
 from jobs.settings import Settings
 from jobs.store import JobStore
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_ATTEMPTS = 2  # a job whose worker died once is run once more, never a third time
 NO_ROOM_MESSAGE = "the server had no room to store this job's results; submit it again later"
+STORE_AWAY_MESSAGE = ("the artifact store was unavailable while this job read its input or "
+                      "stored its results; submit it again later")  # fmt: skip
 USER_ERRORS = (OptionsError, MethodError, ModelError, InputError, MetricError)
 
 
@@ -254,6 +257,9 @@ def _outcome(
         if isinstance(error, OSError) and is_no_room(error):
             log.error("job %s: no room for its artifacts: %s", record.id, error)
             return "failed", {"error": NO_ROOM_MESSAGE}
+        if isinstance(error, StoreUnavailable):
+            log.error("job %s: object store unavailable: %s", record.id, error)
+            return "failed", {"error": STORE_AWAY_MESSAGE}
         if type(error).__name__ == "SoftTimeLimitExceeded":
             return "failed", {"error": "the job exceeded its time limit"}
         if is_out_of_memory(error):

@@ -229,3 +229,22 @@ def test_a_model_replaced_in_the_bucket_is_registered_anew(s3_env, tmp_path):
     finally:
         MODELS.pop(name, None)
         cached_model.cache_clear()
+
+
+def test_a_job_whose_store_is_away_fails_in_the_users_terms(s3_env, tmp_path):
+    """The worker computes the explanation, then cannot store it: the job fails saying so (not
+    'internal error'), and nothing of it is left on the worker's disk."""
+    from jobs.records import JobRecord
+    from jobs.runner import STORE_AWAY_MESSAGE, run_job
+    from jobs.settings import Settings
+    from jobs.store import MemoryJobStore
+
+    dead = S3Objects(s3_env.bucket, "away", f"http://127.0.0.1:{free_port()}")
+    store = MemoryJobStore(ttl_s=60)
+    store.create(JobRecord(id=JOB, created_at=time.time(), model="efficientnet_lite0",
+                           method="saliency", options={}, content_hash="h",
+                           input={"kind": "sample", "name": "chelsea"}))  # fmt: skip
+    artifacts = ArtifactStore(tmp_path, dead)
+    assert run_job(JOB, store, artifacts, Settings(preload_models=())) == "failed"
+    assert store.get(JOB).error == STORE_AWAY_MESSAGE
+    assert not (tmp_path / JOB).exists()
