@@ -78,6 +78,18 @@ def names_server_path(field: FieldInfo) -> bool:
     return isinstance(extra, dict) and bool(extra.get(SERVER_PATH))
 
 
+# JSON-schema mark of an options model: the names of the few options that matter most, which a
+# form shows first (the web page puts the rest under "advanced"). GET /methods carries it in
+# each method's options_schema.
+BASIC_OPTIONS = "x-basic-options"
+
+
+def basic_options(*names: str) -> ConfigDict:
+    """``model_config`` of an options model whose ``names`` are its basic options (pydantic merges
+    it with the base class' config)."""
+    return ConfigDict(json_schema_extra={BASIC_OPTIONS: list(names)})
+
+
 # JSON-schema mark of an option that names layers of the model: "map" (a CAM layer, whose
 # output must be a map or tokens) or "any".
 LAYER_NAME = "x-layer-name"

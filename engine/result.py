@@ -50,6 +50,7 @@ class Explanation:
     scores: list[dict[str, float]]
     metadata: dict[str, Any]
     outputs: MethodOutputs = None
+    truth: Tensor | None = None  # series: the ground truth (B, T, D) of 0/1, drawn in series.png
 
     @property
     def targets(self) -> list[int]:

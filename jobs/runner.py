@@ -292,7 +292,8 @@ def _explain(
         extras=set_extras(record.owner),  # the trained sets its owner may use
     )
     if truth is not None:  # a series with its ground truth: the white-box scores too
-        result.scores[0].update(white_box(result.attribution, torch.as_tensor(truth)[None]))
+        result.truth = torch.as_tensor(truth)[None]
+        result.scores[0].update(white_box(result.attribution, result.truth))
     staging = artifacts.staging_dir(record.id, record.attempts)
     try:
         paths = write_artifacts(result, staging)

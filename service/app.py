@@ -99,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "the job, download the attribution tensor, heat map, overlay and scores.",
         lifespan=lifespan,
         responses={500: {"model": ErrorResponse}},
+        docs_url=None,  # /docs: service/routes/web.py, Swagger UI from the package's own files
+        redoc_url=None,  # ReDoc would come from a CDN
     )
     app.state.settings, app.state.store = settings, store
     app.state.artifacts, app.state.dispatcher = artifacts, dispatcher
@@ -116,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, training, catalogue, models, ops, web):
         app.include_router(module.router)
     app.mount("/ui", web.static_files, name="ui")
+    app.mount("/ui-swagger", web.swagger_files, name="ui-swagger")
 
     def openapi() -> dict:
         """FastAPI's document plus the explain request: a union over the method registry."""

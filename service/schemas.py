@@ -105,6 +105,10 @@ class JobView(BaseModel):
     artifacts: dict[str, str] = Field(description="Artifact name → download URL.")
     timings: dict[str, float]
     error: str | None
+    input_name: str | None = Field(
+        None, description="The bundled sample's name or the uploaded file's name (none for an "
+        "image or series sent inside the JSON body).",
+    )  # fmt: skip
 
 
 class ErrorBody(BaseModel):

@@ -36,10 +36,12 @@ from service.schemas import explain_request_adapter
 
 @dataclass
 class Upload:
-    """A file of a multipart submission: ``field`` is 'image' or 'series'."""
+    """A file of a multipart submission: ``field`` is 'image' or 'series'; ``filename`` the
+    name the client gave it (kept in the job record, shown by the page), if any."""
 
     field: str
     data: bytes
+    filename: str | None = None
 
 
 FILE_FIELDS = ("image", "series")
@@ -68,10 +70,19 @@ async def read_submission(request: Request, settings: Settings) -> tuple[dict, U
             raise ApiError(413, "payload_too_large", f"{field} file above {limit} bytes")
         if any(payload.get(name) is not None for name in ("image", "sample", "series")):
             raise ApiError(422, "invalid_input", f"give the {field} as the file field only")
-        return payload, Upload(field, data)
+        return payload, Upload(field, data, file_label(upload.filename))
     if content_type.startswith("application/json") or not content_type:
         return await read_json(await request.body()), None
     raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
+
+
+def file_label(filename: str | None) -> str | None:
+    """The last part of an uploaded file's name, without control characters, at most 200
+    characters: a label for people, never a path."""
+    if not filename:
+        return None
+    name = "".join(c for c in filename.replace("\\", "/").rsplit("/", 1)[-1] if c.isprintable())
+    return name.strip()[:200] or None
 
 
 def integral_float(text: str) -> int | float:
@@ -189,7 +200,8 @@ def check_image(parsed, upload: Upload | None, settings: Settings) -> tuple[dict
     except InputError as error:
         status = 422 if isinstance(error, ImageTooSmall) else 413
         raise ApiError(status, "invalid_image", str(error)) from error
-    return {"kind": "image", "sha256": sha256_bytes(data), "size": [width, height]}, data
+    info = {"kind": "image", "sha256": sha256_bytes(data), "size": [width, height]}
+    return info | ({"name": upload.filename} if upload and upload.filename else {}), data
 
 
 def check_series(
@@ -223,6 +235,8 @@ def check_series(
     np.savez(buffer, **arrays)
     data = buffer.getvalue()
     info = {"kind": "series", "sha256": sha256_bytes(data), "shape": list(series.shape)}
+    if upload and upload.filename:
+        info["name"] = upload.filename
     return info | {"truth": "truth" in arrays}, data
 
 

@@ -88,7 +88,8 @@ class SeriesKind(InputKind):
         attribution = explanation.attribution[index].numpy().astype(np.float32)
         np.save(paths["attribution.npy"], attribution)
         level = np.abs(attribution) / max(float(np.abs(attribution).max()), 1e-12)
-        series_plot(explanation.inputs[index].numpy(), level).save(paths["series.png"])
+        truth = None if explanation.truth is None else explanation.truth[index].numpy()
+        series_plot(explanation.inputs[index].numpy(), level, truth).save(paths["series.png"])
         if isinstance(outputs, SeriesMaskOutputs):
             paths["history.json"].write_text(json_text(finite_history(outputs.history[index])))
         summary = explanation.summary(index) | {"files": sorted(paths)}

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from engine.attribution.smoothing import noise_scale
 from engine.masks.inits import rank_transform
-from engine.method import Attribution, MethodContext, MethodOptions, MethodSpec
+from engine.method import Attribution, MethodContext, MethodOptions, MethodSpec, basic_options
 
 Game = Literal["preservation", "deletion"]
 SeriesInit = Literal["ones", "uniform", "zeros", "startgrad", "startgrad_smoothgrad"]
@@ -91,6 +91,8 @@ def startgrad_series(
 
 
 class ExtremalMaskOptions(MethodOptions):
+    model_config = basic_options("game", "init", "iterations")
+
     game: Game = Field("preservation", description="Keep little (preservation) or delete little.")
     iterations: int = Field(500, ge=0, le=5000, description="Adam steps.")
     learning_rate: float = Field(0.01, gt=0, le=10)

@@ -29,10 +29,19 @@ from engine.masks.representation import PixelRepresentation, Representation, ima
 from engine.masks.shearlet import ShearletRepresentation
 from engine.masks.view import MaskView
 from engine.masks.wavelet import WaveletRepresentation
-from engine.method import Attribution, MethodContext, MethodOptions, MethodSpec, index
+from engine.method import (
+    Attribution,
+    MethodContext,
+    MethodOptions,
+    MethodSpec,
+    basic_options,
+    index,
+)
 
 
 class MaskOptions(MethodOptions):
+    model_config = basic_options("init", "iterations", "image_size", "stop_metric", "stop_value")
+
     iterations: int = Field(300, ge=0, le=5000, description="Adam steps.")
     learning_rate: float = Field(0.1, gt=0, le=10)
     noise_samples: int = Field(16, ge=1, le=256, description="Obfuscations per step.")
@@ -48,16 +57,24 @@ class MaskOptions(MethodOptions):
     startgrad_score: ScoreType = Field("logit", description="Score whose gradient StartGrad uses.")
     startgrad_samples: int = Field(10, ge=1, le=250, description="Samples of startgrad_smoothgrad.")
     normalize_gradient: bool = Field(False, description="Scale each mask gradient to unit norm.")
-    pixel_clamp: bool = Field(True, description="Clamp obfuscated images to [0, 1].")
+    pixel_clamp: bool = Field(
+        True, description="Clamp every obfuscated image to [0, 1] after its reconstruction. "
+        "ShearletX ignores it while its coefficient_clamp is on (that clamps the coefficients "
+        "instead).",
+    )  # fmt: skip
     image_size: int | None = Field(
         None, ge=32, le=2048, description="Explain at size×size (default: the model's size; "
         "at least 32, the smallest input the bundled networks' strides leave a map for).",
     )  # fmt: skip
     stop_metric: StopMetric | None = Field(
-        None, description="Early stopping on this history value (retained probability and the "
-        "StartGrad CP scores rising to stop_value, distortion and loss falling to it)...",
+        None, description="Early stopping: stop before the last iteration once every image's "
+        "value of this history entry reaches stop_value (retained probability and the StartGrad "
+        "CP scores rising to it, distortion and loss falling to it). None: run every iteration.",
     )  # fmt: skip
-    stop_value: float | None = Field(None, description="...once every image reaches it.")
+    stop_value: float | None = Field(
+        None, description="The value stop_metric must reach to stop early (used with "
+        "stop_metric only).",
+    )  # fmt: skip
     l1: float = Field(1.0, ge=0, description="λ₁: weight of the mean |mask|.")
 
     def coefficients_per_pixel(self) -> float:
@@ -116,12 +133,12 @@ class ShearletXOptions(MaskOptions):
     energy: float = Field(2.0, ge=0, description="λ₂: spatial energy of the grey explanation.")
     scales: int = Field(4, ge=1, le=5, description="Shearlet scales (fewer where unavailable).")
     coefficient_clamp: bool = Field(
-        True, description="The published ShearletX obfuscation: clamp the mixed shearlet "
-        "coefficients m⊙c + (1−m)⊙v to [0, 1], with no pixel clamp after the reconstruction "
-        "(Kolek et al.'s code). Off: clamp pixels instead, which keeps the image under an "
-        "all-ones mask and costs ⅓ of the time; its explanations differ (a Hallucination "
-        "score 3.5× higher after 60 iterations on one image, about equal after 300 on 8: "
-        "benchmarks/results/README.md).",
+        True, description="The published ShearletX obfuscation (Kolek et al.'s code): clamp the "
+        "mixed shearlet coefficients m⊙c + (1−m)⊙v to [0, 1]; pixel_clamp is then ignored. "
+        "Off: pixel_clamp applies instead, which keeps the image under an all-ones mask and "
+        "costs ⅓ of the time; the explanations differ (in the project's benchmarks a "
+        "Hallucination score 3.5× higher after 60 iterations on one image, about equal after "
+        "300 iterations on 8 images).",
     )  # fmt: skip
 
     def coefficients_per_pixel(self) -> float:

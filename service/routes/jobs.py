@@ -37,7 +37,8 @@ from service.submission import (
 log = logging.getLogger(__name__)
 router = APIRouter()
 # copied from the record
-VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts", "undefined_scores"}
+VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts", "undefined_scores",
+                                           "input_name"}  # fmt: skip
 
 
 def find(store: JobStore, job_id: str, tenant: str | None) -> JobRecord:
@@ -63,7 +64,7 @@ def job_view(store: JobStore, record: JobRecord, request: Request) -> JobView:
     progress = store.progress(record.id)
     undefined = finite_scores(record.scores or {})[1]  # why each null score has no value
     return JobView(**record.model_dump(include=VIEW_FIELDS), progress=progress, artifacts=links,
-                   undefined_scores=undefined)  # fmt: skip
+                   undefined_scores=undefined, input_name=record.input.get("name"))  # fmt: skip
 
 
 def job_url(request: Request, job_id: str) -> str:
