@@ -5,6 +5,7 @@ bundled model, Debian's Chromium driven by Playwright (as in tests/test_web_ui.p
 
 1. ``docs/web_ui.png``: the job page of a WaveletX explanation of the photograph ``chelsea``
    (loss curve, input, mask, explanation, overlay, scores with their meaning).
+   ``docs/web_ui_phone.png``: the same job page in a 390 px wide window (a phone).
 2. ``docs/web_ui_compare.png``: the compare grid of Grad-CAM, Integrated Gradients and WaveletX.
 3. ``docs/web_ui_vit.png``: Grad-CAM on a timm ViT-Tiny uploaded to the model store as a state
    dict (random weights: no ViT weights ship offline), at its default layer ``blocks.11.norm1``.
@@ -41,6 +42,10 @@ def submit_with_metrics(page: Page, jobs: int) -> None:
         page.check(f"#metric-{metric}")
     page.click("button[type=submit]")
     page.wait_for_function(SUCCEEDED, arg=jobs, timeout=600_000)
+    if jobs == 1:  # a job page: its result, colour bar and scores are drawn after the status
+        page.wait_for_selector(".colour-key")
+    else:
+        page.wait_for_function("n => document.querySelectorAll('.cell img').length >= n", arg=jobs)
     page.wait_for_function(IMAGES_LOADED)
 
 
@@ -117,6 +122,12 @@ def main() -> int:
                     take(page)
                     page.screenshot(path=str(args.out / files[name]), full_page=True)
                     print(f"wrote {args.out / files[name]}")
+                    if name == "waveletx":  # the same page on a phone
+                        page.set_viewport_size({"width": 390, "height": 844})
+                        page.wait_for_function(IMAGES_LOADED)
+                        page.screenshot(path=str(args.out / "web_ui_phone.png"), full_page=True)
+                        print(f"wrote {args.out / 'web_ui_phone.png'}")
+                        page.set_viewport_size({"width": 1280, "height": 800})
             print(f"in {time.perf_counter() - started:.0f} s")
         finally:
             if browser is not None:

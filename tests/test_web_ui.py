@@ -157,6 +157,10 @@ def test_upload_png_and_gradcam_shows_overlay_and_label(page, server, tmp_path):
     job = server.client.get(f"/jobs/{job_id}").json()
     assert job["method"] == "gradcam" and job["status"] == "succeeded"
     assert job["prediction"]["label"] in p.inner_text("#prediction")
+    assert job["input_name"] == "chelsea.png"  # the uploaded file's name, kept by the API
+    assert p.inner_text("#input-name") == "Input: chelsea.png"
+    assert p.inner_text(".steps") == "step 1 of 1"  # one pass, counted as one step
+    assert re.fullmatch(r"took \d+ s", p.inner_text(".eta"))
     upload = next(r for r in page.posts if r.url.endswith("/explain"))
     assert upload.headers["content-type"].startswith("multipart/form-data")
     # the uploaded photograph is what the job explained: same prediction as the sample itself
@@ -168,9 +172,18 @@ def test_upload_png_and_gradcam_shows_overlay_and_label(page, server, tmp_path):
     assert p.inner_text("#server-state").startswith(f"embedded · {health['device']} · ")
     # the session's history lists the job and reopens it
     p.click("nav >> text=History")
-    p.locator("table.jobs", has_text="This browser session").locator(
-        f"a[href='#/jobs/{job_id}']"
-    ).click()
+    session = p.locator("table.jobs", has_text="This browser session")
+    row = session.locator("tr", has=p.locator(f"a[href='#/jobs/{job_id}']"))
+    assert row.locator("td.input").inner_text() == "chelsea.png"
+    server_row = p.locator("table.jobs", has_text="Recent jobs on this server").locator(
+        "tr", has=p.locator(f"a[href='#/jobs/{job_id}']"))  # fmt: skip
+    assert server_row.locator("td.input").inner_text() == "chelsea.png"
+    p.fill("#history-filter", "chelsea.png gradcam")
+    assert row.is_visible() and p.inner_text("#history-count").endswith("rows match.")
+    p.fill("#history-filter", "no-such-input-anywhere")
+    assert not row.is_visible() and p.inner_text("#history-count").startswith("0 of ")
+    p.fill("#history-filter", "")
+    row.locator(f"a[href='#/jobs/{job_id}']").click()
     assert wait_status(p, TERMINAL, 10) == "succeeded"
     assert p.inner_text("h1") == "gradcam on efficientnet_lite0"
 
@@ -201,20 +214,39 @@ def test_waveletx_progress_rises_and_loss_curve_is_drawn(page, server):
     p = page.page
     p.select_option("#method", "waveletx")
     assert p.locator(".field.prominent #opt-init").count() == 1  # init shown prominently
+    # the basic options (the catalogue's x-basic-options) shown, the rest under "advanced"
+    schema = next(m for m in server.client.get("/methods").json()
+                  if m["name"] == "waveletx")["options_schema"]  # fmt: skip
+    basic = schema["x-basic-options"]
+    assert {"init", "iterations", "image_size", "stop_metric"} <= set(basic)
+    for name in schema["properties"]:
+        assert p.is_visible(f"[id='opt-{name}']") == (name in basic), name
     p.fill("#opt-iterations", "30")
+    p.click("details.advanced > summary")
     p.fill("#opt-noise_samples", "4")
     p.click("button[type=submit]")
     job_id = job_id_of(p)
     seen: list[float] = []
+    states: set[tuple[str, bool]] = set()  # (status text, the bar has a value)
+    etas: list[str] = []
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        value = float(p.get_attribute("progress", "value") or 0)
+        state = p.evaluate("""() => { const q = s => document.querySelector(s);
+            return [q('.status').textContent, q('progress').hasAttribute('value'),
+                    q('progress').value, q('.eta').textContent]; }""")
+        states.add((state[0], state[1]))
+        etas.append(state[3])
+        value = float(state[2]) if state[1] else 0.0
         if not seen or value != seen[-1]:
             seen.append(value)
         if p.locator(".status").get_attribute("data-status") in TERMINAL:
             break
         time.sleep(0.02)
     assert wait_status(p, TERMINAL, 5) == "succeeded"
+    # never an empty bar: until the first step it has no value (it moves) and says why
+    assert all(has_value or text in ("loading", "queued", "starting") for text, has_value in states)
+    assert any(re.fullmatch(r"about \d+( min \d+)? s left \(\d+( min \d+)? s so far\)", e)
+               for e in etas), set(etas)  # fmt: skip
     increases = sum(b > a for a, b in itertools.pairwise(seen))
     assert increases >= 2, seen
     assert seen == sorted(seen), seen
@@ -222,6 +254,10 @@ def test_waveletx_progress_rises_and_loss_curve_is_drawn(page, server):
     history = server.client.get(job["artifacts"]["history.json"]).json()
     p.wait_for_function("() => Number(document.querySelector('svg.chart').dataset.points) > 1")
     assert int(p.get_attribute("svg.chart", "data-points")) == len(history["loss"]) == 31
+    ticks = p.locator("svg.chart text.tick").all_text_contents()
+    assert {"0", "15", "30"} <= set(ticks)  # the iteration axis
+    assert p.locator("svg.chart .axis-loss").count() == 1  # and the loss axis, with its ticks
+    assert p.locator("svg.chart text.tick-loss").count() >= 2
     assert images_loaded(p, "img[data-artifact='explanation.png']")
     # every score of the job is listed with its meaning
     for key in job["scores"]:
@@ -269,6 +305,11 @@ def test_compare_one_mask_method_with_three_inits(page, server):
     row = p.locator("table.compare-scores tr", has=p.locator("th", has_text="mask_mean"))
     shown = [float(t) for t in row.locator("td.num").all_inner_texts()]
     assert shown == pytest.approx([j["scores"]["mask_mean"] for j in jobs], rel=1e-3)
+    # the best value of the row is marked, by the glossary's direction (mask_mean: lower)
+    assert server.client.get("/scores").json()["mask_mean"]["better"] == "lower"
+    classes = [c.get_attribute("class") for c in row.locator("td.num").all()]
+    best = [i for i, c in enumerate(classes) if "best" in c.split()]
+    assert best == [i for i, v in enumerate(shown) if v == min(shown)]
 
 
 def test_invalid_file_shows_the_api_message(page, server, tmp_path):
@@ -466,3 +507,134 @@ def test_distributed_mode_with_an_api_key(browser, request, tmp_path):
         server_jobs = p.locator("table.jobs", has_text="Recent jobs of this API key")
         server_jobs.locator(f"a[href='#/jobs/{job_id}']").click()
         assert wait_status(p, TERMINAL, 10) == "succeeded"
+
+
+def no_overflow(page: Page, view: str) -> None:
+    """The document is no wider than the window (nothing scrolls the page sideways)."""
+    widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+    assert widths[0] <= widths[1], f"{view}: the page is {widths[0]} px wide in {widths[1]} px"
+
+
+def test_every_view_fits_a_phone_and_the_job_page_explains_its_colours(browser, request, server):
+    """At 390 px no view scrolls sideways: the explain form of each input kind, the job page of a
+    gradient, a CAM, a mask method and a series job, History, Compare. The job pages show the
+    input's name, steps, the time taken, a colour bar of the heat map's colour map (diverging for
+    a signed map, sequential for CAMs and masks), the loss chart's axes, each score beside its
+    random baseline, "run again" and "download all (zip)"."""
+    bodies = {
+        "gradient": {"sample": "coffee", "method": "saliency", "metrics": ["pixel_perturbation"],
+                     "options": {"heatmap_reduction": "signed_sum"}},
+        "cam": {"sample": "chelsea", "method": "gradcam"},
+        "mask": {"sample": "chelsea", "method": "pixelmask",
+                 "options": {"iterations": 6, "noise_samples": 2}},
+        "series": {"sample": "state:3", "model": "state_gru", "method": "extremal_mask",
+                   "options": {"iterations": 10}},
+    }  # fmt: skip
+    ids = {kind: server.client.post("/explain", json=body).json()["id"]
+           for kind, body in bodies.items()}  # fmt: skip
+    jobs = {kind: server.wait_done(job_id) for kind, job_id in ids.items()}
+    assert all(job["status"] == "succeeded" for job in jobs.values()), jobs
+    watched = open_page(browser, request, width=390, height=800)
+    p = watched.page
+    p.goto(server.url + "/")
+    p.wait_for_selector("#method option", state="attached")
+    for method in ("shearletx", "integrated_gradients"):  # a long form; nested options
+        p.select_option("#method", method)
+        no_overflow(p, f"explain form ({method})")
+    p.select_option("#model", "state_gru")
+    p.wait_for_selector("button[data-sample='state:3']")
+    assert not p.is_visible("#resize")  # a series is never resized: no such field
+    p.click("details.more > summary")
+    assert p.is_visible("#seed") and not p.is_visible("#resize")
+    no_overflow(p, "explain form (series)")
+
+    scores = server.client.get("/scores").json()
+    for kind, job in jobs.items():
+        p.goto(f"{server.url}/#/jobs/{job['id']}")
+        assert wait_status(p, TERMINAL, 30) == "succeeded"
+        images_loaded(p, "figure img")
+        p.wait_for_selector("#run-again")
+        no_overflow(p, f"job page ({kind})")
+        assert p.inner_text("#input-name") == f"Input: {bodies[kind]['sample']}"
+        assert re.fullmatch(r"took \d+ s", p.inner_text(".eta")), kind
+        assert p.inner_text(".steps").startswith("step "), kind
+        assert p.locator("nav [aria-current]").count() == 0  # no tab is this page
+        bundle = p.locator("#bundle")
+        assert bundle.get_attribute("href") == f"/jobs/{job['id']}/bundle.zip"
+        if kind == "series":
+            assert p.locator(".colour-bar").count() == 0  # the plot shades its own map
+            continue
+        p.wait_for_selector(".colour-bar")
+        summary = server.client.get(job["artifacts"]["summary.json"]).json()
+        key = summary["heatmap_colours"]
+        expected = "coolwarm" if kind == "gradient" else "inferno"
+        assert key["colormap"] == expected and key["signed"] == (kind == "gradient"), kind
+        assert p.get_attribute(".colour-bar", "data-colormap") == expected
+        ticks = p.locator(".colour-key .ticks span").all_inner_texts()
+        assert ticks[-1] == p.evaluate("v => Number(v.toPrecision(4)).toString()", key["high"])
+    # the mask job's loss chart has its axes
+    p.goto(f"{server.url}/#/jobs/{jobs['mask']['id']}")
+    p.wait_for_selector("svg.chart text.tick-loss")
+    assert p.locator("svg.chart .axis-loss").count() == 1
+    assert "iteration" in p.locator("svg.chart text.axis-label").all_text_contents()
+    assert p.locator("svg.chart text.tick").count() >= 5
+    # each score beside its random baseline, flagged when worse (the job's baselines)
+    gradient = jobs["gradient"]
+    p.goto(f"{server.url}/#/jobs/{gradient['id']}")
+    p.wait_for_selector("table.scores")
+    for key, entry in gradient.get("baselines", {}).items():
+        row = p.locator("table.scores tr", has=p.locator("th", has_text=re.compile(f"^{key}$")))
+        cell = row.locator("td.num")
+        assert cell.locator(".baseline").count() == 1
+        assert (cell.locator(".warning").count() == 1) == bool(entry.get("worse")), key
+        assert scores[key]["better"] in ("higher", "lower")
+    # the bundle downloads, when the server has that endpoint
+    if server.client.get(f"/jobs/{gradient['id']}/bundle.zip").status_code == 200:
+        with p.expect_download() as download:
+            p.click("#bundle")
+        assert download.value.suggested_filename == f"{gradient['id']}.zip"
+    # run again: the form filled from the job
+    p.click("#run-again")
+    p.wait_for_function("() => document.querySelector('form.explain')?.dataset.again")
+    assert p.input_value("#method") == "saliency"
+    assert p.input_value("#opt-heatmap_reduction") == "signed_sum"
+    assert p.get_attribute("button[data-sample='coffee']", "aria-pressed") == "true"
+    assert p.locator("nav [aria-current]").inner_text() == "Explain"
+    no_overflow(p, "run again")
+
+    p.goto(f"{server.url}/#/history")
+    p.wait_for_selector(".server-jobs table.jobs")
+    no_overflow(p, "history")
+    p.goto(f"{server.url}/#/compare")
+    p.wait_for_selector("#compare-gradcam")
+    no_overflow(p, "compare form")
+    p.goto(f"{server.url}/#/compare/{ids['cam']},{ids['gradient']},{ids['mask']}")
+    wait_cells_succeeded(p, 3)
+    images_loaded(p, ".cell figure img")
+    no_overflow(p, "compare grid")
+
+
+def test_api_docs_are_served_offline(browser, request, server):
+    """/docs is Swagger UI from the package's own files: with every request to another host
+    refused it renders the API's operations, and the page's "API" link opens it."""
+    watched = open_page(browser, request)
+    p = watched.page
+    elsewhere: list[str] = []
+
+    def refuse(route):
+        elsewhere.append(route.request.url)
+        route.abort()
+
+    p.context.route(lambda url: url.startswith(("http:", "https:")) and not url.startswith(
+        server.url), refuse)  # fmt: skip
+    p.goto(server.url + "/")
+    p.wait_for_selector("#method option", state="attached")
+    p.click("nav >> text=API")
+    p.wait_for_url(f"{server.url}/docs")
+    p.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
+    assert p.inner_text(".swagger-ui .info .title").startswith("Explainer")
+    operations = server.client.get("/openapi.json").json()["paths"]
+    assert p.locator(".opblock").count() >= len(operations)
+    assert p.locator(".opblock-summary-path", has_text=re.compile(r"^/explain")).count() >= 1
+    assert elsewhere == []  # nothing was even asked of another host
+    assert p.evaluate("() => typeof SwaggerUIBundle") == "function"

@@ -9,7 +9,8 @@ import { historyView } from "./views/history.js";
 import { jobView } from "./views/job.js";
 
 const ROUTES = [
-  [/^#\/jobs\/([\w-]+)$/, (c, cat, nav, id) => jobView(c, cat, nav, id), "history"],
+  [/^#\/jobs\/([\w-]+)$/, (c, cat, nav, id) => jobView(c, cat, nav, id), null],
+  [/^#\/again\/([\w-]+)$/, (c, cat, nav, id) => explainView(c, cat, nav, id), "explain"],
   [
     /^#\/compare\/([\w,-]+)$/,
     (c, cat, nav, ids) => compareGridView(c, cat, nav, ids.split(",")),

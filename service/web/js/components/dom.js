@@ -38,6 +38,12 @@ export function formatNumber(value) {
   return Number(value.toPrecision(4)).toString();
 }
 
+/** A snake_case name that may break after its underscores on a narrow screen (<wbr>). */
+export const breakable = (name) =>
+  String(name)
+    .split("_")
+    .flatMap((part, i) => (i ? ["_", document.createElement("wbr"), part] : [part]));
+
 let counter = 0;
 /** A unique element id with a readable prefix. */
 export const uid = (prefix) => `${prefix}-${++counter}`;

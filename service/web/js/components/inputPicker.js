@@ -120,6 +120,12 @@ export function inputPicker(samples) {
     element,
     read: () => choice,
     setKind,
+    /** Choose a bundled sample by name; false when there is none of that name and kind. */
+    chooseSample(name) {
+      if (!samples.some((s) => s.name === name && s.kind === kind)) return false;
+      pick({ sample: name });
+      return true;
+    },
     showError: (message) => {
       error.textContent = message;
     },

@@ -3,7 +3,7 @@
 // both build on these.
 
 import { api, ApiError, jobState, TERMINAL } from "../api.js";
-import { h, fill, formatNumber } from "./dom.js";
+import { h, fill, formatNumber, breakable } from "./dom.js";
 
 const POLL_WAIT_S = 25;
 
@@ -40,28 +40,69 @@ export function watchJob(id, onUpdate, onError = () => {}) {
   };
 }
 
-/** Status text and a progress bar that follow a job: { element, update(job) }. */
+/** "8 s", "2 min 5 s": a duration for people. */
+export function formatDuration(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`;
+}
+
+/** The time a job has left, from its progress rate: elapsed × remaining / done ("" when the
+ * rate is not known yet). */
+export function etaText(job, now = Date.now() / 1000) {
+  const progress = job.progress;
+  if (job.status === "queued") return "waiting for a worker";
+  if (job.status !== "running" || !job.started_at) {
+    if (job.status === "succeeded" && job.started_at && job.finished_at)
+      return `took ${formatDuration(job.finished_at - job.started_at)}`;
+    return "";
+  }
+  const elapsed = Math.max(0, now - job.started_at);
+  if (!progress || !(progress.step > 0) || !(progress.total > 0))
+    return `${formatDuration(elapsed)} so far`;
+  const left = (elapsed * (progress.total - progress.step)) / progress.step;
+  return `about ${formatDuration(left)} left (${formatDuration(elapsed)} so far)`;
+}
+
+/** Status text, steps, a progress bar and the time left, following a job: { element,
+ * update(job) }. Until the first step the bar moves without a value ("queued", "starting"),
+ * never an empty bar; a method without steps (one pass, as Grad-CAM) counts as one step. */
 export function statusLine() {
-  const status = h("span.status", { role: "status", "aria-live": "polite" });
-  const bar = h("progress", { max: 1, value: 0, "aria-label": "Progress" });
+  const status = h("span.status", { role: "status", "aria-live": "polite" }, "loading");
+  const bar = h("progress", { max: 1, "aria-label": "Progress" });
   const steps = h("span.steps");
-  const element = h("div.status-line", {}, status, steps, bar);
+  const eta = h("span.eta");
+  const element = h("div.status-line", {}, status, steps, bar, eta);
+  let last = null;
+  const tick = setInterval(() => {
+    if (!element.isConnected && last) clearInterval(tick);
+    else if (last?.status === "running") eta.textContent = etaText(last);
+  }, 1000);
   return {
     element,
     update(job) {
-      status.textContent = job.status;
-      status.dataset.status = job.status;
+      last = job;
       const progress = job.progress;
-      if (progress && progress.total > 0) {
+      const started = progress && progress.step > 0;
+      status.textContent = job.status === "running" && !started ? "starting" : job.status;
+      status.dataset.status = job.status;
+      if (progress && progress.total > 0 && started) {
         bar.max = progress.total;
         bar.value = progress.step;
-        steps.textContent = `${progress.step}/${progress.total}`;
+        steps.textContent = `step ${progress.step} of ${progress.total}`;
       } else if (job.status === "succeeded") {
         bar.max = 1;
         bar.value = 1;
-        steps.textContent = "";
+        steps.textContent = "step 1 of 1";
+      } else {
+        bar.removeAttribute("value"); // indeterminate: it moves until the first step
+        steps.textContent = progress?.total > 0 ? `${progress.total} steps` : "";
       }
+      if (progress && progress.total > 0 && job.status === "succeeded") {
+        bar.value = bar.max; // a mask method stopped early has nothing left to do
+      }
+      eta.textContent = etaText(job);
       bar.hidden = TERMINAL.includes(job.status) && job.status !== "succeeded";
+      if (TERMINAL.includes(job.status)) clearInterval(tick);
     },
   };
 }
@@ -143,12 +184,38 @@ export function resultFigures(job) {
   ];
 }
 
-/** Scores as a table: value, which direction is better, meaning (GET /scores). A null score
- * is undefined for this input; `reasons` (the job's undefined_scores) says why. */
-export function scoresTable(scores, glossary, reasons = {}) {
+/** A score's value with its random baseline beside it (the job's `baselines`) and a warning
+ * when it is worse than that baseline. */
+function scoreCell(key, value, baselines) {
+  const baseline = baselines[key];
+  const cell = h("td.num", {}, formatNumber(value));
+  if (!baseline) return cell;
+  const reference = h(
+    "span.baseline",
+    {},
+    ` vs ${baseline.value === null ? "undefined" : formatNumber(baseline.value)} random`,
+  );
+  cell.append(reference);
+  if (baseline.worse) {
+    cell.classList.add("worse");
+    cell.append(
+      h(
+        "span.warning",
+        { title: `Worse than its random baseline (${baseline.baseline})`, role: "img" },
+        " ⚠ worse than random",
+      ),
+    );
+  }
+  return cell;
+}
+
+/** Scores as a table: value (beside its random baseline, flagged when worse), which direction
+ * is better, meaning (GET /scores). A null score is undefined for this input; `reasons` (the
+ * job's undefined_scores) says why. */
+export function scoresTable(scores, glossary, reasons = {}, baselines = {}) {
   const keys = Object.keys(scores || {});
   if (!keys.length) return h("p.muted", {}, "No scores for this method.");
-  return h(
+  return scrolling(
     "table.scores",
     {},
     h("caption", {}, "Scores"),
@@ -171,8 +238,8 @@ export function scoresTable(scores, glossary, reasons = {}) {
         h(
           "tr",
           {},
-          h("th", { scope: "row" }, key),
-          h("td.num", {}, formatNumber(scores[key])),
+          h("th", { scope: "row" }, breakable(key)),
+          scoreCell(key, scores[key], baselines || {}),
           h("td.better", {}, betterText(glossary[key])),
           h(
             "td",
@@ -187,33 +254,42 @@ export function scoresTable(scores, glossary, reasons = {}) {
   );
 }
 
+/** A table inside a box that scrolls sideways on a narrow screen (the page itself never does). */
+export function scrolling(...table) {
+  return h("div.table-scroll", {}, h(...table));
+}
+
 export const betterText = (entry) =>
   entry?.better === "higher" ? "↑ higher" : entry?.better === "lower" ? "↓ lower" : "–";
 
-/** Links that download every artifact (fetched with the API key). */
+/** A link that downloads `url` with the API key (a plain link cannot send it). */
+function downloadLink(url, filename, text, attributes = {}) {
+  return h(
+    "a",
+    {
+      href: url,
+      ...attributes,
+      onclick: async (event) => {
+        event.preventDefault();
+        const link = h("a", { href: await api.blobUrl(url), download: filename });
+        document.body.append(link);
+        link.click();
+        link.remove();
+      },
+    },
+    text,
+  );
+}
+
+/** Links that download every artifact and all of them as one zip (fetched with the API key). */
 export function downloads(job) {
+  const zip = `/jobs/${encodeURIComponent(job.id)}/bundle.zip`;
   return h(
     "ul.downloads",
     {},
+    h("li", {}, downloadLink(zip, `${job.id}.zip`, "download all (zip)", { id: "bundle" })),
     Object.entries(job.artifacts).map(([name, url]) =>
-      h(
-        "li",
-        {},
-        h(
-          "a",
-          {
-            href: "#",
-            onclick: async (event) => {
-              event.preventDefault();
-              const link = h("a", { href: await api.blobUrl(url), download: `${job.id}-${name}` });
-              document.body.append(link);
-              link.click();
-              link.remove();
-            },
-          },
-          name,
-        ),
-      ),
+      h("li", {}, downloadLink(url, `${job.id}-${name}`, name)),
     ),
   );
 }
@@ -245,4 +321,37 @@ export function recordDetails(job) {
     });
   }
   return details;
+}
+
+/** The colour bar of a heat map (summary.json's heatmap_colours: the colours from low to high
+ * and the values they stand for). */
+export function colourBar(key, caption) {
+  const bar = h("div.colour-bar", {
+    role: "img",
+    "aria-label": `${caption}: ${key.colormap}, ${formatNumber(key.low)} to ${formatNumber(key.high)}`,
+  });
+  bar.style.background = `linear-gradient(to right, ${key.colors.join(", ")})`;
+  bar.dataset.colormap = key.colormap;
+  const ticks = key.signed
+    ? [formatNumber(key.low), "0", formatNumber(key.high)]
+    : [formatNumber(key.low), formatNumber(key.high)];
+  const clipped =
+    key.clip_percentile < 100
+      ? ` (clipped at the ${key.clip_percentile}th percentile of |value|)`
+      : "";
+  return h(
+    "figure.colour-key",
+    {},
+    bar,
+    h(
+      "div.ticks",
+      {},
+      ticks.map((t) => h("span", {}, t)),
+    ),
+    h(
+      "figcaption",
+      {},
+      `${caption}: ${key.signed ? "blue against the class, red for it" : "dark low, bright high"}${clipped}`,
+    ),
+  );
 }

@@ -5,6 +5,9 @@
 import { h } from "./dom.js";
 
 const PROMINENT = ["init", "iterations", "steps", "base"]; // shown first, highlighted
+// The schema's list of the options that matter most (engine.method.BASIC_OPTIONS): the form
+// shows those, the rest under "Advanced options".
+const BASIC = "x-basic-options";
 
 /** Resolve $ref and the nullable form anyOf [X, {type: null}] → [schema, nullable]. */
 function resolve(schema, defs) {
@@ -63,8 +66,29 @@ function bounds(schema) {
  * { options, valid } with only the values that differ from their defaults.
  */
 export function optionsForm(schema, { methods = [], prefix = "opt" } = {}) {
-  const fields = []; // { path, read(), errorElement, input }
-  const element = h("div.options", {}, objectFields(schema, schema.$defs || {}, [], fields));
+  const fields = []; // { path, read(), write(value), errorElement, input }
+  const all = objectFields(schema, schema.$defs || {}, [], fields);
+  const basic = schema[BASIC];
+  let advanced = null;
+  let element;
+  if (basic) {
+    const names = Object.keys(schema.properties || {});
+    const isBasic = (node) => basic.includes(node.dataset.option);
+    const rest = all.filter((node) => !isBasic(node));
+    advanced = h(
+      "details.advanced",
+      {},
+      h("summary", {}, `Advanced options (${rest.length} of ${names.length})`),
+      rest,
+    );
+    element = h("div.options", {}, all.filter(isBasic), rest.length ? advanced : null);
+  } else {
+    element = h("div.options", {}, all);
+  }
+  /** Open "Advanced options" when it holds `input`, so a message there is seen. */
+  const reveal = (input) => {
+    if (advanced && advanced.contains(input)) advanced.open = true;
+  };
 
   function objectFields(objectSchema, defs, path, into) {
     const names = Object.keys(objectSchema.properties || {});
@@ -72,15 +96,17 @@ export function optionsForm(schema, { methods = [], prefix = "opt" } = {}) {
       ...names.filter((n) => PROMINENT.includes(n)),
       ...names.filter((n) => !PROMINENT.includes(n)),
     ];
-    return ordered.map((name) =>
-      field(
+    return ordered.map((name) => {
+      const node = field(
         objectSchema.properties[name],
         defs,
         [...path, name],
         into,
         PROMINENT.includes(name) && path.length === 0,
-      ),
-    );
+      );
+      node.dataset.option = name;
+      return node;
+    });
   }
 
   function field(raw, defs, path, into, prominent) {
@@ -99,9 +125,13 @@ export function optionsForm(schema, { methods = [], prefix = "opt" } = {}) {
 
     let input;
     let read;
+    let write;
     if (schema.type === "boolean") {
       input = h("input", { id, type: "checkbox", checked: raw.default === true });
       read = () => input.checked;
+      write = (value) => {
+        input.checked = value === true;
+      };
     } else if (schema.enum) {
       input = h(
         "select",
@@ -112,6 +142,10 @@ export function optionsForm(schema, { methods = [], prefix = "opt" } = {}) {
         ),
       );
       read = () => (input.value === "" ? null : input.value);
+      write = (value) => {
+        input.value = value ?? "";
+        input.dispatchEvent(new Event("change")); // base_options follows base
+      };
     } else if (schema.type === "integer" || schema.type === "number") {
       input = h("input", {
         id,
@@ -124,6 +158,9 @@ export function optionsForm(schema, { methods = [], prefix = "opt" } = {}) {
         placeholder: raw.default === null ? "default: none" : "",
       });
       read = () => (input.value.trim() === "" ? (nullable ? null : NaN) : Number(input.value));
+      write = (value) => {
+        input.value = value ?? "";
+      };
     } else if (schema.type === "array") {
       input = h("input", { id, type: "text", placeholder: "comma-separated; empty: default" });
       // Numbers for arrays of numbers ([h, w] grids, class pairs); text otherwise.
@@ -139,6 +176,9 @@ export function optionsForm(schema, { methods = [], prefix = "opt" } = {}) {
         if (!items.length) return null;
         return numeric ? items.map(Number) : items;
       };
+      write = (value) => {
+        input.value = Array.isArray(value) ? value.join(", ") : "";
+      };
     } else {
       input = h("input", {
         id,
@@ -147,10 +187,13 @@ export function optionsForm(schema, { methods = [], prefix = "opt" } = {}) {
         placeholder: raw.default === null ? "default: none" : "",
       });
       read = () => (input.value === "" && nullable ? null : input.value);
+      write = (value) => {
+        input.value = value ?? "";
+      };
     }
     input.setAttribute("aria-describedby", `${helpId} ${id}-error`);
     input.name = path.join(".");
-    const entry = { path, read, schema, default: raw.default, input, errorElement };
+    const entry = { path, read, write, schema, default: raw.default, input, errorElement };
     into.push(entry);
     // On "input", not "change": a message that appears or goes on blur would move the form
     // under the pointer between mousedown and mouseup, and the click would be lost.
@@ -191,6 +234,10 @@ export function optionsForm(schema, { methods = [], prefix = "opt" } = {}) {
       switchedOn: () => Boolean(toggle && toggle.checked), // sent even with every default
       fields: inner,
       isActive: () => !toggle || toggle.checked,
+      setActive: (on) => {
+        if (toggle) toggle.checked = on;
+        sync();
+      },
     });
     return h(
       "fieldset.nested",
@@ -267,7 +314,10 @@ export function optionsForm(schema, { methods = [], prefix = "opt" } = {}) {
         const message = checkValue(f.schema, f.read());
         f.errorElement.textContent = message || "";
         f.input.setAttribute("aria-invalid", message ? "true" : "false");
-        if (message && valid) f.input.focus();
+        if (message && valid) {
+          reveal(f.input);
+          f.input.focus();
+        }
         valid = valid && !message;
       }
       return { options: collect(fields, 0), valid };
@@ -277,9 +327,25 @@ export function optionsForm(schema, { methods = [], prefix = "opt" } = {}) {
     showError(path, message) {
       const f = find(fields, path);
       if (!f) return false;
+      reveal(f.input);
       f.errorElement.textContent = message;
       f.input.setAttribute("aria-invalid", "true");
       return true;
+    },
+    /** Fill the form with a job's options (every option, defaults included). */
+    set(values) {
+      const apply = (list, depth, object) => {
+        for (const f of list) {
+          const key = f.path[depth];
+          if (!object || !(key in object)) continue;
+          const value = object[key];
+          if (f.nested) {
+            f.setActive?.(value !== null);
+            if (value !== null) apply(f.fields, depth + 1, value);
+          } else f.write(value);
+        }
+      };
+      apply(fields, 0, values);
     },
     clearErrors() {
       for (const f of leaves(fields)) {

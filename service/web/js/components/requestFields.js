@@ -83,6 +83,14 @@ export function requestFields(catalogue) {
     ["center_crop", "resize", "none"].map((v) => h("option", { value: v }, v)),
   );
 
+  const resizeField = h(
+    "div.field",
+    {},
+    h("label", { for: "resize" }, "Resize"),
+    resize,
+    h("p.help", {}, "How the image reaches the model's input size."),
+  );
+  const moreSummary = h("summary", {}, "Seed and resizing");
   const listeners = [];
   const current = () => catalogue.models.find((m) => m.name === modelSelect.value);
   async function modelChanged() {
@@ -90,6 +98,8 @@ export function requestFields(catalogue) {
     modelHelp.textContent = model.description;
     picker.setKind(model.input_kind);
     metricsSet.hidden = model.input_kind !== "image";
+    resizeField.hidden = model.input_kind !== "image"; // a series is never resized
+    moreSummary.textContent = resizeField.hidden ? "Seed" : "Seed and resizing";
     fill(labels);
     api.labels(model.name).then(
       (names) =>
@@ -125,15 +135,9 @@ export function requestFields(catalogue) {
   const more = h(
     "details.more",
     {},
-    h("summary", {}, "Seed and resizing"),
+    moreSummary,
     h("div.field", {}, h("label", { for: "seed" }, "Seed"), seed),
-    h(
-      "div.field",
-      {},
-      h("label", { for: "resize" }, "Resize"),
-      resize,
-      h("p.help", {}, "How the image reaches the model's input size."),
-    ),
+    resizeField,
   );
   queueMicrotask(modelChanged);
 
@@ -165,8 +169,24 @@ export function requestFields(catalogue) {
         resize: resize.value,
       };
       if (metricsSet.hidden) body.metrics = [];
+      if (resizeField.hidden) delete body.resize;
       if (choice.sample) body.sample = choice.sample;
       return { body, file: choice.file || null, field: choice.field };
+    },
+    /** Fill the fields from an earlier job (GET /jobs/{id}); then `onModelChange` listeners
+     * run. An uploaded file cannot be re-read: the input field says which file to choose. */
+    async prefill(job) {
+      if (catalogue.models.some((m) => m.name === job.model)) modelSelect.value = job.model;
+      await modelChanged();
+      target.value = job.target ?? "";
+      seed.value = job.seed ?? 0;
+      if (job.input_name && !picker.chooseSample(job.input_name)) {
+        picker.showError(
+          `Choose the file ${job.input_name} again: an upload is not kept for the form.`,
+        );
+      } else if (!job.input_name) {
+        picker.showError("The job's input was sent inside JSON: choose an input.");
+      }
     },
     clear() {
       picker.clearError();

@@ -3,7 +3,7 @@
 // #/compare/<id>,<id>,… so it can be reopened.
 
 import { api, ApiError } from "../api.js";
-import { h, fill, formatNumber } from "../components/dom.js";
+import { h, fill, formatNumber, breakable } from "../components/dom.js";
 import {
   betterText,
   overlayFigure,
@@ -167,6 +167,14 @@ export function compareFormView(container, catalogue, navigate) {
   fill(container, page);
 }
 
+/** The best of a row's values by the score's direction ("higher"/"lower"); null without a
+ * direction or with fewer than two values to compare. */
+export function bestValue(values, better) {
+  const numbers = values.filter((v) => v !== null && Number.isFinite(v));
+  if (!better || numbers.length < 2) return null;
+  return better === "higher" ? Math.max(...numbers) : Math.min(...numbers);
+}
+
 /** The grid of jobs `ids`, each followed live, with their scores in one table. */
 export function compareGridView(container, catalogue, navigate, ids) {
   const jobs = new Map();
@@ -248,21 +256,23 @@ export function compareGridView(container, catalogue, navigate, ids) {
       h(
         "tbody",
         {},
-        keys.map((key) =>
-          h(
+        keys.map((key) => {
+          const values = done.map((job) =>
+            job?.scores && typeof job.scores[key] === "number" ? job.scores[key] : null,
+          );
+          const best = bestValue(values, catalogue.scores[key]?.better);
+          return h(
             "tr",
             {},
-            h("th", { scope: "row", title: catalogue.scores[key]?.meaning || "" }, key),
-            done.map((job) =>
-              h(
-                "td.num",
-                {},
-                job?.scores && key in job.scores ? formatNumber(job.scores[key]) : "",
-              ),
-            ),
+            h("th", { scope: "row", title: catalogue.scores[key]?.meaning || "" }, breakable(key)),
+            done.map((job, i) => {
+              const shown = job?.scores && key in job.scores ? formatNumber(job.scores[key]) : "";
+              if (best === null || values[i] !== best) return h("td.num", {}, shown);
+              return h("td.num.best", { title: "best of this row" }, shown); // ★ from the CSS
+            }),
             h("td.better", {}, betterText(catalogue.scores[key])),
-          ),
-        ),
+          );
+        }),
       ),
     );
   }

@@ -30,7 +30,8 @@ function methodOptions(methods, model) {
   );
 }
 
-export function explainView(container, catalogue, navigate) {
+/** The explain form; with `againId`, filled from that job ("run again"). */
+export function explainView(container, catalogue, navigate, againId = null) {
   const fields = requestFields(catalogue);
   const methodSelect = h("select", { id: "method", "aria-describedby": "method-help" });
   const methodHelp = h("p.help", { id: "method-help" });
@@ -99,4 +100,20 @@ export function explainView(container, catalogue, navigate) {
     }
   });
   fill(container, page);
+  if (againId) {
+    api.job(againId).then(
+      async (job) => {
+        await fields.prefill(job);
+        if ([...methodSelect.options].some((o) => o.value === job.method)) {
+          methodSelect.value = job.method;
+          methodChanged();
+          form.set(job.options);
+        }
+        page.dataset.again = job.id;
+      },
+      (error) => {
+        fields.formError.textContent = `Job ${againId} cannot be read: ${error.message}`;
+      },
+    );
+  }
 }

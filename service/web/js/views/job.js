@@ -4,6 +4,7 @@
 import { api, ApiError, TERMINAL } from "../api.js";
 import { h, fill } from "../components/dom.js";
 import {
+  colourBar,
   downloads,
   predictionText,
   recordDetails,
@@ -22,6 +23,7 @@ export function jobView(container, catalogue, navigate, id) {
   const result = h("section.result", { "aria-label": "Result" });
   const heading = h("h1", {}, `Job ${id}`);
   const meta = h("p.meta");
+  const actions = h("p.job-actions");
   const chartBox = h("div.chart-box", { hidden: true }, chart.element, chart.caption);
   fill(
     container,
@@ -30,6 +32,7 @@ export function jobView(container, catalogue, navigate, id) {
       {},
       heading,
       meta,
+      actions,
       h("div.watch", {}, status.element, cancel),
       chartBox,
       message,
@@ -53,7 +56,13 @@ export function jobView(container, catalogue, navigate, id) {
     async (job) => {
       const method = catalogue.methods.find((m) => m.name === job.method);
       heading.textContent = `${job.method} on ${job.model}`;
-      meta.textContent = `Job ${job.id} · ${method ? method.citation : ""}`;
+      fill(
+        meta,
+        h("span.input-name", { id: "input-name" }, `Input: ${job.input_name || "sent as JSON"}`),
+        ` · job ${job.id}`,
+        method ? ` · ${method.citation}` : "",
+      );
+      fill(actions, h("a", { href: `#/again/${job.id}`, id: "run-again" }, "Run again"));
       status.update(job);
       message.textContent = job.error || "";
       if (job.progress && typeof job.progress.loss === "number") {
@@ -80,6 +89,11 @@ export function jobView(container, catalogue, navigate, id) {
         chart.setHistory(past);
       }
     }
+    let key = null;
+    if (job.artifacts["heatmap.png"] && job.artifacts["summary.json"]) {
+      key = (await api.artifactJson(job.artifacts["summary.json"])).heatmap_colours || null;
+    }
+    const mask = "explanation.png" in job.artifacts;
     fill(
       result,
       h(
@@ -89,7 +103,8 @@ export function jobView(container, catalogue, navigate, id) {
         predictionText(job.prediction),
       ),
       h("div.figures", {}, resultFigures(job)),
-      scoresTable(job.scores, catalogue.scores, job.undefined_scores),
+      key ? colourBar(key, mask ? "Mask" : "Heat map") : null,
+      scoresTable(job.scores, catalogue.scores, job.undefined_scores, job.baselines),
       h("h2", {}, "Downloads"),
       downloads(job),
       recordDetails(job),
