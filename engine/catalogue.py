@@ -7,7 +7,8 @@ in the families imports it: adding a method is its module plus one line here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from engine.addons.crigrad import CRIGRAD_METHOD
@@ -51,9 +52,43 @@ METRICS: dict[str, MetricSpec] = index(
 )
 
 
+SHOWN_NAME = 60  # characters of an unknown name repeated in a message
+
+
+def close_names(name: str, known: Iterable[str], limit: int = 3) -> list[str]:
+    """The known names closest to ``name``, best first: the one "did you mean" rule of the CLI
+    and the API (difflib's ratio of at least 0.6, ignoring case, ``-`` versus ``_`` and spaces,
+    so that ``Grad-CAM`` finds ``gradcam``)."""
+
+    def folded(text: str) -> str:
+        return text.lower().replace("-", "_").replace(" ", "_")
+
+    by_folded: dict[str, str] = {}
+    for candidate in known:
+        by_folded.setdefault(folded(candidate), candidate)
+    key = folded(name)
+    if key in by_folded:
+        return [by_folded[key]]
+    matches = difflib.get_close_matches(key, list(by_folded), n=limit, cutoff=0.6)
+    squeezed = {k.replace("_", ""): k for k in by_folded}  # gradcam_plusplus for gradcamplusplus
+    if not matches and key.replace("_", "") in squeezed:
+        matches = [squeezed[key.replace("_", "")]]
+    return [by_folded[match] for match in matches]
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> str:
+    """``unknown method 'saliancy'; did you mean 'saliency'?``, or the known names when none is
+    close: the message for a name the catalogue (or the model registry) does not have."""
+    known = list(known)
+    shown = name if len(name) <= SHOWN_NAME else name[:SHOWN_NAME] + "…"
+    if close := close_names(name, known):
+        return f"unknown {kind} {shown!r}; did you mean {' or '.join(map(repr, close))}?"
+    return f"unknown {kind} {shown!r}; known: {', '.join(sorted(known))}"
+
+
 def get_method(name: str) -> MethodSpec:
     if name not in METHODS:
-        raise OptionsError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+        raise OptionsError(unknown_name("method", name, METHODS))
     return METHODS[name]
 
 
@@ -70,7 +105,7 @@ def applicable_methods(model: ModelSpec) -> list[MethodSpec]:
 
 def get_metric(name: str) -> MetricSpec:
     if name not in METRICS:
-        raise MetricError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
+        raise MetricError(unknown_name("metric", name, METRICS))
     return METRICS[name]
 
 

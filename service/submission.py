@@ -18,7 +18,15 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from engine.addons import BASE_OPTIONS_ERROR
-from engine.catalogue import all_methods, get_method, parse_metrics
+from engine.catalogue import (
+    METHODS,
+    METRICS,
+    all_methods,
+    close_names,
+    get_method,
+    parse_metrics,
+    unknown_name,
+)
 from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
 from engine.data.images import ImageTooSmall, check_fits
 from engine.data.samples import sample_size
@@ -121,7 +129,11 @@ def parse_json(raw: str | bytes) -> dict:
 def parse_request(payload: dict):
     """The typed request (one variant per method), or a 422 listing what is wrong. Strict JSON
     types, as the OpenAPI document states them: no ``true`` for a number, no "3" for an
-    integer."""
+    integer. An unknown method is named with the closest ones (pydantic's union tag error lists
+    every method, cut short)."""
+    method = payload.get("method")
+    if isinstance(method, str) and method not in METHODS:
+        raise unknown("method", method, list(METHODS))
     try:
         return explain_request_adapter().validate_json(json.dumps(payload), strict=True)
     except ValidationError as error:
@@ -130,6 +142,14 @@ def parse_request(payload: dict):
         semantic = all(d["type"] == BASE_OPTIONS_ERROR for d in details)
         code = "invalid_option" if semantic else "invalid_request"
         raise ApiError(422, code, summary(details), details) from None
+
+
+def unknown(kind: str, name: str, known: list[str], code: str | None = None) -> ApiError:
+    """The 422 for a name the server does not have: the message with the closest names (the
+    engine's rule, shared with the CLI), and in ``details`` the field and the suggestions."""
+    detail = {"loc": [kind], "msg": unknown_name(kind, name, known), "type": f"unknown_{kind}",
+              "suggestions": close_names(name, known)}  # fmt: skip
+    return ApiError(422, code or f"unknown_{kind}", detail["msg"], [detail])
 
 
 def summary(details: list) -> str:
@@ -155,8 +175,7 @@ def check_input(parsed, upload: Upload | None, settings: Settings) -> tuple[dict
         raise ApiError(422, "invalid_input", "give exactly one of image, sample or series")
     spec = MODELS.get(parsed.model)
     if spec is None:
-        known = ", ".join(MODELS)
-        raise ApiError(422, "unknown_model", f"unknown model {parsed.model!r}; known: {known}")
+        raise unknown("model", parsed.model, list(MODELS))
     wants_series = parsed.series is not None or (upload is not None and upload.field == "series")
     if parsed.sample is not None:
         wants_series = parsed.sample in SERIES_SAMPLES
@@ -404,6 +423,10 @@ def check_target(target: int | str | None, spec: ModelSpec) -> None:
 
 def check_metrics(parsed) -> list[tuple[str, Any]]:
     """(name, parsed options) of each requested metric, checked against the metric registry."""
+    for item in parsed.metrics:
+        name = item if isinstance(item, str) else item.get("name")
+        if isinstance(name, str) and name not in METRICS:
+            raise unknown("metric", name, list(METRICS), "invalid_metric")
     try:
         requests = parse_metrics(parsed.metrics)
     except MetricError as error:
