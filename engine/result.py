@@ -12,7 +12,7 @@ from torch import Tensor
 
 from engine.masks.extremal import SeriesMaskOutputs
 from engine.masks.methods import MaskOutputs
-from engine.metrics.glossary import finite_scores
+from engine.metrics.glossary import finite_scores, score_baselines
 
 MethodOutputs = MaskOutputs | SeriesMaskOutputs | None
 
@@ -69,6 +69,7 @@ class Explanation:
             "prediction": vars(self.predictions[index]),
             "scores": scores,
             "undefined_scores": undefined,
+            "baselines": score_baselines(scores),
             "options": self.options,
             "attribution_shape": list(self.attribution.shape[1:]),
             "metadata": meta,

@@ -102,6 +102,11 @@ class JobView(BaseModel):
         default_factory=dict, description="Why each null score has no value (e.g. the CP "
         "scores of an all-black image are 0/0).",
     )  # fmt: skip
+    baselines: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Each score with a random-baseline counterpart → "
+        '{"baseline": the counterpart\'s key, "value": its value, "worse": true when the score '
+        "is worse than chance (absent when either is null)} (see GET /scores).",
+    )  # fmt: skip
     artifacts: dict[str, str] = Field(description="Artifact name → download URL.")
     timings: dict[str, float]
     error: str | None

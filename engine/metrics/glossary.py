@@ -1,6 +1,6 @@
-"""What every score key of a result means, and which direction is better: the one place the CLI,
-``GET /scores`` and the web page read it from. A test checks that every key a method or metric
-writes is listed here."""
+"""What every score key of a result means, which direction is better, and which score is its
+random baseline: the one place the CLI, ``GET /scores``, the job JSON and the web page read it
+from. A test checks that every key a method or metric writes is listed here."""
 
 from __future__ import annotations
 
@@ -15,8 +15,11 @@ SCORES: dict[str, tuple[str, Better]] = {
                          "(IG's completeness axiom).", None),
     "score_difference": ("S(x) − S(baseline): what the attributions should add up to.", None),
     # mask methods (their own optimisation)
-    "retained_probability": ("Target probability of the masked input relative to the "
-                             "original's, averaged over noise draws (1: all kept).", "higher"),
+    "retained_probability": ("p(x̃)/p(x): the target probability of the masked input over the "
+                             "original's, averaged over noise draws. A ratio from 0 up, not a "
+                             "probability: 1 = as likely as the original, below 1 = the mask "
+                             "lost evidence, above 1 = the masked input makes the class more "
+                             "likely than the original did.", "higher"),
     "mask_mean": ("Mean mask value: the share of coefficients kept.", "lower"),
     "loss": ("Final value of the optimised loss.", "lower"),
     "iterations": ("Iterations the optimisation ran.", None),
@@ -36,8 +39,9 @@ SCORES: dict[str, tuple[str, Better]] = {
     "cp_l1_pixel_sx": ("CP-ℓ1-pixel: class probability per unit of kept pixel ℓ1.", "higher"),
     "cp_entropy_sx": ("CP-Entropy: class probability per unit of the explanation's entropy.",
                       "higher"),
-    "retained_probability_sg": ("Retained target probability over noisy obfuscations "
-                                "(StartGrad paper).", "higher"),
+    "retained_probability_sg": ("p(x̃)/p(x) over noisy obfuscations (StartGrad paper): a "
+                                "ratio from 0 up, 1 = as likely as the original, above 1 = "
+                                "more likely.", "higher"),
     "cp_l1_sg": ("Retained probability per unit of kept coefficients (StartGrad).", "higher"),
     "cp_pixel_sg": ("Retained probability per unit of kept pixels (StartGrad).", "higher"),
     "hallucination": ("Share of the explanation's edges that are not edges of the image "
@@ -53,7 +57,8 @@ SCORES: dict[str, tuple[str, Better]] = {
                          "lower"),
     "degradation_lerf": ("AUC of the probability removing the least relevant patches first.",
                          "higher"),
-    "degradation_random": ("The same AUC for a random order (the baseline to beat).", None),
+    "degradation_random": ("The same AUC for a random order: the baseline MoRF and LeRF are "
+                           "judged by.", None),
     "pixel_perturbation": ("Fractional logit change removing the least salient pixels.",
                            "lower"),
     "pixel_perturbation_random": ("The same for as many random pixels (the baseline).", None),
@@ -75,6 +80,39 @@ SCORES: dict[str, tuple[str, Better]] = {
     "mae": ("Mean absolute error against the truth.", "lower"),
     "mse": ("Mean squared error against the truth.", "lower"),
 }  # fmt: skip
+
+
+# The random-baseline counterpart of a graded score, written by the same metric: a score worse
+# than its counterpart ranks features no better than chance.
+BASELINES: dict[str, str] = {
+    "degradation_morf": "degradation_random",
+    "degradation_lerf": "degradation_random",
+    "pixel_perturbation": "pixel_perturbation_random",
+}
+
+
+def score_baselines(
+    scores: dict[str, float | None],
+) -> dict[str, dict[str, str | float | bool | None]]:
+    """Each score of ``scores`` that has a random-baseline counterpart in ``scores`` →
+    ``{"baseline": counterpart key, "value": its value, "worse": bool}``. ``worse``: a
+    lower-is-better score above its baseline, or a higher-is-better one below it; absent when
+    either value is undefined (None, NaN or ±∞). The job JSON, summary.json and the CLI carry
+    this as ``baselines``."""
+    found: dict[str, dict[str, str | float | bool | None]] = {}
+    for key, other in BASELINES.items():
+        if key not in scores or other not in scores:
+            continue
+        value, baseline = scores[key], scores[other]
+        defined = baseline is not None and math.isfinite(baseline)
+        entry: dict[str, str | float | bool | None] = {
+            "baseline": other, "value": baseline if defined else None,
+        }  # fmt: skip
+        if defined and value is not None and math.isfinite(value):
+            better = SCORES[key][1]
+            entry["worse"] = value > baseline if better == "lower" else value < baseline
+        found[key] = entry
+    return found
 
 
 # Why a score can have no value: a ratio whose denominator is the image's own information is 0/0
@@ -108,6 +146,7 @@ def finite_scores(
 
 
 def describe_scores() -> dict[str, dict[str, str | None]]:
-    """Every score key → ``{"meaning": ..., "better": "higher" | "lower" | None}``."""
-    return {key: {"meaning": meaning, "better": better} for key, (meaning, better) in
-            SCORES.items()}  # fmt: skip
+    """Every score key → ``{"meaning": ..., "better": "higher" | "lower" | None, "baseline":
+    the key of its random-baseline counterpart, or None}``."""
+    return {key: {"meaning": meaning, "better": better, "baseline": BASELINES.get(key)}
+            for key, (meaning, better) in SCORES.items()}  # fmt: skip

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from engine.catalogue import all_methods, all_metrics
 from engine.data import SAMPLES, load_sample
@@ -32,6 +32,10 @@ class Sample(BaseModel):
 class ScoreMeaning(BaseModel):
     meaning: str
     better: Literal["higher", "lower"] | None
+    baseline: str | None = Field(
+        None, description="The key of the score's random-baseline counterpart, written by the "
+        "same metric (null: none).",
+    )  # fmt: skip
 
 
 @router.get("/methods")
@@ -48,8 +52,8 @@ def quality_metrics() -> list[dict[str, Any]]:
 
 @router.get("/scores")
 def scores() -> dict[str, ScoreMeaning]:
-    """Every score key a result can hold: its meaning in one line, and which direction is
-    better (null: a property of the explanation, not a grade)."""
+    """Every score key a result can hold: its meaning in one line, which direction is better
+    (null: a property of the explanation, not a grade), and its random baseline's key."""
     return {key: ScoreMeaning(**value) for key, value in describe_scores().items()}
 
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from engine.metrics.glossary import finite_scores
+from engine.metrics.glossary import finite_scores, score_baselines
 from engine.models import MODELS
 from jobs.artifacts import MEDIA_TYPES
 from jobs.records import TERMINAL, JobRecord, new_job_id
@@ -37,7 +37,7 @@ from service.submission import (
 log = logging.getLogger(__name__)
 router = APIRouter()
 # copied from the record
-VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts", "undefined_scores",
+VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts", "undefined_scores", "baselines",
                                            "input_name"}  # fmt: skip
 
 
@@ -62,9 +62,10 @@ def job_view(store: JobStore, record: JobRecord, request: Request) -> JobView:
     links = {name: public_url(request, "get_artifact", job_id=record.id, name=name)
              for name in record.artifacts}  # fmt: skip
     progress = store.progress(record.id)
-    undefined = finite_scores(record.scores or {})[1]  # why each null score has no value
+    scores, undefined = finite_scores(record.scores or {})  # why each null score has no value
     return JobView(**record.model_dump(include=VIEW_FIELDS), progress=progress, artifacts=links,
-                   undefined_scores=undefined, input_name=record.input.get("name"))  # fmt: skip
+                   undefined_scores=undefined, baselines=score_baselines(scores),
+                   input_name=record.input.get("name"))  # fmt: skip
 
 
 def job_url(request: Request, job_id: str) -> str:
