@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from jobs.settings import Settings
 
 CHUNK = 1024 * 1024
+MULTIPART_BYTES = 8 * 1024 * 1024  # boto3's multipart threshold
 PULL_INTERVAL_S = 0.5  # a mirror lists its prefix at most this often
 
 
@@ -328,7 +329,11 @@ class S3Objects:
 
     def move_in(self, key: str, path: Path) -> None:
         with self._calls(key):
-            self.client.upload_file(str(path), self.bucket, self.prefix + key)
+            if Path(path).stat().st_size < MULTIPART_BYTES:  # one PUT: no transfer threads
+                with open(path, "rb") as handle:
+                    self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=handle)
+            else:  # parts in parallel, each retried on its own
+                self.client.upload_file(str(path), self.bucket, self.prefix + key)
         Path(path).unlink(missing_ok=True)
 
     def get_bytes(self, key: str) -> bytes:
