@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from engine.models.series import BUNDLED, series_spec
-from engine.models.spec import ModelError, ModelSpec
+from engine.models.spec import ModelError, ModelSpec, WeightsNotFound
 
 
 def imagenet_labels() -> tuple[str, ...]:
@@ -62,10 +62,7 @@ def _torchvision_builder(arch: str):
         model = torchvision.models.get_model(arch, weights=None)
         path = Path(weights) if weights else _torchvision_weights_path(arch)
         if not path.is_file():
-            raise ModelError(
-                f"weights for {arch} not found at {path}; pass a state-dict file with "
-                f"--weights PATH (or weights='random' for an untrained model)"
-            )
+            raise WeightsNotFound(arch, path)
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         return model, str(path)

@@ -29,6 +29,16 @@ class ModelError(ValueError):
     """A model cannot be built or loaded (unknown name, missing weights, bad config)."""
 
 
+class WeightsNotFound(ModelError):
+    """No weight file for ``model`` at ``path``. The message is worded for Python callers; an
+    entry point words its own from ``model`` and ``path`` (the CLI names ``--weights``)."""
+
+    def __init__(self, model: str, path: str | Path) -> None:
+        self.model, self.path = model, str(path)
+        super().__init__(f"weights for {model} not found at {path}; pass weights=PATH (a state "
+                         f"dict file), or weights='random' for an untrained model")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Static description of a registered model.
