@@ -18,7 +18,7 @@ const ROUTES = [
   ],
   [/^#\/compare$/, compareFormView, "compare"],
   [/^#\/history$/, historyView, "history"],
-  [/^(#\/?)?$/, explainView, "explain"],
+  [/^(#\/?)?$/, (c, cat, nav) => explainView(c, cat, nav), "explain"],
 ];
 
 const view = document.getElementById("view");
