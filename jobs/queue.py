@@ -4,6 +4,8 @@ limits and visibility timeout of :class:`~jobs.settings.Settings`. The API sends
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 
 from celery import Celery
@@ -38,6 +40,17 @@ def mark_gone(redis_client, name: str) -> None:
 def live_workers(redis_client, within_s: float) -> int:
     """Workers that marked themselves alive in the last ``within_s`` seconds."""
     return int(redis_client.zcount(WORKERS_KEY, time.time() - within_s, "+inf"))
+
+
+def waiting_job_ids(broker_client) -> set[str]:
+    """The ids of the jobs whose messages wait in the queue's lists (kombu's Redis transport
+    keeps each message as JSON with the task id in its headers); not those a worker took."""
+    ids: set[str] = set()
+    for key in QUEUE_KEYS:
+        for raw in broker_client.lrange(key, 0, -1):
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                ids.add(json.loads(raw)["headers"]["id"])
+    return ids
 
 
 def send_job(app: Celery, job_id: str, front: bool = False) -> None:

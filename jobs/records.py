@@ -23,6 +23,7 @@ class JobRecord(BaseModel):
     kind: JobKind = "explain"  # or training a set the add-ons need (jobs.training)
     status: JobStatus = "queued"
     created_at: float
+    queued_at: float | None = None  # when it last went back to queued (None: since created_at)
     started_at: float | None = None
     finished_at: float | None = None
     model: str

@@ -20,6 +20,7 @@ from jobs.records import TERMINAL, JobRecord, JobStatus, run_is_dead
 DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 MAX_INDEXED = 1000  # newest jobs per owner kept in the index of GET /jobs
 UNDISPATCHED = "undispatched"  # the index of records whose queue message is not confirmed sent
+UNCLAIMED = "unclaimed"  # the index of queued jobs no run has claimed since they were queued
 
 
 def owner_key(owner: str | None) -> str:
@@ -92,6 +93,7 @@ class JobStore(ABC):
         queue message is sent: a record whose submitter died in between is sent again by
         :meth:`undispatched` (no record stays queued without a message)."""
         self._index(UNDISPATCHED, record.id, record.created_at)
+        self._index(UNCLAIMED, record.id, record.created_at)
         self._put(record)
         self._index(owner_key(record.owner), record.id, record.created_at)
         self._incr("stats", "submitted")
@@ -104,15 +106,24 @@ class JobStore(ABC):
     def undispatched(self, older_than_s: float) -> list[str]:
         """Queued jobs created over ``older_than_s`` ago whose message was never confirmed
         sent, for the caller to send (once more: a job runs once whatever its messages)."""
-        ids = self._indexed(UNDISPATCHED, self.max_indexed)
+        return self._queued_in(UNDISPATCHED, older_than_s)
+
+    def unclaimed(self, older_than_s: float) -> list[str]:
+        """Jobs queued over ``older_than_s`` ago (created or requeued) that no run has claimed:
+        waiting their turn, or with a message a worker took and lost (see workers.reap)."""
+        return self._queued_in(UNCLAIMED, older_than_s)
+
+    def _queued_in(self, index: str, older_than_s: float) -> list[str]:
+        """The jobs of ``index`` still queued for over ``older_than_s``; the others leave it."""
+        ids = list(dict.fromkeys(self._indexed(index, self.max_indexed)))
         records = [self.get(job_id) for job_id in ids]
         settled = [job_id for job_id, record in zip(ids, records, strict=True)
                    if record is None or record.status != "queued"]  # fmt: skip
         if settled:
-            self._unindex(UNDISPATCHED, settled)
+            self._unindex(index, settled)
         cutoff = time.time() - older_than_s
         return [r.id for r in records if r is not None and r.status == "queued"
-                and r.created_at < cutoff]  # fmt: skip
+                and (r.queued_at or r.created_at) < cutoff]  # fmt: skip
 
     def recent(self, owner: str | None, limit: int) -> list[JobRecord]:
         """The owner's (tenant's) newest jobs that have not expired, newest first."""
@@ -180,6 +191,7 @@ class JobStore(ABC):
             if record.status != "running" or not stale:
                 return None
             record.status, record.run_token, record.heartbeat_at = "queued", None, None
+            record.queued_at = time.time()
             return record
 
         requeued = []
@@ -187,6 +199,7 @@ class JobStore(ABC):
             record = self._update(job_id, change)
             if record is not None and record.status == "queued":
                 requeued.append(job_id)
+                self._index(UNCLAIMED, job_id, record.queued_at)
             if record is None or record.status != "running":  # requeued, finished or expired
                 self._mark_running(job_id, False)
         return requeued

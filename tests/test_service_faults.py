@@ -97,6 +97,40 @@ def test_redis_restart_keeps_queued_jobs(folder):
         redis.stop()
 
 
+def test_a_message_a_vanished_worker_took_is_queued_again_and_runs_once(folder):
+    """An idle worker waits in a blocking pop; when its host vanishes, Redis can serve the next
+    message on that dead connection, and the job's message leaves the queue for nowhere (its
+    record stayed queued forever; found by the multi-host test). Here a client pops the message
+    as a worker's BRPOP does and goes away: a live worker's reaper sees the job unclaimed and
+    absent from the queue in two scans, sends it again, and it runs once."""
+    import redis as redis_client
+
+    from jobs.queue import QUEUE_KEYS, waiting_job_ids
+
+    redis = RedisServer(folder)
+    env = service_env(redis.url, folder / "artifacts", preload_models="")
+    api, worker = Api(env, folder), None
+    broker = redis_client.Redis.from_url(redis.url)
+    try:
+        job = api.client.post("/explain", json={"sample": "coffee", "method": "saliency"}).json()
+        assert waiting_job_ids(broker) == {job["id"]}
+        _, message = broker.brpop(list(QUEUE_KEYS), timeout=5)
+        assert json.loads(message)["headers"]["id"] == job["id"]
+        broker.close()  # the consumer is gone with the message
+        assert waiting_job_ids(broker) == set()
+        worker = Worker(env, folder)
+        view = api.wait_done(job["id"], timeout=90)  # after 10 s unclaimed, two scans 2 s apart
+        assert view["status"] == "succeeded" and view["attempts"] == 1
+        assert "its message was taken and never run" in worker.process.output()
+        assert waiting_job_ids(broker) == set()  # nothing left to run it twice
+    finally:
+        broker.close()
+        if worker is not None:
+            worker.process.stop()
+        api.stop()
+        redis.stop()
+
+
 def test_an_internal_failure_is_reported_without_internals(tmp_path, monkeypatch):
     """A job that fails inside a library is 'failed' with a message in the user's terms; the
     exception text (here with a server path) stays in the worker's log."""

@@ -2,7 +2,7 @@
 process after the fork (CUDA is never touched in the parent); the parent process runs a reaper
 that marks the worker alive, puts a job whose worker died (its heartbeat stopped, or its pool
 process on this host is gone) at the front of the queue, and sends the jobs whose submitter
-died before it could queue them."""
+died before it could queue them, or whose message a vanished worker took."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from celery import signals
 from jobs.artifacts import ArtifactStore
 from jobs.models import ModelStore
 from jobs.objects import StoreUnavailable, open_object_store
-from jobs.queue import EXPLAIN_TASK, make_celery, mark_alive, mark_gone, send_job
+from jobs.queue import (
+    EXPLAIN_TASK,
+    make_celery,
+    mark_alive,
+    mark_gone,
+    send_job,
+    waiting_job_ids,
+)
 from jobs.runner import preload_models, run_job
 from jobs.settings import Settings
 from jobs.store import RedisJobStore
@@ -76,9 +83,29 @@ def _load_models(**_: object) -> None:
 UNDISPATCHED_AFTER_S = 10.0  # a submitter queues its job within milliseconds of the record
 
 
-def reap(store: RedisJobStore) -> list[str]:
-    """Requeue the jobs whose worker died, at the front of the queue, and send the queued jobs
-    that never got their message; returns the ids sent."""
+class LostMessages:
+    """Jobs whose queue message a worker took and then vanished with, before it claimed the job:
+    an idle worker's blocking pop can be served on the connection of a host that just died, and
+    the message leaves the queue without reaching kombu's unacked set (or reaches it and comes
+    back only after the visibility timeout). A live worker claims a job within milliseconds of
+    taking its message, so a job queued for over ``UNDISPATCHED_AFTER_S``, unclaimed, and absent
+    from the queue's lists in two scans a reaper period apart is lost. Sending it again is safe:
+    a job runs once whatever its messages (``JobStore.start`` claims it once)."""
+
+    def __init__(self) -> None:
+        self.absent: set[str] = set()  # unclaimed and not in the queue at the last scan
+
+    def scan(self, store: RedisJobStore, broker) -> list[str]:
+        unclaimed = set(store.unclaimed(UNDISPATCHED_AFTER_S))
+        absent = unclaimed - waiting_job_ids(broker) if unclaimed else set()
+        lost = sorted(absent & self.absent)
+        self.absent = absent - set(lost)
+        return lost
+
+
+def reap(store: RedisJobStore, broker, lost_messages: LostMessages) -> list[str]:
+    """Requeue the jobs whose worker died, at the front of the queue, send the queued jobs that
+    never got their message, and again those whose message was lost; returns the ids sent."""
     requeued = store.requeue_stale(settings.heartbeat_timeout_s)
     for job_id in requeued:
         log.warning("job %s lost its worker; queued again at the front", job_id)
@@ -88,15 +115,24 @@ def reap(store: RedisJobStore) -> list[str]:
         log.warning("job %s was recorded but never queued; queuing it now", job_id)
         send_job(app, job_id)
         store.dispatched(job_id)
-    return requeued + orphans
+    lost = [job_id for job_id in lost_messages.scan(store, broker) if job_id not in orphans]
+    for job_id in lost:
+        log.warning("job %s: its message was taken and never run; queued again at the front",
+                    job_id)  # fmt: skip
+        send_job(app, job_id, front=True)
+    return requeued + orphans + lost
 
 
 def _reaper(name: str) -> None:
+    import redis
+
     store = RedisJobStore(settings.store_url, settings.job_ttl_s)
+    broker = redis.Redis.from_url(settings.broker_url, socket_timeout=3, socket_connect_timeout=2)
+    lost_messages = LostMessages()
     while True:
         try:
             mark_alive(store.redis, name)
-            reap(store)
+            reap(store, broker, lost_messages)
         except Exception as error:  # Redis away for a moment: try again next period
             log.warning("reaper: %s", error)
         if _reaper_stop.wait(settings.heartbeat_interval_s):
