@@ -22,7 +22,8 @@ Prints:
    heartbeat settings (root only; ``--host-vanish-only`` runs this section alone);
 8. ``--s3-jobs`` (400) small jobs with artifacts on an S3 server (SeaweedFS, testkit.s3) and on
    the local directory, in the same run: accepted / succeeded / lost, artifacts in the bucket,
-   and the overhead per job (``--s3-only`` runs this section alone).
+   the overhead per job, and the store's own cost in process: publishing one job's artifacts
+   and reading them back (``--s3-only`` runs this section alone).
 """
 
 from __future__ import annotations
@@ -35,9 +36,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobs.settings import Settings
 from testkit.stack import Api, RedisServer, Worker, service_env, wait_for
+
+if TYPE_CHECKING:
+    from jobs.objects import ObjectStore
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -175,12 +180,19 @@ def store_load(folder: Path, store_env: dict[str, str], jobs: int, clients: int)
 def s3_overhead(folder: Path, jobs: int, clients: int) -> None:
     """Section 8: the same load with artifacts on a SeaweedFS S3 server (testkit.s3) and on the
     local directory, in this run; whether every succeeded job's artifacts are in the bucket."""
+    from jobs.objects import S3Objects
     from testkit.s3 import s3_server
 
     with s3_server(folder / "s3") as s3:
         local = store_load(folder / "local", {}, jobs, clients)
         remote = store_load(folder / "on-s3", s3.env("bench"), jobs, clients)
         stored = {key.split("/")[1] for key in s3.keys("bench/") if key.endswith("/summary.json")}
+        outputs = folder / "local" / "artifacts" / local["ids"][0] / "outputs"
+        files = {path.name: path.read_bytes() for path in outputs.iterdir()}
+        os.environ.update({k: v for k, v in s3.env().items() if k.startswith("AWS_")})
+        bucket = S3Objects(s3.bucket, "publish", s3.url)
+        timed = {name: publish_times(folder / f"publish-{name}", objects, files, jobs)
+                 for name, objects in (("local", None), ("s3", bucket))}  # fmt: skip
     complete = sum(job_id in stored for job_id in remote["ids"])
     print(f"\n## {jobs} jobs with artifacts on S3 (SeaweedFS on loopback) against the local "
           f"directory, {clients} clients\n")  # fmt: skip
@@ -196,7 +208,42 @@ def s3_overhead(folder: Path, jobs: int, clients: int) -> None:
     per_job = 1000 * (remote["wall"] - local["wall"]) / max(1, jobs)
     print(f"\noverhead of S3 per job: {remote['run_ms'] - local['run_ms']:+.0f} ms of the "
           f"worker's run (claim to finish, the uploads included), {per_job:+.0f} ms of wall "
-          "time")  # fmt: skip
+          f"time (load average {os.getloadavg()[0]:.1f} at the end: both include the noise of a "
+          "shared machine)\n")  # fmt: skip
+    size = sum(map(len, files.values())) / 1024
+    print(f"the store's own cost per job, in process, median of {jobs} (one job's "
+          f"{len(files)} artifacts, {size:.0f} KiB):\n")  # fmt: skip
+    print("| store | publish: staging → objects (ms) | read back every artifact (ms) |")
+    print("|---|---|---|")
+    for name, label in (("local", "local directory"), ("s3", "S3")):
+        print(f"| {label} | {timed[name][0]:.1f} | {timed[name][1]:.1f} |")
+
+
+def publish_times(
+    folder: Path, objects: ObjectStore | None, files: dict[str, bytes], jobs: int
+) -> tuple[float, float]:
+    """Median ms to publish one job's artifacts from a staging folder (as the worker does) and
+    to read them all back (as the API does), over ``jobs`` job ids."""
+    import statistics
+    import uuid
+
+    from jobs.artifacts import ArtifactStore
+
+    store = ArtifactStore(folder, objects)
+    publish, read = [], []
+    for _ in range(jobs):
+        job_id = uuid.uuid4().hex
+        staging = store.staging_dir(job_id, 1)
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        started = time.perf_counter()
+        store.publish(job_id, staging)
+        publish.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for name in files:
+            b"".join(store.stream(job_id, name) or [])
+        read.append(time.perf_counter() - started)
+    return 1000 * statistics.median(publish), 1000 * statistics.median(read)
 
 
 def long_job(api: Api) -> str:
