@@ -216,7 +216,7 @@ export function scoresTable(scores, glossary, reasons = {}, baselines = {}) {
   const keys = Object.keys(scores || {});
   if (!keys.length) return h("p.muted", {}, "No scores for this method.");
   return scrolling(
-    "table.scores",
+    "table.scores.job-scores",
     {},
     h("caption", {}, "Scores"),
     h(
@@ -242,7 +242,7 @@ export function scoresTable(scores, glossary, reasons = {}, baselines = {}) {
           scoreCell(key, scores[key], baselines || {}),
           h("td.better", {}, betterText(glossary[key])),
           h(
-            "td",
+            "td.meaning",
             {},
             [glossary[key]?.meaning, reasons[key] && `Undefined here: ${reasons[key]}.`]
               .filter(Boolean)
