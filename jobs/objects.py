@@ -201,7 +201,22 @@ class LocalObjects:
         return self.root.joinpath(*parts)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        _write_atomically(self._path(key), data)
+        target = self._path(key)
+        try:
+            _write_atomically(target, data)
+        except BaseException:  # e.g. a full disk: no empty folder is left either
+            self._prune(target)
+            raise
+
+    def _prune(self, path: Path) -> None:
+        """Remove the empty folders above ``path``, up to the root."""
+        for parent in path.parents:
+            if parent == self.root:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
     def move_in(self, key: str, path: Path) -> None:
         target = self._path(key)
@@ -260,13 +275,7 @@ class LocalObjects:
             with contextlib.suppress(ObjectMissing):
                 path = self._path(key)
                 path.unlink(missing_ok=True)
-                for parent in path.parents:  # empty folders left behind
-                    if parent == self.root:
-                        break
-                    try:
-                        parent.rmdir()
-                    except OSError:
-                        break
+                self._prune(path)
 
     def presigned_url(self, key: str, expires_s: int) -> str | None:
         return None
