@@ -176,6 +176,8 @@ def check_input(parsed, upload: Upload | None, settings: Settings) -> tuple[dict
     spec = MODELS.get(parsed.model)
     if spec is None:
         raise unknown("model", parsed.model, list(MODELS))
+    if (reason := spec.unavailable()) is not None:
+        raise ApiError(422, "model_unavailable", reason)
     wants_series = parsed.series is not None or (upload is not None and upload.field == "series")
     if parsed.sample is not None:
         wants_series = parsed.sample in SERIES_SAMPLES

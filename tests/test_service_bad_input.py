@@ -34,6 +34,7 @@ def api(tmp_path_factory):
     folder = tmp_path_factory.mktemp("embedded")
     env = service_env(None, folder / "artifacts", max_upload_bytes=LIMIT_BYTES,
                       max_pixels=LIMIT_PIXELS, max_model_passes=500, preload_models="")  # fmt: skip
+    env["TORCH_HOME"] = str(folder / "torch")  # no torchvision weights in its hub cache
     server = Api(env, folder)
     yield server
     server.stop()
@@ -394,7 +395,7 @@ def test_bodies_the_json_parser_cannot_take_are_400s(api):
 
 def test_errors_do_not_echo_large_inputs(api):
     response = api.client.post("/explain", json={"sample": "chelsea", "method": "m" * 100_000})
-    assert_error(response, 422, "does not match")
+    assert_error(response, 422, "unknown method", "known: cartoonx")
     assert len(response.content) < 3000
 
 
@@ -541,3 +542,19 @@ def test_a_black_image_has_undefined_cp_scores_as_null_with_a_reason(api):
     assert summary["undefined_scores"] == view["undefined_scores"]
     history = strict_json(api.client.get(view["artifacts"]["history.json"]).text)
     assert history["cp_l1_sg"] == [None] * 3 and None not in history["loss"]
+
+
+def test_a_model_without_its_weights_file_lists_no_methods_and_is_refused(api):
+    """torchvision models read their weights from the torch hub cache: without the file, the
+    listing offered 24 methods and every job failed at run time, naming a server path."""
+    listed = {model["name"]: model for model in api.client.get("/models").json()}
+    assert listed["resnet18"]["methods"] == []
+    assert "resnet18-" in listed["resnet18"]["unavailable"]
+    bundled = listed["efficientnet_lite0"]
+    assert bundled["methods"] and "unavailable" not in bundled
+    assert listed["state_gru"]["mean"] is None and listed["state_gru"]["std"] is None
+    request = {"sample": "chelsea", "model": "resnet18", "method": "saliency"}
+    response = api.client.post("/explain", json=request)
+    assert_error(response, 422, "no weights on this server")
+    assert response.json()["error"]["code"] == "model_unavailable"
+    assert "/torch/" not in response.json()["error"]["message"]  # no server path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -115,6 +116,7 @@ def builtin_specs() -> list[ModelSpec]:
                 labels=labels,
                 cam_layer=layer,
                 needs_weights_file=True,
+                default_weights=functools.partial(_torchvision_weights_path, arch),
                 capabilities=EAGER_CNN,
             )
         )

@@ -143,6 +143,8 @@ def series_spec(name: str, path: str | Path) -> ModelSpec:
         build=build,
         input_kind="timeseries",
         input_size=(record.get("length", 0), model.features),
+        mean=None,  # series go in as they are
+        std=None,
         labels=STEP_LABELS,
         capabilities=frozenset({"hooks", "modules", "any_size"}),  # any length
     )

@@ -58,6 +58,8 @@ class ModelSpec:
     labels: Sequence[str] = field(default=(), repr=False)
     cam_layer: str | None = None  # the model's own module name
     needs_weights_file: bool = False
+    # Where its weights are read from when none are named (a file the operator provides).
+    default_weights: Callable[[], Path] | None = field(default=None, repr=False)
     # What the model allows (engine.models.inspection.CAPABILITIES) and its layer names, where
     # known without loading it (built-in models, the model store's probe); None: found at load.
     capabilities: frozenset[str] | None = field(default=None, repr=False)
@@ -85,6 +87,15 @@ class ModelSpec:
         h, w = self.input_size
         return (f"model {self.name} takes {h}×{w} images only, not {height}×{width}: leave "
                 "image_size and resize at their defaults")  # fmt: skip
+
+    def unavailable(self) -> str | None:
+        """Why this model cannot be built here with its default weights (their file is not on
+        this machine), or None. Names the file, not the folder."""
+        if self.default_weights is None or self.default_weights().is_file():
+            return None
+        return (f"model {self.name} has no weights on this server: the operator puts "
+                f"{self.default_weights().name} in the torch hub cache (or uploads the "
+                "model)")  # fmt: skip
 
     def label(self, index: int) -> str:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)

@@ -27,7 +27,9 @@ def describe(spec: ModelSpec, allowed: tuple[str, ...], trained: dict[str, set[s
     """The model's description with the methods that will run on it here: those the engine
     finds applicable (input kind, capabilities), allowed on this server, and, for add-ons that
     need a trained set, with one the caller may use (``trained``: models_with_trained_sets of
-    the caller's tenant)."""
+    the caller's tenant). A model this server cannot build lists none, and says why."""
+    if (reason := spec.unavailable()) is not None:
+        return spec.describe() | {"stored": False, "methods": [], "unavailable": reason}
     listed = []
     for method in applicable_methods(spec):
         need = method.options().trained_set()

@@ -120,6 +120,8 @@ def image_model(name: str) -> ModelSpec:
     spec = MODELS.get(name)
     if spec is None or spec.input_kind != "image":
         raise ApiError(422, "unknown_model", f"{name!r} is not an image model of this server")
+    if (reason := spec.unavailable()) is not None:
+        raise ApiError(422, "model_unavailable", reason)
     if "modules" not in spec.allows:
         raise ApiError(422, "method_not_applicable", f"model {name} cannot be trained for: "
                        f"{WHY_NEEDED['modules']}")  # fmt: skip
