@@ -7,6 +7,7 @@ import argparse
 import ipaddress
 import json
 import sys
+from pathlib import Path
 
 from jobs.settings import Settings
 
@@ -28,9 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command == "openapi":
+        import tempfile
+
         from service.app import create_app
 
-        print(json.dumps(create_app(settings).openapi(), indent=2, sort_keys=True))
+        with tempfile.TemporaryDirectory() as scratch:  # no job database or folders left here
+            app = create_app(settings.model_copy(update={"artifact_dir": Path(scratch)}))
+            print(json.dumps(app.openapi(), indent=2, sort_keys=True))
         return 0
     if not settings.api_keys and not is_loopback(args.host):
         print(
