@@ -146,9 +146,16 @@ EXPLAIN_REQUEST_BODY = {
             "schema": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["request", "image"],
+                "required": ["request"],
+                "oneOf": [{"required": ["image"]}, {"required": ["series"]}],
                 "properties": {
                     "image": {"type": "string", "format": "binary"},
+                    "series": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "A time series, time × features: .npy, or a "
+                        "comma-separated .csv without a header",
+                    },
                     "request": {
                         "$ref": "#/components/schemas/ExplainRequest",
                         "description": "The request without image/sample/series",
