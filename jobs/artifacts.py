@@ -109,6 +109,18 @@ class ArtifactStore:
         except ObjectMissing:
             return None
 
+    def download(self, job_id: str, name: str) -> Path | tuple[Iterator[bytes], int] | None:
+        """A job's output as a file of this machine (the local store: served with its length
+        and byte ranges), as (chunks, size) from a bucket, or None."""
+        if not self._valid(name):
+            return None
+        key = self._key(job_id, name)
+        if (path := self.objects.local_file(key)) is not None:
+            return path
+        info = self.objects.stat(key)
+        chunks = self.stream(job_id, name) if info is not None else None
+        return None if chunks is None else (chunks, info.size)
+
     def presigned_url(self, job_id: str, name: str, expires_s: int) -> str | None:
         """A URL of the bucket that serves the output for ``expires_s`` (None: a local store)."""
         return self.objects.presigned_url(self._key(job_id, name), expires_s)

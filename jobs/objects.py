@@ -88,6 +88,9 @@ class ObjectStore(Protocol):
     def presigned_url(self, key: str, expires_s: int) -> str | None:
         """A URL that lets its holder GET the object for ``expires_s``, or None (local store)."""
 
+    def local_file(self, key: str) -> Path | None:
+        """The object as a file of this machine (the local store), or None (S3)."""
+
     def mirror(self, prefix: str, folder: Path, exclusive: bool = True) -> Mirror:
         """A local copy of the objects under ``prefix`` (see :class:`Mirror`)."""
 
@@ -280,6 +283,10 @@ class LocalObjects:
     def presigned_url(self, key: str, expires_s: int) -> str | None:
         return None
 
+    def local_file(self, key: str) -> Path | None:
+        path = self._path(key)
+        return path if path.is_file() else None
+
     def mirror(self, prefix: str, folder: Path, exclusive: bool = True) -> Mirror:
         return Mirror(None, prefix, folder)  # the folder is the truth (a shared volume)
 
@@ -396,6 +403,9 @@ class S3Objects:
                 "get_object", Params={"Bucket": self.bucket, "Key": self.prefix + key},
                 ExpiresIn=expires_s,
             )  # fmt: skip
+
+    def local_file(self, key: str) -> Path | None:
+        return None
 
     def mirror(self, prefix: str, folder: Path, exclusive: bool = True) -> Mirror:
         return Mirror(self, prefix, folder, PULL_INTERVAL_S, exclusive)

@@ -78,6 +78,7 @@ def test_artifacts_land_in_the_bucket_and_download_over_the_api(stack):
         assert answer.status_code == 200, answer.text
         stored = bucket.get_object(Bucket=s3.bucket, Key=f"{PREFIX}/{job_id}/outputs/{name}")
         assert answer.content == stored["Body"].read()
+        assert answer.headers["content-length"] == str(len(answer.content))
     bundle = api.client.get(f"/jobs/{job_id}/bundle.zip")
     assert bundle.status_code == 200 and bundle.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(bundle.content)) as archive:

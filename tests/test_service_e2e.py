@@ -204,6 +204,17 @@ def test_listings_health_and_metrics(stack):
     assert stack.metric("explainer_job_duration_seconds_count") >= succeeded
 
 
+def test_an_artifact_of_the_local_store_has_its_length_and_byte_ranges(stack):
+    """Served as a file (a client can resume a download); S3 objects stream with their length
+    (tests/test_s3_stack.py)."""
+    job = stack.client.post("/explain", json={"sample": "chelsea", "method": "saliency"}).json()
+    link = stack.wait_done(job["id"])["artifacts"]["attribution.npy"]
+    whole = stack.client.get(link)
+    assert whole.headers["content-length"] == str(len(whole.content)) and whole.headers["etag"]
+    part = stack.client.get(link, headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.content == whole.content[10:20]
+
+
 def test_unknown_job_and_artifact(stack):
     missing = stack.client.get("/jobs/doesnotexist")
     assert missing.status_code == 404

@@ -8,10 +8,10 @@ import hashlib
 import json
 import logging
 import time
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from engine.metrics.glossary import finite_scores, score_baselines
@@ -252,10 +252,13 @@ def get_artifact(
         url = artifacts.presigned_url(job_id, name, settings.s3_presign_expires_s)
         if url is not None:
             return RedirectResponse(url, status_code=307)
-    chunks = artifacts.stream(job_id, name)
-    if chunks is None:
+    found = artifacts.download(job_id, name)
+    if found is None:
         raise missing
-    return StreamingResponse(chunks, media_type=media_type)
+    if isinstance(found, Path):
+        return FileResponse(found, media_type=media_type)
+    chunks, size = found
+    return StreamingResponse(chunks, media_type=media_type, headers={"Content-Length": str(size)})
 
 
 @router.get(
