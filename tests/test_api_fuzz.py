@@ -39,10 +39,10 @@ CACHE_BEFORE = os.environ.get("EXPLAINER_CACHE_DIR")  # create_app points it at 
 KEY = "fuzz-key"
 # Refusals of schema-valid requests for a rule the document cannot state (service.submission).
 SEMANTIC_REFUSALS = {
-    "invalid_input", "unknown_sample", "invalid_image", "wrong_input_kind", "unknown_model", "model_unavailable",
-    "invalid_series", "series_too_large", "invalid_target", "invalid_metric", "invalid_option",
-    "method_not_applicable", "limit_exceeded", "payload_too_large", "invalid_truth",
-    "needs_training", "invalid_images", "too_many_images", "model_refused",
+    "invalid_input", "unknown_sample", "invalid_image", "wrong_input_kind", "unknown_model",
+    "model_unavailable", "invalid_series", "series_too_large", "invalid_target", "invalid_metric",
+    "invalid_option", "method_not_applicable", "limit_exceeded", "payload_too_large",
+    "invalid_truth", "needs_training", "invalid_images", "too_many_images", "model_refused",
 }  # fmt: skip
 ADMIN = "fuzz-admin"
 FOLDER = tempfile.mkdtemp(prefix="explainer-fuzz-")
