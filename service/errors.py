@@ -94,22 +94,20 @@ def install_error_handlers(app: FastAPI) -> None:
         response.headers["Retry-After"] = str(NO_ROOM_RETRY_AFTER_S)
         return response
 
-    @app.exception_handler(RedisError)
-    @app.exception_handler(OperationalError)
-    async def _unavailable(request: Request, error: Exception):
-        log.warning("job store or broker unavailable: %s", error)
-        response = error_response(503, "unavailable", "the job store or queue is unavailable; "
-                                  "retry shortly")  # fmt: skip
+    def retry_later(code: str, what: str, error: Exception) -> JSONResponse:
+        log.warning("%s unavailable: %s", what, error)
+        response = error_response(503, code, f"the {what} is unavailable; retry shortly")
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
         return response
 
+    @app.exception_handler(RedisError)
+    @app.exception_handler(OperationalError)
+    async def _unavailable(request: Request, error: Exception):
+        return retry_later("unavailable", "job store or queue", error)
+
     @app.exception_handler(StoreUnavailable)
     async def _store_away(request: Request, error: StoreUnavailable):
-        log.warning("object store unavailable: %s", error)
-        response = error_response(503, "store_unavailable", "the artifact and model store is "
-                                  "unavailable; retry shortly")  # fmt: skip
-        response.headers["Retry-After"] = str(RETRY_AFTER_S)
-        return response
+        return retry_later("store_unavailable", "artifact and model store", error)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, error: Exception):
