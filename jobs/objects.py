@@ -91,6 +91,9 @@ class ObjectStore(Protocol):
     def local_file(self, key: str) -> Path | None:
         """The object as a file of this machine (the local store), or None (S3)."""
 
+    def reachable(self) -> bool:
+        """Whether the store answers now: one quick request, no retries (for /health)."""
+
     def mirror(self, prefix: str, folder: Path, exclusive: bool = True) -> Mirror:
         """A local copy of the objects under ``prefix`` (see :class:`Mirror`)."""
 
@@ -287,6 +290,9 @@ class LocalObjects:
         path = self._path(key)
         return path if path.is_file() else None
 
+    def reachable(self) -> bool:
+        return self.root.is_dir()
+
     def mirror(self, prefix: str, folder: Path, exclusive: bool = True) -> Mirror:
         return Mirror(None, prefix, folder)  # the folder is the truth (a shared volume)
 
@@ -304,21 +310,27 @@ def _unavailable(error: Exception) -> bool:
     return isinstance(error, BotoCoreError)
 
 
+def boto3_client(endpoint_url: str | None, config):
+    """An S3 client of its own session (boto3's default session is not thread-safe to create
+    clients from), with credentials and region from the usual AWS variables."""
+    import boto3
+
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+
+
 class S3Objects:
     """Objects in an S3-compatible bucket, names under ``prefix`` (boto3)."""
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None):
-        import boto3
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.endpoint_url = endpoint_url
-        self.client = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url,
-            config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
-                          connect_timeout=3, read_timeout=30,
-                          retries={"mode": "standard", "max_attempts": 3}),
-        )  # fmt: skip
+        self.client = boto3_client(endpoint_url, Config(
+            s3={"addressing_style": "path"}, signature_version="s3v4", connect_timeout=3,
+            read_timeout=30, retries={"mode": "standard", "max_attempts": 3},
+        ))  # fmt: skip
+        self._probe = None
 
     @contextlib.contextmanager
     def _calls(self, key: str = "") -> Iterator[None]:
@@ -406,6 +418,21 @@ class S3Objects:
 
     def local_file(self, key: str) -> Path | None:
         return None
+
+    def reachable(self) -> bool:
+        from botocore.config import Config
+
+        if self._probe is None:  # its own client: a second, not the jobs' 3 attempts of 3 s
+            self._probe = boto3_client(
+                self.endpoint_url, Config(s3={"addressing_style": "path"},
+                                          signature_version="s3v4", connect_timeout=1,
+                                          read_timeout=2, retries={"max_attempts": 1}),
+            )  # fmt: skip
+        try:
+            self._probe.head_bucket(Bucket=self.bucket)
+        except Exception:
+            return False
+        return True
 
     def mirror(self, prefix: str, folder: Path, exclusive: bool = True) -> Mirror:
         return Mirror(self, prefix, folder, PULL_INTERVAL_S, exclusive)

@@ -133,6 +133,7 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]
     mode: Literal["embedded", "distributed"]
     redis: bool | None
+    store: bool  # the artifact and model store answers (a bucket, or the local folder)
     workers: int
     device: str
 

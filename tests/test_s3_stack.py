@@ -123,6 +123,7 @@ def test_presigned_redirects_and_an_unreachable_store(stack, tmp_path, monkeypat
     assert fetched.status_code == 200
     assert fetched.content == api.client.get(view["artifacts"]["overlay.png"]).content
     assert "X-Amz-Signature" in answer.headers["location"]
+    assert presigned.get("/health").json()["store"] is True
 
     monkeypatch.setenv("EXPLAINER_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     away = TestClient(create_app(Settings(artifact_dir=tmp_path / "embedded")))  # no lifespan
@@ -131,3 +132,8 @@ def test_presigned_redirects_and_an_unreachable_store(stack, tmp_path, monkeypat
     assert refused.json()["error"]["code"] == "store_unavailable"
     assert refused.headers["retry-after"]
     assert away.get("/models").status_code == 503
+    health = away.get("/health").json()  # it said ok while every submit was a 503
+    assert health["status"] == "degraded" and health["store"] is False, health
+    records_here = TestClient(create_app(Settings(broker_url=redis.url, artifact_dir=tmp_path)))
+    bundle = records_here.get(f"/jobs/{job_id}/bundle.zip")  # was a 200 with a broken zip
+    assert bundle.status_code == 503 and bundle.json()["error"]["code"] == "store_unavailable"

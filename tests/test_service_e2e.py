@@ -196,8 +196,8 @@ def test_listings_health_and_metrics(stack):
                             "sensitivity_n"}  # fmt: skip
     assert quality["hallucination"]["options_schema"]["properties"]["threshold"]["default"] == 0.1
     health = stack.client.get("/health").json()
-    assert health == {"status": "ok", "mode": "distributed", "redis": True, "workers": 1,
-                      "device": "cpu"}  # fmt: skip
+    assert health == {"status": "ok", "mode": "distributed", "redis": True, "store": True,
+                      "workers": 1, "device": "cpu"}  # fmt: skip
     succeeded = stack.metric("explainer_jobs_total", state="succeeded")
     assert succeeded is not None and succeeded >= 1
     assert stack.metric("explainer_queue_length") == 0

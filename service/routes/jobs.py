@@ -22,7 +22,7 @@ from jobs.store import JobStore
 from service.deps import ArtifactsDep, DispatcherDep, ModelsDep, SettingsDep, StoreDep, Tenant
 from service.dispatch import Dispatcher
 from service.errors import ERRORS, ApiError, short
-from service.schemas import EXPLAIN_REQUEST_BODY, JobCreated, JobView
+from service.schemas import EXPLAIN_REQUEST_BODY, ErrorResponse, JobCreated, JobView
 from service.submission import (
     check_cost,
     check_input,
@@ -263,17 +263,25 @@ def get_artifact(
 
 @router.get(
     "/jobs/{job_id}/bundle.zip",
-    responses={**ERRORS, 200: {"content": {"application/zip": {}}}},
-)
+    responses={**ERRORS, 409: {"model": ErrorResponse, "description": "The job has not finished"},
+               200: {"content": {"application/zip": {}}}},
+)  # fmt: skip
 def get_bundle(
     job_id: str, request: Request, tenant: Tenant, store: StoreDep, artifacts: ArtifactsDep
 ):
-    """All of a job's artifacts in one zip, with ``job.json`` (the job's view as ``GET
-    /jobs/{id}`` gives it: status, prediction, scores), streamed from the object store."""
+    """All of a finished job's artifacts in one zip, with ``job.json`` (the job's view as ``GET
+    /jobs/{id}`` gives it: status, prediction, scores, error), streamed from the object store;
+    a failed or cancelled job's zip holds ``job.json`` alone. 409 while the job is queued or
+    running. The store is asked for every artifact before the zip starts, so a store that does
+    not answer is a 503, not a 200 with a broken zip."""
     record = find(store, job_id, tenant)
+    if record.status not in TERMINAL:
+        raise ApiError(409, "not_finished", f"job {job_id} is {record.status}; its bundle is "
+                       "ready once it has finished")  # fmt: skip
+    names = [name for name in record.artifacts if artifacts.exists(job_id, name)]
     view = job_view(store, record, request).model_dump_json(indent=2).encode()
     return StreamingResponse(
-        artifacts.bundle(job_id, list(record.artifacts), {"job.json": view}),
+        artifacts.bundle(job_id, names, {"job.json": view}),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{job_id}.zip"'},
     )
