@@ -424,6 +424,11 @@ def test_job_page_reopens_by_its_url(browser, request, server):
     assert all(width == 224 for width in images_loaded(p, "figure.overlay img"))
     p.click("text=Options and reproducibility record")
     p.wait_for_function("() => document.querySelector('pre.record').textContent.includes('sha256')")
+    p.goto(f"{server.url}/#/jobs/{'0' * 32}")  # showed 'loading' and a Cancel button
+    p.wait_for_function("() => document.querySelector('.job [role=alert]').textContent")
+    assert "no job" in p.inner_text(".job [role=alert]") and not p.is_visible("#cancel")
+    assert watched.problems == [f"HTTP 404 from GET /jobs/{'0' * 32}"]  # the one expected
+    watched.problems.clear()
 
 
 def test_undefined_scores_are_shown_with_their_reason(browser, request, server):

@@ -76,6 +76,11 @@ export function jobView(container, catalogue, navigate, id) {
       }
     },
     (error) => {
+      if (error instanceof ApiError && error.status < 500) {
+        // No such job (or not the caller's): nothing is loading and nothing can be cancelled.
+        cancel.hidden = true;
+        status.element.hidden = true;
+      }
       message.textContent =
         error instanceof ApiError ? error.message : `Connection lost (${error.message}); retrying…`;
     },
