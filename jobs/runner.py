@@ -5,7 +5,9 @@ Claims the job record for this run, keeps a heartbeat in it while it runs (so th
 worker can take over a job whose worker died, :meth:`JobStore.requeue_stale`), calls
 ``engine.explain`` with a progress callback that writes progress into the record and stops at
 the next step when the job is cancelled or over its time limit, writes the artifacts, and
-records exactly one terminal state (a redelivered job that already finished is skipped).
+records exactly one terminal state (a redelivered job that already finished is skipped). A run
+asked to stop for a graceful shutdown (``shutdown``) stops at its next step and hands the job
+back to queued (:meth:`JobStore.release`) instead.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from engine.runtime import (
 )
 from jobs.artifacts import ArtifactStore, is_no_room
 from jobs.objects import StoreUnavailable
-from jobs.records import TERMINAL, JobRecord, new_run_token
+from jobs.records import TERMINAL, JobRecord, live_run, new_run_token
 from jobs.settings import Settings
 from jobs.store import JobStore
 from jobs.training import WORK, set_extras
@@ -46,6 +48,7 @@ from jobs.training import WORK, set_extras
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_ATTEMPTS = 2  # a job whose worker died once is run once more, never a third time
+# (runs handed back at a graceful shutdown, JobRecord.released, are not counted as lost)
 NO_ROOM_MESSAGE = "the server had no room to store this job's results; submit it again later"
 STORE_AWAY_MESSAGE = ("the artifact store was unavailable while this job read its input or "
                       "stored its results; submit it again later")  # fmt: skip
@@ -92,7 +95,8 @@ class Heartbeat:
 class ProgressReporter:
     """Writes (step, total, extra values) into the job record at most every ``interval`` seconds,
     and stops the run (:class:`JobStopped`) once the job is cancelled, past ``deadline``
-    (monotonic seconds) or no longer this run's. :meth:`check` runs at every model pass of
+    (monotonic seconds), no longer this run's, or its server is stopping (``shutdown`` set:
+    state "released"). :meth:`check` runs at every model pass of
     every loop (:func:`engine.runtime.stoppable`), so a method that reports seldom still stops.
     A store away for a moment (a stalled Redis) delays a progress write, never fails the job:
     the newest progress is written at the next chance."""
@@ -104,9 +108,10 @@ class ProgressReporter:
         heartbeat: Heartbeat | None = None,
         deadline: float | None = None,
         interval: float = 0.25,
+        shutdown: threading.Event | None = None,
     ):
         self.store, self.job_id, self.interval = store, job_id, interval
-        self.heartbeat, self.deadline = heartbeat, deadline
+        self.heartbeat, self.deadline, self.shutdown = heartbeat, deadline, shutdown
         self._last = 0.0
         self._unwritten: dict[str, Any] | None = None
 
@@ -120,6 +125,8 @@ class ProgressReporter:
         clock = time.monotonic()
         if self.heartbeat is not None and self.heartbeat.lost.is_set():
             raise JobStopped("skipped", None)
+        if self.shutdown is not None and self.shutdown.is_set():
+            raise JobStopped("released", None)
         overdue = self.deadline is not None and clock > self.deadline
         if now or overdue or clock - self._last >= self.interval:
             self._last = clock
@@ -204,11 +211,28 @@ def run_job(
     settings: Settings,
     device: str = "cpu",
     time_limit_s: float | None = None,
+    shutdown: threading.Event | None = None,
 ) -> str:
     """Run job ``job_id`` to a terminal state; returns that state (or 'skipped').
     ``time_limit_s``: stop at the first progress step after this many seconds (the embedded
-    worker's soft limit; Celery enforces its own)."""
+    worker's soft limit; Celery enforces its own). ``shutdown``: once set, the run stops at its
+    next step and hands the job back to queued, not counted as lost (returns 'released')."""
     token = new_run_token()
+    with live_run(token):  # this process's reaper must not take it for a dead run
+        return _run_job(job_id, token, store, artifacts, settings, device, time_limit_s,
+                        shutdown)  # fmt: skip
+
+
+def _run_job(
+    job_id: str,
+    token: str,
+    store: JobStore,
+    artifacts: ArtifactStore,
+    settings: Settings,
+    device: str,
+    time_limit_s: float | None,
+    shutdown: threading.Event | None,
+) -> str:
     patience = settings.heartbeat_timeout_s  # a stalled store, before this run gives up
     record = persist(store, lambda: claim(store, job_id, token, settings), patience)
     if record is None:
@@ -216,15 +240,24 @@ def run_job(
     if store.cancel_requested(job_id):
         store.finish(job_id, "cancelled", error="cancelled before it started")
         return "cancelled"
-    if record.attempts > MAX_ATTEMPTS:
-        store.finish(job_id, "failed", error=f"its worker was lost {MAX_ATTEMPTS} times while "
+    lost = record.attempts - record.released - 1  # earlier runs neither finished nor handed back
+    if lost >= MAX_ATTEMPTS:
+        store.finish(job_id, "failed", error=f"its worker was lost {lost} times while "
                      "running it (out of memory or killed); it is not run again")  # fmt: skip
         return "failed"
-    with Heartbeat(store, job_id, token, settings.heartbeat_interval_s) as heartbeat:
-        deadline = time.monotonic() + time_limit_s if time_limit_s else None
-        reporter = ProgressReporter(store, job_id, heartbeat, deadline)
-        with stoppable(reporter.check), memory_budget(settings.max_job_memory_mb * 2**20):
-            state, fields = _outcome(record, artifacts, device, reporter)
+    if shutdown is not None and shutdown.is_set():
+        state, fields = "released", {}
+    else:
+        with Heartbeat(store, job_id, token, settings.heartbeat_interval_s) as heartbeat:
+            deadline = time.monotonic() + time_limit_s if time_limit_s else None
+            reporter = ProgressReporter(store, job_id, heartbeat, deadline, shutdown=shutdown)
+            with stoppable(reporter.check), memory_budget(settings.max_job_memory_mb * 2**20):
+                state, fields = _outcome(record, artifacts, device, reporter)
+    if state == "released":
+        log.warning("job %s stopped for the server's shutdown; queued again for its next "
+                    "start", job_id)  # fmt: skip
+        persist(store, lambda: store.release(job_id, token), patience)
+        return state
     if state == "skipped":
         return state
     if fields.get("error") == NO_ROOM_MESSAGE:

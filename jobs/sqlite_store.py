@@ -45,6 +45,11 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
+class JobDatabaseError(RuntimeError):
+    """The job database cannot be used (damaged, not SQLite, or of another schema); the
+    message names the file and what to do."""
+
+
 class SqliteJobStore(JobStore):
     """Job records in the SQLite database ``path`` (created with its folder if missing)."""
 
@@ -58,13 +63,32 @@ class SqliteJobStore(JobStore):
         # Autocommit (isolation_level=None): transactions are the explicit BEGIN IMMEDIATE ones.
         self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)  # fmt: skip
+        try:
+            self._open()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            what = ("cannot be opened" if isinstance(error, sqlite3.OperationalError)
+                    else "is damaged or not an SQLite database")  # fmt: skip
+            raise JobDatabaseError(
+                f"the job database {self.path} {what} ({error}); move it (and any "
+                f"{self.path.name}-wal and -shm beside it) away to start with an empty job "
+                "list, or restore it from a backup"
+            ) from None
+        except JobDatabaseError:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         with self._transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
-                raise RuntimeError(f"{self.path}: job database of schema {version}, this "
-                                   f"server reads schema {SCHEMA_VERSION}")  # fmt: skip
+                raise JobDatabaseError(
+                    f"the job database {self.path} has schema {version}, this server reads "
+                    f"schema {SCHEMA_VERSION}; start the server version that wrote it, or move "
+                    "the file away to start with an empty job list"
+                )
             for statement in filter(str.strip, SCHEMA.split(";")):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -127,9 +151,15 @@ class SqliteJobStore(JobStore):
                            "ORDER BY id", time.time())  # fmt: skip
         return [job_id for (job_id,) in rows]
 
+    def queued(self) -> list[str]:
+        """Ids of the queued jobs, oldest first (what a starting embedded server runs,
+        :meth:`service.dispatch.EmbeddedDispatcher.recover`)."""
+        rows = self._query("SELECT id FROM jobs WHERE status = 'queued' AND expires > ? "
+                           "ORDER BY created, id", time.time())  # fmt: skip
+        return [job_id for (job_id,) in rows]
+
     def unfinished(self) -> list[str]:
-        """Ids of the queued and running jobs, oldest first (what a restarted embedded server
-        runs again, :meth:`service.dispatch.EmbeddedDispatcher.recover`)."""
+        """Ids of the queued and running jobs, oldest first."""
         rows = self._query("SELECT id FROM jobs WHERE status IN ('queued', 'running') AND "
                            "expires > ? ORDER BY created, id", time.time())  # fmt: skip
         return [job_id for (job_id,) in rows]

@@ -204,6 +204,31 @@ class JobStore(ABC):
                 self._mark_running(job_id, False)
         return requeued
 
+    def release(self, job_id: str, token: str) -> JobRecord | None:
+        """The run ``token`` hands its job back unfinished (its embedded server is stopping
+        gracefully): running → queued, for the next start to run from the beginning. The run
+        stays counted in ``attempts`` (runs that started) and is counted in ``released``, so
+        it is not a lost run (the runner's MAX_ATTEMPTS counts ``attempts - released``).
+        Returns the queued record, or None when the job was no longer that run's."""
+        released = False
+
+        def change(record: JobRecord) -> JobRecord | None:
+            nonlocal released
+            released = record.status == "running" and record.run_token == token
+            if not released:
+                return None
+            record.status, record.run_token, record.heartbeat_at = "queued", None, None
+            record.queued_at = time.time()
+            record.released += 1
+            return record
+
+        record = self._update(job_id, change)
+        if not released or record is None:
+            return None
+        self._mark_running(job_id, False)
+        self._index(UNCLAIMED, job_id, record.queued_at)
+        return record
+
     def finish(self, job_id: str, status: JobStatus, **fields: Any) -> JobRecord | None:
         """running/queued → a terminal state, once; later calls change nothing."""
         assert status in TERMINAL

@@ -47,10 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from engine.runtime import keep_freed_memory
+    from jobs.sqlite_store import JobDatabaseError
     from service.app import READ_HEADER_BYTES, create_app
 
     keep_freed_memory()
-
+    try:
+        app = create_app(settings)
+    except JobDatabaseError as error:  # one line that says what to do, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     mode = (
         "embedded (in-process worker)"
         if settings.embedded
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Explainer API on http://{args.host}:{args.port} — {mode}", file=sys.stderr)
     # The parser reads headers up to READ_HEADER_BYTES, so that the app answers an oversized
     # one with a 431 instead of a connection closed mid-request.
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info",
                 h11_max_incomplete_event_size=READ_HEADER_BYTES)  # fmt: skip
     return 0
 

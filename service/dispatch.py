@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 
 from jobs.artifacts import ArtifactStore
 from jobs.models import ModelStore
@@ -16,6 +17,7 @@ from jobs.settings import Settings
 from jobs.sqlite_store import SqliteJobStore
 
 log = logging.getLogger(__name__)
+SHUTDOWN_GRACE_S = 5.0  # how long a graceful stop waits for running jobs to hand back their work
 
 
 class Dispatcher(ABC):
@@ -60,10 +62,14 @@ class EmbeddedDispatcher(Dispatcher):
     Time limits: a job stops at its first progress step after the soft limit; a job still
     running at the hard limit is marked failed by the housekeeping thread (a Python thread
     cannot be killed: its late result is discarded, and it stops at its next step). The same
-    thread deletes expired records and artifacts every ``sweep_interval_s``.
+    thread deletes expired records and artifacts every ``sweep_interval_s``, and every
+    heartbeat interval queues again the jobs whose run died (:meth:`reap`).
 
     The records are in SQLite, so a restart keeps them; at start, :meth:`recover` runs again
-    what the previous process left unfinished. One embedded server per artifact directory.
+    what the previous process left unfinished, and only that: a job another live server runs
+    on the same directory keeps its run (one embedded server per artifact directory is the
+    intended set-up). A graceful stop (:meth:`close`) hands the running jobs back to queued,
+    not counted as lost runs; a killed process's job runs once more at the next start.
     """
 
     def __init__(self, settings: Settings, store: SqliteJobStore, artifacts: ArtifactStore,
@@ -72,17 +78,22 @@ class EmbeddedDispatcher(Dispatcher):
         self._models = models
         self._device = local_device(settings)
         self._size = settings.embedded_workers
-        self._executor = ThreadPoolExecutor(self._size, thread_name_prefix="explainer-job")
+        # Daemon threads, not a ThreadPoolExecutor (whose threads the interpreter joins at
+        # exit): a job that does not stop within the shutdown grace cannot hold the process.
+        self._tasks: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []  # started with the first task
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when a job's run ends
         self._waiting = 0
         self._running: dict[str, float] = {}  # job id → monotonic start
         self._stop = threading.Event()
+        self._shutdown = threading.Event()  # running jobs stop at their next step, released
 
     def start(self) -> None:
         from jobs.runner import preload_models
 
         # Load the models first, on the job thread, so the first job does not wait for them.
-        self._executor.submit(preload_models, self._settings.preload_models, self._device)
+        self._put(lambda: preload_models(self._settings.preload_models, self._device))
         self.recover()
         threading.Thread(target=self._housekeeping, name="explainer-housekeeping",
                          daemon=True).start()  # fmt: skip
@@ -90,44 +101,84 @@ class EmbeddedDispatcher(Dispatcher):
     def submit(self, job_id: str) -> None:
         with self._lock:
             self._waiting += 1
-        self._executor.submit(self._run, job_id)
+        self._put(lambda: self._run(job_id))
+
+    def _put(self, task: Callable[[], object]) -> None:
+        with self._lock:
+            while len(self._threads) < self._size:
+                name = f"explainer-job-{len(self._threads)}"
+                self._threads.append(threading.Thread(target=self._work, name=name, daemon=True))
+                self._threads[-1].start()
+        self._tasks.put(task)
 
     def recover(self) -> list[str]:
-        """Queue again the jobs the previous process left unfinished (it died or was stopped
-        with jobs waiting or running); returns their ids, oldest first. Queued jobs simply run.
-        A running job's run died with that process: it goes back to queued and runs once more,
-        like a job whose Celery worker died (the runner's MAX_ATTEMPTS); a job whose second
-        run was lost too is failed by the runner, saying that its worker was lost twice."""
-        self._store.requeue_stale(0.0)  # no run of the previous process is alive
-        unfinished = self._store.unfinished()
-        for job_id in unfinished:
+        """Queue again the jobs the previous process left unfinished; returns their ids, oldest
+        first. Queued jobs (waiting, or handed back at a graceful stop) simply run. A running
+        job whose run is dead (its process on this host is gone, or its heartbeat stopped
+        ``heartbeat_timeout_s`` ago) goes back to queued and runs once more, like a job whose
+        Celery worker died (the runner's MAX_ATTEMPTS); a job whose second run was lost too is
+        failed by the runner, saying that its worker was lost twice. A job whose run is alive
+        (another server on this directory) is left to it; :meth:`reap` takes it if it dies."""
+        self._store.requeue_stale(self._settings.heartbeat_timeout_s)
+        waiting = self._store.queued()
+        for job_id in waiting:
             log.warning("job %s was left unfinished by the previous process; queued again",
                         job_id)  # fmt: skip
             self.submit(job_id)
             self._store.dispatched(job_id)
-        return unfinished
+        for job_id in self._store.running():
+            log.warning("job %s is running in another live process on this artifact directory; "
+                        "left to it", job_id)  # fmt: skip
+        return waiting
+
+    def reap(self) -> list[str]:
+        """Queue again and run the jobs whose run died (heartbeat older than the heartbeat
+        timeout, or its process on this host gone), as a Celery worker's reaper does; returns
+        their ids."""
+        requeued = self._store.requeue_stale(self._settings.heartbeat_timeout_s)
+        for job_id in requeued:
+            log.warning("job %s lost its run; queued again", job_id)
+            self.submit(job_id)
+        return requeued
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None and not self._shutdown.is_set():
+            try:
+                task()
+            except Exception:
+                log.exception("embedded worker task failed")
 
     def _run(self, job_id: str) -> None:
         from jobs.runner import run_job
 
         with self._lock:
             self._waiting -= 1
+            if self._shutdown.is_set():
+                return  # still queued in the store: the next start runs it
             self._running[job_id] = time.monotonic()
-        self._models.refresh()
         try:
+            self._models.refresh()
             run_job(job_id, self._store, self._artifacts, self._settings, self._device,
-                    time_limit_s=self._settings.soft_time_limit_s)  # fmt: skip
+                    time_limit_s=self._settings.soft_time_limit_s,
+                    shutdown=self._shutdown)  # fmt: skip
         finally:
             with self._lock:
                 self._running.pop(job_id, None)
+                self._idle.notify_all()
 
     def _housekeeping(self) -> None:
-        last_sweep = time.monotonic()
-        while not self._stop.wait(1.0):
-            self.enforce_hard_limit()
-            if time.monotonic() - last_sweep >= self._settings.sweep_interval_s:
-                last_sweep = time.monotonic()
-                self.sweep()
+        last_sweep = last_reap = time.monotonic()
+        while not self._stop.wait(min(1.0, self._settings.heartbeat_interval_s)):
+            try:
+                self.enforce_hard_limit()
+                if time.monotonic() - last_reap >= self._settings.heartbeat_interval_s:
+                    last_reap = time.monotonic()
+                    self.reap()
+                if time.monotonic() - last_sweep >= self._settings.sweep_interval_s:
+                    last_sweep = time.monotonic()
+                    self.sweep()
+            except Exception as error:  # the database busy for a moment: next period
+                log.warning("housekeeping: %s", error)
 
     def enforce_hard_limit(self) -> list[str]:
         """Fail the jobs running longer than the hard time limit; returns their ids."""
@@ -157,9 +208,25 @@ class EmbeddedDispatcher(Dispatcher):
     def device(self) -> str:
         return self._device
 
-    def close(self) -> None:
+    def close(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """A graceful stop: no further job starts, and the running ones stop at their next
+        step and go back to queued without counting as lost runs (the next start runs them
+        from the beginning). Waits up to ``grace_s`` for them; a job still running then (a
+        long single step) keeps its record running, and the next start takes it over as a
+        dead run."""
         self._stop.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._shutdown.set()
+        with self._lock:
+            for _ in self._threads:
+                self._tasks.put(None)
+        deadline = time.monotonic() + grace_s
+        with self._idle:
+            while self._running and (left := deadline - time.monotonic()) > 0:
+                self._idle.wait(left)
+            still = sorted(self._running)
+        if still:
+            log.warning("jobs %s did not stop within %.0f s of the shutdown; the next start "
+                        "runs them again as lost runs", ", ".join(still), grace_s)  # fmt: skip
 
 
 class CeleryDispatcher(Dispatcher):

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -25,6 +28,13 @@ from testkit.stack import RedisServer, wait_for
 
 JOB = "0" * 32  # a job id as new_job_id() makes them
 SETTINGS = Settings(heartbeat_interval_s=0.1, heartbeat_timeout_s=0.5, preload_models=())
+
+
+def dead_run_token() -> str:
+    """The run token of a process of this host that has exited (what a killed server left)."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return f"{socket.gethostname()}/{gone.stdout.strip()}/0123456789abcdef"
 
 
 def record(job_id: str = "j1", **fields) -> JobRecord:
@@ -165,6 +175,21 @@ def test_requeue_stale_hands_back_only_jobs_whose_heartbeat_stopped(store):
     assert store.requeue_stale(0.5) == []  # requeued once, not at every scan
     assert store.start("dead", "run-new", stale_after_s=0.5).attempts == 2
     assert store.ping()
+
+
+def test_a_released_run_goes_back_to_queued_and_is_not_a_lost_run(store):
+    """A graceful stop hands the job back: queued, its run still counted in attempts (runs that
+    started) and in released; only the run that holds the job can release it."""
+    store.create(record())
+    store.start("j1", "run-a", stale_after_s=5)
+    assert store.release("j1", "run-b") is None  # not that run's job
+    released = store.release("j1", "run-a")
+    assert (released.status, released.attempts, released.released) == ("queued", 1, 1)
+    assert released.run_token is None and store.running() == []
+    assert store.release("j1", "run-a") is None  # once
+    assert store.unclaimed(older_than_s=0) == ["j1"]
+    again = store.start("j1", "run-c", stale_after_s=5)
+    assert (again.attempts, again.released) == (2, 1)
 
 
 # --- SQLite: one file, many store objects, reopened --------------------------------------------
@@ -314,7 +339,7 @@ def test_embedded_hard_time_limit_fails_an_overrunning_job_and_its_run_stops(tmp
         assert failed.status == "failed" and "hard time limit of 2 s" in failed.error
         assert not store.beat("j1", "stuck")  # the run's heartbeat sees it and it stops
     finally:
-        dispatcher.close()
+        dispatcher.close(grace_s=0)  # no thread runs "j1"
         store.close()
 
 
@@ -352,9 +377,9 @@ def test_a_restarted_embedded_server_runs_again_what_its_previous_process_left(t
         previous.create(record(job_id, model=model, created_at=now + i))
         if job_id != "waiting":  # it died between recording "waiting" and queuing it
             previous.dispatched(job_id)
-    previous.start("once", "dead-run", stale_after_s=5)
-    previous.start("twice", "dead-run-1", stale_after_s=5)
-    previous.start("twice", "dead-run-2", stale_after_s=0)  # its first run was lost before
+    previous.start("once", dead_run_token(), stale_after_s=5)  # its process is gone
+    previous.start("twice", dead_run_token(), stale_after_s=5)
+    previous.start("twice", dead_run_token(), stale_after_s=0)  # its first run was lost before
     previous.start("done", "run", stale_after_s=5)
     previous.finish("done", "succeeded")
     previous.close()  # what the killed process left in the file
@@ -374,6 +399,69 @@ def test_a_restarted_embedded_server_runs_again_what_its_previous_process_left(t
         assert f"lost {MAX_ATTEMPTS} times" in twice.error and "not run again" in twice.error
         assert store.get("done").attempts == 1 and store.unfinished() == []
         assert store._indexed(UNDISPATCHED, 10) == []
+    finally:
+        dispatcher.close()
+        store.close()
+
+
+SLOW_SERIES_JOB = {"model": "state_gru", "method": "extremal_mask", "options": {"iterations": 5000},
+                   "input": {"kind": "sample", "name": "state:0"}}  # fmt: skip
+
+
+def test_a_starting_embedded_server_leaves_a_live_servers_running_job_alone(tmp_path):
+    """Two embedded servers on one artifact directory: the second's start and its reaper (every
+    heartbeat interval) do not take the job the first is running; the first's run goes on
+    (same run token, one attempt, fresh heartbeats) until it is cancelled."""
+    settings = Settings(heartbeat_interval_s=0.2, heartbeat_timeout_s=1.0, preload_models=())
+    path, artifacts = tmp_path / "jobs.sqlite3", ArtifactStore(tmp_path / "artifacts")
+    stores = [SqliteJobStore(path, ttl_s=60) for _ in range(2)]
+    first = EmbeddedDispatcher(settings, stores[0], artifacts, ModelStore(tmp_path / "models"))
+    second = None
+    try:
+        stores[0].create(record(**SLOW_SERIES_JOB))
+        first.submit("j1")
+        stores[0].dispatched("j1")
+        wait_for(lambda: (stores[0].progress("j1") or {}).get("step", 0) >= 1, 60, "a step")
+        claimed = stores[0].get("j1")
+        second = EmbeddedDispatcher(settings, stores[1], artifacts, ModelStore(tmp_path / "models"))
+        second.start()  # recover(), then its housekeeping reaps every 0.2 s
+        time.sleep(3 * settings.heartbeat_timeout_s)
+        now = stores[1].get("j1")
+        assert (now.status, now.run_token, now.attempts) == ("running", claimed.run_token, 1)
+        assert now.heartbeat_at > claimed.heartbeat_at  # the first server's run goes on
+        assert second.queue_length() == 0 and second._running == {}
+        stores[1].cancel("j1")
+        wait_for(lambda: stores[0].get("j1").status in TERMINAL, 30, "the cancel")
+        assert (stores[0].get("j1").status, stores[0].get("j1").attempts) == ("cancelled", 1)
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+        for store in stores:
+            store.close()
+
+
+def test_the_embedded_reaper_runs_once_a_job_whose_run_died(tmp_path):
+    """While the server runs, a job whose run died (its process on this host is gone: at once;
+    on another host: once its heartbeat is older than the timeout) is queued again by the
+    housekeeping thread and runs once more, to one success."""
+    model = row_limited_model(tmp_path, rows=1000)
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3", ttl_s=60)
+    settings = Settings(heartbeat_interval_s=0.2, heartbeat_timeout_s=1.5, preload_models=())
+    dispatcher = EmbeddedDispatcher(settings, store, ArtifactStore(tmp_path / "artifacts"),
+                                    ModelStore(tmp_path / "models"))  # fmt: skip
+    try:
+        dispatcher.start()
+        for job_id, token in (("here", dead_run_token()), ("there", "gone-host/1/0123abcd")):
+            store.create(record(job_id, model=model))
+            store.dispatched(job_id)
+            store.start(job_id, token, stale_after_s=5)
+        ids = ("here", "there")
+        wait_for(lambda: all(store.get(i).status in TERMINAL for i in ids), 60, "the jobs")
+        for job_id in ids:
+            done = store.get(job_id)
+            assert (done.status, done.attempts, done.released) == ("succeeded", 2, 0), done
+        assert store.stats()["succeeded"] == 2 and store.running() == []
     finally:
         dispatcher.close()
         store.close()
