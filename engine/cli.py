@@ -297,6 +297,34 @@ def output_folder(args: argparse.Namespace) -> Path:
     return out
 
 
+def write_outputs(result, out: Path) -> dict[str, Path]:
+    """``result``'s files in ``out``, all or none: written into a hidden staging folder inside
+    ``out`` and moved in only once every file is written. On a failure the staging folder goes,
+    and so do the folders this call created; files already in ``out`` are left as they were."""
+    import shutil
+    import tempfile
+
+    from engine.artifacts import write_artifacts
+
+    created = next((folder for folder in reversed([out, *out.parents]) if not folder.exists()),
+                   None)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=out))
+    try:
+        written = write_artifacts(result, staging)
+        paths = {}
+        for name, path in written.items():
+            paths[name] = out / path.name
+            path.replace(paths[name])
+        return paths
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _load_for_training(args: argparse.Namespace):
     """The loaded model and the square image size (h, w) the command works at."""
     from engine.models import load_model
@@ -386,7 +414,6 @@ def _progress_bar(enabled: bool):
 
 
 def command_explain(args: argparse.Namespace) -> int:
-    from engine.artifacts import write_artifacts
     from engine.catalogue import get_method, get_metric, parse_metrics
     from engine.data import InputError
     from engine.explain import explain
@@ -446,7 +473,7 @@ def command_explain(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.image}: {error}") from None
     finally:
         close()
-    paths = write_artifacts(result, out)
+    paths = write_outputs(result, out)
     p = result.predictions[0]
     print(
         f"{result.method} on {result.model}: predicted {p.label} ({p.class_index}) "

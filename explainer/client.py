@@ -63,6 +63,7 @@ class Client:
     ) -> None:
         if retries < 0 or timeout <= 0 or max_retry_wait < 0 or backoff < 0:
             raise ValueError("retries, max_retry_wait and backoff must be ≥ 0, timeout > 0")
+        check_url(url)
         self.url = url.rstrip("/")
         self.timeout, self.retries = timeout, retries
         self.max_retry_wait, self.backoff = max_retry_wait, backoff
@@ -353,6 +354,20 @@ class Client:
         if not wait:
             return job
         return self.result(self.wait(job, timeout=timeout, on_progress=on_progress))
+
+
+def check_url(url: str) -> None:
+    """The server's address is an http(s) URL with a host; a bare '127.0.0.1:8765' (which httpx
+    would read as a path, every request failing to connect after all the retries) is refused
+    at once, naming the address to give instead."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as error:
+        raise ValueError(f"server url {url!r} is not a URL: {error}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        hint = f"; did you mean 'http://{url}'?" if url and "://" not in url else ""
+        raise ValueError(f"server url {url!r} must be an http:// or https:// address with a "
+                         f"host, like {DEFAULT_URL!r}{hint}")  # fmt: skip
 
 
 def job_id(job: Job | str) -> str:

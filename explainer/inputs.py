@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import mimetypes
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,17 +61,58 @@ def encode_input(
 
 
 def encode_path(value: str | os.PathLike, kind: InputKind | None) -> Encoded:
-    """A file (image, or a series .npy/.csv), else a bundled sample's name."""
+    """A file (image, or a series .npy/.csv), else a bundled sample's name. What the file is
+    comes from its bytes (:func:`file_kind`); a file that is neither, or not the ``kind`` asked
+    for, raises ValueError before anything is sent."""
     path = Path(value)
     if path.is_file():
         data = path.read_bytes()
-        series = kind == "series" or (kind is None and path.suffix.lower() in SERIES_SUFFIXES)
-        field_name = "series" if series else "image"
+        try:
+            found = file_kind(data)
+        except ValueError as error:
+            raise ValueError(f"{path} {error}; nothing was sent") from None
+        if kind is not None and kind != found:
+            raise ValueError(f"{path} holds {'an image' if found == 'image' else 'a series'}, "
+                             f"not {'an image' if kind == 'image' else 'a series'} (kind="
+                             f"{kind!r}); nothing was sent")  # fmt: skip
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return Encoded(file=(field_name, path.name, data, content_type))
+        if found == "image" and not content_type.startswith("image/"):
+            content_type = "application/octet-stream"
+        return Encoded(file=(found, path.name, data, content_type))
     if isinstance(value, str) and not looks_like_path(value):
         return Encoded(fields={"sample": value})
     raise FileNotFoundError(f"no file {str(value)!r} (and it is not a bundled sample's name)")
+
+
+def file_kind(data: bytes) -> InputKind:
+    """What a file's bytes hold: a series (``.npy``, or numeric comma-separated text as the
+    server reads it) or an image (what Pillow can open); ValueError saying why it is neither."""
+    if data.startswith(NPY_MAGIC):
+        return "series"
+    try:
+        with Image.open(io.BytesIO(data)):
+            return "image"
+    except Image.DecompressionBombError:
+        return "image"  # an image, too large: the server words its limit
+    except (OSError, ValueError, SyntaxError):
+        pass
+    neither = ("neither an image (Pillow cannot open it) nor a series (a .npy file, or numbers "
+               "separated by commas, one time step a line)")  # fmt: skip
+    if not data.strip():
+        raise ValueError(f"is empty: {neither}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # loadtxt warns about text without numbers
+            values = np.loadtxt(io.StringIO(data.decode()), delimiter=",", ndmin=2)
+    except UnicodeDecodeError:
+        raise ValueError(f"is {neither}") from None
+    except ValueError as error:
+        reason = str(error).rstrip(".")
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        raise ValueError(f"is {neither}; read as comma-separated numbers: {reason}") from None
+    if not values.size:
+        raise ValueError(f"holds no numbers: {neither}")
+    return "series"
 
 
 def as_array(value: Any) -> np.ndarray:

@@ -108,14 +108,26 @@ class Result:
         """A mask method's ``history.json`` (loss terms per iteration); None otherwise."""
         return self.json("history.json")
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Write every artifact as the server sent it, and the job's view as ``job.json``, into
-        ``folder`` (created if missing). Returns the folder."""
+        ``folder`` (created if missing). Returns the folder. A file already there of one of
+        those names is not replaced unless ``overwrite`` (FileExistsError naming them, before
+        anything is written); a ``folder`` that is a file is a NotADirectoryError."""
         out = Path(folder)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"cannot save into {out}: it is a file, not a folder")
+        contents = {Path(name).name: data for name, data in self.files.items()}
+        contents["job.json"] = json.dumps(self.job.raw, indent=2).encode()
+        present = sorted(name for name in contents if (out / name).exists())
+        if present and not overwrite:
+            shown = ", ".join(present[:5]) + (
+                f" and {len(present) - 5} more" if present[5:] else ""
+            )
+            raise FileExistsError(f"{out} already holds {shown}; save into another folder, or "
+                                  "pass overwrite=True to replace them")  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)
-        for name, data in self.files.items():
-            (out / Path(name).name).write_bytes(data)
-        (out / "job.json").write_text(json.dumps(self.job.raw, indent=2))
+        for name, data in contents.items():
+            (out / name).write_bytes(data)
         return out
 
     def __repr__(self) -> str:

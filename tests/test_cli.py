@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -187,6 +188,41 @@ def test_input_mistakes_are_one_line(tmp_path):
     assert_one_line_error(run("methods", "--family", "grad"), "did you mean 'gradient'?")
     assert_one_line_error(run("metrics", "degredation"), "did you mean 'degradation'?")
     assert (tmp_path / "full" / "summary.json").read_text() == "{}"  # not overwritten
+
+
+def test_a_series_the_engine_refuses_is_one_line_and_writes_nothing(tmp_path):
+    """A one-step CSV was explained, then its plot failed: a 22-line traceback and an --out
+    holding attribution.npy alone. 1e308 overflowed float32 in the engine."""
+    (tmp_path / "one.csv").write_text("1,2,3\n")
+    (tmp_path / "huge.csv").write_text("1e308,1e308,1e308\n1,2,3\n")
+    for name, words in [
+        ("one.csv", ["one.csv: a series needs at least 2 time steps"]),
+        ("huge.csv", ["huge.csv: series values must be finite as float32"]),
+    ]:
+        out = tmp_path / f"out-{name}"
+        done = run("explain", str(tmp_path / name), "--model", "state_gru", "--method",
+                   "saliency", "--out", str(out))  # fmt: skip
+        assert_one_line_error(done, *words)
+        assert not out.exists()
+
+
+def test_a_failed_write_leaves_no_files_and_no_folder_it_made(tmp_path):
+    """The files go into --out all together or not at all: a failure while writing them (here
+    a plot of inputs that are not a series) removes what was written and the folders made."""
+    from engine.cli import write_outputs
+
+    result = explain("state_gru", np.ones((4, 3)), "saliency")
+    broken = dataclasses.replace(result, inputs=result.inputs[:, :, :, None])  # 4-D: no plot
+    with pytest.raises(ValueError):
+        write_outputs(broken, tmp_path / "new" / "out")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError):
+        write_outputs(broken, tmp_path / "kept")
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["notes.txt"]
+    written = write_outputs(result, tmp_path / "kept")
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == sorted(["notes.txt", *written])
 
 
 def test_a_method_is_shown_with_its_options_and_a_family_alone():

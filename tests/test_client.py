@@ -162,6 +162,69 @@ def test_a_refused_connection_is_retried_then_typed(caplog):
     assert sum("ConnectError" in r.getMessage() for r in caplog.records) == 2
 
 
+def test_an_address_without_a_scheme_is_refused_at_once():
+    """Client("127.0.0.1:8765") retried five times and raised ConnectionFailed after 15 s."""
+    started = time.monotonic()
+    for url in ("127.0.0.1:8765", "localhost:8000", "ftp://127.0.0.1", "http://", ""):
+        with pytest.raises(ValueError, match="http:// or https://"):
+            Client(url)
+    with pytest.raises(ValueError, match=re.escape("did you mean 'http://127.0.0.1:8765'")):
+        Client("127.0.0.1:8765")
+    assert time.monotonic() - started < 1
+    with Client("https://explainer.example/api/") as client:
+        assert client.url == "https://explainer.example/api"
+
+
+def test_a_file_that_is_neither_image_nor_series_is_refused_before_sending(tmp_path):
+    """A text file was sent as a series and refused as wrong_input_kind; now nothing is sent
+    (nothing listens on the port: a request would be a ConnectionFailed)."""
+    from explainer.inputs import encode_input
+
+    (tmp_path / "t.txt").write_text("hello world\n")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    (tmp_path / "photo.png").write_bytes(b"not a picture")
+    (tmp_path / "s.csv").write_text("1,2,3\n4,5,6\n")
+    Image.fromarray(data.chelsea()).save(tmp_path / "cat.txt", format="JPEG")
+    with Client(f"http://127.0.0.1:{free_port()}", retries=0) as client:
+        refusals = [("t.txt", "could not convert string 'hello world'"),
+                    ("empty.csv", "is empty"), ("photo.png", "Pillow cannot open")]  # fmt: skip
+        for name, words in refusals:
+            with pytest.raises(ValueError, match=words) as refused:
+                client.explain(tmp_path / name, "saliency")
+            assert "neither an image" in str(refused.value) and name in str(refused.value)
+        with pytest.raises(ValueError, match="holds a series, not an image"):
+            client.submit(tmp_path / "s.csv", "saliency", kind="image")
+
+    def unused() -> str:
+        raise AssertionError("a file's kind comes from its bytes")
+
+    # what the bytes are decides the field, not the file's name
+    assert encode_input(tmp_path / "cat.txt", None, unused).file[0] == "image"
+    assert encode_input(tmp_path / "s.csv", None, unused).file[0] == "series"
+
+
+def test_saving_never_replaces_a_file_unless_asked(tmp_path):
+    """result.save(folder) overwrote what the folder held; the CLI refuses unless --overwrite."""
+    from explainer import Job, Result
+
+    result = Result(Job.from_json({"id": "j1", "status": "succeeded"}),
+                    {"attribution.npy": b"new", "summary.json": b"{}"})  # fmt: skip
+    assert result.save(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b" / "attribution.npy").read_bytes() == b"new"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "job.json").write_text("mine")
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"mine already holds job.json; .*overwrite=True"):
+        result.save(tmp_path / "mine")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["job.json", "notes.txt"]
+    result.save(tmp_path / "mine", overwrite=True)
+    assert json.loads((tmp_path / "mine" / "job.json").read_text())["id"] == "j1"
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        result.save(tmp_path / "file", overwrite=True)
+
+
 def test_cancel_a_long_job(client):
     # 2000 integration steps, one row per model pass: minutes on a CPU
     job = client.submit("coffee", "integrated_gradients",

@@ -130,6 +130,8 @@ def test_values_must_have_the_documented_json_types(api):
         ({"method": "saliency"}, 422, ["exactly one"]),
         (SERIES | {"series": [[1.0, 2.0, 3.0], [3.0]]}, 422, ["time × features"]),
         (SERIES | {"series": [[1.0, 2.0, 3.0], [float("nan")] * 3]}, 422, ["finite"]),
+        (SERIES | {"series": [[1.0, 2.0, 3.0]]}, 422, ["at least 2 time steps", "got 1 step"]),
+        (SERIES | {"series": [[1e308] * 3] * 2}, 422, ["finite as float32"]),
         (SERIES | {"series": [[0.5] * 3] * 20_000}, 413, ["limits"]),
         (SERIES | {"series": [[0.5, 0.1]] * 4}, 422, ["takes 3 features", "has 2"]),
         (SERIES | {"series": [[0.5] * 3] * 2, "truth": [[1, 0, 0]]}, 422, ["truth", "(2, 3)"]),
@@ -494,6 +496,25 @@ def test_npy_series_are_checked_header_first(api):
     assert_error(upload_series(api, npy(np.ones((8, 3)) * (1 + 2j))), 422, "complex numbers")
     assert_error(upload_series(api, npy(np.zeros((8, 3), dtype=object))), 422, "object")
     accepted = upload_series(api, npy(np.full((8, 3), 0.5)))
+    assert accepted.status_code == 202, accepted.text
+    assert api.wait_done(accepted.json()["id"])["status"] == "succeeded"
+
+
+def test_series_the_engine_cannot_explain_are_refused_at_submit(api):
+    """A one-step series (JSON or a one-line CSV) was accepted, then its job failed with an
+    internal error; so did 1e308, which float32 makes inf. The engine's rule, at submit."""
+    for data, words in [(b"1,2,3\n", ["at least 2 time steps"]),
+                        (b"1e308,1,1\n1,2,3\n", ["finite as float32"]),
+                        (npy(np.ones((1, 3))), ["at least 2 time steps"])]:  # fmt: skip
+        response = api.client.post(
+            "/explain", files={"series": ("s.csv", data, "text/csv")},
+            data={"request": json.dumps(SERIES | {"method": "saliency"})},
+        )  # fmt: skip
+        assert_error(response, 422, *words)
+        assert response.json()["error"]["code"] == "invalid_series"
+    accepted = api.client.post(
+        "/explain", json=SERIES | {"method": "saliency", "series": [[1.0, 2.0, 3.0]] * 2}
+    )
     assert accepted.status_code == 202, accepted.text
     assert api.wait_done(accepted.json()["id"])["status"] == "succeeded"
 

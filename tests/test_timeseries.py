@@ -308,6 +308,49 @@ def test_npy_series_read_as_saved(tmp_path):
         assert np.array_equal(load_series(path).numpy(), expected)
 
 
+def test_a_series_needs_two_steps_of_float32_finite_values(tmp_path):
+    """A one-step series passed every check, then its plot failed (IndexError) after the
+    attribution was written; 1e308 passed as float64 and became inf in float32 in the worker."""
+    (tmp_path / "one.csv").write_text("1,2,3\n")
+    (tmp_path / "one.npy").write_bytes(npy_header_only((1, 3), data=b"\0" * 24))
+    for source in ([[1.0, 2.0, 3.0]], np.ones(1), tmp_path / "one.csv", tmp_path / "one.npy"):
+        with pytest.raises(InputError, match=r"at least 2 time steps .*got 1 step"):
+            load_series(np.asarray(source) if isinstance(source, list) else source)
+    with pytest.raises(InputError, match="at least 2 time steps"):
+        read_npy(npy_header_only((1, 3), data=b""))  # refused from the header
+    for huge in (1e308, -1e39, np.float64(np.finfo(np.float32).max) * 2):
+        with pytest.raises(InputError, match="finite as float32"):
+            load_series(np.full((2, 3), huge))
+    largest = np.full((2, 3), np.finfo(np.float32).max, dtype=np.float64)
+    assert torch.isfinite(load_series(largest)).all()
+    assert load_series(np.arange(2)).shape == (2, 1)
+
+
+def test_every_series_method_scores_and_plots_the_shortest_series(tmp_path):
+    """Every method a series model lists runs on a series of MIN_SERIES_LENGTH steps, with its
+    black-box and white-box scores and its files (the plot had no time axis for one step)."""
+    from engine.artifacts import write_artifacts
+    from engine.catalogue import applicable_methods
+    from engine.data.timeseries import MIN_SERIES_LENGTH
+    from engine.models import MODELS
+    from engine.render import series_plot, time_ticks
+
+    series = np.random.default_rng(0).normal(size=(MIN_SERIES_LENGTH, 3))
+    truth = torch.zeros(1, MIN_SERIES_LENGTH, 3, dtype=torch.long)
+    truth[0, :, 1] = 1
+    methods = [m.name for m in applicable_methods(MODELS["state_gru"])]
+    assert {"saliency", "integrated_gradients", "extremal_mask"} <= set(methods)
+    for method in methods:
+        options = {"iterations": 3} if method == "extremal_mask" else {}
+        result = explain("state_gru", series, method, options)
+        assert result.scores[0]["comprehensiveness"] != 0  # one entry of six was masked
+        assert all(math.isfinite(v) for v in white_box(result.attribution, truth).values())
+        written = write_artifacts(result, tmp_path / method)
+        assert {"attribution.npy", "series.png", "summary.json"} <= set(written)
+    assert time_ticks(1) == [0] and time_ticks(2) == [0, 1] and time_ticks(3) == [0, 1, 2]
+    assert series_plot(np.ones((1, 2)), np.ones((1, 2)), truth=np.ones((1, 2))).size == (800, 274)
+
+
 def test_registry_refuses_a_model_input_mismatch(one_model, lite0):
     model, test = one_model
     with pytest.raises(MethodError, match="does not explain image"):
@@ -343,7 +386,7 @@ def test_saved_model_round_trip_and_cli(tmp_path):
         assert {"loss", "comprehensiveness", "sufficiency"} <= set(summary["scores"])
         from PIL import Image
 
-        assert Image.open(folder / "series.png").size == (800, 3 * 120)
+        assert Image.open(folder / "series.png").size == (800, 3 * 120 + 34)  # and time axis
     assert np.allclose(np.load(tmp_path / "series_0_npy" / "attribution.npy"),
                        np.load(tmp_path / "series_csv" / "attribution.npy"), atol=1e-5)  # fmt: skip
 

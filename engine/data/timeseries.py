@@ -23,6 +23,12 @@ from engine.data.images import InputError
 
 DEFAULT_MAX_LENGTH = 10_000
 DEFAULT_MAX_FEATURES = 64
+# A series of one step has no time axis: its mean over time (the black-box "mean" baseline) is
+# the series itself, and the black-box scores' top 20 % of its T·D entries is empty (for up to
+# four features), so they would score an unmasked series. Every series method, the white-box
+# and black-box scores and the plot run on two steps (tests/test_timeseries.py).
+MIN_SERIES_LENGTH = 2
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -157,11 +163,16 @@ def check_series_shape(
     shape: tuple[int, ...], max_length: int = DEFAULT_MAX_LENGTH,
     max_features: int = DEFAULT_MAX_FEATURES,
 ) -> None:  # fmt: skip
-    """A series is time × features (a 1-D array: one feature), not empty, within the limits."""
+    """A series is time × features (a 1-D array: one feature), at least
+    :data:`MIN_SERIES_LENGTH` steps, within the limits."""
     if len(shape) == 1:
         shape = (shape[0], 1)
     if len(shape) != 2 or 0 in shape:
         raise InputError(f"a series is time × features (2-D), got shape {tuple(shape)}")
+    if shape[0] < MIN_SERIES_LENGTH:
+        raise InputError(f"a series needs at least {MIN_SERIES_LENGTH} time steps (rows, time × "
+                         f"features), got {shape[0]} step of {shape[1]} feature"
+                         f"{'s' if shape[1] > 1 else ''}")  # fmt: skip
     if shape[0] > max_length or shape[1] > max_features:
         raise InputError(f"series is {shape[0]}×{shape[1]}; limits are {max_length} steps and "
                          f"{max_features} features")  # fmt: skip
@@ -205,7 +216,8 @@ def load_series(
 ) -> torch.Tensor:
     """A series as time × features from an array, a list, a ``.npy`` or a ``.csv`` file (comma
     separated, no header) → float32 (T, D), validated: 2-D, real numbers, finite, within the
-    limits (a ``.npy`` file's header is checked before its data is read: :func:`read_npy`)."""
+    limits, at least :data:`MIN_SERIES_LENGTH` steps (a ``.npy`` file's header is checked before
+    its data is read: :func:`read_npy`)."""
     if isinstance(source, str | Path):
         path = Path(source)
         if not path.is_file():
@@ -226,6 +238,9 @@ def load_series(
     check_series_dtype(array.dtype)
     if array.ndim == 1:
         array = array[:, None]
-    if not np.isfinite(array).all():
-        raise InputError("series values must be finite (no NaN or inf)")
-    return torch.from_numpy(array.astype(np.float32))
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e308 becomes inf in float32
+        values = array.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise InputError("series values must be finite as float32 (no NaN or inf, magnitudes "
+                         f"up to {FLOAT32_MAX:.3g})")  # fmt: skip
+    return torch.from_numpy(values)

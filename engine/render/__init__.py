@@ -123,10 +123,12 @@ def image_from_tensor(image: torch.Tensor | np.ndarray) -> Image.Image:
 
 def time_ticks(steps: int, count: int = 6) -> list[int]:
     """About ``count`` round time steps from 0 to the last step (0, 10, 20, … or 0, 50, …)."""
-    last = max(steps - 1, 1)
+    if steps <= 1:
+        return [0]
+    last = steps - 1
     raw = last / max(count - 1, 1)
     magnitude = 10 ** np.floor(np.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    step = max(next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw), 1)
     return [int(t) for t in np.arange(0, last + 1, step)]
 
 
