@@ -148,7 +148,10 @@ EXPLAIN_REQUEST_BODY = {
                 "type": "object",
                 "additionalProperties": False,
                 "required": ["request"],
+                # the request and exactly one file: image or series
                 "oneOf": [{"required": ["image"]}, {"required": ["series"]}],
+                "minProperties": 2,
+                "maxProperties": 2,
                 "properties": {
                     "image": {"type": "string", "format": "binary"},
                     "series": {
