@@ -227,7 +227,7 @@ def publish_times(
     import statistics
     import uuid
 
-    from jobs.artifacts import ArtifactStore
+    from jobs.artifact_store import ArtifactStore
 
     store = ArtifactStore(folder, objects)
     publish, read = [], []

@@ -24,7 +24,7 @@ TERMINAL: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
 
 class JobRecord(BaseModel):
     id: str
-    kind: JobKind = "explain"  # or training a set the add-ons need (jobs.training)
+    kind: JobKind = "explain"  # or training a set the add-ons need (jobs.training_jobs)
     status: JobStatus = "queued"
     created_at: float
     queued_at: float | None = None  # when it last went back to queued (None: since created_at)

@@ -1,4 +1,4 @@
-"""Run one job (an explanation, or a training job of :mod:`jobs.training`): the same code in a
+"""Run one job (an explanation, or a training job of :mod:`jobs.training_jobs`): the same code in a
 Celery worker and in the embedded in-process worker.
 
 Claims the job record for this run, keeps a heartbeat in it while it runs (so that a live
@@ -38,12 +38,12 @@ from engine.runtime import (
     rows_per_pass_at_most,
     stoppable,
 )
-from jobs.artifacts import ArtifactStore, is_no_room
+from jobs.artifact_store import ArtifactStore, is_no_room
 from jobs.objects import StoreUnavailable
 from jobs.records import TERMINAL, JobRecord, live_run, new_run_token
 from jobs.settings import Settings
 from jobs.store import JobStore
-from jobs.training import WORK, set_extras
+from jobs.training_jobs import WORK, set_extras
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -12,16 +12,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from jobs.artifacts import ArtifactStore
-from jobs.models import ModelStore, ModelUpload
+from jobs.artifact_store import ArtifactStore
+from jobs.model_store import ModelStore, ModelUpload
 from jobs.objects import open_object_store
 from jobs.settings import Settings
 from jobs.sqlite_store import SqliteJobStore
 from jobs.store import JobStore, RedisJobStore
-from jobs.training import share_trained_sets
+from jobs.training_jobs import share_trained_sets
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.errors import ApiError, error_response, install_error_handlers
-from service.routes import catalogue, jobs, models, ops, training, web
+from service.routes import jobs, listings, model_registry, ops, training, web
 from service.schemas import ErrorResponse, explain_request_adapter
 
 Limit = tuple[int, str]  # bytes, and the setting that sets them
@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                  "/patterns": zips, "/support-sets": zips},
     )  # fmt: skip
     install_error_handlers(app)
-    for module in (jobs, training, catalogue, models, ops, web):
+    for module in (jobs, training, listings, model_registry, ops, web):
         app.include_router(module.router)
     app.mount("/ui", web.static_files, name="ui")
     app.mount("/ui-swagger", web.swagger_files, name="ui-swagger")

@@ -10,8 +10,8 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from jobs.artifacts import ArtifactStore
-from jobs.models import ModelStore
+from jobs.artifact_store import ArtifactStore
+from jobs.model_store import ModelStore
 from jobs.settings import Settings
 from jobs.store import JobStore
 from service.dispatch import Dispatcher

@@ -9,8 +9,8 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from jobs.artifacts import ArtifactStore
-from jobs.models import ModelStore
+from jobs.artifact_store import ArtifactStore
+from jobs.model_store import ModelStore
 from jobs.queue import QUEUE_KEYS, live_workers, make_celery, send_job
 from jobs.records import TERMINAL
 from jobs.settings import Settings

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from jobs.artifacts import ArtifactStoreFull
+from jobs.artifact_store import ArtifactStoreFull
 from jobs.objects import StoreUnavailable
 from service.schemas import ErrorResponse
 

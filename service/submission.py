@@ -37,7 +37,7 @@ from engine.models import MODELS, ModelError, ModelSpec, known_layers
 from engine.models.inspection import unknown_layer_message
 from engine.plan import working_set_bytes
 from jobs.settings import Settings
-from jobs.training import trained_set_files
+from jobs.training_jobs import trained_set_files
 from service.errors import ApiError, clean, short
 from service.schemas import explain_request_adapter
 
@@ -331,7 +331,7 @@ def check_layers(option: str, names: list[str], kind: str, model: ModelSpec) -> 
 def check_trained_set(parsed, tenant: str | None) -> list[str]:
     """An add-on that needs a trained set for this model (patterns, GAD support networks) is
     refused until a training job has made one that ``tenant`` may use (its own or a shared
-    one: jobs.training.usable_folders). Returns what identifies the sets the job may use (a
+    one: jobs.training_jobs.usable_folders). Returns what identifies the sets the job may use (a
     new set is a new job for reuse keys); empty when it needs none."""
     need = parsed.options.trained_set()
     if need is None:

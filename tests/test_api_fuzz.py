@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from engine.models.series import BUNDLED
-from jobs.models import NAME_PATTERN
+from jobs.model_store import NAME_PATTERN
 from jobs.settings import Settings
 from service.app import create_app
 from tests.tiny_models import ReadsAFile, tiny_cnn

@@ -16,8 +16,8 @@ import time
 import pytest
 import yaml
 
-from jobs.artifacts import ArtifactStore
-from jobs.models import ModelStore
+from jobs.artifact_store import ArtifactStore
+from jobs.model_store import ModelStore
 from jobs.records import TERMINAL, JobRecord
 from jobs.runner import MAX_ATTEMPTS, run_job
 from jobs.settings import Settings

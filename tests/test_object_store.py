@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 
-from jobs.artifacts import ArtifactStore
+from jobs.artifact_store import ArtifactStore
 from jobs.objects import LocalObjects, ObjectMissing, S3Objects, StoreUnavailable
 from testkit.s3 import s3_server
 from testkit.stack import free_port
@@ -195,7 +195,7 @@ def test_a_model_replaced_in_the_bucket_is_registered_anew(s3_env, tmp_path):
 
     from engine.explain import cached_model
     from engine.models import MODELS
-    from jobs.models import ModelStore
+    from jobs.model_store import ModelStore
     from tests.tiny_models import tiny_cnn
 
     def weights(seed: int) -> bytes:

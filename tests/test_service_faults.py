@@ -135,7 +135,7 @@ def test_an_internal_failure_is_reported_without_internals(tmp_path, monkeypatch
     """A job that fails inside a library is 'failed' with a message in the user's terms; the
     exception text (here with a server path) stays in the worker's log."""
     from jobs import runner
-    from jobs.artifacts import ArtifactStore
+    from jobs.artifact_store import ArtifactStore
     from jobs.records import JobRecord
     from jobs.settings import Settings
     from jobs.store import MemoryJobStore
@@ -294,7 +294,7 @@ def test_a_stalled_redis_while_a_job_runs_delays_its_progress_but_never_fails_it
     """Redis paused (SIGSTOP) for 5 s while a job writes its progress: the writes time out
     (3 s), the job goes on and succeeds with its last progress written once Redis is back
     (it failed as 'internal error' before)."""
-    from jobs.artifacts import ArtifactStore
+    from jobs.artifact_store import ArtifactStore
     from jobs.records import JobRecord
     from jobs.runner import run_job
     from jobs.settings import Settings

@@ -11,8 +11,8 @@ import threading
 
 from celery import signals
 
-from jobs.artifacts import ArtifactStore
-from jobs.models import ModelStore
+from jobs.artifact_store import ArtifactStore
+from jobs.model_store import ModelStore
 from jobs.objects import StoreUnavailable, open_object_store
 from jobs.queue import (
     EXPLAIN_TASK,
@@ -25,7 +25,7 @@ from jobs.queue import (
 from jobs.runner import preload_models, run_job
 from jobs.settings import Settings
 from jobs.store import RedisJobStore
-from jobs.training import share_trained_sets
+from jobs.training_jobs import share_trained_sets
 
 # Our modules' log records (Celery configures only its own loggers here).
 logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/%(processName)s] "

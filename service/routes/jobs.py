@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.metrics.glossary import finite_scores, score_baselines
 from engine.models import MODELS
-from jobs.artifacts import MEDIA_TYPES
+from jobs.artifact_store import MEDIA_TYPES
 from jobs.records import TERMINAL, JobRecord, new_job_id
 from jobs.store import JobStore
 from service.deps import ArtifactsDep, DispatcherDep, ModelsDep, SettingsDep, StoreDep, Tenant

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import ArtifactsDep, DispatcherDep, SettingsDep, StoreDep, require_key
 from service.errors import ERRORS
-from service.metrics import registry
+from service.prometheus import registry
 from service.schemas import Health
 
 router = APIRouter()

@@ -3,7 +3,7 @@ Pattern-Guided IG (``POST /patterns``) and GAD's support networks (``POST /suppo
 by the workers like explanations (progress, cancel) and stored in the shared cache, where every
 worker finds them; ``GET`` lists those the caller may use. A set belongs to the API key that
 made it, or, made with an admin key (X-Admin-Key), is shared with every key, read-only
-(jobs.training.usable_folders)."""
+(jobs.training_jobs.usable_folders)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from engine.models import MODELS, ModelError, ModelSpec
 from engine.models.inspection import WHY_NEEDED
 from jobs.records import JobRecord, new_job_id
 from jobs.settings import Settings
-from jobs.training import (
+from jobs.training_jobs import (
     TooLarge,
     ZipLimits,
     as_uint8,
@@ -130,7 +130,7 @@ def image_model(name: str) -> ModelSpec:
 
 def uploaded_zips(uploads: dict[str, bytes], settings: Settings) -> tuple[bytes, dict]:
     """(stored input, record input) of a training job's uploaded zips, checked here without
-    decoding a pixel (jobs.training.check_zip); the worker decodes them."""
+    decoding a pixel (jobs.training_jobs.check_zip); the worker decodes them."""
     limits = ZipLimits(images=settings.max_training_images,
                        entry_bytes=settings.max_upload_bytes,
                        total_bytes=settings.max_training_upload_bytes,
@@ -199,7 +199,7 @@ def shared_by_admin(
 def training_record(kind: str, method: str, model: str, options: dict, seed: int,
                     source: dict, tenant: str | None, shared: bool) -> JobRecord:  # fmt: skip
     """The job record of a training request: owned by the caller; ``options['shared']`` puts
-    its set in the shared scope (jobs.training.training_scope)."""
+    its set in the shared scope (jobs.training_jobs.training_scope)."""
     return JobRecord(id=new_job_id(), kind=kind, created_at=time.time(), model=model,
                      method=method, options=options | {"shared": shared}, seed=seed,
                      input=source, content_hash="", owner=tenant)  # fmt: skip

@@ -14,7 +14,7 @@ import {
 } from "../components/jobParts.js";
 import { checkValue } from "../components/optionsForm.js";
 import { requestFields } from "../components/requestFields.js";
-import { history, inputName } from "../history.js";
+import { history, inputName } from "../session_jobs.js";
 
 const MAX_JOBS = 12;
 

@@ -5,7 +5,7 @@ import { api, ApiError } from "../api.js";
 import { h, fill } from "../components/dom.js";
 import { optionsForm } from "../components/optionsForm.js";
 import { requestFields } from "../components/requestFields.js";
-import { history, inputName } from "../history.js";
+import { history, inputName } from "../session_jobs.js";
 
 const FAMILY_NAMES = {
   gradient: "Gradients",

@@ -5,7 +5,7 @@
 import { api, apiKey } from "../api.js";
 import { h, fill, formatNumber } from "../components/dom.js";
 import { scrolling } from "../components/jobParts.js";
-import { history } from "../history.js";
+import { history } from "../session_jobs.js";
 
 const SERVER_LIMIT = 50;
 

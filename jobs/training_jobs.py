@@ -54,7 +54,7 @@ from engine.method import ProgressFn
 from engine.models.spec import model_fingerprint
 from engine.runtime import checkpoint
 from engine.storage import cache_dir
-from jobs.artifacts import ArtifactStore
+from jobs.artifact_store import ArtifactStore
 from jobs.objects import Mirror, ObjectStore, StoreUnavailable
 from jobs.records import JobRecord
 

@@ -1,5 +1,6 @@
-"""Models: the built-in ones and those in the shared model store (``jobs.models``). Admins add a
-model as a multipart upload (``config`` JSON + ``weights`` file) and delete stored ones."""
+"""Models: the built-in ones and those in the shared model store (``jobs.model_store``).
+Admins add a model as a multipart upload (``config`` JSON + ``weights`` file) and delete stored
+ones."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from engine.catalogue import applicable_methods
 from engine.models import MODELS
 from engine.models.spec import ModelSpec
-from jobs.models import BUILT_IN, CONFIG_RULE, ModelRefused, ModelUpload
-from jobs.training import models_with_trained_sets
+from jobs.model_store import BUILT_IN, CONFIG_RULE, ModelRefused, ModelUpload
+from jobs.training_jobs import models_with_trained_sets
 from service.deps import ModelsDep, SettingsDep, Tenant, require_admin, require_key
 from service.errors import ERRORS, ApiError, clean, short
 
