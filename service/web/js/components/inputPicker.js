@@ -7,6 +7,24 @@ import { h, fill } from "./dom.js";
 const ACCEPT = { image: "image/png,image/jpeg,image/webp", timeseries: ".npy,.csv" };
 const DEFAULT_SAMPLE = { image: "chelsea", timeseries: "state:0" };
 
+/** A bundled sample as a toggle button of a gallery: its thumbnail (photographs) and name. */
+export function sampleButton(sample, onclick) {
+  const button = h("button.sample", { type: "button", "aria-pressed": "false", onclick });
+  button.dataset.sample = sample.name;
+  if (sample.thumbnail) {
+    const img = h("img", { alt: "", width: 80, height: 60 });
+    api.blobUrl(sample.thumbnail).then(
+      (url) => {
+        img.src = url;
+      },
+      () => {},
+    );
+    button.append(img);
+  }
+  button.append(h("span", {}, sample.name));
+  return button;
+}
+
 /** Returns { element, read(), setKind(kind), showError(message), clearError() }; read() gives
  * { sample } or { file, field } (the multipart field: "image" or "series"). */
 export function inputPicker(samples) {
@@ -69,26 +87,7 @@ export function inputPicker(samples) {
       gallery,
       samples
         .filter((s) => s.kind === kind)
-        .map((sample) => {
-          const button = h("button.sample", {
-            type: "button",
-            "aria-pressed": "false",
-            onclick: () => pick({ sample: sample.name }),
-          });
-          button.dataset.sample = sample.name;
-          if (sample.thumbnail) {
-            const img = h("img", { alt: "", width: 80, height: 60 });
-            api.blobUrl(sample.thumbnail).then(
-              (url) => {
-                img.src = url;
-              },
-              () => {},
-            );
-            button.append(img);
-          }
-          button.append(h("span", {}, sample.name));
-          return button;
-        }),
+        .map((sample) => sampleButton(sample, () => pick({ sample: sample.name }))),
     );
   }
 

@@ -263,7 +263,7 @@ export const betterText = (entry) =>
   entry?.better === "higher" ? "↑ higher" : entry?.better === "lower" ? "↓ lower" : "–";
 
 /** A link that downloads `url` with the API key (a plain link cannot send it). */
-function downloadLink(url, filename, text, attributes = {}) {
+export function downloadLink(url, filename, text, attributes = {}) {
   return h(
     "a",
     {

@@ -6,7 +6,7 @@ import { api } from "../api.js";
 import { h, fill } from "./dom.js";
 import { inputPicker } from "./inputPicker.js";
 
-const INPUT_CODES = [
+export const INPUT_CODES = [
   "invalid_image",
   "invalid_input",
   "unknown_sample",

@@ -16,7 +16,7 @@ const FAMILY_NAMES = {
 };
 
 /** <select> of methods grouped by family, limited to those that apply to `model`. */
-function methodOptions(methods, model) {
+export function methodOptions(methods, model) {
   const applicable = methods.filter((m) => model.methods.includes(m.name));
   const families = [...new Set(applicable.map((m) => m.family))];
   return families.map((family) =>
