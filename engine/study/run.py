@@ -1,0 +1,247 @@
+"""``study(model, inputs, variants, metrics)``: every variant over every input, in engine batches.
+
+A variant explains the inputs ``batch_size`` at a time, one :func:`engine.explain` call per batch
+with a target per input; every random draw is made per input from a generator seeded by ``seed``
+alone, so each row equals what a single-input ``explain(..., seed=seed)`` gives. Variants and
+metrics are checked before any work starts.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.study.aggregate import rows_to_csv, score_rows, summarize
+from engine.study.report import write_report
+from engine.study.variants import StudyError, Variant, parse_variants
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SERIES_SUFFIXES = (".npy", ".csv")
+StudyProgress = Callable[[int, int], None]  # (input × variant results done, total)
+
+
+@dataclass(frozen=True)
+class StudyInput:
+    """One input of a study: its name in the tables and what ``explain`` takes."""
+
+    name: str
+    source: Any
+
+
+@dataclass
+class Study:
+    """A finished study: ``rows`` (one per input × variant × score key, :data:`STUDY_COLUMNS`)
+    and their ``summary`` (:func:`summarize`)."""
+
+    model: str
+    variants: list[Variant]
+    inputs: list[str]
+    metrics: list[dict[str, Any]]
+    seed: int
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_csv(self) -> str:
+        return rows_to_csv(self.rows)
+
+
+def _suffix(name: str) -> str:
+    return Path(name).suffix.lower()
+
+
+def _zip_inputs(path: Path) -> list[StudyInput]:
+    """The images and series files of a zip (folders inside it included), by entry name."""
+    from engine.data.archives import read_zip_entry
+    from engine.data.timeseries import read_npy
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise StudyError(f"{path} is not a readable zip file") from None
+    found = []
+    with archive:
+        for info in sorted(archive.infolist(), key=lambda i: i.filename):
+            base = Path(info.filename).name
+            hidden = base.startswith(".") or "__MACOSX" in info.filename
+            if info.is_dir() or hidden or _suffix(base) not in IMAGE_SUFFIXES + SERIES_SUFFIXES:
+                continue
+            data = read_zip_entry(archive, info)
+            if _suffix(base) == ".npy":
+                source: Any = read_npy(data)
+            elif _suffix(base) == ".csv":
+                try:
+                    source = np.loadtxt(io.BytesIO(data), delimiter=",", ndmin=2)
+                except ValueError as error:
+                    raise StudyError(f"zip entry {base!r} is not a numeric CSV: {error}") from None
+            else:
+                source = data
+            found.append(StudyInput(info.filename, source))
+    return found
+
+
+def study_inputs(inputs: str | Path | Sequence[Any]) -> list[StudyInput]:
+    """Named inputs from a folder (its images or series files, sorted by name), a ``.zip`` of
+    them, or a list of sample names, paths, PIL images, arrays or tensors (names: the sample's
+    or file's name, else ``input-<i>``)."""
+    if isinstance(inputs, str | Path) and Path(inputs).is_dir():
+        known = IMAGE_SUFFIXES + SERIES_SUFFIXES
+        files = sorted(p for p in Path(inputs).iterdir() if _suffix(p.name) in known)
+        found = [StudyInput(p.name, str(p)) for p in files if p.is_file()]
+        where = f"folder {inputs}"
+    elif isinstance(inputs, str | Path) and _suffix(str(inputs)) == ".zip":
+        if not Path(inputs).is_file():
+            raise StudyError(f"no zip file {inputs}")
+        found, where = _zip_inputs(Path(inputs)), f"zip {inputs}"
+    elif isinstance(inputs, str | Path):
+        raise StudyError(f"{inputs} is neither a folder nor a .zip of images or series files")
+    else:
+        found, where = [], "the list of inputs"
+        for i, item in enumerate(inputs):
+            if isinstance(item, str | Path):
+                name = Path(item).name if Path(item).is_file() else str(item)
+                found.append(StudyInput(name, str(item)))
+            elif isinstance(item, Image.Image | np.ndarray | torch.Tensor):
+                found.append(StudyInput(f"input-{i}", item))
+            else:
+                raise StudyError(f"input {i} is of type {type(item).__name__}: give a sample "
+                                 "name, a path, a PIL image or an array")  # fmt: skip
+    if not found:
+        raise StudyError(f"no inputs in {where} (images: {', '.join(IMAGE_SUFFIXES)}; series: "
+                         f"{', '.join(SERIES_SUFFIXES)})")  # fmt: skip
+    names = [item.name for item in found]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise StudyError(f"inputs must have distinct names; twice: {', '.join(twice)}")
+    return found
+
+
+def study_targets(targets: Any, count: int) -> list[Any]:
+    """A target per input: None / "predicted" (each input's predicted class), one class index
+    or label for all, or a list with one per input."""
+    if isinstance(targets, list | tuple):
+        if len(targets) != count:
+            raise StudyError(f"{len(targets)} targets for {count} inputs: give one per input, "
+                             "one for all, or 'predicted'")  # fmt: skip
+        return [None if t == "predicted" else t for t in targets]
+    return [None if targets == "predicted" else targets] * count
+
+
+def check_variants(variants: Sequence[Variant], model_kind: str, capabilities) -> None:
+    """Each variant's method exists (the catalogue's did-you-mean message), its options parse
+    and apply to this kind of input, and it can run on the model."""
+    from engine.catalogue import get_method
+    from engine.method import OptionsError
+
+    for variant in variants:
+        try:
+            spec = get_method(variant.method)
+            options = spec.parse_options(variant.options)
+            options.check_input_kind(model_kind)
+        except OptionsError as error:
+            raise StudyError(f"variant {variant.label!r}: {error}") from None
+        if refusal := spec.refusal(options, model_kind, capabilities):
+            raise StudyError(f"variant {variant.label!r}: {refusal}")
+
+
+def check_sizes(items: Sequence[StudyInput], resize: str, kind: str) -> None:
+    """With ``resize='none'`` the images keep their sizes, so a batch needs them all alike."""
+    if resize != "none" or kind != "image":
+        return
+    from engine.data import load_image
+
+    sizes = {}
+    for item in items:
+        sizes.setdefault(tuple(load_image(item.source)[0].shape[1:]), item.name)
+    if len(sizes) > 1:
+        shown = ", ".join(f"{name} {h}×{w}" for (h, w), name in list(sizes.items())[:3])
+        raise StudyError(f"resize 'none' keeps each image's size, and these differ ({shown}): "
+                         "use resize 'center_crop' or 'resize' for a study")  # fmt: skip
+
+
+def folder_name(text: str) -> str:
+    """A file-system-safe folder name for an input or variant label."""
+    safe = re.sub(r"[^A-Za-z0-9._=,+\-\[\]]+", "_", text).strip("._") or "input"
+    return safe[:120]
+
+
+def study(
+    model: Any,
+    inputs: str | Path | Sequence[Any],
+    variants: Sequence[str | dict[str, Any] | Variant],
+    metrics: Sequence[str | dict[str, Any]] = (),
+    *,
+    targets: Any = None,
+    seed: int = 0,
+    device: str | None = None,
+    weights: str | None = None,
+    resize: str = "center_crop",
+    batch_size: int = 8,
+    progress: StudyProgress | None = None,
+    out_dir: str | Path | None = None,
+) -> Study:
+    """Explain every input with every variant and score it with ``metrics``.
+
+    ``model``: as :func:`engine.explain` takes it; ``inputs``: a folder or ``.zip`` of images or
+    series files, or a list of sample names, paths, PIL images or arrays; ``variants``:
+    ``'method:key=value,...'`` strings, ``{"method", "options", "label"}`` objects or
+    :class:`Variant`; ``targets``: ``None``/``"predicted"``, one class index or label for all,
+    or a list with one per input. ``progress(done, total)`` counts input × variant results.
+    With ``out_dir``, each input's files (``engine.artifacts``) go to
+    ``out_dir/<variant>/<input>/`` and the report (:func:`write_report`) to ``out_dir``.
+    """
+    from engine.artifacts import write_artifacts
+    from engine.catalogue import parse_metrics
+    from engine.explain import explain, resolve_model
+
+    if batch_size < 1:
+        raise StudyError(f"batch_size must be at least 1, got {batch_size}")
+    if resize not in ("center_crop", "resize", "none"):
+        raise StudyError(f"unknown resize {resize!r}; use center_crop, resize or none")
+    parsed = parse_variants(variants)
+    requests = parse_metrics(metrics)
+    items = study_inputs(inputs)
+    per_input = study_targets(targets, len(items))
+    loaded = resolve_model(model, weights, device)
+    check_variants(parsed, loaded.spec.input_kind, loaded.capabilities)
+    check_sizes(items, resize, loaded.spec.input_kind)
+    out = Path(out_dir) if out_dir is not None else None
+    rows: list[dict[str, Any]] = []
+    done, total = 0, len(parsed) * len(items)
+    for variant in parsed:
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            result = explain(
+                loaded, [item.source for item in batch], variant.method, variant.options,
+                target=per_input[start : start + len(batch)], seed=seed, resize=resize,
+                metrics=metrics,
+            )  # fmt: skip
+            names = [(start + i, item.name) for i, item in enumerate(batch)]
+            rows.extend(score_rows(result, variant, names))
+            if out is not None:
+                for i, item in enumerate(batch):
+                    folder = out / folder_name(variant.label) / folder_name(item.name)
+                    write_artifacts(result, folder, i)
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+    labels = [variant.label for variant in parsed]
+    if out is not None:
+        write_report(rows, out, labels)
+    return Study(
+        model=loaded.spec.name,
+        variants=parsed,
+        inputs=[item.name for item in items],
+        metrics=[request.record() for request in requests],
+        seed=seed,
+        rows=rows,
+        summary=summarize(rows, labels),
+    )
