@@ -86,6 +86,20 @@ export const api = {
   cancel: async (id) =>
     (await request(`/jobs/${encodeURIComponent(id)}`, { method: "DELETE" })).json(),
 
+  /** POST /studies: JSON for bundled samples, multipart with the .zip of inputs otherwise. */
+  async submitStudy(body, zip = null) {
+    if (!zip) return (await request("/studies", { method: "POST", json: body })).json();
+    const form = new FormData();
+    form.append("inputs", zip, zip.name);
+    form.append("request", JSON.stringify(body));
+    return (await request("/studies", { method: "POST", body: form })).json();
+  },
+  /** The studies of this API key, newest first (GET /studies; without their summaries). */
+  studies: () => getJson("/studies"),
+  study: (id) => getJson(`/studies/${encodeURIComponent(id)}`),
+  cancelStudy: async (id) =>
+    (await request(`/studies/${encodeURIComponent(id)}`, { method: "DELETE" })).json(),
+
   /** An artifact or thumbnail as a blob URL (an <img> cannot send the API key itself). */
   async blobUrl(url) {
     return URL.createObjectURL(await (await request(url)).blob());

@@ -1,5 +1,6 @@
 // The page's entry: load the catalogue (asking for an API key when the server wants one), then
-// route #/, #/compare, #/compare/<ids>, #/jobs/<id> and #/history to their views.
+// route #/, #/compare, #/compare/<ids>, #/jobs/<id>, #/studies, #/studies/<id> and #/history to
+// their views.
 
 import { api, apiKey, ApiError } from "./api.js";
 import { h, fill } from "./components/dom.js";
@@ -7,6 +8,7 @@ import { compareFormView, compareGridView } from "./views/compare.js";
 import { explainView } from "./views/explain.js";
 import { historyView } from "./views/history.js";
 import { jobView } from "./views/job.js";
+import { studyFormView, studyView } from "./views/study.js";
 
 const ROUTES = [
   [/^#\/jobs\/([\w-]+)$/, (c, cat, nav, id) => jobView(c, cat, nav, id), null],
@@ -17,6 +19,8 @@ const ROUTES = [
     "compare",
   ],
   [/^#\/compare$/, compareFormView, "compare"],
+  [/^#\/studies\/([\w-]+)$/, (c, cat, nav, id) => studyView(c, cat, nav, id), "study"],
+  [/^#\/studies$/, studyFormView, "study"],
   [/^#\/history$/, historyView, "history"],
   [/^(#\/?)?$/, (c, cat, nav) => explainView(c, cat, nav), "explain"],
 ];
