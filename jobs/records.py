@@ -18,13 +18,14 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["explain", "patterns", "support_set"]
+JobKind = Literal["explain", "patterns", "support_set", "study_batch"]
 TERMINAL: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
 
 
 class JobRecord(BaseModel):
     id: str
-    kind: JobKind = "explain"  # or training a set the add-ons need (jobs.training_jobs)
+    kind: JobKind = "explain"  # or training a set the add-ons need (jobs.training_jobs), or
+    # one batch of a study: one variant on a chunk of the study's inputs (jobs.studies)
     status: JobStatus = "queued"
     created_at: float
     queued_at: float | None = None  # when it last went back to queued (None: since created_at)

@@ -1,5 +1,6 @@
-"""Run one job (an explanation, or a training job of :mod:`jobs.training_jobs`): the same code in a
-Celery worker and in the embedded in-process worker.
+"""Run one job (an explanation, a training job of :mod:`jobs.training_jobs`, or a batch of a
+study, :mod:`jobs.studies`): the same code in a Celery worker and in the embedded in-process
+worker.
 
 Claims the job record for this run, keeps a heartbeat in it while it runs (so that a live
 worker can take over a job whose worker died, :meth:`JobStore.requeue_stale`), calls
@@ -43,7 +44,9 @@ from jobs.objects import StoreUnavailable
 from jobs.records import TERMINAL, JobRecord, live_run, new_run_token
 from jobs.settings import Settings
 from jobs.store import JobStore
-from jobs.training_jobs import WORK, set_extras
+from jobs.studies import finish_if_done, run_batch
+from jobs.training_jobs import WORK as TRAINING_WORK
+from jobs.training_jobs import set_extras
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,6 +55,7 @@ MAX_ATTEMPTS = 2  # a job whose worker died once is run once more, never a third
 NO_ROOM_MESSAGE = "the server had no room to store this job's results; submit it again later"
 STORE_AWAY_MESSAGE = ("the artifact store was unavailable while this job read its input or "
                       "stored its results; submit it again later")  # fmt: skip
+WORK = {**TRAINING_WORK, "study_batch": run_batch}  # the kinds of job besides explanations
 USER_ERRORS = (OptionsError, MethodError, ModelError, InputError, MetricError)
 
 
@@ -219,8 +223,22 @@ def run_job(
     next step and hands the job back to queued, not counted as lost (returns 'released')."""
     token = new_run_token()
     with live_run(token):  # this process's reaper must not take it for a dead run
-        return _run_job(job_id, token, store, artifacts, settings, device, time_limit_s,
-                        shutdown)  # fmt: skip
+        state = _run_job(job_id, token, store, artifacts, settings, device, time_limit_s,
+                         shutdown)  # fmt: skip
+    if state in TERMINAL:
+        after_study_batch(job_id, store, artifacts)
+    return state
+
+
+def after_study_batch(job_id: str, store: JobStore, artifacts: ArtifactStore) -> None:
+    """A study's batch finished: build the study's report if it was the last one. A failure
+    here is logged, never the job's: the API builds a missing report when the study is read."""
+    try:
+        record = store.get(job_id)
+        if record is not None and record.kind == "study_batch":
+            finish_if_done(store, artifacts, record.input["study"])
+    except Exception:
+        log.exception("the report of the study of batch %s was not built", job_id)
 
 
 def _run_job(

@@ -91,6 +91,15 @@ class Settings(BaseSettings):
         "at the model's input size, summed over the method, its nested options and its metrics",
     )  # fmt: skip
     max_job_memory_mb: int = Field(8_192, ge=64, description="What one mask-method step may need")
+    max_study_passes: int = Field(
+        1_000_000, ge=1, description="Budget of one study: the sum of its jobs' model passes "
+        "(each counted as max_model_passes counts one job's), over every input × variant",
+    )  # fmt: skip
+    max_study_inputs: int = Field(256, ge=1, description="Inputs of one study")
+    study_batch_size: int = Field(
+        8, ge=1, le=256, description="Inputs a worker explains together in one batch job of a "
+        "study (fewer where a batch would not fit max_job_memory_mb)",
+    )  # fmt: skip
     soft_time_limit_s: int = Field(600, ge=1)
     hard_time_limit_s: int = Field(660, ge=2)
     visibility_timeout_s: int | None = Field(

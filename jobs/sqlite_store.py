@@ -220,7 +220,10 @@ class SqliteJobStore(JobStore):
         with self._transaction() as db:
             removed = db.execute("DELETE FROM jobs WHERE expires <= ?", (now,)).rowcount
             removed += db.execute("DELETE FROM kv WHERE expires <= ?", (now,)).rowcount
-            db.execute("DELETE FROM listed WHERE job_id NOT IN (SELECT id FROM jobs)")
+            # Lists of jobs lose their expired jobs; the other lists (store.list_add) are
+            # pruned by their readers, who know what their ids name.
+            db.execute("DELETE FROM listed WHERE list NOT LIKE 'list:%' AND job_id NOT IN "
+                       "(SELECT id FROM jobs)")  # fmt: skip
         return removed
 
     def __len__(self) -> int:

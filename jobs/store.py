@@ -95,7 +95,8 @@ class JobStore(ABC):
         self._index(UNDISPATCHED, record.id, record.created_at)
         self._index(UNCLAIMED, record.id, record.created_at)
         self._put(record)
-        self._index(owner_key(record.owner), record.id, record.created_at)
+        if record.kind != "study_batch":  # a study's batches are listed by their study
+            self._index(owner_key(record.owner), record.id, record.created_at)
         self._incr("stats", "submitted")
         return record
 
@@ -275,6 +276,24 @@ class JobStore(ABC):
         raw = self._get(f"progress:{job_id}")
         return json.loads(raw) if raw else None
 
+    # --- documents kept beside the jobs, with the same expiry (studies: jobs.studies) -------
+    def put_document(self, key: str, text: str) -> None:
+        """Store (or replace) the text ``key``; it expires ``ttl_s`` after this write."""
+        self._set(f"doc:{key}", text)
+
+    def document(self, key: str) -> str | None:
+        return self._get(f"doc:{key}")
+
+    def list_add(self, name: str, item_id: str, created_at: float) -> None:
+        """Add an id to the list ``name`` (the newest ``max_indexed`` are kept)."""
+        self._index(f"list:{name}", item_id, created_at)
+
+    def list_newest(self, name: str, limit: int) -> list[str]:
+        return self._indexed(f"list:{name}", limit)
+
+    def list_remove(self, name: str, item_ids: list[str]) -> None:
+        self._unindex(f"list:{name}", item_ids)
+
     # --- counters for /metrics ---------------------------------------------------------------
     def _observe_duration(self, seconds: float) -> None:
         changes = {f"le_{bound}": 1.0 for bound in DURATION_BUCKETS if seconds <= bound}
@@ -318,7 +337,8 @@ class MemoryJobStore(JobStore):
                     removed += 1
             self._running_ids &= set(self._records)
             for owner, entries in self._owned.items():
-                self._owned[owner] = [e for e in entries if e[1] in self._records]
+                if not owner.startswith("list:"):  # lists of jobs (list_add: their readers)
+                    self._owned[owner] = [e for e in entries if e[1] in self._records]
             return removed
 
     def __len__(self) -> int:
