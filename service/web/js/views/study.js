@@ -21,22 +21,10 @@ const MAX_VARIANTS = 12; // the API's limit
 const FIRST_VARIANTS = ["saliency", "gradcam"]; // the form's two variants to begin with
 const POLL_MS = 1000;
 const DOWNLOADS = ["study.zip", "scores.csv", "table.md", "summary.json"];
+const STUDY_INPUT_CODES = [...INPUT_CODES, "invalid_images"]; // and a zip that holds none
 
 /** Whether a method keeps a per-iteration history, which some metrics need (GET /methods). */
 const hasHistory = (method) => method.has_history ?? method.family === "mask";
-
-/** A variant's default label: "method", or "method[key=value,…]" with the options that differ
- * from their defaults (nested ones as "smoothing.samples=2"). */
-export function variantLabel(method, options) {
-  const pairs = (object, prefix) =>
-    Object.entries(object).flatMap(([key, value]) =>
-      value && typeof value === "object" && !Array.isArray(value) && Object.keys(value).length
-        ? pairs(value, `${prefix}${key}.`)
-        : [`${prefix}${key}=${typeof value === "string" ? value : JSON.stringify(value)}`],
-    );
-  const list = pairs(options, "");
-  return list.length ? `${method}[${list.join(",")}]` : method;
-}
 
 /** The study's inputs: several bundled samples picked from the gallery, or one .zip of images
  * (or series files). read() gives { samples: [names] }, { zip: File } or null (none chosen). */
@@ -145,14 +133,17 @@ function studyInputs(samples) {
  * form, folded) and an editable label. */
 function variantEditor(catalogue, onChange, onRemove) {
   const id = uid("variant");
-  const labelInput = h("input", {
+  const labelInput = h("input.variant-label", {
     id: `${id}-label`,
     type: "text",
     autocomplete: "off",
     "aria-describedby": `${id}-label-help ${id}-label-error`,
   });
   const labelError = h("p.field-error", { id: `${id}-label-error`, role: "alert" });
-  const methodSelect = h("select", { id: `${id}-method`, "aria-describedby": `${id}-help` });
+  const methodSelect = h("select.variant-method", {
+    id: `${id}-method`,
+    "aria-describedby": `${id}-help`,
+  });
   const methodHelp = h("p.help", { id: `${id}-help` });
   const optionsBox = h("details.variant-options");
   const remove = h("button.remove", { type: "button" }, "Remove");
@@ -208,18 +199,15 @@ function variantEditor(catalogue, onChange, onRemove) {
       }
       methodChanged();
     },
-    /** { method, options, label }, or null when an option is out of its bounds (shown). */
+    /** { method, options, label? } (no label: the server's default), or null when an option
+     * is out of its bounds (shown). */
     read() {
       optionsBox.open = true; // read() focuses the first bad option: it must be visible
       const { options, valid } = form.read();
       if (!valid) return null;
       optionsBox.open = false;
-      const label = labelInput.value.trim() || variantLabel(methodSelect.value, options);
-      return { method: methodSelect.value, options, label };
-    },
-    showLabelError(message) {
-      labelError.textContent = message;
-      labelInput.focus();
+      const label = labelInput.value.trim();
+      return { method: methodSelect.value, options, ...(label ? { label } : {}) };
     },
     /** A refusal of this variant's options (path under "options") or of the variant itself. */
     showError(path, message) {
@@ -304,7 +292,7 @@ export function studyFormView(container, catalogue, navigate) {
   /** Put an API refusal where it belongs: the inputs, a variant (details' loc [.., "variants",
    * i, ...]), or the request fields' own places. */
   function showError(error) {
-    if (INPUT_CODES.includes(error.code)) return inputs.showError(error.message);
+    if (STUDY_INPUT_CODES.includes(error.code)) return inputs.showError(error.message);
     let placed = false;
     for (const detail of error.details || []) {
       const loc = detail.loc || [];
@@ -337,13 +325,6 @@ export function studyFormView(container, catalogue, navigate) {
     for (const editor of editors) {
       const variant = editor.read();
       if (!variant) return;
-      const twin = variants.findIndex((v) => v.label === variant.label);
-      if (twin >= 0) {
-        editor.showLabelError(
-          `Variant ${twin + 1} is labelled ${variant.label} too: give this one another label.`,
-        );
-        return;
-      }
       variants.push(variant);
     }
     const { body } = fields.body();
