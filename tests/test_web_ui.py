@@ -11,12 +11,14 @@ the test did not announce with ``watched.allow(status, path)``; every test saves
 
 from __future__ import annotations
 
+import csv
 import io
 import itertools
 import json
 import os
 import re
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -643,3 +645,171 @@ def test_api_docs_are_served_offline(browser, request, server):
     assert p.locator(".opblock-summary-path", has_text=re.compile(r"^/explain")).count() >= 1
     assert elsewhere == []  # nothing was even asked of another host
     assert p.evaluate("() => typeof SwaggerUIBundle") == "function"
+
+
+def wait_study_status(page: Page, timeout_s: float = 180) -> str:
+    """The study page's status once it is terminal."""
+    return wait_status(page, TERMINAL, timeout_s)
+
+
+def study_table(page: Page) -> dict[str, list[str]]:
+    """The ranked table as shown: {variant: [cell text per score column]}, header under ""."""
+    page.wait_for_selector("#study-table tbody tr")
+    header = page.locator("#study-table thead th").all_inner_texts()
+    rows = {"": header}
+    for tr in page.locator("#study-table tbody tr").all():
+        rows[tr.get_attribute("data-variant")] = tr.locator("td").all_inner_texts()
+    return rows
+
+
+def test_study_from_the_form_to_its_table_figure_download_and_url(page, server, browser,
+                                                                   request, tmp_path):  # fmt: skip
+    """2 bundled photographs × 2 variants (saliency, Grad-CAM relabelled) × pixel_perturbation:
+    the progress reaches 4 of 4, the table lists both variants with their means (checked against
+    scores.csv by hand) and marks the lower mean of pixel_perturbation, the figure loads,
+    study.zip downloads with the same scores.csv, and #/studies/<id> shows the same table in a
+    fresh page and at 390 px without sideways scrolling."""
+    p = page.page
+    p.click("nav >> text=Study")
+    p.wait_for_selector("fieldset.variant select.variant-method option", state="attached")
+    assert p.locator("nav [aria-current]").inner_text() == "Study"
+    p.click("#study-none")
+    for name in ("chelsea", "coffee"):
+        p.click(f"#view button[data-sample='{name}']")
+    assert p.inner_text("#study-inputs-chosen") == "2 samples: chelsea, coffee"
+    variants = p.locator("fieldset.variant")
+    assert variants.count() == 2  # two to begin with, each removable
+    p.click("#add-variant")
+    assert variants.count() == 3
+    variants.nth(2).locator("button.remove").click()
+    assert variants.count() == 2
+    variants.nth(0).locator("select.variant-method").select_option("saliency")
+    variants.nth(1).locator("select.variant-method").select_option("gradcam")
+    variants.nth(1).locator("input.variant-label").fill("Grad-CAM")
+    # a metric that needs an optimisation history applies to no variant here
+    assert p.is_disabled("#metric-iterations_to_target")
+    p.check("#metric-pixel_perturbation")
+    p.click("button[type=submit]")
+    p.wait_for_url(re.compile(r".*#/studies/[0-9a-f]+$"))
+    study_id = p.url.rsplit("/", 1)[1]
+    assert next(r for r in page.posts if r.url.endswith("/studies")).post_data_json == {
+        "model": "efficientnet_lite0", "inputs": {"samples": ["chelsea", "coffee"]},
+        "variants": [{"method": "saliency", "options": {}},
+                     {"method": "gradcam", "options": {}, "label": "Grad-CAM"}],
+        "metrics": ["pixel_perturbation"], "targets": "predicted", "seed": 0,
+        "resize": "center_crop",
+    }  # fmt: skip
+    # while it runs: done of total, and a partial table of the variants whose batch is done
+    seen: list[tuple[str, tuple[str, ...]]] = []  # (progress, the table's variants)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        status, text, rows = p.evaluate("""() => [document.querySelector('.status')?.dataset.status,
+            document.querySelector('#study-progress')?.textContent,
+            [...document.querySelectorAll('#study-table tbody tr')].map(r => r.dataset.variant)]""")
+        if status in TERMINAL:
+            break
+        if text and (not seen or seen[-1] != (text, tuple(rows))):
+            seen.append((text, tuple(rows)))
+        time.sleep(0.05)
+    assert wait_study_status(p, 5) == "succeeded"
+    assert p.inner_text("#study-progress") == "4 of 4 results"
+    assert p.evaluate("() => [document.querySelector('progress').value, "
+                      "document.querySelector('progress').max]") == [4, 4]  # fmt: skip
+    done = [int(re.fullmatch(r"(\d) of 4 results", text)[1]) for text, _ in seen]
+    assert done == sorted(done), seen
+    # the partial table: the variants with a finished batch, none before the first
+    for count, (_, rows) in zip(done, seen, strict=True):
+        assert set(rows) <= {"saliency", "Grad-CAM"} and bool(rows) == (count > 0), seen
+    study = server.client.get(f"/studies/{study_id}").json()
+    assert study["status"] == "succeeded" and study["progress"] == {"done": 4, "total": 4}
+
+    # the table against scores.csv, averaged here
+    csv_text = server.client.get(study["artifacts"]["scores.csv"]).text
+    values: dict[tuple[str, str], list[float]] = {}
+    for row in csv.DictReader(io.StringIO(csv_text)):
+        if row["value"] != "":
+            values.setdefault((row["variant"], row["score"]), []).append(float(row["value"]))
+    means = {key: sum(v) / len(v) for key, v in values.items()}
+    assert len(values[("Grad-CAM", "pixel_perturbation")]) == 2
+    table = study_table(p)
+    assert list(table)[1:] == ["saliency", "Grad-CAM"]
+    column = next(i for i, text in enumerate(table[""]) if text.startswith("pixel_perturbation\n"))
+    assert "↓ lower" in table[""][column]  # the better direction, from GET /scores
+    assert server.client.get("/scores").json()["pixel_perturbation"]["better"] == "lower"
+    for variant in ("saliency", "Grad-CAM"):
+        shown = table[variant][column - 1]
+        assert float(shown.split()[0]) == pytest.approx(means[(variant, "pixel_perturbation")],
+                                                        rel=1e-3)  # fmt: skip
+        assert "n = 2" in shown and re.search(r"\[[-\d.e]+, [-\d.e]+\]", shown), shown
+    best = min(("saliency", "Grad-CAM"), key=lambda v: means[(v, "pixel_perturbation")])
+    marked = p.locator(f"#study-table td:nth-child({column + 1}).best")
+    assert marked.count() == 1
+    assert marked.locator("xpath=..").get_attribute("data-variant") == best
+
+    # a figure per metric, and study.zip with the same scores.csv
+    assert images_loaded(p, "img[data-artifact='pixel_perturbation.png']")
+    with p.expect_download() as download:
+        p.click("a[data-artifact='study.zip']")
+    saved = tmp_path / "study.zip"
+    download.value.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        assert archive.read("scores.csv").decode() == csv_text
+
+    # reopened by its URL in a fresh page: the same table; listed under the form
+    fresh = open_page(browser, request).page
+    fresh.goto(f"{server.url}/#/studies/{study_id}")
+    assert wait_study_status(fresh, 30) == "succeeded"
+    assert study_table(fresh) == table
+    fresh.goto(f"{server.url}/#/studies")
+    fresh.wait_for_selector(f".study-list a[href='#/studies/{study_id}']")
+
+    # a phone: neither the form nor the study scrolls sideways
+    phone = open_page(browser, request, width=390, height=800).page
+    phone.goto(f"{server.url}/#/studies")
+    phone.wait_for_selector(".study-list table")
+    no_overflow(phone, "study form")
+    phone.goto(f"{server.url}/#/studies/{study_id}")
+    assert wait_study_status(phone, 30) == "succeeded"
+    images_loaded(phone, "img[data-artifact='pixel_perturbation.png']")
+    no_overflow(phone, "study page")
+
+
+def test_study_form_refusals(page, server):
+    """No input chosen: refused on the page, nothing sent; a target the model does not know:
+    the API's own message beside the target field, as for a job."""
+    p = page.page
+    page.allow(422, "/studies")
+    p.click("nav >> text=Study")
+    p.wait_for_selector("fieldset.variant select.variant-method option", state="attached")
+    p.click("#study-none")
+    p.click("button[type=submit]")
+    assert p.inner_text("#study-inputs-error") == "Choose at least one sample, or a .zip of inputs."
+    assert not [r for r in page.posts if r.url.endswith("/studies")]
+    p.click("#view button[data-sample='rocket']")
+    p.fill("#target", "no such class")
+    p.click("button[type=submit]")
+    p.wait_for_selector("#target-error:not(:empty)")
+    direct = server.client.post("/studies", json={
+        "inputs": {"samples": ["rocket"]}, "variants": [{"method": "saliency"}],
+        "targets": "no such class"})  # fmt: skip
+    assert direct.status_code == 422
+    assert p.inner_text("#target-error") == direct.json()["error"]["message"]
+    assert "#/studies/" not in p.url
+
+
+def test_cancel_a_running_study(browser, request, server):
+    """The study page's Cancel stops a running study: the page and the API say cancelled."""
+    created = server.client.post("/studies", json={
+        "inputs": {"samples": ["chelsea", "coffee"]},
+        "variants": [{"method": "pixelmask", "options": {"iterations": 300}},
+                     {"method": "saliency"}]})  # fmt: skip
+    assert created.status_code == 202, created.text
+    study_id = created.json()["id"]
+    p = open_page(browser, request).page
+    p.goto(f"{server.url}/#/studies/{study_id}")
+    p.wait_for_function("() => document.querySelector('.status')?.dataset.status === 'running'",
+                        timeout=60_000)  # fmt: skip
+    p.click("#cancel")
+    assert wait_study_status(p, 60) == "cancelled"
+    assert not p.is_visible("#cancel")
+    assert server.client.get(f"/studies/{study_id}").json()["status"] == "cancelled"
