@@ -768,6 +768,11 @@ def test_study_from_the_form_to_its_table_figure_download_and_url(page, server, 
     phone.goto(f"{server.url}/#/studies")
     phone.wait_for_selector(".study-list table")
     no_overflow(phone, "study form")
+    unlabelled = phone.evaluate("""() => [...document.querySelectorAll('input, select, button')]
+        .filter(e => e.type !== 'hidden' && !(e.labels && e.labels.length)
+                 && !e.getAttribute('aria-label') && !e.textContent.trim())
+        .map(e => e.outerHTML.slice(0, 80))""")
+    assert unlabelled == []
     phone.goto(f"{server.url}/#/studies/{study_id}")
     assert wait_study_status(phone, 30) == "succeeded"
     images_loaded(phone, "img[data-artifact='pixel_perturbation.png']")
