@@ -8,7 +8,6 @@ runs the steps in order and keeps the record.
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -16,23 +15,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from engine.attribution.base import prepared
-from engine.catalogue import get_method, parse_metrics
+from engine.catalogue import get_method
 from engine.data import ImageSource, ResizePolicy
 from engine.kinds import input_kind
 from engine.method import MethodContext, MethodError, MethodOptions, ProgressFn
-from engine.models import LoadedModel, ModelError, ModelSpec, load_model
-from engine.plan import rows_within
+from engine.models import LoadedModel, ModelError, ModelSpec, cached_model, prepared
+from engine.plan import plan, rows_within
 from engine.provenance import device_name, versions
 from engine.result import Explanation, Prediction
 from engine.runtime import current_memory_budget, rows_per_pass_at_most
 
 Target = int | str | None  # class index, label, or None / "predicted"
-
-
-@functools.lru_cache(maxsize=4)
-def cached_model(name: str, weights: str | None, device: str) -> LoadedModel:
-    return load_model(name, weights, device)
 
 
 def resolve_model(
@@ -104,16 +97,13 @@ def explain(
     started = time.perf_counter()
     spec = get_method(method)
     options = spec.parse_options(options)
-    metric_requests = parse_metrics(metrics)
     loaded = resolve_model(model, weights, device)
-    if refusal := spec.refusal(options, loaded.spec.input_kind, loaded.capabilities):
-        raise MethodError(refusal)
     kind = input_kind(loaded.spec.input_kind)
-    kind.check_metrics(metric_requests)
-    options.check_input_kind(kind.name)
     x, records = kind.prepare(inputs, loaded.spec, options, resize)
-    if refusal := loaded.spec.size_refusal(*x.shape[-2:]):
-        raise MethodError(refusal)
+    # The checks the API makes at submit, on the prepared batch (explained at its own size).
+    size = (x.shape[-1], x.shape[-2]) if kind.name == "image" else None
+    metric_requests = list(plan(loaded, method, options, metrics=metrics or (), image_size=size,
+                                resize="none").metrics)  # fmt: skip
     parameter = next(loaded.module.parameters(), None)
     x = x.to(loaded.device, parameter.dtype if parameter is not None else torch.float32)
     timings: dict[str, float] = {}

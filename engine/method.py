@@ -123,6 +123,16 @@ class MethodOptions(BaseModel):
         networks, from the cache), or None."""
         return None
 
+    def trained_set_classes(self) -> tuple[int, int] | None:
+        """The class pair of the trained set these options name (GAD's ``classes``), or None:
+        any set of the model (the one that holds the target)."""
+        return None
+
+    def input_size(self, model_size: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) an image is brought to before it is explained: the model's input size
+        ``model_size``, unless these options choose another (a mask method's image_size)."""
+        return model_size
+
     def check_input_kind(self, kind: InputKindName) -> None:
         """Refuse options that have no meaning for this kind of input (raise OptionsError)."""
         return None
@@ -214,6 +224,9 @@ class MethodSpec:
     # What a model must allow for it to run (engine.models.inspection.CAPABILITIES); options
     # may add more (MethodOptions.requirements).
     requires: frozenset[str] = frozenset()
+    # It records a per-iteration history (a mask method's optimisation), which the metrics
+    # that read one (``MetricSpec.needs_history``: convergence, the CP curves) need.
+    has_history: bool = False
 
     def needs(self, options: MethodOptions) -> frozenset[str]:
         return self.requires | options.requirements()
@@ -250,6 +263,7 @@ class MethodSpec:
             "citation": self.citation,
             "input_kinds": list(self.input_kinds),
             "stochastic": self.stochastic,
+            "has_history": self.has_history,
             "options_schema": self.options.model_json_schema(),
         }
 

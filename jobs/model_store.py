@@ -33,8 +33,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from engine.explain import cached_model
-from engine.models import MODELS, ModelError, ModelSpec, register_model
+from engine.models import MODELS, ModelError, ModelSpec, cached_model, register_model
 from engine.models.builtin import builtin_specs
 from engine.models.config import TIMM_REFUSED_KWARGS, spec_from_config
 from jobs.objects import LocalObjects, ObjectStore

@@ -27,11 +27,11 @@ import torch
 from engine.artifacts import write_artifacts
 from engine.data import InputError
 from engine.data.timeseries import SERIES_SAMPLES, series_sample
-from engine.explain import cached_model, explain
+from engine.explain import explain
 from engine.method import MethodError, OptionsError
 from engine.metrics.base import MetricError
 from engine.metrics.timeseries import white_box
-from engine.models import ModelError
+from engine.models import ModelError, cached_model
 from engine.runtime import (
     is_out_of_memory,
     max_rows_per_pass,

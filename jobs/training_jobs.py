@@ -40,7 +40,6 @@ from engine.addons.gad.support import (
     train_support_set,
 )
 from engine.addons.pattern import default_pattern_path, estimate_patterns
-from engine.attribution.base import model_lock, prepared
 from engine.data import (
     InputError,
     decode_image,
@@ -49,8 +48,8 @@ from engine.data import (
     read_zip_entry,
     reference_set,
 )
-from engine.explain import cached_model
 from engine.method import ProgressFn
+from engine.models import cached_model, model_lock, prepared
 from engine.models.spec import model_fingerprint
 from engine.runtime import checkpoint
 from engine.storage import cache_dir

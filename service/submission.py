@@ -1,6 +1,11 @@
 """Reading and checking a submitted explain request, before anything is queued: every bound a
 worker would hit is a 4xx here (input kind and size, target, server paths, memory per step, the
-job's cost in model passes), so an accepted job can run on the server's budget."""
+job's cost in model passes), so an accepted job can run on the server's budget.
+
+This module reads HTTP (JSON or multipart), decodes the input, and asks the engine's pre-flight
+plan (:func:`engine.plan.plan`) for every rule a job has, turning its refusals into the API's
+errors; the rules only a server has (methods allowed per model, options naming its files, the
+trained sets a tenant has) are checked here."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import base64
 import binascii
 import io
 import json
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,24 +23,16 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from engine.addons import BASE_OPTIONS_ERROR
-from engine.catalogue import (
-    METHODS,
-    METRICS,
-    all_methods,
-    close_names,
-    get_method,
-    parse_metrics,
-    unknown_name,
-)
+from engine.catalogue import METHODS, METRICS, all_methods, close_names, unknown_name
 from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
-from engine.data.images import ImageTooSmall, check_fits
 from engine.data.samples import sample_size
 from engine.data.timeseries import DEFAULT_MAX_FEATURES, SERIES_SAMPLES, load_series, read_npy
-from engine.method import OptionsError, names_layers, names_server_path, walk_options
-from engine.metrics.base import MetricError
-from engine.models import MODELS, ModelError, ModelSpec, known_layers
-from engine.models.inspection import unknown_layer_message
-from engine.plan import working_set_bytes
+from engine.method import names_server_path, walk_options
+from engine.metrics.base import MetricRequest
+from engine.models import MODELS, ModelSpec
+from engine.plan import Plan, PlanError, check_input_kind, cost, metric_requests, model_spec, plan
+from engine.plan import check_target as engine_check_target
+from engine.plan import explained_size as engine_explained_size
 from jobs.settings import Settings
 from jobs.training_jobs import trained_set_files
 from service.errors import ApiError, clean, short
@@ -173,17 +170,14 @@ def check_input(parsed, upload: Upload | None, settings: Settings) -> tuple[dict
         given.append(f"{upload.field} file")
     if len(given) != 1:
         raise ApiError(422, "invalid_input", "give exactly one of image, sample or series")
-    spec = MODELS.get(parsed.model)
-    if spec is None:
-        raise unknown("model", parsed.model, list(MODELS))
-    if (reason := spec.unavailable()) is not None:
-        raise ApiError(422, "model_unavailable", reason)
     wants_series = parsed.series is not None or (upload is not None and upload.field == "series")
     if parsed.sample is not None:
         wants_series = parsed.sample in SERIES_SAMPLES
-    if wants_series != (spec.input_kind == "timeseries"):
-        takes = "time series" if spec.input_kind == "timeseries" else "images"
-        raise ApiError(422, "wrong_input_kind", f"model {parsed.model} takes {takes}")
+    try:
+        spec = model_spec(parsed.model)
+        check_input_kind(spec, "timeseries" if wants_series else "image")
+    except PlanError as error:
+        raise api_error(error) from None
     if parsed.truth is not None and not wants_series:
         raise ApiError(422, "invalid_input", "truth is for time series")
     if wants_series:
@@ -215,12 +209,7 @@ def check_image(parsed, upload: Upload | None, settings: Settings) -> tuple[dict
     except InputError as error:
         status = 413 if "limit" in str(error) else 422
         raise ApiError(status, "invalid_image", str(error)) from error
-    width, height = image.size
-    try:  # the scaled copy the worker would make, before it makes it
-        check_fits(height, width, target_size(parsed), parsed.resize, settings.max_pixels)
-    except InputError as error:
-        status = 422 if isinstance(error, ImageTooSmall) else 413
-        raise ApiError(status, "invalid_image", str(error)) from error
+    width, height = image.size  # plan_job checks the scaled copy the worker would make
     info = {"kind": "image", "sha256": sha256_bytes(data), "size": [width, height]}
     return info | ({"name": upload.filename} if upload and upload.filename else {}), data
 
@@ -280,13 +269,27 @@ def read_series_file(data: bytes, **limits: int) -> np.ndarray:
                          f"{short(str(error))}") from None  # fmt: skip
 
 
-def check_method(parsed, input_info: dict, settings: Settings) -> None:
-    """The method applies to the model and is allowed on this server; the target is one of the
-    model's classes; no option at any depth names a server file; the job fits the budgets."""
-    model = MODELS[parsed.model]
-    kind = model.input_kind
-    if refusal := get_method(parsed.method).refusal(parsed.options, kind, model.allows):
-        raise ApiError(422, "method_not_applicable", refusal)
+def api_error(error: PlanError) -> ApiError:
+    """The engine's refusal as the API's error: its status, code, message and details."""
+    return ApiError(error.status, error.code, error.message, error.details)
+
+
+def plan_job(parsed, input_info: dict, settings: Settings) -> Plan:
+    """The engine's pre-flight plan of a parsed request (every check a job needs, the limits
+    of this server passed in: model passes and memory per job, pixels of a scaled image),
+    then the rules only the server has: the methods it allows per model, and no option at
+    any depth naming one of its files. The trained sets a tenant has: :func:`check_trained_set`."""
+    width_height = tuple(input_info["size"]) if "size" in input_info else None
+    try:
+        job = plan(
+            parsed.model, parsed.method, parsed.options, metrics=parsed.metrics,
+            image_size=width_height, resize=parsed.resize, target=parsed.target,
+            max_passes=settings.max_model_passes,
+            max_memory_bytes=settings.max_job_memory_mb * 2**20,
+            max_pixels=settings.max_pixels,
+        )  # fmt: skip
+    except PlanError as error:
+        raise api_error(error) from None
     allowed = settings.allowed_methods.get(parsed.model)
     if allowed and parsed.method not in allowed:
         raise ApiError(
@@ -294,38 +297,13 @@ def check_method(parsed, input_info: dict, settings: Settings) -> None:
             f"method {parsed.method} is not allowed for model {parsed.model}; allowed: "
             + ", ".join(allowed),
         )  # fmt: skip
-    check_target(parsed.target, model)
-    try:
-        parsed.options.check_input_kind(kind)
-    except OptionsError as error:
-        raise ApiError(422, "invalid_option", str(error)) from None
     # Every option at any depth: nested smoothing and an add-on's base_options included.
     for path, field, value in walk_options(parsed.options):
         if names_server_path(field) and value != field.default:
             raise ApiError(422, "invalid_option",
                            f"over the API, options.{path} cannot name a file or folder on the "
                            f"server; leave it at its default ({field.default!r})")  # fmt: skip
-        if (kind := names_layers(field)) and value is not None:
-            check_layers(path, [value] if isinstance(value, str) else value, kind, model)
-    check_size(parsed, input_info)
-    check_memory(parsed, input_info, settings)
-
-
-def check_layers(option: str, names: list[str], kind: str, model: ModelSpec) -> None:
-    """Layer options name modules the model has (its own names: ``layer4``, not a wrapper's);
-    a CAM layer (``kind`` 'map') one whose output is a map or tokens."""
-    known = known_layers(model)
-    if known is None:
-        return
-    every, maps = known
-    for name in names:
-        if name not in every:
-            message = unknown_layer_message(name, every)
-            raise ApiError(422, "invalid_option", f"options.{option}: {message}")
-        if kind == "map" and name not in maps:
-            message = (f"options.{option}: {short(name)} outputs no spatial map or tokens; "
-                       f"layers that do: {', '.join(maps[-5:])}")  # fmt: skip
-            raise ApiError(422, "invalid_option", message)
+    return job
 
 
 def check_trained_set(parsed, tenant: str | None) -> list[str]:
@@ -336,8 +314,8 @@ def check_trained_set(parsed, tenant: str | None) -> list[str]:
     need = parsed.options.trained_set()
     if need is None:
         return []
-    classes = getattr(parsed.options, "classes", None)
-    found = trained_set_files(parsed.model, need, tuple(classes) if classes else None, tenant)
+    classes = parsed.options.trained_set_classes()
+    found = trained_set_files(parsed.model, need, classes, tenant)
     if not found:
         endpoint = {"patterns": "POST /patterns", "support_set": "POST /support-sets"}[need]
         what = {"patterns": "a pattern set", "support_set": "GAD support networks"}[need]
@@ -348,100 +326,57 @@ def check_trained_set(parsed, tenant: str | None) -> list[str]:
     return [f"{path}@{path.stat().st_mtime_ns}" for path in found]
 
 
+# The checks one at a time, as service/study_submission.py calls them (each the engine's rule
+# of engine.plan, translated): plan_job makes them all at once.
+
+
+def check_method(parsed, input_info: dict, settings: Settings) -> Plan:
+    """:func:`plan_job`: every check of the request, the engine's and the server's."""
+    return plan_job(parsed, input_info, settings)
+
+
+def check_target(target: int | str | None, spec: ModelSpec) -> None:
+    """A class the model has, by index or label (:func:`engine.plan.check_target`)."""
+    try:
+        engine_check_target(target, spec)
+    except PlanError as error:
+        raise api_error(error) from None
+
+
+def check_metrics(parsed) -> list[tuple[str, Any]]:
+    """(name, parsed options) of each requested metric (:func:`engine.plan.metric_requests`)."""
+    try:
+        requests = metric_requests(parsed.metrics, METHODS[parsed.method], MODELS[parsed.model])
+    except PlanError as error:
+        raise api_error(error) from None
+    return [(r.spec.name, r.options) for r in requests]
+
+
 def target_size(parsed) -> tuple[int, int]:
-    """(h, w) an image is brought to: the mask methods' image_size, else the model's."""
-    side = getattr(parsed.options, "image_size", None)
-    return (side, side) if side else MODELS[parsed.model].input_size
+    """(h, w) an image is brought to: the options' input size (a mask method's image_size),
+    else the model's."""
+    return parsed.options.input_size(tuple(MODELS[parsed.model].input_size))
 
 
 def explained_size(parsed, input_info: dict) -> tuple[int, int]:
     """(h, w) the worker explains at: the target size, or the image's own with resize='none'."""
-    if parsed.resize == "none" and "size" in input_info:
-        width, height = input_info["size"]
-        return height, width
-    return target_size(parsed)
-
-
-def check_size(parsed, input_info: dict) -> None:
-    """The model takes images of the size they would be explained at."""
-    if refusal := MODELS[parsed.model].size_refusal(*explained_size(parsed, input_info)):
-        raise ApiError(422, "invalid_option", refusal)
-
-
-def check_memory(parsed, input_info: dict, settings: Settings) -> None:
-    """Refuse a job whose least working set (the model's pass of one row at the explained size,
-    a mask method's obfuscations of a step) would not fit this server's budget."""
-    height, width = explained_size(parsed, input_info)
-    spec = MODELS[parsed.model]
-    needed_mb = working_set_bytes(spec, parsed.options, height, width) / 2**20
-    if needed_mb > settings.max_job_memory_mb:
-        lower = ("noise_samples or image_size" if parsed.options.rows_per_pass() > 1
-                 else "the image size (resize)")  # fmt: skip
-        raise ApiError(422, "limit_exceeded",
-                       f"{parsed.method} on {spec.name} at {width}×{height} needs about "
-                       f"{needed_mb / 1024:.1f} GB at once; this server's limit is "
-                       f"{settings.max_job_memory_mb / 1024:.1f} GB: lower {lower}")  # fmt: skip
+    width_height = tuple(input_info["size"]) if "size" in input_info else None
+    return engine_explained_size(MODELS[parsed.model], parsed.options, width_height,
+                                 parsed.resize)  # fmt: skip
 
 
 def job_cost(parsed, input_info: dict, metrics: list[tuple[str, Any]]) -> int:
-    """Model passes of one input row at the model's input size: the method's own (its nested
-    options included) plus its metrics', scaled by the explained pixels over the model's."""
-    height, width = explained_size(parsed, input_info)
-    passes = parsed.options.model_passes(height, width)
-    passes += sum(options.model_passes(height, width) for _, options in metrics)
-    spec = MODELS[parsed.model]
-    if spec.input_kind != "image":
-        return passes  # a series row is small; its length is bounded by max_series_length
-    model_h, model_w = spec.input_size
-    return math.ceil(passes * max(1.0, height * width / (model_h * model_w)))
+    """Model passes of one input row (:func:`engine.plan.cost`)."""
+    requests = [MetricRequest(METRICS[name], options) for name, options in metrics]
+    return cost(MODELS[parsed.model], parsed.options, requests,
+                explained_size(parsed, input_info))  # fmt: skip
 
 
-def check_cost(
-    parsed, input_info: dict, metrics: list[tuple[str, Any]], settings: Settings
-) -> None:
-    cost = job_cost(parsed, input_info, metrics)
-    if cost > settings.max_model_passes:
-        raise ApiError(422, "limit_exceeded",
-                       f"this job needs about {cost} model passes ({parsed.method} with these "
-                       f"options and metrics); this server's limit is {settings.max_model_passes} "
-                       "per job: lower steps, samples, iterations or image_size")  # fmt: skip
-
-
-def check_target(target: int | str | None, spec: ModelSpec) -> None:
-    """A class the model has, by index or label (the worker would fail on any other)."""
-    if target is None or target == "predicted":
-        return
-    try:
-        index = spec.class_index(target) if isinstance(target, str) else target
-    except ModelError as error:
-        raise ApiError(422, "invalid_target", str(error)) from None
-    classes = len(spec.labels)
-    if index < 0 or (classes and index >= classes):
-        shown = str(index) if len(str(index)) <= 20 else f"{str(index)[:20]}…"
-        raise ApiError(422, "invalid_target",
-                       f"target {shown} is not a class of model {spec.name} "
-                       f"(classes 0–{classes - 1})")  # fmt: skip
-
-
-def check_metrics(parsed) -> list[tuple[str, Any]]:
-    """(name, parsed options) of each requested metric, checked against the metric registry."""
-    for item in parsed.metrics:
-        name = item if isinstance(item, str) else item.get("name")
-        if isinstance(name, str) and name not in METRICS:
-            raise unknown("metric", name, list(METRICS), "invalid_metric")
-    try:
-        requests = parse_metrics(parsed.metrics)
-    except MetricError as error:
-        raise ApiError(422, "invalid_metric", str(error)) from None
-    family = get_method(parsed.method).family
-    for request in requests:
-        if request.spec.needs_history and family != "mask":
-            message = f"metric {request.spec.name} needs a mask method, not {parsed.method}"
-            raise ApiError(422, "invalid_metric", message)
-    return [(r.spec.name, r.options) for r in requests]
-
-
-def metric_records(metrics: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-    """Canonical, sorted metric records for the job record and its content hash."""
-    records = [{"name": name, **options.model_dump(mode="json")} for name, options in metrics]
+def metric_records(
+    metrics: Sequence[MetricRequest] | list[tuple[str, Any]],
+) -> list[dict[str, Any]]:
+    """Canonical, sorted metric records for the job record and its content hash, from a
+    plan's metric requests (or (name, options) pairs)."""
+    pairs = [(m.spec.name, m.options) if isinstance(m, MetricRequest) else m for m in metrics]
+    records = [{"name": name, **options.model_dump(mode="json")} for name, options in pairs]
     return sorted(records, key=lambda r: r["name"])

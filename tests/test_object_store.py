@@ -193,8 +193,7 @@ def test_a_model_replaced_in_the_bucket_is_registered_anew(s3_env, tmp_path):
 
     import torch
 
-    from engine.explain import cached_model
-    from engine.models import MODELS
+    from engine.models import MODELS, cached_model
     from jobs.model_store import ModelStore
     from tests.tiny_models import tiny_cnn
 

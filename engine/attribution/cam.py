@@ -20,7 +20,7 @@ output, so an in-place operation after the layer cannot overwrite what is explai
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -307,11 +307,19 @@ class LayerOptions(MethodOptions):
     def requirements(self) -> frozenset[str]:
         return frozenset({"hooks"} if self.layer is not None else {"hooks", "cam_layer"})
 
+    def cam_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of the CAM's constructor that these options set beyond the
+        layer's: the explained score (the gradient-free EigenCAM has none: 'logit')."""
+        return {"score": "logit"}
+
 
 class CAMOptions(LayerOptions):
     score: ScoreType = Field(
         "logit", description="Explained scalar: logit, softmax or log_softmax."
     )
+
+    def cam_arguments(self) -> dict[str, Any]:
+        return {"score": self.score}
 
 
 class ScoreCAMOptions(CAMOptions):
@@ -324,6 +332,9 @@ class ScoreCAMOptions(CAMOptions):
         """One forward pass per channel of the layer: 1280 on the built-in models' CAM layers."""
         return 1280
 
+    def cam_arguments(self) -> dict[str, Any]:
+        return super().cam_arguments() | {"batch_size": self.batch_size}
+
 
 def cam_layer(ctx: MethodContext, options: LayerOptions) -> nn.Module:
     name = options.layer or ctx.cam_layer
@@ -334,10 +345,9 @@ def cam_layer(ctx: MethodContext, options: LayerOptions) -> nn.Module:
 
 def _builder(cls: type[CAM]):
     def build(ctx: MethodContext, o: LayerOptions) -> CAM:
-        extra = {"batch_size": o.batch_size} if isinstance(o, ScoreCAMOptions) else {}
-        score = getattr(o, "score", "logit")
-        return cls(ctx.model, cam_layer(ctx, o), score, o.relu, o.interpolation,
-                   o.align_corners, o.call_index, o.grid, o.tokens_to_drop, **extra)  # fmt: skip
+        return cls(ctx.model, cam_layer(ctx, o), relu=o.relu, interpolation=o.interpolation,
+                   align_corners=o.align_corners, call_index=o.call_index, grid=o.grid,
+                   tokens_to_drop=o.tokens_to_drop, **o.cam_arguments())  # fmt: skip
 
     return build
 

@@ -37,9 +37,9 @@ class ImageKind(InputKind):
 
     def prepare(self, inputs, model: ModelSpec, options: MethodOptions, resize: str):
         """A source (sample name, path, bytes, PIL image, array, (3, H, W) tensor), a list of
-        them, or a (B, 3, H, W) tensor, at ``options.image_size``² or the model's input size."""
-        image_size = getattr(options, "image_size", None)
-        size = (image_size, image_size) if image_size else model.input_size
+        them, or a (B, 3, H, W) tensor, at the size the options bring images to
+        (``options.input_size``: the model's, unless they choose another)."""
+        size = options.input_size(tuple(model.input_size))
         if (isinstance(inputs, Tensor) and inputs.ndim == 4) or isinstance(inputs, list | tuple):
             sources = list(inputs)
         else:
@@ -57,8 +57,8 @@ class ImageKind(InputKind):
         return reduce_channels(attribution, reduction)
 
     def check_metrics(self, requests: Sequence[MetricRequest]) -> None:
-        """Every quality metric is defined for images (some for mask methods only, checked
-        when they run)."""
+        """Every quality metric is defined for images (those that read a per-iteration
+        history need a method that records one: :func:`engine.plan.plan` checks that)."""
 
     def scores(self, model: nn.Module, x, targets, attribution, heatmap, method: Attribution,
                requests: Sequence[MetricRequest], seed: int) -> dict[str, Tensor]:  # fmt: skip

@@ -212,4 +212,5 @@ EXTREMAL_MASK = MethodSpec(
     explains="steps",
     stochastic=True,
     scores=_scores,
+    has_history=True,
 )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -81,6 +81,27 @@ class MaskOptions(MethodOptions):
         """Coefficients of the representation per pixel and colour (pixels: 1)."""
         return 1.0
 
+    def input_size(self, model_size: tuple[int, int]) -> tuple[int, int]:
+        """image_size × image_size where it is set, else the model's input size."""
+        return (self.image_size, self.image_size) if self.image_size else model_size
+
+    def objective(self) -> Objective:
+        """The loss weights: distortion and λ₁ here; the methods with an energy (λ₂) or total
+        variation (λ_tv) term add theirs."""
+        return Objective(self.distortion, self.l1)
+
+    def loop_settings(self) -> LoopSettings:
+        """The shared loop's settings; ShearletX's coefficient clamp replaces the pixel clamp."""
+        return LoopSettings(
+            iterations=self.iterations,
+            learning_rate=self.learning_rate,
+            noise_samples=self.noise_samples,
+            pixel_clamp=self.pixel_clamp,
+            normalize_gradient=self.normalize_gradient,
+            stop_metric=self.stop_metric,
+            stop_value=self.stop_value,
+        )
+
     def model_passes(self, height: int, width: int) -> int:
         """Every step passes each obfuscation; StartGrad's SmoothGrad init adds its samples."""
         init = self.startgrad_samples if self.init == "startgrad_smoothgrad" else 1
@@ -106,8 +127,11 @@ TENSORS_PER_IMAGE, TENSORS_PER_SAMPLE = 6, 1.5
 class PixelMaskOptions(MaskOptions):
     tv: float = Field(0.0, ge=0, description="λ_tv: total variation of the mask.")
 
+    def objective(self) -> Objective:
+        return replace(super().objective(), tv=self.tv)
 
-class SmoothMaskOptions(MaskOptions):
+
+class SmoothMaskOptions(PixelMaskOptions):
     tv: float = Field(300.0, ge=0, description="λ_tv: total variation of the mask.")
 
 
@@ -128,6 +152,9 @@ class WaveletXOptions(WaveletOptions):
     l1: float = Field(2.0, ge=0, description="λ₁: weight of the mean |mask|.")
     energy: float = Field(10.0, ge=0, description="λ₂: spatial energy of the grey explanation.")
 
+    def objective(self) -> Objective:
+        return replace(super().objective(), energy=self.energy)
+
 
 class ShearletXOptions(MaskOptions):
     energy: float = Field(2.0, ge=0, description="λ₂: spatial energy of the grey explanation.")
@@ -140,6 +167,14 @@ class ShearletXOptions(MaskOptions):
         "Hallucination score 3.5× higher after 60 iterations on one image, about equal after "
         "300 iterations on 8 images).",
     )  # fmt: skip
+
+    def objective(self) -> Objective:
+        return replace(super().objective(), energy=self.energy)
+
+    def loop_settings(self) -> LoopSettings:
+        if not self.coefficient_clamp:
+            return super().loop_settings()
+        return replace(super().loop_settings(), pixel_clamp=False, coefficient_clamp=True)
 
     def coefficients_per_pixel(self) -> float:
         """K shearlets at most: 1 low-pass + 2^(⌈j/2⌉+2) per scale j (49 for 4 scales)."""
@@ -189,16 +224,7 @@ class MaskMethod(Attribution):
             )  # fmt: skip
         init = initial_masks(o.init, shapes, x, constant=o.init_constant,
                              generators=generators, startgrad_masks=startgrad_masks)  # fmt: skip
-        settings = LoopSettings(
-            iterations=o.iterations,
-            learning_rate=o.learning_rate,
-            noise_samples=o.noise_samples,
-            pixel_clamp=o.pixel_clamp and not getattr(o, "coefficient_clamp", False),
-            coefficient_clamp=getattr(o, "coefficient_clamp", False),
-            normalize_gradient=o.normalize_gradient,
-            stop_metric=o.stop_metric,
-            stop_value=o.stop_value,
-        )
+        settings = o.loop_settings()
         loop = MaskLoop(self.ctx.model, representation, self.objective, settings, self.progress)
         result = loop.run(x, targets, coefficients, noise_model, init, generators)
         with torch.no_grad():
@@ -242,8 +268,7 @@ def _scores(ctx, method, x, attribution, targets, options) -> dict[str, Tensor]:
 
 def _builder(representation: Callable[[MaskOptions], Representation]):
     def build(ctx: MethodContext, o: MaskOptions) -> Attribution:
-        objective = Objective(o.distortion, o.l1, getattr(o, "energy", 0.0), getattr(o, "tv", 0.0))
-        return MaskMethod(ctx, o, representation(o), objective)
+        return MaskMethod(ctx, o, representation(o), o.objective())
 
     return build
 
@@ -284,6 +309,7 @@ MASK_METHODS: dict[str, MethodSpec] = index(
             build=_builder(representation),
             stochastic=True,
             scores=_scores,
+            has_history=True,
         )
         for name, summary, citation, options, representation in _FAMILY
     ]

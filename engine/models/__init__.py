@@ -13,6 +13,7 @@ from torch import nn
 from engine.models.builtin import builtin_specs
 from engine.models.config import is_config_path, spec_from_config
 from engine.models.inspection import layer_names, map_layers, pass_bytes
+from engine.models.loading import model_lock, prepared
 from engine.models.spec import LoadedModel, ModelError, ModelSpec, Normalized, file_sha256
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in builtin_specs()}
@@ -107,16 +108,27 @@ def load_model(
     return LoadedModel(spec, module.to(device), source, sha, device)
 
 
+@functools.lru_cache(maxsize=4)
+def cached_model(name: str, weights: str | None, device: str) -> LoadedModel:
+    """:func:`load_model`, kept for the next call (the four most recent name, weights and
+    device triples): a worker or a CLI run loads a model once. ``cache_clear()`` forgets
+    them (a stored model replaced)."""
+    return load_model(name, weights, device)
+
+
 __all__ = [
     "MODELS",
     "LoadedModel",
     "ModelError",
     "ModelSpec",
     "Normalized",
+    "cached_model",
     "frozen",
     "get_model_spec",
     "known_layers",
     "load_model",
+    "model_lock",
+    "prepared",
     "register_model",
     "row_bytes",
     "with_normalisation",

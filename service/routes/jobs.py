@@ -24,13 +24,11 @@ from service.dispatch import Dispatcher
 from service.errors import ERRORS, ApiError, short
 from service.schemas import EXPLAIN_REQUEST_BODY, ErrorResponse, JobCreated, JobView
 from service.submission import (
-    check_cost,
     check_input,
-    check_method,
-    check_metrics,
     check_trained_set,
     metric_records,
     parse_request,
+    plan_job,
     read_submission,
 )
 
@@ -114,11 +112,9 @@ async def submit(
         """Validate the read submission, then return an identical job or queue a new one."""
         parsed = parse_request(payload)
         input_info, data = check_input(parsed, upload, settings)
-        check_method(parsed, input_info, settings)
-        metrics = check_metrics(parsed)
-        check_cost(parsed, input_info, metrics, settings)
+        job = plan_job(parsed, input_info, settings)
         sets = check_trained_set(parsed, tenant)  # last: it loads the model to find its sets
-        options, records = parsed.options.model_dump(mode="json"), metric_records(metrics)
+        options, records = parsed.options.model_dump(mode="json"), metric_records(job.metrics)
         content_hash = hashlib.sha256(
             json.dumps(
                 {"model": parsed.model, "revision": MODELS[parsed.model].revision,

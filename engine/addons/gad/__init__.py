@@ -72,6 +72,9 @@ class GADOptions(AddonOptions):
     def trained_set(self) -> Literal["support_set"] | None:
         return "support_set" if self.support_set is None else None
 
+    def trained_set_classes(self) -> tuple[int, int] | None:
+        return self.classes
+
     def model_copies(self) -> int:
         """The original and the default support set's networks (one per α of train-gad)."""
         return 1 + len(DEFAULT_ALPHAS)
