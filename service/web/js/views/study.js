@@ -24,7 +24,7 @@ const DOWNLOADS = ["study.zip", "scores.csv", "table.md", "summary.json"];
 const STUDY_INPUT_CODES = [...INPUT_CODES, "invalid_images"]; // and a zip that holds none
 
 /** Whether a method keeps a per-iteration history, which some metrics need (GET /methods). */
-const hasHistory = (method) => method.has_history ?? method.family === "mask";
+const hasHistory = (method) => method.has_history;
 
 /** The study's inputs: several bundled samples picked from the gallery, or one .zip of images
  * (or series files). read() gives { samples: [names] }, { zip: File } or null (none chosen). */
@@ -243,7 +243,7 @@ export function studyFormView(container, catalogue, navigate) {
     editors.forEach((e, i) => e.setNumber(i + 1, editors.length > 1));
     add.disabled = editors.length >= MAX_VARIANTS;
     const withHistory = editors.every((e) => e.method() && hasHistory(e.method()));
-    fields.setFamily(withHistory ? "mask" : "gradient");
+    fields.setHasHistory(withHistory);
     metricsNote.textContent = withHistory
       ? "Every variant keeps an optimisation history: every metric applies."
       : "Metrics that need an optimisation history (mask methods) apply only when every " +
@@ -438,10 +438,14 @@ function summaryCell(row, best) {
     `td.num${best ? ".best" : ""}`,
     best ? { title: "best of this column" } : {},
     h("span.mean", {}, formatNumber(row.mean)),
-    ci ? h("span.ci", { title: "95 % bootstrap confidence interval of the mean" }, ` ${ci}`) : null,
-    h("span.n", {}, ` n = ${row.n}`),
-    row.iqm === null ? null : h("span.n", {}, ` · IQM ${formatNumber(row.iqm)}`),
-    row.undefined ? h("span.n", {}, ` · ${row.undefined} undefined`) : null,
+    h(
+      "span.detail",
+      {},
+      ci ? h("span", { title: "95 % bootstrap confidence interval of the mean" }, `${ci} `) : null,
+      `n = ${row.n}`,
+      row.iqm === null ? null : ` · IQM ${formatNumber(row.iqm)}`,
+      row.undefined ? ` · ${row.undefined} undefined` : null,
+    ),
   );
 }
 
