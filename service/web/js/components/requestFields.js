@@ -148,10 +148,11 @@ export function requestFields(catalogue) {
     formError: errors.form,
     model: current,
     onModelChange: (fn) => listeners.push(fn),
-    /** Enable the metrics that apply to a method family. */
-    setFamily(family) {
+    /** Enable the metrics that apply: those that read a per-iteration history only where the
+     * method records one (GET /methods' has_history). */
+    setHasHistory(hasHistory) {
       for (const box of metricsSet.querySelectorAll("input")) {
-        box.disabled = box.dataset.maskOnly === "true" && family !== "mask";
+        box.disabled = box.dataset.maskOnly === "true" && !hasHistory;
         if (box.disabled) box.checked = false;
       }
     },

@@ -26,9 +26,9 @@ export function compareFormView(container, catalogue, navigate) {
     h("legend", {}, "Methods"),
   );
   const methodsError = h("p.field-error", { id: "methods-error", role: "alert" });
-  const maskSchema = catalogue.methods.find(
-    (m) => m.family === "mask" && m.options_schema.properties.init,
-  )?.options_schema.properties;
+  // The mask methods' shared options (init, iterations), from the first method that has an init.
+  const maskSchema = catalogue.methods.find((m) => m.options_schema.properties.init)
+    ?.options_schema.properties;
   const inits = h(
     "fieldset.inits",
     { hidden: true },
@@ -73,12 +73,14 @@ export function compareFormView(container, catalogue, navigate) {
 
   const checkedMethods = () =>
     [...methodsBox.querySelectorAll("input:checked")].map((b) => b.value);
-  const family = (name) => catalogue.methods.find((m) => m.name === name)?.family;
+  const described = (name) => catalogue.methods.find((m) => m.name === name);
+  /** A method that starts from an init and runs iterations (the mask methods). */
+  const hasInit = (name) => Boolean(described(name)?.options_schema.properties.init);
   const syncMask = () => {
-    const anyMask = checkedMethods().some((name) => family(name) === "mask");
+    const anyMask = checkedMethods().some(hasInit);
     maskFields.hidden = !anyMask;
     inits.hidden = !anyMask;
-    fields.setFamily(anyMask ? "mask" : "gradient");
+    fields.setHasHistory(checkedMethods().some((name) => described(name)?.has_history));
   };
   fields.onModelChange((model) => {
     const applicable = catalogue.methods.filter((m) => model.methods.includes(m.name));
@@ -120,7 +122,7 @@ export function compareFormView(container, catalogue, navigate) {
   function variants(count) {
     const chosenInits = [...inits.querySelectorAll("input:checked")].map((b) => b.value);
     return checkedMethods().flatMap((method) => {
-      if (family(method) !== "mask") return [[method, {}]];
+      if (!hasInit(method)) return [[method, {}]];
       const base = count === null ? {} : { iterations: count };
       const known = catalogue.methods.find((m) => m.name === method).options_schema.properties.init
         ?.enum;

@@ -48,7 +48,7 @@ export function explainView(container, catalogue, navigate, againId = null) {
       optionsHolder,
       h("fieldset.method-options", {}, h("legend", {}, `Options of ${method.name}`), form.element),
     );
-    fields.setFamily(method.family);
+    fields.setHasHistory(method.has_history);
   }
   fields.onModelChange((model) => {
     const previous = methodSelect.value;
