@@ -21,8 +21,8 @@ from jobs.store import JobStore, RedisJobStore
 from jobs.training_jobs import share_trained_sets
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.errors import ApiError, error_response, install_error_handlers
-from service.routes import jobs, listings, model_registry, ops, training, web
-from service.schemas import ErrorResponse, explain_request_adapter
+from service.routes import jobs, listings, model_registry, ops, studies, training, web
+from service.schemas import ErrorResponse, explain_request_adapter, study_request_model
 
 Limit = tuple[int, str]  # bytes, and the setting that sets them
 MAX_HEADER_BYTES = 64 * 1024  # all header lines of a request together
@@ -112,10 +112,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limit=(int(settings.max_upload_bytes * 4 / 3) + 65536,  # base64 in JSON
                "EXPLAINER_MAX_UPLOAD_BYTES"),
         by_path={"/models": (settings.max_model_bytes + 65536, "EXPLAINER_MAX_MODEL_BYTES"),
-                 "/patterns": zips, "/support-sets": zips},
+                 "/patterns": zips, "/support-sets": zips, "/studies": zips},
     )  # fmt: skip
     install_error_handlers(app)
-    for module in (jobs, training, listings, model_registry, ops, web):
+    for module in (jobs, studies, training, listings, model_registry, ops, web):
         app.include_router(module.router)
     app.mount("/ui", web.static_files, name="ui")
     app.mount("/ui-swagger", web.swagger_files, name="ui-swagger")
@@ -137,6 +137,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 components[extra.__name__] = extra.model_json_schema(
                     ref_template="#/components/schemas/{model}"
                 )
+            study = study_request_model().model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            components.update(study.pop("$defs", {}))
+            components["StudyRequest"] = study
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -170,3 +170,155 @@ EXPLAIN_REQUEST_BODY = {
         },
     },
 }
+
+
+# --- studies (service/routes/studies.py) -------------------------------------------------------
+
+
+class StudyVariantBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(
+        None, min_length=1, max_length=100, description="Its name in the tables; default: the "
+        "method, or method[key=value,...] with the options given",
+    )  # fmt: skip
+
+
+@functools.cache
+def study_variant_type() -> Any:
+    """A study's variant: a method with its options (the method's options model, as in POST
+    /explain) and an optional label; a union discriminated by ``method``."""
+    variants = [
+        create_model(
+            "".join(part.capitalize() for part in spec.name.split("_")) + "Variant",
+            __base__=StudyVariantBase,
+            __doc__=spec.summary,
+            method=(Literal[spec.name], ...),
+            options=(spec.options, Field(default_factory=spec.options)),
+        )
+        for spec in all_methods()
+    ]
+    return Annotated[Union[tuple(variants)], Field(discriminator="method")]  # noqa: UP007
+
+
+class StudyInputsRequest(BaseModel):
+    """Exactly one of: bundled samples by name, an image folder this server offers by name (as
+    for training jobs), or existing jobs of the caller (their inputs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: list[Annotated[str, Field(max_length=100)]] | None = Field(
+        None, min_length=1, description="Bundled samples (GET /samples), e.g. 'chelsea'."
+    )
+    folder: str | None = Field(None, max_length=200, description="An image folder this server "
+                               "offers (EXPLAINER_TRAINING_SETS)")  # fmt: skip
+    jobs: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, min_length=1, description="Ids of the caller's jobs whose inputs the study takes"
+    )
+
+
+StudyTarget = int | Annotated[str, Field(max_length=200)] | None
+
+
+class StudyRequestBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("efficientnet_lite0", description="A model name from GET /models.")
+    inputs: StudyInputsRequest | None = Field(
+        None, description="JSON body: where the inputs come from. Multipart: leave it out and "
+        "send the zip file field 'inputs'.",
+    )  # fmt: skip
+    metrics: list[str | dict[str, Any]] = Field(
+        [], description="Quality metrics scored for every input and variant (GET /quality-metrics)"
+    )
+    targets: StudyTarget | list[StudyTarget] = Field(
+        "predicted", description="'predicted' (or null): each input's predicted class; a class "
+        "index or label for every input; or a list with one per input, in the inputs' order.",
+    )  # fmt: skip
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of every random draw.")
+    resize: Literal["center_crop", "resize"] = Field(
+        "center_crop", description="How each image reaches the size it is explained at."
+    )
+
+
+@functools.cache
+def study_request_model() -> type[BaseModel]:
+    """POST /studies: the inputs, 1–12 variants (method + options), metrics, targets, seed."""
+    return create_model(
+        "StudyRequest",
+        __base__=StudyRequestBase,
+        variants=(
+            list[study_variant_type()],
+            Field(min_length=1, max_length=12, description="The methods compared, each with its "
+                  "options (a method's options model, as in POST /explain)"),
+        ),
+    )  # fmt: skip
+
+
+class StudyCreated(BaseModel):
+    id: str
+    url: str = Field(description="The study's URL (under the server's public URL if it has one)")
+    status: JobStatus
+
+
+class StudyVariantView(BaseModel):
+    label: str
+    method: str
+    options: dict[str, Any]
+
+
+class StudyInputView(BaseModel):
+    index: int
+    name: str
+
+
+class StudyProgress(BaseModel):
+    done: int = Field(description="Input × variant results whose batch has finished")
+    total: int = Field(description="Input × variant results of the study")
+
+
+class StudyTimings(BaseModel):
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    elapsed_s: float | None = Field(description="From the first batch's start to the report "
+                                    "(or to now while running)")  # fmt: skip
+
+
+class StudyBatchView(BaseModel):
+    id: str = Field(description="The batch's job (GET /jobs/{id})")
+    variant: str
+    inputs: list[int]
+    status: JobStatus
+    attempts: int
+
+
+class StudyErrorView(BaseModel):
+    variant: str
+    inputs: list[str]
+    message: str
+
+
+class StudyView(BaseModel):
+    id: str
+    status: JobStatus
+    model: str
+    variants: list[StudyVariantView]
+    metrics: list[str | dict[str, Any]]
+    inputs: list[StudyInputView]
+    targets: list[int | str | None]
+    seed: int
+    resize: str
+    passes: int = Field(description="The study's cost in model passes, as checked at submit")
+    progress: StudyProgress
+    summary: dict[str, Any] | None = Field(
+        None, description="Per variant × score: n, mean, median, std, 95 % bootstrap CI, IQM, "
+        "rank; of the finished batches' rows while running (left out of GET /studies)",
+    )  # fmt: skip
+    timings: StudyTimings
+    batches: list[StudyBatchView]
+    errors: list[StudyErrorView]
+    artifacts: dict[str, str] = Field(description="Report artifact name → download URL: "
+                                      "scores.csv, summary.json, table.md, <metric>.png, "
+                                      "study.zip (once finished)")  # fmt: skip
+    url: str

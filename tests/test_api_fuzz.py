@@ -43,13 +43,15 @@ SEMANTIC_REFUSALS = {
     "model_unavailable", "invalid_series", "series_too_large", "invalid_target", "invalid_metric",
     "invalid_option", "method_not_applicable", "limit_exceeded", "payload_too_large",
     "invalid_truth", "needs_training", "invalid_images", "too_many_images", "model_refused",
+    "duplicate_label",
 }  # fmt: skip
 ADMIN = "fuzz-admin"
 FOLDER = tempfile.mkdtemp(prefix="explainer-fuzz-")
 # A small job budget keeps what the fuzzer gets accepted cheap to run.
 APP = create_app(Settings(artifact_dir=FOLDER, api_keys=(KEY,), admin_keys=(ADMIN,),
                           preload_models=(), max_training_images=4,
-                          max_model_passes=64, max_upload_bytes=200_000))  # fmt: skip
+                          max_model_passes=64, max_study_passes=256,
+                          max_upload_bytes=200_000))  # fmt: skip
 
 
 async def served_once(scope, receive, send):
