@@ -9,6 +9,9 @@ bundled model, Debian's Chromium driven by Playwright (as in tests/test_web_ui.p
 2. ``docs/web_ui_compare.png``: the compare grid of Grad-CAM, Integrated Gradients and WaveletX.
 3. ``docs/web_ui_vit.png``: Grad-CAM on a timm ViT-Tiny uploaded to the model store as a state
    dict (random weights: no ViT weights ship offline), at its default layer ``blocks.11.norm1``.
+4. ``docs/web_ui_study.png``: a study made on the Study form: four photographs × Grad-CAM,
+   Saliency and Integrated Gradients (16 steps) × faithfulness and pixel perturbation (the
+   ranked table, the figures, the downloads).
 
 ``--only vit`` takes one of them.
 """
@@ -34,6 +37,8 @@ from testkit.stack import Api, service_env  # noqa: E402
 SUCCEEDED = "n => document.querySelectorAll('.status[data-status=succeeded]').length >= n"
 IMAGES_LOADED = "[...document.images].every(i => i.complete && i.naturalWidth > 0)"
 METRICS = ("cp_shearletx", "faithfulness")
+STUDY_SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")
+STUDY_METRICS = ("faithfulness", "pixel_perturbation")
 
 
 def submit_with_metrics(page: Page, jobs: int) -> None:
@@ -64,6 +69,27 @@ def compare(page: Page, url: str, iterations: int) -> None:
         page.check(f"#compare-{method}")
     page.fill("#mask-iterations", str(iterations))
     submit_with_metrics(page, 3)
+
+
+def study(page: Page, url: str) -> None:
+    """A study from the Study form, followed to its table and figures."""
+    page.goto(url + "/#/studies")
+    page.wait_for_selector("fieldset.variant select.variant-method option", state="attached")
+    page.click("#study-none")
+    for name in STUDY_SAMPLES:
+        page.click(f"#view button[data-sample='{name}']")
+    page.click("#add-variant")
+    variants = page.locator("fieldset.variant")
+    for index, method in enumerate(("gradcam", "saliency", "integrated_gradients")):
+        variants.nth(index).locator("select.variant-method").select_option(method)
+    variants.nth(2).locator("details.variant-options > summary").click()
+    variants.nth(2).locator("input[id$='-opt-steps']").fill("16")
+    for metric in STUDY_METRICS:
+        page.check(f"#metric-{metric}")
+    page.click("button[type=submit]")
+    page.wait_for_function(SUCCEEDED, arg=1, timeout=600_000)
+    page.wait_for_selector("img[data-artifact]")
+    page.wait_for_function(IMAGES_LOADED)
 
 
 ADMIN_KEY = "screenshot-admin"
@@ -101,7 +127,7 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--iterations", type=int, default=100, help="WaveletX iterations")
-    parser.add_argument("--only", choices=["waveletx", "compare", "vit"])
+    parser.add_argument("--only", choices=["waveletx", "compare", "vit", "study"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder, sync_playwright() as playwright:
         env = service_env(None, Path(folder) / "artifacts", admin_keys=ADMIN_KEY)
@@ -110,8 +136,10 @@ def main() -> int:
             "waveletx": lambda page: explain_waveletx(page, api.url, args.iterations),
             "compare": lambda page: compare(page, api.url, args.iterations),
             "vit": lambda page: (upload_vit(api), explain_vit(page, api.url)),
+            "study": lambda page: study(page, api.url),
         }
-        files = {"waveletx": "web_ui.png", "compare": "web_ui_compare.png", "vit": "web_ui_vit.png"}
+        files = {"waveletx": "web_ui.png", "compare": "web_ui_compare.png", "vit": "web_ui_vit.png",
+                 "study": "web_ui_study.png"}  # fmt: skip
         browser = None
         try:
             browser = launch_chromium(playwright)
