@@ -239,6 +239,10 @@ class StudyRequestBase(BaseModel):
     resize: Literal["center_crop", "resize"] = Field(
         "center_crop", description="How each image reaches the size it is explained at."
     )
+    idempotency_key: str | None = Field(
+        None, max_length=200, description="The same key (of the same API key) returns the same "
+        "study, with 200 and reused: true.",
+    )  # fmt: skip
 
 
 @functools.cache
@@ -259,6 +263,8 @@ class StudyCreated(BaseModel):
     id: str
     url: str = Field(description="The study's URL (under the server's public URL if it has one)")
     status: JobStatus
+    reused: bool = Field(False, description="True when the study of the same idempotency key "
+                         "was returned.")  # fmt: skip
 
 
 class StudyVariantView(BaseModel):

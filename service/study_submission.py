@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import Request
+from PIL import Image
 from pydantic import ValidationError
 
 from engine.catalogue import METHODS
@@ -260,7 +261,7 @@ def _sample_png(name: str) -> bytes:
     from engine.data import load_sample
 
     buffer = io.BytesIO()
-    load_sample(name).save(buffer, format="PNG")
+    Image.fromarray(load_sample(name)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path, PurePath
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from jobs.artifact_store import MEDIA_TYPES
@@ -128,8 +128,9 @@ def batch_view(batch: StudyBatch, record: JobRecord | None) -> dict:
 
 
 @router.post(
-    "/studies", status_code=202, response_model=StudyCreated, responses=ERRORS,
-    openapi_extra=STUDY_BODY,
+    "/studies", status_code=202, response_model=StudyCreated, openapi_extra=STUDY_BODY,
+    responses={200: {"model": StudyCreated, "description": "The study of this idempotency key"},
+               **ERRORS},
 )  # fmt: skip
 async def submit_study(
     request: Request, tenant: Tenant, settings: SettingsDep, store: StoreDep,
@@ -142,8 +143,19 @@ async def submit_study(
     anything is stored; 202 with the study's id, then follow it at GET /studies/{id}."""
     payload, uploaded = await read_study_submission(request, settings)
 
-    def accept() -> StudyCreated:
+    def reused(study_id: str | None) -> JSONResponse | None:
+        study = load_study(store, study_id) if study_id else None
+        if study is None or study.owner != tenant:
+            return None
+        view = study_view(store, artifacts, study, request, summary=False)
+        body = StudyCreated(id=study.id, url=view.url, status=view.status, reused=True)
+        return JSONResponse(body.model_dump(), status_code=200)
+
+    def accept() -> StudyCreated | JSONResponse:
         parsed = parse_study(payload, uploaded is not None)
+        key = parsed.idempotency_key and f"{tenant}:{parsed.idempotency_key}"
+        if key and (found := reused(store.lookup_key("study-idempotency", key))):
+            return found
         inputs = gather_inputs(parsed, uploaded, settings, store, artifacts, tenant)
         plan = plan_study(parsed, variant_labels(payload), inputs, settings, tenant)
         study = StudyRecord(
@@ -152,6 +164,11 @@ async def submit_study(
             inputs=inputs.items, targets=plan.targets, seed=parsed.seed, resize=parsed.resize,
             passes=plan.passes, batches=[],
         )  # fmt: skip
+        if key:  # a request with the same key that got here first wins
+            holder = store.claim_key("study-idempotency", key, study.id)
+            if holder != study.id and (found := reused(holder)):
+                return found
+            store.rebind_key("study-idempotency", key, study.id)
         indices = [item.index for item in inputs.items]
         for variant in plan.variants:
             for part in chunks(indices, plan.batch_sizes[variant["label"]]):
