@@ -779,9 +779,10 @@ def test_study_from_the_form_to_its_table_figure_download_and_url(page, server, 
     no_overflow(phone, "study page")
 
 
-def test_study_form_refusals(page, server):
+def test_study_form_refusals(page, server, tmp_path):
     """No input chosen: refused on the page, nothing sent; a target the model does not know:
-    the API's own message beside the target field, as for a job."""
+    the API's own message beside the target field, as for a job; a .zip without an image: sent
+    as multipart (request and inputs), the API's message under Inputs."""
     p = page.page
     page.allow(422, "/studies")
     p.click("nav >> text=Study")
@@ -799,7 +800,28 @@ def test_study_form_refusals(page, server):
         "targets": "no such class"})  # fmt: skip
     assert direct.status_code == 422
     assert p.inner_text("#target-error") == direct.json()["error"]["message"]
+    p.fill("#target", "")
+    archive = tmp_path / "notes.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("notes.txt", "no picture here\n")
+    p.set_input_files("#study-zip", str(archive))
+    assert p.inner_text("#study-inputs-chosen").startswith("File: notes.zip")
+    p.click("button[type=submit]")
+    p.wait_for_selector("#study-inputs-error:not(:empty)")
+    upload = [r for r in page.posts if r.url.endswith("/studies")][-1]
+    assert upload.headers["content-type"].startswith("multipart/form-data")
+    request_field = json.dumps({"variants": [{"method": "saliency"}]})
+    direct = server.client.post("/studies", data={"request": request_field},
+                                files={"inputs": ("notes.zip", archive.read_bytes())})  # fmt: skip
+    assert direct.status_code == 422
+    assert p.inner_text("#study-inputs-error") == direct.json()["error"]["message"]
     assert "#/studies/" not in p.url
+    # a study that does not exist: the API's message, nothing loading, nothing to cancel
+    page.allow(404, "/studies/")
+    p.goto(f"{server.url}/#/studies/{'0' * 32}")
+    p.wait_for_selector(".study-page [role=alert]:not(:empty)")
+    assert "no study" in p.inner_text(".study-page [role=alert]")
+    assert not p.is_visible("#cancel") and not p.is_visible(".status")
 
 
 def test_cancel_a_running_study(browser, request, server):
