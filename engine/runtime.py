@@ -1,4 +1,5 @@
-"""Settings of the process the engine runs in (not of the engine itself).
+"""Settings of the process the engine runs in (not of the engine itself), and the rule every
+random draw follows (:func:`input_generators`).
 
 :func:`keep_freed_memory` is called by the entry points (CLI, service, Celery workers,
 benchmarks, tests); a library user may call it once at start-up.
@@ -12,6 +13,10 @@ import ctypes
 import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 # mallopt(3) parameters
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
@@ -137,3 +142,20 @@ def checkpoint() -> None:
     check = _stop_check.get()
     if check is not None:
         check()
+
+
+def input_generators(
+    seed: int, count: int, device: str | torch.device = "cpu"
+) -> list[torch.Generator]:
+    """One random generator per input of a batch, each seeded with ``seed`` alone: input i of
+    a batch gets exactly the draws it gets when explained alone with the same seed, wherever it
+    sits in the batch. Every random draw of a method or metric comes from its input's generator.
+
+    Gradient methods and the perturbation metrics draw on the CPU (the default) and move the
+    draws to the input's device, so a seed gives the same draws on every device; the mask
+    methods draw on the device itself (their noise is too large to copy over every step), so
+    there a seed's draws differ between CPU and CUDA.
+    """
+    import torch
+
+    return [torch.Generator(device=device).manual_seed(seed) for _ in range(count)]

@@ -33,7 +33,6 @@ from captum.attr import (
 )
 
 from engine import explain
-from engine.attribution.smoothing import draw_noise, noise_scale
 from engine.models import ModelError, load_model
 from engine.models.config import check_exported_archive
 from engine.models.operators import (
@@ -109,10 +108,15 @@ def test_integrated_gradients(exported, x):
 
 def test_smoothgrad(exported, x):
     """Captum's saliency on the noisy copies our seeded tunnel draws (Captum's own NoiseTunnel
-    draws from the global generator), averaged per image."""
+    draws from the global generator), averaged per image: image b's n noise images are N(0, 1)
+    draws of its own generator seeded 0, times σ_b = s·(max x_b − min x_b)."""
     samples, level = 3, 0.15
     result = ours(exported, x, "smoothgrad", {"samples": samples, "noise_level": level})
-    noise = draw_noise(x, samples, noise_scale(x, level), torch.Generator().manual_seed(0))
+    noise = torch.cat([
+        torch.randn((samples, *x.shape[1:]), generator=torch.Generator().manual_seed(0))
+        * level * (image.max() - image.min())
+        for image in x
+    ])  # fmt: skip
     noisy = x.repeat_interleave(samples, 0) + noise
     targets = torch.tensor(TARGETS).repeat_interleave(samples)
     grads = Saliency(exported.module).attribute(noisy, target=targets, abs=False)

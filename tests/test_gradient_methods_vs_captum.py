@@ -151,20 +151,17 @@ def test_integrated_gradients_baselines(lite0, two_photos, baseline):
         InputGradient(lite0.module),
         baseline,
         steps=5,
-        generator=torch.Generator().manual_seed(3),
+        seed=3,
     )
     targets = torch.tensor(TARGETS)
     result = method.attribute(two_photos, targets)
     used = method.last_baseline
     expected = independent_baseline(two_photos, baseline)
-    if expected is None:  # uniform noise U[0, 1): seeded, and distributed as such
-        again = OurIG(InputGradient(lite0.module), "uniform", steps=5,
-                      generator=torch.Generator().manual_seed(3))  # fmt: skip
-        again.attribute(two_photos, targets)
-        assert torch.equal(again.last_baseline, used)
+    if expected is None:  # uniform noise U[0, 1): image b's from its own generator seeded 3
+        expected = torch.stack([torch.rand(image.shape, generator=torch.Generator().manual_seed(3))
+                                for image in two_photos])  # fmt: skip
         assert used.min() >= 0 and used.max() < 1
         assert abs(used.mean().item() - 0.5) < 0.01 and abs(used.var().item() - 1 / 12) < 0.01
-        expected = used
     torch.testing.assert_close(used, expected, rtol=0, atol=1e-6)
     reference = IntegratedGradients(lite0.module).attribute(
         two_photos, baselines=used, target=TARGETS, n_steps=5, method="gausslegendre"
@@ -282,24 +279,22 @@ def test_guided_gradcam(model, two_photos):
 def test_smoothgrad_ig_noisy_path_equals_an_independent_computation(lite0, two_photos):
     """pgig's SmoothGrad-IG by its definition, with the same draws: the path points α_k·x
     (zero baseline, riemann_right), at each n noisy copies x_k + σ_k ε with σ_k = s·(max − min)
-    of that point, ε drawn in the method's order (row r = step r // B, image r % B, its n
-    samples in a row), Captum's gradient at each, averaged, weighted 1/m and times x."""
+    of that point, image b's ε from its own generator seeded with the seed (n draws per step,
+    step after step), Captum's gradient at each, averaged, weighted 1/m and times x."""
     steps, samples, level, seed = 3, 2, 0.2, 4
     options = {"steps": steps, "samples": samples, "noise_level": level, "rule": "riemann_right"}
     result = ours(lite0, two_photos, "smoothgrad_ig", options, seed=seed)
-    batch = two_photos.shape[0]
-    noise = torch.randn((steps * batch * samples, *two_photos.shape[1:]),
-                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
     alphas = torch.linspace(1 / steps, 1, steps)
     saliency = Saliency(lite0.module)
     expected = torch.zeros_like(two_photos)
-    for row in range(steps * batch):
-        step, b = divmod(row, batch)
-        point = alphas[step] * two_photos[b : b + 1]
-        sigma = level * (point.max() - point.min())
-        copies = point + sigma * noise[row * samples : (row + 1) * samples]
-        gradients = saliency.attribute(copies, target=TARGETS[b], abs=False)
-        expected[b] += gradients.mean(0) / steps
+    for b in range(two_photos.shape[0]):
+        generator = torch.Generator().manual_seed(seed)
+        for step in range(steps):
+            point = alphas[step] * two_photos[b : b + 1]
+            sigma = level * (point.max() - point.min())
+            noise = torch.randn((samples, *two_photos.shape[1:]), generator=generator)
+            gradients = saliency.attribute(point + sigma * noise, target=TARGETS[b], abs=False)
+            expected[b] += gradients.mean(0) / steps
     expected *= two_photos
     assert_relative_close(result, expected, 1e-4)
     without_noise = ours(lite0, two_photos, "smoothgrad_ig", {**options, "noise_level": 0.0})

@@ -109,7 +109,7 @@ def test_pixel_perturbation_equals_pixel_flipping(digits):
 def test_sensitivity_n_at_one_n_is_faithfulness_correlation(digits):
     model, x, targets, heat = (value[:8] if torch.is_tensor(value) else value for value in digits)
     ours = sensitivity_n(model, x, targets, heat, [8], subsets=1000,
-                         generator=torch.Generator().manual_seed(0))[:, 0].numpy()  # fmt: skip
+                         seed=0)[:, 0].numpy()  # fmt: skip
     np.random.seed(0)
     metric = quantus.FaithfulnessCorrelation(
         nr_runs=1000, subset_size=8, perturb_baseline="black", normalise=False, abs=False,
@@ -129,7 +129,7 @@ def test_quantus_sensitivity_n_is_another_definition(digits):
     heat = attribute(linear, x, "gradient_x_input", targets=targets).sum(1)  # exact for linear
     grid = [1, 4, 16, 51]
     ours = sensitivity_n(linear, x, targets, heat, grid, subsets=64,
-                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+                         seed=0)  # fmt: skip
     assert torch.allclose(ours, torch.ones_like(ours), atol=1e-5)
     metric = quantus.SensitivityN(
         features_in_step=1, n_max_percentage=0.8, normalise=False, abs=False,

@@ -1,7 +1,9 @@
 """Expected Gradients (Erion et al. 2021).
 
 EG(x) = E_{x'~D, α~U(0,1)} [(x − x') ⊙ ∇S_c(x' + α(x − x'))], estimated with k draws of a
-reference image x' from a reference set D and an α per draw.
+reference image x' from a reference set D and an α per draw. Image b's k draws (k indices,
+then k values of α) come from its own generator seeded with the seed alone, so an image gets
+the same draws at any position of any batch.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from torch import Tensor
 
 from engine.attribution.base import GradientFn, chunks
 from engine.method import Attribution, MethodError
+from engine.runtime import input_generators
 
 
 class ExpectedGradients(Attribution):
@@ -22,7 +25,7 @@ class ExpectedGradients(Attribution):
         references: Tensor,
         samples: int = 50,
         internal_batch_size: int | None = None,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ):
         if references.ndim < 2 or references.shape[0] < 1:
             raise MethodError("Expected Gradients needs a non-empty reference set")
@@ -30,15 +33,18 @@ class ExpectedGradients(Attribution):
         self.references = references
         self.samples = samples
         self.internal_batch_size = internal_batch_size
-        self.generator = generator
+        self.seed = seed
         # Injected draws (B·k,) replace the random ones: reference indices and α values.
         self.draws: tuple[Tensor, Tensor] | None = None
 
     def draw(self, batch: int) -> tuple[Tensor, Tensor]:
-        count = batch * self.samples
-        index = torch.randint(0, self.references.shape[0], (count,), generator=self.generator)
-        alpha = torch.rand(count, generator=self.generator)
-        return index, alpha
+        """(B·k,) reference indices and α values; rows b·k … b·k + k − 1 are image b's."""
+        indices, alphas = [], []
+        for generator in input_generators(self.seed, batch):
+            references = self.references.shape[0]
+            indices.append(torch.randint(0, references, (self.samples,), generator=generator))
+            alphas.append(torch.rand(self.samples, generator=generator))
+        return torch.cat(indices), torch.cat(alphas)
 
     def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         if self.references.shape[1:] != x.shape[1:]:

@@ -7,6 +7,7 @@ Completeness: Σ_i IG_i ≈ S_c(x) − S_c(x'); :func:`completeness_gap` reports
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from engine.attribution.base import GradientFn, ScoreType, chunks, class_scores
 from engine.method import Attribution, MethodError
+from engine.runtime import input_generators
 
 QuadratureRule = Literal[
     "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"
@@ -59,13 +61,15 @@ def make_baseline(
     kind: BaselineKind | Tensor,
     *,
     blur_sigma: float = 5.0,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> Tensor:
     """The reference input x' for a batch x (B, C, H, W) in [0, 1] pixel space.
 
     ``zero``/``black``: all zeros; ``mean``: each image's mean colour; ``blur``: Gaussian blur of
-    the image (σ = ``blur_sigma`` pixels); ``uniform``: U[0, 1) noise (seeded); or a given tensor
-    (broadcast to x's shape).
+    the image (σ = ``blur_sigma`` pixels); ``uniform``: U[0, 1) noise, image b's drawn on the CPU
+    from ``generators[b]`` (default: :func:`~engine.runtime.input_generators` of ``seed``); or
+    a given tensor (broadcast to x's shape).
     """
     if isinstance(kind, Tensor):
         return kind.to(x.device, x.dtype).expand_as(x)
@@ -74,7 +78,9 @@ def make_baseline(
     if kind == "mean":
         return x.mean(dim=tuple(range(2, x.ndim)), keepdim=True).expand_as(x).clone()
     if kind == "uniform":
-        return torch.rand(x.shape, generator=generator).to(x.device, x.dtype)
+        generators = generators or input_generators(seed, x.shape[0])
+        noise = torch.stack([torch.rand(x.shape[1:], generator=g) for g in generators])
+        return noise.to(x.device, x.dtype)
     if kind == "blur":
         return gaussian_blur(x, blur_sigma)
     raise MethodError(f"unknown baseline {kind!r}")
@@ -112,7 +118,8 @@ class IntegratedGradients(Attribution):
     """IG along the straight path from a baseline, any gradient function, chunked over steps.
 
     The m·B path points are evaluated in chunks of ``internal_batch_size`` rows (Captum's
-    meaning); progress is reported per chunk.
+    meaning); progress is reported per chunk. Random draws (the uniform baseline, a subclass's
+    path noise) come from a generator per image seeded with ``seed`` alone.
     """
 
     def __init__(
@@ -123,7 +130,7 @@ class IntegratedGradients(Attribution):
         rule: QuadratureRule = "gausslegendre",
         internal_batch_size: int | None = None,
         blur_sigma: float = 5.0,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ):
         self.gradient = gradient
         self.baseline = baseline
@@ -131,12 +138,13 @@ class IntegratedGradients(Attribution):
         self.rule = rule
         self.internal_batch_size = internal_batch_size
         self.blur_sigma = blur_sigma
-        self.generator = generator
+        self.seed = seed
         self.last_baseline: Tensor | None = None
 
     def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        generators = input_generators(self.seed, x.shape[0])
         baseline = make_baseline(
-            x, self.baseline, blur_sigma=self.blur_sigma, generator=self.generator
+            x, self.baseline, blur_sigma=self.blur_sigma, generators=generators
         )
         self.last_baseline = baseline
         alphas, weights = quadrature(self.rule, self.steps)
@@ -150,10 +158,18 @@ class IntegratedGradients(Attribution):
             rows = torch.arange(part.start, part.stop, device=x.device)
             step, image = rows // batch, rows % batch
             points = baseline[image] + alphas[step].view(-1, *[1] * (x.ndim - 1)) * delta[image]
-            grads = self.gradient(points, targets[image])
+            row_generators = [generators[i] for i in image.tolist()]
+            grads = self.path_gradient(points, targets[image], row_generators)
             summed.index_add_(0, image, grads * weights[step].view(-1, *[1] * (x.ndim - 1)))
             self._report(part.stop, total_rows)
         return summed * delta
+
+    def path_gradient(
+        self, points: Tensor, targets: Tensor, generators: Sequence[torch.Generator]
+    ) -> Tensor:
+        """∂S/∂x at the path points; ``generators``: each row's image's generator, for a
+        gradient estimate that draws (SmoothGrad-IG's)."""
+        return self.gradient(points, targets)
 
 
 @torch.no_grad()

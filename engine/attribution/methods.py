@@ -19,7 +19,7 @@ from engine.attribution.integrated_gradients import (
     completeness_gap,
 )
 from engine.attribution.rectifier_rules import DeconvolutionRule, GuidedBackpropRule
-from engine.attribution.smoothing import NoiseTunnel, SmoothedGradient, SmoothingKind
+from engine.attribution.smoothing import NoiseTunnel, SmoothGradIG, SmoothingKind
 from engine.method import (
     Attribution,
     MethodContext,
@@ -136,7 +136,7 @@ def smoothed(ctx: MethodContext, options: GradientOptions, method: Attribution) 
     if options.smoothing is None:
         return method
     s = options.smoothing
-    return NoiseTunnel(method, s.kind, s.samples, s.noise_level, s.batch_size, ctx.generator)
+    return NoiseTunnel(method, s.kind, s.samples, s.noise_level, s.batch_size, ctx.seed)
 
 
 def guided_backprop(ctx: MethodContext, options: ScoreOptions) -> Attribution:
@@ -154,7 +154,7 @@ def build_integrated_gradients(
         options.rule,
         options.internal_batch_size,
         options.blur_sigma,
-        ctx.generator,
+        ctx.seed,
     )
     return smoothed(ctx, options, method)
 
@@ -170,29 +170,28 @@ def _smoothgrad(kind: SmoothingKind):
     def build(ctx: MethodContext, options: SmoothGradOptions) -> Attribution:
         saliency = Saliency(input_gradient(ctx, options))
         return NoiseTunnel(
-            saliency, kind, options.samples, options.noise_level, options.batch_size, ctx.generator
+            saliency, kind, options.samples, options.noise_level, options.batch_size, ctx.seed
         )
 
     return build
 
 
 def _smoothgrad_ig(ctx: MethodContext, options: SmoothGradIGOptions) -> Attribution:
-    gradient = SmoothedGradient(
-        input_gradient(ctx, options), options.samples, options.noise_level, ctx.generator
-    )
     # Each path point expands to `samples` noisy rows: chunk the path so that a pass has at most
     # internal_batch_size rows.
     path_chunk = options.internal_batch_size and max(
         1, options.internal_batch_size // options.samples
     )
-    return IntegratedGradients(
-        gradient,
-        options.baseline,
-        options.steps,
-        options.rule,
-        path_chunk,
-        options.blur_sigma,
-        ctx.generator,
+    return SmoothGradIG(
+        input_gradient(ctx, options),
+        options.samples,
+        options.noise_level,
+        baseline=options.baseline,
+        steps=options.steps,
+        rule=options.rule,
+        internal_batch_size=path_chunk,
+        blur_sigma=options.blur_sigma,
+        seed=ctx.seed,
     )
 
 
@@ -207,7 +206,7 @@ def _expected_gradients(ctx: MethodContext, options: ExpectedGradientsOptions) -
         references,
         options.samples,
         options.internal_batch_size,
-        ctx.generator,
+        ctx.seed,
     )
     return smoothed(ctx, options, method)
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from engine.runtime import input_generators
+
 Coefficients = list[Tensor]
 
 
@@ -45,13 +47,14 @@ class NoiseModel:
 def image_generators(
     seed: int, count: int, device: torch.device | str = "cpu"
 ) -> list[torch.Generator]:
-    """One generator per image, all seeded alike: an image gets the same draws in any batch.
+    """One generator per image, all seeded alike: an image gets the same draws in any batch
+    (the engine's rule, :func:`~engine.runtime.input_generators`).
 
     The generators live on the images' device: ShearletX draws 16 × 49 × H × W noise values per
     iteration, which on a GPU would otherwise be drawn by the CPU and copied over (0.35 s of
     each 0.37 s iteration on an H100). A seed therefore gives other draws on CPU and on CUDA.
     """
-    return [torch.Generator(device=device).manual_seed(seed) for _ in range(count)]
+    return input_generators(seed, count, device)
 
 
 def _uniform_pm1(

@@ -15,6 +15,10 @@ reduction of the request; pgig ranked the signed channel sum).
 - **Sensitivity-n** (Ancona et al., ICLR 2018; specs §2.3): for each n of a log-spaced grid,
   N random feature subsets S with |S| = n are set to the baseline; the Pearson correlation over
   the subsets between Σ_{i∈S} R_i and S_c(x) − S_c(x_{S=x'}) is the score at n.
+
+Random orders and subsets are drawn per image, on the CPU, from a generator seeded with the
+seed alone (:func:`~engine.runtime.input_generators`): an image's scores do not depend on the
+batch it is scored in, nor on the device.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import Tensor, nn
 from engine.attribution.base import ScoreType, chunks, class_scores
 from engine.masks.view import MaskView
 from engine.metrics.base import MetricOptions, MetricSpec, pixel_heatmap
+from engine.runtime import input_generators
 
 BATCH = 128  # perturbed images per forward pass
 Order = Literal["morf", "lerf", "random"]
@@ -60,11 +65,14 @@ def patch_means(values: Tensor, ids: Tensor, count: int) -> Tensor:
     return sums.index_add_(2, ids, values) / sizes
 
 
-def ranking(values: Tensor, order: Order, generator: torch.Generator | None = None) -> Tensor:
+def ranking(values: Tensor, order: Order, seed: int = 0) -> Tensor:
     """(B, F) → rank of each feature (0 removed first): by descending value (MoRF), ascending
-    (LeRF) or random; ties broken by position."""
+    (LeRF) or random (row b's order from its own generator of ``seed``); ties broken by
+    position."""
     if order == "random":
-        keys = torch.rand(values.shape, generator=generator).to(values.device)
+        generators = input_generators(seed, values.shape[0])
+        keys = torch.stack([torch.rand(values.shape[1:], generator=g) for g in generators])
+        keys = keys.to(values.device)
     else:
         keys = -values if order == "morf" else values
     positions = torch.argsort(keys, dim=1, stable=True)
@@ -80,14 +88,13 @@ def normalised_auc(curve: Tensor) -> Tensor:
 
 def degradation_curve(model: nn.Module, x: Tensor, targets: Tensor, heat: Tensor, *,
                       patch: int = 9, steps: int | None = None, order: Order = "morf",
-                      score: ScoreType = "softmax",
-                      generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+                      score: ScoreType = "softmax", seed: int = 0) -> Tensor:  # fmt: skip
     """S_c after removing 0 … T patches in ``order`` (B, T+1); T = all patches by default."""
     batch, _, height, width = x.shape
     ids, count = patch_ids(height, width, patch, x.device)
     steps = count if steps is None else min(steps, count)
     fill = patch_means(x.flatten(2), ids, count)[:, :, ids].view_as(x)
-    ranks = ranking(patch_means(heat.flatten(1)[:, None], ids, count)[:, 0], order, generator)
+    ranks = ranking(patch_means(heat.flatten(1)[:, None], ids, count)[:, 0], order, seed)
     step = torch.arange(steps + 1, device=x.device)
     removed = (ranks[:, None, :] < step[None, :, None])[:, :, ids]  # (B, T+1, H·W)
     removed = removed.view(batch, steps + 1, 1, height, width)
@@ -105,11 +112,11 @@ def fill_values(x: Tensor, fill: Fill) -> Tensor:
 def pixel_perturbation(model: nn.Module, x: Tensor, targets: Tensor, heat: Tensor, *,
                        fraction: float = 0.1, fill: Fill = "channel_mean",
                        order: Order = "lerf", score: ScoreType = "logit",
-                       generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+                       seed: int = 0) -> Tensor:  # fmt: skip
     """|S_c(x̃) − S_c(x)| / |S_c(x)| with the ⌊k·H·W⌉ least salient (``lerf``) or random pixels
     replaced; (B,)."""
     count = round(fraction * heat[0].numel())
-    removed = (ranking(heat.flatten(1), order, generator) < count).view(heat.shape).unsqueeze(1)
+    removed = (ranking(heat.flatten(1), order, seed) < count).view(heat.shape).unsqueeze(1)
     perturbed = torch.where(removed, fill_values(x, fill), x)
     clean, changed = scores_of(model, torch.cat([x, perturbed]), targets.repeat(2), score).chunk(2)
     return (changed - clean).abs() / clean.abs().clamp(min=1e-12)
@@ -130,16 +137,16 @@ def pearson(a: Tensor, b: Tensor) -> Tensor:
 
 def sensitivity_n(model: nn.Module, x: Tensor, targets: Tensor, heat: Tensor, grid: list[int], *,
                   subsets: int = 64, patch: int = 1, score: ScoreType = "logit",
-                  generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+                  seed: int = 0) -> Tensor:  # fmt: skip
     """Pearson correlation per image and per n of ``grid`` (B, len(grid)); baseline 0 (black),
-    features = p×p patches (R summed over each)."""
+    features = p×p patches (R summed over each); image b's subsets from its own generator."""
     batch, _, height, width = x.shape
     ids, count = patch_ids(height, width, patch, x.device)
     relevance = patch_means(heat.flatten(1)[:, None], ids, count)[:, 0]
     relevance = relevance * torch.bincount(ids, minlength=count).to(relevance)  # sums per patch
     clean = scores_of(model, x, targets, score)
     result = torch.zeros(batch, len(grid), dtype=x.dtype, device=x.device)
-    for b in range(batch):
+    for b, generator in enumerate(input_generators(seed, batch)):
         keys = torch.rand(len(grid), subsets, count, generator=generator).to(x.device)
         ranks = torch.argsort(torch.argsort(keys, dim=-1), dim=-1)
         chosen = ranks < torch.tensor(grid, device=x.device).view(-1, 1, 1)  # (G, N, F)
@@ -166,10 +173,9 @@ def _degradation(view: MaskView, options: DegradationOptions) -> dict[str, Tenso
     heat, (height, width) = pixel_heatmap(view), view.x.shape[-2:]
     count = patch_ids(height, width, options.patch)[1]
     steps = max(1, math.ceil(options.fraction * count))
-    generator = torch.Generator().manual_seed(view.seed)
     curves = {
         order: degradation_curve(view.model, view.x, view.targets, heat, patch=options.patch,
-                                 steps=steps, order=order, generator=generator)
+                                 steps=steps, order=order, seed=view.seed)
         for order in ("morf", "lerf", "random")
     }  # fmt: skip
     return {f"degradation_{order}": normalised_auc(curve) for order, curve in curves.items()}
@@ -184,13 +190,12 @@ class PixelPerturbationOptions(MetricOptions):
 
 
 def _pixel_perturbation(view: MaskView, options: PixelPerturbationOptions) -> dict[str, Tensor]:
-    generator = torch.Generator().manual_seed(view.seed)
     common = dict(fraction=options.fraction, fill=options.fill)
     heat = pixel_heatmap(view)
     return {
         "pixel_perturbation": pixel_perturbation(view.model, view.x, view.targets, heat, **common),
         "pixel_perturbation_random": pixel_perturbation(
-            view.model, view.x, view.targets, heat, order="random", generator=generator, **common
+            view.model, view.x, view.targets, heat, order="random", seed=view.seed, **common
         ),
     }
 
@@ -211,7 +216,7 @@ def _sensitivity_n(view: MaskView, options: SensitivityOptions) -> dict[str, Ten
     grid = sensitivity_grid(features, options.points, options.max_fraction)
     correlations = sensitivity_n(
         view.model, view.x, view.targets, pixel_heatmap(view), grid, subsets=options.subsets,
-        patch=options.patch, generator=torch.Generator().manual_seed(view.seed),
+        patch=options.patch, seed=view.seed,
     )  # fmt: skip
     return {"sensitivity_n": correlations.mean(1)}
 
