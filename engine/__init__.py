@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from engine.explain import explain
     from engine.models import MODELS, load_model
     from engine.result import Explanation, Prediction
+    from engine.study import study
 
 _HOMES = {
     "MODELS": "engine.models",
@@ -25,6 +26,7 @@ _HOMES = {
     "explain": "engine.explain",
     "get_method": "engine.catalogue",
     "load_model": "engine.models",
+    "study": "engine.study",
 }
 __all__ = [
     "MODELS",
@@ -34,6 +36,7 @@ __all__ = [
     "explain",
     "get_method",
     "load_model",
+    "study",
 ]
 
 
@@ -46,12 +49,13 @@ def __getattr__(name: str) -> Any:
 
 
 class _Package(types.ModuleType):
-    """``engine.explain`` is the function, as it was when this module imported it eagerly: the
-    import system's binding of the submodule ``engine.explain`` to the package (done after it
-    first loads) is skipped; the submodule stays in ``sys.modules``."""
+    """``engine.explain`` and ``engine.study`` are the functions, as ``explain`` was when this
+    module imported it eagerly: the import system's binding of the submodule (or subpackage) of
+    the same name to the package (done after it first loads) is skipped; the module stays in
+    ``sys.modules``."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "explain" and isinstance(value, types.ModuleType):
+        if name in ("explain", "study") and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m engine explain|methods|metrics|models|train-series|...``.
+"""Command line: ``python -m engine explain|study|methods|metrics|models|train-series|...``.
 
 Argument parsing imports nothing heavy (``--help`` answers at once); each command imports the
 engine when it runs. Every user mistake ends as one line on stderr and exit status 2: the
@@ -12,10 +12,12 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 DEFAULT_OUT_ROOT = Path("explanations")  # explain's --out default: explanations/<input>-<method>
+DEFAULT_STUDY_ROOT = Path("studies")  # study's --out default: studies/<inputs>-study
 SUMMARY_WIDTH = 64  # characters of a method's summary in the one-line listing
 
 
@@ -100,6 +102,39 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    study = sub.add_parser(
+        "study", help="explain a set of inputs with several method variants and compare them: "
+        "a ranked table with confidence intervals, figures, every input's files",
+    )  # fmt: skip
+    study.add_argument(
+        "inputs", help="a folder or .zip of images (PNG/JPEG/WebP) or series files (.npy/.csv), "
+        "or bundled samples separated by commas (chelsea,coffee,rocket)",
+    )  # fmt: skip
+    study.add_argument("--model", default="efficientnet_lite0", help="model name or config file")
+    study.add_argument("--weights", help="weights file (torchvision models), or random[:SEED]")
+    study.add_argument(
+        "--variant", action="append", required=True, metavar="METHOD[:KEY=VALUE,...]",
+        help="a method with its options, repeatable, e.g. gradcam or shearletx:init=startgrad,"
+        "iterations=50 (see `python -m engine methods`); labelled as METHOD[KEY=VALUE,...]",
+    )  # fmt: skip
+    study.add_argument(
+        "--metric", "-m", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+        help="quality metric, repeatable (see `python -m engine metrics`)",
+    )  # fmt: skip
+    study.add_argument("--target", help="class index or label for every input (default: each "
+                       "input's predicted class)")  # fmt: skip
+    study.add_argument("--seed", type=int, default=0)
+    study.add_argument("--batch-size", type=int, default=8, help="inputs per engine batch")
+    study.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    study.add_argument("--resize", default="center_crop", choices=["center_crop", "resize", "none"])
+    study.add_argument(
+        "--out", help=f"output folder (default: {DEFAULT_STUDY_ROOT}/<inputs>-study, numbered "
+        "-2, -3, ... when it exists); an existing folder that holds files is refused unless "
+        "--overwrite",
+    )  # fmt: skip
+    study.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    study.add_argument("--quiet", action="store_true", help="no progress lines")
 
     train = sub.add_parser(
         "train-series", help="train a GRU/LSTM on a synthetic time-series dataset and save it"
@@ -276,10 +311,10 @@ def _fields_at(model: type, path: list[str]) -> list[str] | None:
     return list(getattr(model, "model_fields", {})) or None
 
 
-def output_folder(args: argparse.Namespace) -> Path:
-    """Where ``explain`` writes: ``--out`` (refused when it holds files, unless --overwrite), or
-    ``explanations/<input>-<method>``, numbered ``-2``, ``-3``, ... when that exists. Never
-    overwrites silently."""
+def output_folder(args: argparse.Namespace, default: Path | None = None) -> Path:
+    """Where a command writes: ``--out`` (refused when it holds files, unless --overwrite), or
+    ``default`` (explain: ``explanations/<input>-<method>``), numbered ``-2``, ``-3``, ... when
+    that exists. Never overwrites silently."""
     if args.out is not None:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
@@ -288,8 +323,10 @@ def output_folder(args: argparse.Namespace) -> Path:
             raise UsageError(f"--out {out} already holds files; choose another folder, or pass "
                              "--overwrite to write into it")  # fmt: skip
         return out
-    stem = Path(args.image).stem if Path(args.image).is_file() else args.image
-    base = DEFAULT_OUT_ROOT / re.sub(r"[^A-Za-z0-9._-]+", "-", f"{stem}-{args.method}")
+    if default is None:
+        stem = Path(args.image).stem if Path(args.image).is_file() else args.image
+        default = DEFAULT_OUT_ROOT / f"{stem}-{args.method}"
+    base = default.with_name(re.sub(r"[^A-Za-z0-9._-]+", "-", default.name))
     out, number = base, 1
     while out.exists():
         number += 1
@@ -298,24 +335,33 @@ def output_folder(args: argparse.Namespace) -> Path:
 
 
 def write_outputs(result, out: Path) -> dict[str, Path]:
-    """``result``'s files in ``out``, all or none: written into a hidden staging folder inside
-    ``out`` and moved in only once every file is written. On a failure the staging folder goes,
-    and so do the folders this call created; files already in ``out`` are left as they were."""
+    """``result``'s files in ``out``, all or none (:func:`write_staged`)."""
+    from engine.artifacts import write_artifacts
+
+    return write_staged(out, lambda staging: write_artifacts(result, staging))
+
+
+def write_staged(out: Path, write: Callable[[Path], Any]) -> dict[str, Path]:
+    """What ``write(staging)`` writes, moved into ``out`` all or none: written into a hidden
+    staging folder inside ``out`` and moved in only once everything is written (a folder of the
+    same name already in ``out``, with --overwrite, is replaced). On a failure the staging
+    folder goes, and so do the folders this call created; files already in ``out`` are left as
+    they were. Returns each moved entry's name → its path in ``out``."""
     import shutil
     import tempfile
-
-    from engine.artifacts import write_artifacts
 
     created = next((folder for folder in reversed([out, *out.parents]) if not folder.exists()),
                    None)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=out))
     try:
-        written = write_artifacts(result, staging)
+        write(staging)
         paths = {}
-        for name, path in written.items():
-            paths[name] = out / path.name
-            path.replace(paths[name])
+        for entry in sorted(staging.iterdir()):
+            paths[entry.name] = out / entry.name
+            if paths[entry.name].is_dir():
+                shutil.rmtree(paths[entry.name])
+            entry.replace(paths[entry.name])
         return paths
     except BaseException:
         if created is not None:
@@ -413,12 +459,41 @@ def _progress_bar(enabled: bool):
     return update, bar.close
 
 
+def check_options(spec, options: dict[str, Any]) -> None:
+    """A method's options, checked as its options model does; an unknown name gets the
+    closest ones."""
+    from engine.method import OptionsError
+
+    try:
+        spec.parse_options(options)
+    except OptionsError as error:
+        listing = f"see `python -m engine methods {spec.name}`"
+        raise UsageError(option_problem(error, spec.options, spec.name)
+                         or f"{error} ({listing})") from None  # fmt: skip
+
+
+def checked_metrics(texts: list[str]) -> list[str | dict[str, Any]]:
+    """Repeated ``-m NAME[:KEY=VALUE,...]`` → metric requests, each checked."""
+    from engine.catalogue import get_metric, parse_metrics
+    from engine.metrics.base import MetricError
+
+    metrics = [metric_from_arg(text) for text in texts]
+    for metric in metrics:
+        if isinstance(metric, dict):
+            metric_spec = get_metric(metric["name"])
+            try:
+                metric_spec.parse_options({k: v for k, v in metric.items() if k != "name"})
+            except MetricError as error:
+                problem = option_problem(error, metric_spec.options, metric_spec.name)
+                raise UsageError(problem or str(error)) from None
+    parse_metrics(metrics)
+    return metrics
+
+
 def command_explain(args: argparse.Namespace) -> int:
-    from engine.catalogue import get_method, get_metric, parse_metrics
+    from engine.catalogue import get_method
     from engine.data import InputError
     from engine.explain import explain
-    from engine.method import OptionsError
-    from engine.metrics.base import MetricError
     from engine.models.spec import class_number
 
     # Everything a user can get wrong is checked before the model is loaded.
@@ -432,22 +507,8 @@ def command_explain(args: argparse.Namespace) -> int:
                 raise UsageError(f"--{name} is an option of the mask methods; {spec.name} has "
                                  f"no {name}")  # fmt: skip
             options[name] = getattr(args, name)
-    try:
-        spec.parse_options(options)
-    except OptionsError as error:
-        listing = f"see `python -m engine methods {spec.name}`"
-        raise UsageError(option_problem(error, spec.options, spec.name)
-                         or f"{error} ({listing})") from None  # fmt: skip
-    metrics = [metric_from_arg(text) for text in args.metric]
-    for metric in metrics:
-        if isinstance(metric, dict):
-            metric_spec = get_metric(metric["name"])
-            try:
-                metric_spec.parse_options({k: v for k, v in metric.items() if k != "name"})
-            except MetricError as error:
-                problem = option_problem(error, metric_spec.options, metric_spec.name)
-                raise UsageError(problem or str(error)) from None
-    parse_metrics(metrics)
+    check_options(spec, options)
+    metrics = checked_metrics(args.metric)
     check_input(args.image)
     out = output_folder(args)
     target: int | str | None = args.target
@@ -483,6 +544,64 @@ def command_explain(args: argparse.Namespace) -> int:
         print(line)
     print(f"  took {result.metadata['timings']['attribute_s']:.2f} s; wrote {len(paths)} files "
           f"to {out}")  # fmt: skip
+    return 0
+
+
+def study_inputs_arg(text: str) -> tuple[str | list[str], str]:
+    """``inputs`` of ``study``: a folder, a .zip, or samples/files separated by commas; and the
+    name its default output folder is made from."""
+    path = Path(text)
+    if path.is_dir() or (path.suffix.lower() == ".zip" and path.is_file()):
+        return text, path.stem or "inputs"
+    if path.suffix.lower() == ".zip":
+        raise UsageError(f"no such zip file: {text}")
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise UsageError("give a folder, a .zip, or sample names separated by commas")
+    for name in names:
+        check_input(name)
+    return names, "samples" if len(names) > 1 else Path(names[0]).stem
+
+
+def command_study(args: argparse.Namespace) -> int:
+    from engine.catalogue import get_method
+    from engine.models.spec import class_number
+    from engine.study import parse_variants, study
+
+    # Everything a user can get wrong is checked before the model is loaded.
+    check_device(args.device)
+    check_model_name(args.model)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    variants = parse_variants(args.variant)
+    for variant in variants:
+        check_options(get_method(variant.method), variant.options)
+    metrics = checked_metrics(args.metric)
+    inputs, stem = study_inputs_arg(args.inputs)
+    out = output_folder(args, DEFAULT_STUDY_ROOT / f"{stem}-study")
+    target: int | str | None = args.target
+    if target is not None and (number := class_number(target)) is not None:
+        target = number
+
+    def progress(done: int, total: int) -> None:
+        if not args.quiet:
+            print(f"study: {done}/{total} input × variant results", file=sys.stderr, flush=True)
+
+    finished = []
+
+    def run(staging: Path) -> None:
+        finished.append(study(
+            args.model, inputs, variants, metrics, targets=target, seed=args.seed,
+            device=args.device, weights=args.weights, resize=args.resize,
+            batch_size=args.batch_size, progress=progress, out_dir=staging,
+        ))  # fmt: skip
+
+    paths = write_staged(out, run)
+    result = finished[0]
+    print(f"study of {len(result.inputs)} inputs × {len(variants)} variants on {result.model}:")
+    print((out / "table.md").read_text().rstrip())
+    print(f"wrote {len(paths)} entries to {out} (scores.csv, summary.json, table.md, figures, "
+          "and <variant>/<input>/ folders)")  # fmt: skip
     return 0
 
 
@@ -687,10 +806,12 @@ def main(argv: list[str] | None = None) -> int:
     from engine.metrics.base import MetricError
     from engine.models.spec import ModelError, WeightsNotFound
     from engine.runtime import keep_freed_memory
+    from engine.study import StudyError
 
     keep_freed_memory()
     handlers = {
         "explain": command_explain,
+        "study": command_study,
         "methods": command_methods,
         "models": command_models,
         "metrics": command_metrics,
@@ -703,7 +824,8 @@ def main(argv: list[str] | None = None) -> int:
     except WeightsNotFound as error:  # the library's message names weights=...: name the flag
         message = (f"weights for {error.model} not found at {error.path}; pass --weights FILE "
                    "(a state-dict file), or --weights random:0 for an untrained model")  # fmt: skip
-    except (UsageError, OptionsError, MethodError, ModelError, InputError, MetricError) as error:
+    except (UsageError, OptionsError, MethodError, ModelError, InputError, MetricError,
+            StudyError) as error:  # fmt: skip
         message = str(error)
     except OSError as error:  # a folder that cannot be written, a file that cannot be read
         message = f"{error.strerror or error}: {error.filename}" if error.filename else str(error)
