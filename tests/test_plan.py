@@ -1,14 +1,20 @@
 """engine.plan: the pre-flight checks the API and explain() share, on real models and methods,
-against hand computations of cost, size and memory; the options' hooks."""
+against hand computations of cost, size and memory; the options' hooks; StartGrad's rank
+transform against scikit-learn's QuantileTransformer (the spec's reference)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
+import torch
+from sklearn.preprocessing import QuantileTransformer
 
 from engine.attribution.cam import CAMOptions, LayerOptions, ScoreCAMOptions
 from engine.catalogue import METHODS
+from engine.masks.inits import rank_transform
 from engine.masks.methods import (
     PixelMaskOptions,
     ShearletXOptions,
@@ -146,3 +152,24 @@ def test_options_hooks():
     assert LayerOptions().cam_arguments() == {"score": "logit"}
     assert CAMOptions(score="softmax").cam_arguments() == {"score": "softmax"}
     assert ScoreCAMOptions(batch_size=8).cam_arguments() == {"score": "logit", "batch_size": 8}
+
+
+def test_startgrad_rank_transform_treats_ties_as_sklearns_quantile_transformer():
+    """Gradient magnitudes with many exact zeros and repeated values: each 5 × 13 map equals
+    QuantileTransformer(n_quantiles=N).fit_transform of its values (N = 65: the reference's
+    quantile grid k/64 is exact in floating point, so its ties are not blurred by rounding)."""
+    generator = np.random.default_rng(0)
+    maps = np.abs(generator.normal(size=(12, 5, 13)))
+    maps[maps < 0.6] = 0.0  # about half exact zeros, the minimum of every map
+    maps = np.round(maps, 1)  # inner ties
+    maps[3] = np.round(maps[3] * 2) / 2  # a few large tie groups, the maximum tied too
+    maps[4] = 2.0  # one value everywhere
+    ours = rank_transform(torch.tensor(maps), 2).numpy().reshape(12, -1)
+    for values, ranked in zip(maps.reshape(12, -1), ours, strict=True):
+        reference = QuantileTransformer(n_quantiles=values.size, subsample=None)
+        expected = reference.fit_transform(values[:, None])[:, 0]
+        np.testing.assert_allclose(ranked, expected, atol=1e-12)
+    zeros = maps[0].ravel() == 0
+    assert zeros.sum() > 20 and (ours[0][zeros] == 0).all()  # not their mean rank
+    assert (ours[4] == 0).all()
+    assert math.isclose(ours[1].max(), 1.0)

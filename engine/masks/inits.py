@@ -3,7 +3,10 @@
 StartGrad (Bükkaya et al., "Start Smart", ICLR 2025): the gradient of the class score with
 respect to the coefficients the mask lives on, |·|, max over colour channels, then a rank
 transform to [0, 1] within every 2-D map (per wavelet sub-band and orientation, per shearlet):
-m₀ = rank / (N − 1), ties averaged, so each map starts exactly uniform in rank.
+m₀ = rank / (N − 1), so each map starts uniform in rank. Ties are treated as the spec's reference
+(scikit-learn's ``QuantileTransformer(output_distribution='uniform')`` with one quantile per
+value) treats them: the values equal to the map's smallest get 0 and those equal to its largest
+get 1 (a map of equal values: 0), every other group of equal values the mean of their ranks.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ InitKind = Literal[
 
 
 def rank_transform(values: Tensor, map_dims: int = 2) -> Tensor:
-    """Empirical CDF within each map of the last ``map_dims`` dims: rank/(N−1), ties averaged."""
+    """Empirical CDF within each map of the last ``map_dims`` dims: rank/(N−1) (ranks from 0),
+    ties averaged, except the ties at the map's bounds: every value equal to its minimum is 0
+    and every value equal to its maximum is 1, as in scikit-learn's QuantileTransformer with
+    n_quantiles = N (which clips the bounds; its 1e-7 tolerance around them is not copied)."""
     shape = values.shape
     flat = values.reshape(-1, int(torch.tensor(shape[-map_dims:]).prod()))
     rows, n = flat.shape
@@ -41,8 +47,10 @@ def rank_transform(values: Tensor, map_dims: int = 2) -> Tensor:
         0, group.flatten(), torch.ones(rows * n, dtype=torch.float64, device=values.device)
     )
     average = (total[group.flatten()] / count[group.flatten()]).view(rows, n)
-    ranks = torch.empty_like(average).scatter_(1, order, average)
-    return (ranks / max(n - 1, 1)).to(values.dtype).view(shape)
+    ranks = torch.empty_like(average).scatter_(1, order, average) / max(n - 1, 1)
+    ranks = ranks.masked_fill(flat == ordered[:, -1:], 1.0)  # then the minimum: an even map is 0
+    ranks = ranks.masked_fill(flat == ordered[:, :1], 0.0)
+    return ranks.to(values.dtype).view(shape)
 
 
 def coefficient_gradients(
