@@ -14,6 +14,7 @@ from PIL import Image
 from engine import explain
 from engine.cli import main
 from engine.data import load_sample
+from engine.plan import PlanError
 from engine.study import (
     STUDY_COLUMNS,
     StudyError,
@@ -204,10 +205,16 @@ def test_files_and_csv_round_trip(finished):
 
 
 def test_study_refuses_before_any_work(lite0):
-    with pytest.raises(StudyError, match="did you mean 'saliency'"):
+    """The engine's pre-flight plan checks every variant (its refusal keeps its code)."""
+    with pytest.raises(PlanError, match=r"variant 'saliancy': .*did you mean 'saliency'") as caught:
         study(lite0, INPUTS, ["gradcam", "saliancy"])
-    with pytest.raises(StudyError, match="steps"):
+    assert caught.value.code == "unknown_method"
+    with pytest.raises(PlanError, match="steps") as caught:
         study(lite0, INPUTS, ["integrated_gradients:steps=0"])
+    assert caught.value.code == "invalid_option"
+    with pytest.raises(PlanError, match="not a class") as caught:
+        study(lite0, INPUTS, ["gradcam"], targets=[1, 5000])
+    assert caught.value.code == "invalid_target"
     with pytest.raises(StudyError, match="2 targets for 1 inputs"):
         study(lite0, ["chelsea"], ["gradcam"], targets=[1, 2])
     with pytest.raises(StudyError, match="resize 'none'"):

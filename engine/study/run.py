@@ -135,21 +135,29 @@ def study_targets(targets: Any, count: int) -> list[Any]:
     return [None if targets == "predicted" else targets] * count
 
 
-def check_variants(variants: Sequence[Variant], model_kind: str, capabilities) -> None:
-    """Each variant's method exists (the catalogue's did-you-mean message), its options parse
-    and apply to this kind of input, and it can run on the model."""
-    from engine.catalogue import get_method
-    from engine.method import OptionsError
+def check_variants(
+    variants: Sequence[Variant],
+    loaded: Any,
+    metrics: Sequence[str | dict[str, Any]],
+    resize: str,
+    targets: Sequence[Any],
+) -> None:
+    """Each variant with the metrics and every target, through the engine's pre-flight plan
+    (:func:`engine.plan.plan`: the method exists, with the catalogue's did-you-mean message,
+    its options parse and apply to the model and its input kind, the metrics apply to it, the
+    targets are classes of the model). A refusal keeps its type and code, its message names the
+    variant."""
+    from engine.plan import PlanError, plan
 
+    distinct = list(dict.fromkeys(t for t in targets if t is not None)) or [None]
     for variant in variants:
         try:
-            spec = get_method(variant.method)
-            options = spec.parse_options(variant.options)
-            options.check_input_kind(model_kind)
-        except OptionsError as error:
-            raise StudyError(f"variant {variant.label!r}: {error}") from None
-        if refusal := spec.refusal(options, model_kind, capabilities):
-            raise StudyError(f"variant {variant.label!r}: {refusal}")
+            for target in distinct:
+                plan(loaded, variant.method, variant.options, metrics=metrics, resize=resize,
+                     target=target)  # fmt: skip
+        except PlanError as error:
+            raise type(error)(error.code, f"variant {variant.label!r}: {error.message}",
+                              error.status, error.details) from None  # fmt: skip
 
 
 def check_sizes(items: Sequence[StudyInput], resize: str, kind: str) -> None:
@@ -211,7 +219,7 @@ def study(
     items = study_inputs(inputs)
     per_input = study_targets(targets, len(items))
     loaded = resolve_model(model, weights, device)
-    check_variants(parsed, loaded.spec.input_kind, loaded.capabilities)
+    check_variants(parsed, loaded, metrics, resize, per_input)
     check_sizes(items, resize, loaded.spec.input_kind)
     out = Path(out_dir) if out_dir is not None else None
     rows: list[dict[str, Any]] = []
