@@ -162,7 +162,7 @@ def test_upload_png_and_gradcam_shows_overlay_and_label(page, server, tmp_path):
     assert job["input_name"] == "chelsea.png"  # the uploaded file's name, kept by the API
     assert p.inner_text("#input-name") == "Input: chelsea.png"
     assert p.inner_text(".steps") == "step 1 of 1"  # one pass, counted as one step
-    assert re.fullmatch(r"took \d+ s", p.inner_text(".eta"))
+    assert re.fullmatch(r"took \d+( min \d+)? s", p.inner_text(".eta"))
     upload = next(r for r in page.posts if r.url.endswith("/explain"))
     assert upload.headers["content-type"].startswith("multipart/form-data")
     # the uploaded photograph is what the job explained: same prediction as the sample itself
@@ -524,7 +524,7 @@ def no_overflow(page: Page, view: str) -> None:
 
 def test_every_view_fits_a_phone_and_the_job_page_explains_its_colours(browser, request, server):
     """At 390 px no view scrolls sideways: the explain form of each input kind, the job page of a
-    gradient, a CAM, a mask method and a series job, History, Compare. The job pages show the
+    gradient, a CAM, a mask method and a series job, History, Compare, Study. The job pages show the
     input's name, steps, the time taken, a colour bar of the heat map's colour map (diverging for
     a signed map, sequential for CAMs and masks), the loss chart's axes, each score beside its
     random baseline, "run again" and "download all (zip)"."""
@@ -563,7 +563,7 @@ def test_every_view_fits_a_phone_and_the_job_page_explains_its_colours(browser, 
         p.wait_for_selector("#run-again")
         no_overflow(p, f"job page ({kind})")
         assert p.inner_text("#input-name") == f"Input: {bodies[kind]['sample']}"
-        assert re.fullmatch(r"took \d+ s", p.inner_text(".eta")), kind
+        assert re.fullmatch(r"took \d+( min \d+)? s", p.inner_text(".eta")), kind
         assert p.inner_text(".steps").startswith("step "), kind
         assert p.locator("nav [aria-current]").count() == 0  # no tab is this page
         bundle = p.locator("#bundle")
@@ -619,6 +619,9 @@ def test_every_view_fits_a_phone_and_the_job_page_explains_its_colours(browser, 
     wait_cells_succeeded(p, 3)
     images_loaded(p, ".cell figure img")
     no_overflow(p, "compare grid")
+    p.goto(f"{server.url}/#/studies")  # a study's own page: test_study_from_the_form_...
+    p.wait_for_selector("fieldset.variant select.variant-method option", state="attached")
+    no_overflow(p, "study form")
 
 
 def test_api_docs_are_served_offline(browser, request, server):
