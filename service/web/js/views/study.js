@@ -23,9 +23,6 @@ const POLL_MS = 1000;
 const DOWNLOADS = ["study.zip", "scores.csv", "table.md", "summary.json"];
 const STUDY_INPUT_CODES = [...INPUT_CODES, "invalid_images"]; // and a zip that holds none
 
-/** Whether a method keeps a per-iteration history, which some metrics need (GET /methods). */
-const hasHistory = (method) => method.has_history;
-
 /** The study's inputs: several bundled samples picked from the gallery, or one .zip of images
  * (or series files). read() gives { samples: [names] }, { zip: File } or null (none chosen). */
 function studyInputs(samples) {
@@ -242,7 +239,7 @@ export function studyFormView(container, catalogue, navigate) {
   function renumber() {
     editors.forEach((e, i) => e.setNumber(i + 1, editors.length > 1));
     add.disabled = editors.length >= MAX_VARIANTS;
-    const withHistory = editors.every((e) => e.method() && hasHistory(e.method()));
+    const withHistory = editors.every((e) => e.method()?.has_history); // GET /methods
     fields.setHasHistory(withHistory);
     metricsNote.textContent = withHistory
       ? "Every variant keeps an optimisation history: every metric applies."
@@ -552,13 +549,15 @@ export function studyView(container, catalogue, navigate, id) {
     const summary = JSON.stringify(study.summary);
     if (study.summary?.rows?.length && summary !== shownSummary) {
       shownSummary = summary;
-      const caption =
-        study.status === "succeeded"
-          ? "Mean [95 % CI] and n per variant; ★ the best of each column"
-          : `So far: ${done} of ${total} results (mean [95 % CI], n)`;
+      const caption = {
+        succeeded: "Mean [95 % CI] and n per variant; ★ the best of each column",
+        cancelled: `The ${done} of ${total} results before it was cancelled (mean [95 % CI], n)`,
+        failed: `The ${done} of ${total} results it has (mean [95 % CI], n)`,
+      }[study.status] || `So far: ${done} of ${total} results (mean [95 % CI], n)`;
       fill(table, rankedTable(study.summary, catalogue.scores, caption));
     }
-    if (study.status === "succeeded" && !finished) {
+    // The report (figures, downloads) of a finished study; a cancelled one has the rows so far.
+    if (TERMINAL.includes(study.status) && Object.keys(study.artifacts).length && !finished) {
       finished = true;
       showResult(study);
     }
