@@ -26,6 +26,7 @@ from engine.study import (
     study_inputs,
     summarize,
 )
+from engine.study.run import StudyInput, check_sizes
 
 INPUTS = ["chelsea", "coffee"]
 VARIANTS = ["saliency", "gradcam:heatmap_reduction=max_abs"]
@@ -279,3 +280,10 @@ def test_cli_refuses_a_folder_without_inputs_and_mixed_sizes_without_resize(tmp_
     err = capsys.readouterr().err
     assert "resize 'none'" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_series_of_a_study_share_one_shape():
+    same = [StudyInput("a.npy", np.zeros((5, 2))), StudyInput("b.npy", np.ones((5, 2)))]
+    check_sizes(same, "center_crop", "timeseries")
+    with pytest.raises(StudyError, match=r"a.npy 5×2, c.npy 6×2"):
+        check_sizes([*same, StudyInput("c.npy", np.zeros((6, 2)))], "center_crop", "timeseries")

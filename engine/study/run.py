@@ -161,18 +161,28 @@ def check_variants(
 
 
 def check_sizes(items: Sequence[StudyInput], resize: str, kind: str) -> None:
-    """With ``resize='none'`` the images keep their sizes, so a batch needs them all alike."""
-    if resize != "none" or kind != "image":
+    """Inputs that can share a batch: series of one length and feature count; with
+    ``resize='none'`` (images keep their sizes) images of one size."""
+    if kind == "image" and resize != "none":
         return
     from engine.data import load_image
+    from engine.data.timeseries import load_series
 
-    sizes = {}
+    sizes: dict[tuple[int, ...], str] = {}
     for item in items:
-        sizes.setdefault(tuple(load_image(item.source)[0].shape[1:]), item.name)
+        if kind == "image":
+            shape = tuple(load_image(item.source)[0].shape[1:])
+        else:
+            shape = tuple(load_series(item.source).shape)
+        sizes.setdefault(shape, item.name)
     if len(sizes) > 1:
-        shown = ", ".join(f"{name} {h}×{w}" for (h, w), name in list(sizes.items())[:3])
-        raise StudyError(f"resize 'none' keeps each image's size, and these differ ({shown}): "
-                         "use resize 'center_crop' or 'resize' for a study")  # fmt: skip
+        shown = ", ".join(f"{name} {'×'.join(map(str, shape))}"
+                          for shape, name in list(sizes.items())[:3])  # fmt: skip
+        if kind == "image":
+            raise StudyError(f"resize 'none' keeps each image's size, and these differ ({shown})"
+                             ": use resize 'center_crop' or 'resize' for a study")  # fmt: skip
+        raise StudyError(f"the series of a study must share one length and feature count; these "
+                         f"differ (time steps × features: {shown})")  # fmt: skip
 
 
 def folder_name(text: str) -> str:
