@@ -784,8 +784,9 @@ def test_study_from_the_form_to_its_table_figure_download_and_url(page, server, 
 
 def test_study_form_refusals(page, server, tmp_path):
     """No input chosen: refused on the page, nothing sent; a target the model does not know:
-    the API's own message beside the target field, as for a job; a .zip without an image: sent
-    as multipart (request and inputs), the API's message under Inputs."""
+    the API's own message beside the target field, as for a job; two variants of one label: the
+    API's message under the variants; a .zip without an image: sent as multipart (request and
+    inputs), the API's message under Inputs."""
     p = page.page
     page.allow(422, "/studies")
     p.click("nav >> text=Study")
@@ -804,6 +805,13 @@ def test_study_form_refusals(page, server, tmp_path):
     assert direct.status_code == 422
     assert p.inner_text("#target-error") == direct.json()["error"]["message"]
     p.fill("#target", "")
+    # two variants with the same (default) label: the API's message under the variants
+    p.locator("fieldset.variant select.variant-method").nth(1).select_option("saliency")
+    p.click("button[type=submit]")
+    p.wait_for_selector("#variants-error:not(:empty)")
+    direct = server.client.post("/studies", json={
+        "inputs": {"samples": ["rocket"]}, "variants": [{"method": "saliency"}] * 2})  # fmt: skip
+    assert p.inner_text("#variants-error") == direct.json()["error"]["message"]
     archive = tmp_path / "notes.zip"
     with zipfile.ZipFile(archive, "w") as out:
         out.writestr("notes.txt", "no picture here\n")

@@ -199,10 +199,11 @@ function variantEditor(catalogue, onChange, onRemove) {
     /** { method, options, label? } (no label: the server's default), or null when an option
      * is out of its bounds (shown). */
     read() {
+      const wasOpen = optionsBox.open;
       optionsBox.open = true; // read() focuses the first bad option: it must be visible
       const { options, valid } = form.read();
       if (!valid) return null;
-      optionsBox.open = false;
+      optionsBox.open = wasOpen;
       const label = labelInput.value.trim();
       return { method: methodSelect.value, options, ...(label ? { label } : {}) };
     },
@@ -286,18 +287,25 @@ export function studyFormView(container, catalogue, navigate) {
     h("div.actions", {}, submit),
   );
 
-  /** Put an API refusal where it belongs: the inputs, a variant (details' loc [.., "variants",
-   * i, ...]), or the request fields' own places. */
+  /** Put an API refusal where it belongs: the inputs, a variant (details' loc ["variants", i,
+   * method, "options", ...]), the variants, or the request fields' own places. */
   function showError(error) {
     if (STUDY_INPUT_CODES.includes(error.code)) return inputs.showError(error.message);
+    if (error.code === "duplicate_label") {
+      variantsError.textContent = error.message;
+      return;
+    }
     let placed = false;
     for (const detail of error.details || []) {
       const loc = detail.loc || [];
       const at = loc.indexOf("variants");
       const editor = at >= 0 ? editors[loc[at + 1]] : null;
       if (editor) {
-        const path = loc[at + 2] === "options" ? loc.slice(at + 3) : [];
-        editor.showError(path, detail.msg);
+        const options = loc.indexOf("options", at); // [variants, i, method, options, ...]
+        editor.showError(options >= 0 ? loc.slice(options + 1) : [], detail.msg);
+        placed = true;
+      } else if (at >= 0) {
+        variantsError.textContent = detail.msg; // the list itself (e.g. too many)
         placed = true;
       } else if (loc.includes("inputs")) {
         inputs.showError(detail.msg);
