@@ -32,11 +32,19 @@ def number(value: float | None) -> str:
     return "–" if value is None else f"{value:.4g}"
 
 
-def markdown_table(summary: dict[str, Any]) -> str:
-    """Variants × graded scores (every score when none is graded): ``mean [ci_low, ci_high]``,
-    the best variant of each column (rank 1) in bold, undefined values counted."""
+def main_scores(summary: dict[str, Any]) -> list[str]:
+    """The table's columns: the graded keys of the requested metrics (a method's own scores,
+    such as a mask method's loss, do not compare across methods); without metrics, every
+    graded key; without any graded key, every key."""
+    owners = metric_of_keys()
     graded = [s for s in summary["scores"] if summary["better"][s] is not None]
-    columns = graded or list(summary["scores"])
+    return [s for s in graded if s in owners] or graded or list(summary["scores"])
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """Variants × :func:`main_scores`: ``mean [ci_low, ci_high]``, the best variant of each
+    column (rank 1) in bold, undefined values counted (every score is in summary.json)."""
+    columns = main_scores(summary)
     cells = {(c["variant"], c["score"]): c for c in summary["rows"]}
     header = ["variant", *(f"{s} {ARROWS[summary['better'][s]]}".rstrip() for s in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
