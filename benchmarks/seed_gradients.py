@@ -136,7 +136,7 @@ def main() -> None:
             absolute = reduce_channels(attribution, "abs_sum")
             morf, lerf = (
                 normalised_auc(degradation_curve(model, x, targets, signed, patch=args.patch,
-                                                 order=order, generator=generator)).mean()
+                                                 order=order)).mean()
                 for order in ("morf", "lerf")
             )  # fmt: skip
             pp = [pixel_perturbation(model, x, targets, absolute, fraction=k / 100).mean()
@@ -144,7 +144,7 @@ def main() -> None:
             few = slice(0, args.sn_images)
             sn = sensitivity_n(model, x[few], targets[few], signed[few], grid,
                                subsets=args.subsets, patch=args.patch,
-                               generator=generator).mean(0)  # fmt: skip
+                               seed=args.seed).mean(0)  # fmt: skip
             print(f"{label:<22} {morf:9.4f} {lerf:9.4f} "
                   + " ".join(f"{v:7.4f}" for v in pp) + " "
                   + " ".join(f"{v:9.4f}" for v in sn.tolist()))  # fmt: skip
