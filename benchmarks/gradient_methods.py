@@ -156,9 +156,8 @@ def main() -> None:
             spec = get_method(name)
             parsed = spec.parse_options(options)
             ctx = MethodContext(
-                model.module, model.spec, size, model.spec.cam_layer, device,
-                torch.Generator().manual_seed(0), extras={"references": references},
-                named_model=model.classifier,
+                model.module, model.spec, size, model.spec.cam_layer, device, seed=0,
+                extras={"references": references}, named_model=model.classifier,
             )  # fmt: skip
             method = spec.build(ctx, parsed)
             ours_fn = lambda method=method, x=x, targets=targets: method.attribute(x, targets)  # noqa: E731

@@ -215,11 +215,10 @@ def method_context(
     progress: ProgressFn | None,
     extras: dict[str, Any] | None,
 ) -> MethodContext:
-    """What a method builder sees for batch x: the prepared model, its spec, a seeded generator."""
-    generator = torch.Generator().manual_seed(seed)
+    """What a method builder sees for batch x: the prepared model, its spec, the seed."""
     size = (x.shape[-2], x.shape[-1])
     return MethodContext(
-        net, loaded.spec, size, loaded.spec.cam_layer, loaded.device, generator, seed, progress,
+        net, loaded.spec, size, loaded.spec.cam_layer, loaded.device, seed, progress,
         dict(extras or {}), named_model=loaded.classifier,
     )  # fmt: skip
 

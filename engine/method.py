@@ -181,8 +181,7 @@ class MethodContext:
     input_size: tuple[int, ...]  # the batch's trailing shape: (H, W) of images, (T, D) of series
     cam_layer: str | None
     device: torch.device
-    generator: torch.Generator
-    seed: int = 0
+    seed: int = 0  # every random draw comes from engine.runtime.input_generators(seed, ...)
     progress: ProgressFn | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. a reference set tensor
     # Backward rules an add-on asks every gradient of the method to run under (CriGrad's filter).
