@@ -23,16 +23,14 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from engine.addons import BASE_OPTIONS_ERROR
-from engine.catalogue import METHODS, METRICS, all_methods, close_names, unknown_name
+from engine.catalogue import METHODS, all_methods, close_names, unknown_name
 from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
 from engine.data.samples import sample_size
 from engine.data.timeseries import DEFAULT_MAX_FEATURES, SERIES_SAMPLES, load_series, read_npy
 from engine.method import names_server_path, walk_options
 from engine.metrics.base import MetricRequest
-from engine.models import MODELS, ModelSpec
-from engine.plan import Plan, PlanError, check_input_kind, cost, metric_requests, model_spec, plan
-from engine.plan import check_target as engine_check_target
-from engine.plan import explained_size as engine_explained_size
+from engine.models import ModelSpec
+from engine.plan import Plan, PlanError, check_input_kind, model_spec, plan
 from jobs.settings import Settings
 from jobs.training_jobs import trained_set_files
 from service.errors import ApiError, clean, short
@@ -324,52 +322,6 @@ def check_trained_set(parsed, tenant: str | None) -> list[str]:
         raise ApiError(422, "needs_training", f"{parsed.method} needs {what}{yours} of model "
                        f"{parsed.model}{pair}; make them first with {endpoint}")  # fmt: skip
     return [f"{path}@{path.stat().st_mtime_ns}" for path in found]
-
-
-# The checks one at a time, as service/study_submission.py calls them (each the engine's rule
-# of engine.plan, translated): plan_job makes them all at once.
-
-
-def check_method(parsed, input_info: dict, settings: Settings) -> Plan:
-    """:func:`plan_job`: every check of the request, the engine's and the server's."""
-    return plan_job(parsed, input_info, settings)
-
-
-def check_target(target: int | str | None, spec: ModelSpec) -> None:
-    """A class the model has, by index or label (:func:`engine.plan.check_target`)."""
-    try:
-        engine_check_target(target, spec)
-    except PlanError as error:
-        raise api_error(error) from None
-
-
-def check_metrics(parsed) -> list[tuple[str, Any]]:
-    """(name, parsed options) of each requested metric (:func:`engine.plan.metric_requests`)."""
-    try:
-        requests = metric_requests(parsed.metrics, METHODS[parsed.method], MODELS[parsed.model])
-    except PlanError as error:
-        raise api_error(error) from None
-    return [(r.spec.name, r.options) for r in requests]
-
-
-def target_size(parsed) -> tuple[int, int]:
-    """(h, w) an image is brought to: the options' input size (a mask method's image_size),
-    else the model's."""
-    return parsed.options.input_size(tuple(MODELS[parsed.model].input_size))
-
-
-def explained_size(parsed, input_info: dict) -> tuple[int, int]:
-    """(h, w) the worker explains at: the target size, or the image's own with resize='none'."""
-    width_height = tuple(input_info["size"]) if "size" in input_info else None
-    return engine_explained_size(MODELS[parsed.model], parsed.options, width_height,
-                                 parsed.resize)  # fmt: skip
-
-
-def job_cost(parsed, input_info: dict, metrics: list[tuple[str, Any]]) -> int:
-    """Model passes of one input row (:func:`engine.plan.cost`)."""
-    requests = [MetricRequest(METRICS[name], options) for name, options in metrics]
-    return cost(MODELS[parsed.model], parsed.options, requests,
-                explained_size(parsed, input_info))  # fmt: skip
 
 
 def metric_records(
