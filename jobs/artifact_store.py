@@ -26,7 +26,9 @@ from jobs.objects import LocalObjects, ObjectMissing, ObjectStore, StoreUnavaila
 log = logging.getLogger(__name__)
 
 MEDIA_TYPES = {".npy": "application/octet-stream", ".npz": "application/octet-stream",
-               ".png": "image/png", ".json": "application/json"}  # fmt: skip
+               ".png": "image/png", ".json": "application/json",
+               ".csv": "text/csv; charset=utf-8", ".md": "text/markdown; charset=utf-8",
+               ".zip": "application/zip"}  # fmt: skip
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # jobs.records.new_job_id
 SUMMARY = "summary.json"

@@ -11,13 +11,20 @@ import time
 from pathlib import Path, PurePath
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.concurrency import run_in_threadpool
 
 from engine.metrics.glossary import finite_scores, score_baselines
 from engine.models import MODELS
-from jobs.artifact_store import MEDIA_TYPES
+from jobs.artifact_store import MEDIA_TYPES, ArtifactStore
 from jobs.records import TERMINAL, JobRecord, new_job_id
+from jobs.settings import Settings
 from jobs.store import JobStore
 from service.deps import ArtifactsDep, DispatcherDep, ModelsDep, SettingsDep, StoreDep, Tenant
 from service.dispatch import Dispatcher
@@ -227,11 +234,16 @@ def cancel_job(
     return job_view(store, find(store, job_id, tenant), request)
 
 
+ARTIFACT_RESPONSES = {
+    200: {"content": {t: {} for t in set(MEDIA_TYPES.values())}},
+    307: {"description": "EXPLAINER_S3_PRESIGN: a presigned URL of the bucket"},
+}
+
+
 @router.get(
     "/jobs/{job_id}/artifacts/{name}",
-    responses={**ERRORS, 200: {"content": {t: {} for t in set(MEDIA_TYPES.values())}},
-               307: {"description": "EXPLAINER_S3_PRESIGN: a presigned URL of the bucket"}},
-)  # fmt: skip
+    responses={**ERRORS, **ARTIFACT_RESPONSES},
+)
 def get_artifact(
     job_id: str, name: str, tenant: Tenant, store: StoreDep, artifacts: ArtifactsDep,
     settings: SettingsDep,
@@ -243,12 +255,21 @@ def get_artifact(
     missing = ApiError(404, "not_found", f"job {job_id} has no artifact {short(name)!r}")
     if name not in record.artifacts:
         raise missing
+    return artifact_response(artifacts, settings, job_id, name, missing)
+
+
+def artifact_response(
+    artifacts: ArtifactStore, settings: Settings, owner_id: str, name: str, missing: ApiError
+) -> Response:
+    """The object ``owner_id/name`` (a job's or a study's file): a redirect to a presigned URL
+    of the bucket (``EXPLAINER_S3_PRESIGN``), a local file (ranges, ETag) or a stream with its
+    length; ``missing`` where the store does not hold it."""
     media_type = MEDIA_TYPES.get(PurePath(name).suffix, "application/octet-stream")
-    if settings.s3_presign and artifacts.exists(job_id, name):
-        url = artifacts.presigned_url(job_id, name, settings.s3_presign_expires_s)
+    if settings.s3_presign and artifacts.exists(owner_id, name):
+        url = artifacts.presigned_url(owner_id, name, settings.s3_presign_expires_s)
         if url is not None:
             return RedirectResponse(url, status_code=307)
-    found = artifacts.download(job_id, name)
+    found = artifacts.download(owner_id, name)
     if found is None:
         raise missing
     if isinstance(found, Path):

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path, PurePath
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from jobs.artifact_store import MEDIA_TYPES
 from jobs.records import TERMINAL, JobRecord
 from jobs.store import JobStore
 from jobs.studies import (
@@ -37,7 +35,7 @@ from jobs.studies import (
 )
 from service.deps import ArtifactsDep, DispatcherDep, ModelsDep, SettingsDep, StoreDep, Tenant
 from service.errors import ERRORS, ApiError, short
-from service.routes.jobs import enqueue, public_url
+from service.routes.jobs import ARTIFACT_RESPONSES, artifact_response, enqueue, public_url
 from service.schemas import StudyCreated, StudyView
 from service.study_submission import (
     gather_inputs,
@@ -49,8 +47,6 @@ from service.study_submission import (
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-REPORT_MEDIA_TYPES = MEDIA_TYPES | {".csv": "text/csv; charset=utf-8", ".zip": "application/zip",
-                                    ".md": "text/markdown; charset=utf-8"}  # fmt: skip
 STUDY_BODY = {
     "requestBody": {
         "required": True,
@@ -229,24 +225,14 @@ def cancel_unfinished(
     return study_view(store, artifacts, find_study(store, study_id, tenant), request)
 
 
-@router.get(
-    "/studies/{study_id}/artifacts/{name}",
-    responses={**ERRORS, 200: {"content": {t: {} for t in set(REPORT_MEDIA_TYPES.values())}}},
-)
+@router.get("/studies/{study_id}/artifacts/{name}", responses={**ERRORS, **ARTIFACT_RESPONSES})
 def get_study_artifact(
-    study_id: str, name: str, tenant: Tenant, store: StoreDep, artifacts: ArtifactsDep
-):
+    study_id: str, name: str, tenant: Tenant, store: StoreDep, artifacts: ArtifactsDep,
+    settings: SettingsDep,
+):  # fmt: skip
     """Download a report file: scores.csv, summary.json, table.md, <metric>.png, study.zip."""
     study = find_study(store, study_id, tenant)
     missing = ApiError(404, "not_found", f"study {study_id} has no artifact {short(name)!r}")
     if name not in study.report:
         raise missing
-    media_type = REPORT_MEDIA_TYPES.get(PurePath(name).suffix, "application/octet-stream")
-    found = artifacts.download(study_id, name)
-    if found is None:
-        raise missing
-    if isinstance(found, Path):
-        return FileResponse(found, media_type=media_type)
-    chunks_, size = found
-    return StreamingResponse(chunks_, media_type=media_type,
-                             headers={"Content-Length": str(size)})  # fmt: skip
+    return artifact_response(artifacts, settings, study_id, name, missing)

@@ -27,6 +27,27 @@ export function sampleButton(sample, onclick) {
 
 /** Returns { element, read(), setKind(kind), showError(message), clearError() }; read() gives
  * { sample } or { file, field } (the multipart field: "image" or "series"). */
+/** Make `dropZone` open `fileInput` from the keyboard (Enter, Space) and take a dropped file:
+ * `onFile(file)` gets the first one. */
+export function dropFiles(dropZone, fileInput, onFile) {
+  dropZone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      fileInput.click();
+    }
+  });
+  dropZone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    dropZone.classList.add("over");
+  });
+  dropZone.addEventListener("dragleave", () => dropZone.classList.remove("over"));
+  dropZone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    dropZone.classList.remove("over");
+    if (event.dataTransfer.files[0]) onFile(event.dataTransfer.files[0]);
+  });
+}
+
 export function inputPicker(samples) {
   let kind = "image";
   let choice = { sample: DEFAULT_SAMPLE.image };
@@ -64,23 +85,9 @@ export function inputPicker(samples) {
     if (fileInput.files.length)
       pick({ file: fileInput.files[0], field: kind === "image" ? "image" : "series" });
   });
-  dropZone.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" || event.key === " ") {
-      event.preventDefault();
-      fileInput.click();
-    }
-  });
-  dropZone.addEventListener("dragover", (event) => {
-    event.preventDefault();
-    dropZone.classList.add("over");
-  });
-  dropZone.addEventListener("dragleave", () => dropZone.classList.remove("over"));
-  dropZone.addEventListener("drop", (event) => {
-    event.preventDefault();
-    dropZone.classList.remove("over");
-    const file = event.dataTransfer.files[0];
-    if (file) pick({ file, field: kind === "image" ? "image" : "series" });
-  });
+  dropFiles(dropZone, fileInput, (file) =>
+    pick({ file, field: kind === "image" ? "image" : "series" }),
+  );
 
   function renderGallery() {
     fill(

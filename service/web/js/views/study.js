@@ -5,7 +5,7 @@
 
 import { api, ApiError, TERMINAL } from "../api.js";
 import { h, fill, formatNumber, breakable, uid } from "../components/dom.js";
-import { sampleButton } from "../components/inputPicker.js";
+import { dropFiles, sampleButton } from "../components/inputPicker.js";
 import {
   artifactFigure,
   betterText,
@@ -61,22 +61,7 @@ function studyInputs(samples) {
     show();
   };
   zipInput.addEventListener("change", () => zipInput.files.length && useZip(zipInput.files[0]));
-  dropZone.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" || event.key === " ") {
-      event.preventDefault();
-      zipInput.click();
-    }
-  });
-  dropZone.addEventListener("dragover", (event) => {
-    event.preventDefault();
-    dropZone.classList.add("over");
-  });
-  dropZone.addEventListener("dragleave", () => dropZone.classList.remove("over"));
-  dropZone.addEventListener("drop", (event) => {
-    event.preventDefault();
-    dropZone.classList.remove("over");
-    if (event.dataTransfer.files[0]) useZip(event.dataTransfer.files[0]);
-  });
+  dropFiles(dropZone, zipInput, useZip);
 
   const ofKind = () => samples.filter((s) => s.kind === kind);
   const setPicked = (names) => {
