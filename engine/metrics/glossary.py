@@ -44,8 +44,9 @@ SCORES: dict[str, tuple[str, Better]] = {
                                 "more likely.", "higher"),
     "cp_l1_sg": ("Retained probability per unit of kept coefficients (StartGrad).", "higher"),
     "cp_pixel_sg": ("Retained probability per unit of kept pixels (StartGrad).", "higher"),
-    "hallucination": ("Share of the explanation's edges that are not edges of the image "
-                      "(0: none made up).", "lower"),
+    "hallucination": ("Edges the explanation shows away from the image's edges, per edge of the "
+                      "image (0: none made up; above 1: more made-up edges than the image has).",
+                      "lower"),
     "image_edges": ("Edge pixels found in the image (context for hallucination).", None),
     "faithfulness": ("AUC of damage with the top features removed minus with only them kept.",
                      "higher"),

@@ -50,8 +50,8 @@ def hallucination(view: MaskView, options: HallucinationOptions) -> dict[str, Te
 
 HALLUCINATION = MetricSpec(
     name="hallucination",
-    summary="Share of the explanation's CoShREM edges that lie away from the image's edges "
-    "(0: no artificial edges).",
+    summary="CoShREM edges of the explanation that lie away from the image's edges, per edge "
+    "of the image (0: no artificial edges; can exceed 1).",
     definition="Hallucination score (Kolek et al., CVPR 2023)",
     options=HallucinationOptions,
     compute=hallucination,
