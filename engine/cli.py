@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -315,11 +315,13 @@ def output_folder(args: argparse.Namespace, default: Path | None = None) -> Path
     """Where a command writes: ``--out`` (refused when it holds files, unless --overwrite), or
     ``default`` (explain: ``explanations/<input>-<method>``), numbered ``-2``, ``-3``, ... when
     that exists. Never overwrites silently."""
+    from engine.storage import holds_files
+
     if args.out is not None:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {out} is a file, not a folder")
-        if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        if holds_files(out) and not args.overwrite:
             raise UsageError(f"--out {out} already holds files; choose another folder, or pass "
                              "--overwrite to write into it")  # fmt: skip
         return out
@@ -337,38 +339,9 @@ def output_folder(args: argparse.Namespace, default: Path | None = None) -> Path
 def write_outputs(result, out: Path) -> dict[str, Path]:
     """``result``'s files in ``out``, all or none (:func:`write_staged`)."""
     from engine.artifacts import write_artifacts
+    from engine.storage import write_staged
 
     return write_staged(out, lambda staging: write_artifacts(result, staging))
-
-
-def write_staged(out: Path, write: Callable[[Path], Any]) -> dict[str, Path]:
-    """What ``write(staging)`` writes, moved into ``out`` all or none: written into a hidden
-    staging folder inside ``out`` and moved in only once everything is written (a folder of the
-    same name already in ``out``, with --overwrite, is replaced). On a failure the staging
-    folder goes, and so do the folders this call created; files already in ``out`` are left as
-    they were. Returns each moved entry's name → its path in ``out``."""
-    import shutil
-    import tempfile
-
-    created = next((folder for folder in reversed([out, *out.parents]) if not folder.exists()),
-                   None)  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=out))
-    try:
-        write(staging)
-        paths = {}
-        for entry in sorted(staging.iterdir()):
-            paths[entry.name] = out / entry.name
-            if paths[entry.name].is_dir():
-                shutil.rmtree(paths[entry.name])
-            entry.replace(paths[entry.name])
-        return paths
-    except BaseException:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _load_for_training(args: argparse.Namespace):
@@ -587,17 +560,12 @@ def command_study(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"study: {done}/{total} input × variant results", file=sys.stderr, flush=True)
 
-    finished = []
-
-    def run(staging: Path) -> None:
-        finished.append(study(
-            args.model, inputs, variants, metrics, targets=target, seed=args.seed,
-            device=args.device, weights=args.weights, resize=args.resize,
-            batch_size=args.batch_size, progress=progress, out_dir=staging,
-        ))  # fmt: skip
-
-    paths = write_staged(out, run)
-    result = finished[0]
+    result = study(
+        args.model, inputs, variants, metrics, targets=target, seed=args.seed,
+        device=args.device, weights=args.weights, resize=args.resize,
+        batch_size=args.batch_size, progress=progress, out_dir=out, overwrite=args.overwrite,
+    )  # fmt: skip
+    paths = result.files
     print(f"study of {len(result.inputs)} inputs × {len(variants)} variants on {result.model}:")
     print((out / "table.md").read_text().rstrip())
     print(f"wrote {len(paths)} entries to {out} (scores.csv, summary.json, table.md, figures, "
@@ -809,6 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     from engine.study import StudyError
 
     keep_freed_memory()
+    # A stop signal unwinds like Ctrl-C, so half-written output folders are removed on the way.
+    signal.signal(signal.SIGTERM, lambda number, _frame: sys.exit(128 + number))
     handlers = {
         "explain": command_explain,
         "study": command_study,

@@ -279,7 +279,9 @@ class StudyInputView(BaseModel):
 
 
 class StudyProgress(BaseModel):
-    done: int = Field(description="Input × variant results whose batch has finished")
+    done: int = Field(description="Input × variant results computed (their batch succeeded)")
+    failed: int = Field(0, description="Results whose batch failed")
+    cancelled: int = Field(0, description="Results whose batch was cancelled before it ran")
     total: int = Field(description="Input × variant results of the study")
 
 

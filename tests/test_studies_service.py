@@ -107,7 +107,7 @@ def test_study_equals_single_jobs_and_a_killed_worker_costs_nothing(stack):
 
     view = wait_study(api, study_id, timeout=900)
     assert view["status"] == "succeeded", view
-    assert view["progress"] == {"done": 18, "total": 18}
+    assert view["progress"] == {"done": 18, "failed": 0, "cancelled": 0, "total": 18}
     assert view["errors"] == []
     killed = next(b for b in view["batches"] if b["id"] == record.id)
     assert killed["status"] == "succeeded" and killed["attempts"] == 2
@@ -247,7 +247,7 @@ def test_delete_cancels_what_has_not_finished(stack):
     assert view["status"] == "cancelled"
     assert [b["status"] for b in view["batches"]] == ["cancelled", "cancelled"]
     assert all(store.get(b["id"]).status == "cancelled" for b in view["batches"])
-    assert view["progress"]["done"] == view["progress"]["total"] == 6
+    assert view["progress"] == {"done": 0, "failed": 0, "cancelled": 6, "total": 6}
     summary = api.client.get(view["artifacts"]["summary.json"], headers=ME).json()
     assert summary["rows"] == []  # nothing finished, nothing aggregated
 

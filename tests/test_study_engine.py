@@ -222,6 +222,23 @@ def test_study_refuses_before_any_work(lite0):
         study(lite0, ["chelsea", "coffee"], ["gradcam"], resize="none")
 
 
+def test_an_out_dir_that_holds_files_is_refused_and_left_alone(lite0, finished, tmp_path):
+    """Python refuses a folder that holds a study, as the CLI does (it had mixed two studies
+    into one folder); overwrite=True replaces the entries of the same names, all at once."""
+    _, out, _ = finished
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(StudyError, match="already holds files"):
+        study(lite0, ["chelsea"], ["saliency"], out_dir=out)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    again = tmp_path / "again"
+    (again / ".writing-left-by-a-killed-run").mkdir(parents=True)  # not files of a study
+    result = study(lite0, ["chelsea"], ["saliency"], out_dir=again)
+    assert set(result.files) == {"scores.csv", "summary.json", "table.md", "saliency"}
+    replaced = study(lite0, ["coffee"], ["saliency"], out_dir=again, overwrite=True)
+    assert (again / "scores.csv").read_text() == replaced.to_csv()
+    assert {p.name for p in (again / "saliency").iterdir()} == {"coffee"}
+
+
 def test_cli_writes_every_file(tmp_path, capsys):
     out = tmp_path / "cli"
     status = main(["study", "chelsea,coffee", "--variant", "gradcam", "--variant",

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.storage import holds_files, write_staged
 from engine.study.aggregate import rows_to_csv, score_rows, summarize
 from engine.study.report import write_report
 from engine.study.variants import StudyError, Variant, parse_variants
@@ -49,6 +50,7 @@ class Study:
     seed: int
     rows: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)  # out_dir's entries, name → path
 
     def to_csv(self) -> str:
         return rows_to_csv(self.rows)
@@ -205,6 +207,7 @@ def study(
     batch_size: int = 8,
     progress: StudyProgress | None = None,
     out_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Study:
     """Explain every input with every variant and score it with ``metrics``.
 
@@ -214,11 +217,12 @@ def study(
     :class:`Variant`; ``targets``: ``None``/``"predicted"``, one class index or label for all,
     or a list with one per input. ``progress(done, total)`` counts input × variant results.
     With ``out_dir``, each input's files (``engine.artifacts``) go to
-    ``out_dir/<variant>/<input>/`` and the report (:func:`write_report`) to ``out_dir``.
+    ``out_dir/<variant>/<input>/`` and the report (:func:`write_report`) to ``out_dir``, all or
+    none (:func:`engine.storage.write_staged`); a folder that already holds files is refused
+    unless ``overwrite`` (then the entries of the same names are replaced).
     """
-    from engine.artifacts import write_artifacts
     from engine.catalogue import parse_metrics
-    from engine.explain import explain, resolve_model
+    from engine.explain import resolve_model
 
     if batch_size < 1:
         raise StudyError(f"batch_size must be at least 1, got {batch_size}")
@@ -231,8 +235,48 @@ def study(
     loaded = resolve_model(model, weights, device)
     check_variants(parsed, loaded, metrics, resize, per_input)
     check_sizes(items, resize, loaded.spec.input_kind)
-    out = Path(out_dir) if out_dir is not None else None
     rows: list[dict[str, Any]] = []
+    labels = [variant.label for variant in parsed]
+    files: dict[str, Path] = {}
+    if out_dir is None:
+        run_variants(loaded, parsed, items, per_input, metrics, seed, resize, batch_size,
+                     progress, rows, None)  # fmt: skip
+    else:
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise StudyError(f"out_dir {out} is a file, not a folder")
+        if holds_files(out) and not overwrite:
+            raise StudyError(f"out_dir {out} already holds files; choose another folder, or "
+                             "pass overwrite=True to write into it")  # fmt: skip
+
+        def run(staging: Path) -> None:
+            run_variants(loaded, parsed, items, per_input, metrics, seed, resize, batch_size,
+                         progress, rows, staging)  # fmt: skip
+            write_report(rows, staging, labels)
+
+        files = write_staged(out, run)
+    return Study(
+        model=loaded.spec.name,
+        variants=parsed,
+        inputs=[item.name for item in items],
+        metrics=[request.record() for request in requests],
+        seed=seed,
+        rows=rows,
+        summary=summarize(rows, labels),
+        files=files,
+    )
+
+
+def run_variants(
+    loaded: Any, parsed: list[Variant], items: list[StudyInput], per_input: list[Any],
+    metrics: Sequence[str | dict[str, Any]], seed: int, resize: str, batch_size: int,
+    progress: StudyProgress | None, rows: list[dict[str, Any]], out: Path | None,
+) -> None:  # fmt: skip
+    """Every variant over the items in ``explain()`` batches of ``batch_size``: their rows
+    appended to ``rows``, each input's files written under ``out`` where given."""
+    from engine.artifacts import write_artifacts
+    from engine.explain import explain
+
     done, total = 0, len(parsed) * len(items)
     for variant in parsed:
         for start in range(0, len(items), batch_size):
@@ -251,15 +295,3 @@ def study(
             done += len(batch)
             if progress is not None:
                 progress(done, total)
-    labels = [variant.label for variant in parsed]
-    if out is not None:
-        write_report(rows, out, labels)
-    return Study(
-        model=loaded.spec.name,
-        variants=parsed,
-        inputs=[item.name for item in items],
-        metrics=[request.record() for request in requests],
-        seed=seed,
-        rows=rows,
-        summary=summarize(rows, labels),
-    )

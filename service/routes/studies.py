@@ -95,8 +95,11 @@ def study_view(
         study = load_study(store, study.id) or study
     status = status_of(store, study, batches)
     total = sum(len(b.inputs) for b in study.batches)
-    done = sum(len(b.inputs) for b, r in zip(study.batches, batches, strict=True)
-               if r is None or r.status in TERMINAL)  # fmt: skip
+    ended = {"succeeded": 0, "failed": 0, "cancelled": 0}  # results by their batch's end
+    for batch, record in zip(study.batches, batches, strict=True):
+        state = "failed" if record is None else record.status  # a record lost to expiry: failed
+        if state in ended:
+            ended[state] += len(batch.inputs)
     started = [r.started_at for r in batches if r is not None and r.started_at is not None]
     started_at = min(started) if started else None
     end = study.finished_at or (time.time() if started_at is not None else None)
@@ -106,7 +109,8 @@ def study_view(
         id=study.id, status=status, model=study.model, variants=study.variants,
         metrics=study.metrics, inputs=[{"index": i.index, "name": i.name} for i in study.inputs],
         targets=study.targets, seed=study.seed, resize=study.resize, passes=study.passes,
-        progress={"done": done, "total": total},
+        progress={"done": ended["succeeded"], "failed": ended["failed"],
+                  "cancelled": ended["cancelled"], "total": total},
         summary=study_summary(study, batches, artifacts) if summary else None,
         timings={"created_at": study.created_at, "started_at": started_at,
                  "finished_at": study.finished_at,

@@ -526,7 +526,11 @@ export function studyView(container, catalogue, navigate, id) {
     meta.append(` · study ${study.id}`);
     status.textContent = study.status;
     status.dataset.status = study.status;
-    steps.textContent = `${done} of ${total} results`;
+    const ended = ["failed", "cancelled"].filter((state) => study.progress[state] > 0);
+    steps.textContent = [
+      `${done} of ${total} results`,
+      ...ended.map((state) => `${study.progress[state]} ${state}`),
+    ].join(", ");
     bar.max = Math.max(total, 1);
     if (done > 0 || TERMINAL.includes(study.status)) bar.value = done;
     else bar.removeAttribute("value"); // moves until the first result
@@ -622,7 +626,8 @@ function timeText(study) {
   if (study.status !== "running") return elapsed ? `took ${formatDuration(elapsed)}` : "";
   if (!started) return "";
   const spent = Math.max(0, Date.now() / 1000 - started);
-  const { done, total } = study.progress;
+  const { done, total, failed = 0, cancelled = 0 } = study.progress;
   if (!done) return `${formatDuration(spent)} so far`;
-  return `about ${formatDuration((spent * (total - done)) / done)} left (${formatDuration(spent)} so far)`;
+  const left = total - done - failed - cancelled;
+  return `about ${formatDuration((spent * left) / done)} left (${formatDuration(spent)} so far)`;
 }
