@@ -286,14 +286,11 @@ def write_study_report(
     study: StudyRecord, batches: list[JobRecord | None], rows: list[dict[str, Any]],
     artifacts: ArtifactStore, staging: Any,
 ) -> list[str]:  # fmt: skip
-    """The report's files in ``staging``: write_report's (a study without rows: summary.json
-    alone) and study.zip (them, study.json, and each input's overlay and attribution as
+    """The report's files in ``staging``: write_report's (the files ``python -m engine study``
+    writes; a study without rows has a header-only scores.csv) and study.zip (them,
+    study.json, and each input's overlay and attribution as
     ``<variant>/<index>_<input name>_<file>``); returns their names."""
-    if rows:
-        files = write_report(rows, staging, variants=labels(study))
-    else:
-        (staging / REPORT_SUMMARY).write_text(json.dumps(summarize([], labels(study))))
-        files = {REPORT_SUMMARY: staging / REPORT_SUMMARY}
+    files = write_report(rows, staging, variants=labels(study))
     record = study.model_dump(exclude={"owner", "report", "finished_at"})
     with zipfile.ZipFile(staging / BUNDLE, "w", zipfile.ZIP_DEFLATED) as bundle:
         bundle.writestr("study.json", json.dumps(record, indent=2))

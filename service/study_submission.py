@@ -24,7 +24,7 @@ from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, i
 from engine.data.archives import read_zip_entry
 from engine.data.timeseries import DEFAULT_MAX_FEATURES, SERIES_SAMPLES, load_series
 from engine.models import MODELS
-from engine.study import parse_variant
+from engine.study import StudyError, parse_variants
 from jobs.artifact_store import ArtifactStore
 from jobs.settings import Settings
 from jobs.store import JobStore
@@ -297,11 +297,10 @@ def series_bytes(name: str, data: bytes | np.ndarray, features: int, settings: S
 def variant_labels(payload: dict) -> list[str]:
     """Each variant's label (given, or made from its method and the options as given: the
     request is valid by now), distinct."""
-    labels = [parse_variant(variant).label for variant in payload["variants"]]
-    if len(set(labels)) != len(labels):
-        raise ApiError(422, "duplicate_label", "two variants have the same label: give each a "
-                       "distinct 'label'")  # fmt: skip
-    return labels
+    try:
+        return [variant.label for variant in parse_variants(payload["variants"])]
+    except StudyError as error:  # the schema checked the rest: only the labels can clash
+        raise ApiError(422, "duplicate_label", str(error)) from None
 
 
 def study_targets(parsed: Any, count: int) -> list[int | str | None]:

@@ -75,7 +75,7 @@ def test_study_equals_single_jobs_and_a_killed_worker_costs_nothing(stack):
     assert created.status_code == 202, created.text
     study_id = created.json()["id"]
     first = api.client.get(f"/studies/{study_id}", headers=ME).json()
-    assert first["progress"] == {"done": 0, "total": 18}
+    assert first["progress"] == {"done": 0, "failed": 0, "cancelled": 0, "total": 18}
     assert len(first["batches"]) == 6  # 3 variants × 2 chunks of 3 inputs
     assert first["passes"] <= STUDY_PASSES_LIMIT
 
