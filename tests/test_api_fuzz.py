@@ -51,7 +51,7 @@ FOLDER = tempfile.mkdtemp(prefix="explainer-fuzz-")
 # A small job budget keeps what the fuzzer gets accepted cheap to run.
 APP = create_app(Settings(artifact_dir=FOLDER, api_keys=(KEY,), admin_keys=(ADMIN,),
                           preload_models=(), max_training_images=4,
-                          max_model_passes=64, max_study_passes=256,
+                          max_model_passes=64, max_study_passes=64, max_study_inputs=2,
                           max_upload_bytes=200_000))  # fmt: skip
 
 
