@@ -99,11 +99,14 @@ def explain(
     options = spec.parse_options(options)
     loaded = resolve_model(model, weights, device)
     kind = input_kind(loaded.spec.input_kind)
+    # The checks the API makes at submit, before any input is read (a method that does not
+    # explain this kind of model is refused as such, not by the input reader) ...
+    planned = plan(loaded, method, options, metrics=metrics or ())
     x, records = kind.prepare(inputs, loaded.spec, options, resize)
-    # The checks the API makes at submit, on the prepared batch (explained at its own size).
-    size = (x.shape[-1], x.shape[-2]) if kind.name == "image" else None
-    metric_requests = list(plan(loaded, method, options, metrics=metrics or (), image_size=size,
-                                resize="none").metrics)  # fmt: skip
+    if kind.name == "image" and tuple(x.shape[-2:]) != planned.size:  # ... and at its own size
+        planned = plan(loaded, method, options, metrics=metrics or (),
+                       image_size=(x.shape[-1], x.shape[-2]), resize="none")  # fmt: skip
+    metric_requests = list(planned.metrics)
     parameter = next(loaded.module.parameters(), None)
     x = x.to(loaded.device, parameter.dtype if parameter is not None else torch.float32)
     timings: dict[str, float] = {}
