@@ -20,7 +20,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from engine.catalogue import METHODS
-from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, image_files
+from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image
 from engine.data.archives import read_zip_entry
 from engine.data.timeseries import DEFAULT_MAX_FEATURES, SERIES_SAMPLES, load_series
 from engine.models import MODELS
@@ -34,6 +34,7 @@ from service.schemas import study_request_model
 from service.submission import (
     check_trained_set,
     metric_records,
+    offered_image_set,
     parse_json,
     parse_request,
     plan_job,
@@ -181,15 +182,7 @@ def check_count(count: int, settings: Settings) -> None:
 
 def folder_files(name: str, settings: Settings) -> list[Path]:
     """The image files of a folder the operator offers by name (EXPLAINER_TRAINING_SETS)."""
-    folder = settings.training_sets.get(name)
-    if folder is None:
-        offered = ", ".join(settings.training_sets) or "none"
-        raise ApiError(422, "invalid_images", f"no image folder {short(name)!r} on this server; "
-                       f"offered: {offered}")  # fmt: skip
-    try:
-        files = image_files(folder)
-    except InputError as error:
-        raise ApiError(422, "invalid_images", f"image folder {name}: {error}") from None
+    _, files = offered_image_set(name, settings)
     check_count(len(files), settings)
     return files
 

@@ -15,6 +15,7 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,14 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.addons import BASE_OPTIONS_ERROR
 from engine.catalogue import METHODS, all_methods, close_names, unknown_name
-from engine.data import DEFAULT_MAX_PIXELS, SAMPLES, InputError, decode_image, sha256_bytes
+from engine.data import (
+    DEFAULT_MAX_PIXELS,
+    SAMPLES,
+    InputError,
+    decode_image,
+    image_files,
+    sha256_bytes,
+)
 from engine.data.samples import sample_size
 from engine.data.timeseries import DEFAULT_MAX_FEATURES, SERIES_SAMPLES, load_series, read_npy
 from engine.method import names_server_path, walk_options
@@ -332,3 +340,19 @@ def metric_records(
     pairs = [(m.spec.name, m.options) if isinstance(m, MetricRequest) else m for m in metrics]
     records = [{"name": name, **options.model_dump(mode="json")} for name, options in pairs]
     return sorted(records, key=lambda r: r["name"])
+
+
+def offered_image_set(
+    name: str, settings: Settings, also_offered: tuple[str, ...] = ()
+) -> tuple[Path, list[Path]]:
+    """(folder, its image files) of an image set the operator offers by name
+    (``EXPLAINER_TRAINING_SETS``); ``also_offered`` names the caller's other choices."""
+    folder = settings.training_sets.get(name)
+    if folder is None:
+        offered = ", ".join([*also_offered, *settings.training_sets]) or "none"
+        raise ApiError(422, "invalid_images", f"no image set {short(name)!r} on this server; "
+                       f"offered: {offered}")  # fmt: skip
+    try:
+        return Path(folder), image_files(folder)
+    except InputError as error:
+        raise ApiError(422, "invalid_images", f"image set {name}: {error}") from None

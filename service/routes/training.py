@@ -21,7 +21,6 @@ from starlette.concurrency import run_in_threadpool
 from engine.data import (
     DEFAULT_MAX_PIXELS,
     InputError,
-    image_files,
     reference_set,
 )
 from engine.models import MODELS, ModelError, ModelSpec
@@ -47,10 +46,10 @@ from service.deps import (
     Tenant,
     matches,
 )
-from service.errors import ERRORS, ApiError, clean, short
+from service.errors import ERRORS, ApiError, clean
 from service.routes.jobs import enqueue, job_url
 from service.schemas import JobCreated
-from service.submission import parse_json
+from service.submission import offered_image_set, parse_json
 
 router = APIRouter()
 
@@ -100,15 +99,7 @@ def training_body(request: type[BaseModel], files: dict[str, str]) -> dict[str, 
 
 def read_folder(name: str, size: tuple[int, int], settings: Settings) -> np.ndarray:
     """The images of a folder the operator offers (EXPLAINER_TRAINING_SETS) as uint8."""
-    folder = settings.training_sets.get(name)
-    if folder is None:
-        offered = ", ".join(["samples", *settings.training_sets]) or "none"
-        raise ApiError(422, "invalid_images", f"no image set {short(name)!r} on this server; "
-                       f"offered: {offered}")  # fmt: skip
-    try:
-        files = image_files(folder)
-    except InputError as error:
-        raise ApiError(422, "invalid_images", f"image set {name}: {error}") from None
+    folder, files = offered_image_set(name, settings, also_offered=("samples",))
     if len(files) > settings.max_training_images:
         raise ApiError(413, "too_many_images", f"image set {name} holds {len(files)} images; "
                        f"the limit is {settings.max_training_images}")  # fmt: skip
