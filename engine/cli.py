@@ -92,9 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--init", help="mask initialisation (mask methods; = -o init=...)")
     run.add_argument("--iterations", type=int, help="mask iterations (= -o iterations=N)")
     run.add_argument("--target", help="class index or label (default: the predicted class)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    run.add_argument("--resize", default="center_crop", choices=["center_crop", "resize", "none"])
+    _explain_arguments(run)
     run.add_argument(
         "--out", help=f"output folder (default: {DEFAULT_OUT_ROOT}/<input>-<method> in the "
         "current folder, numbered -2, -3, ... when it exists); an existing folder that holds "
@@ -124,10 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     study.add_argument("--target", help="class index or label for every input (default: each "
                        "input's predicted class)")  # fmt: skip
-    study.add_argument("--seed", type=int, default=0)
     study.add_argument("--batch-size", type=int, default=8, help="inputs per engine batch")
-    study.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    study.add_argument("--resize", default="center_crop", choices=["center_crop", "resize", "none"])
+    _explain_arguments(study)
     study.add_argument(
         "--out", help=f"output folder (default: {DEFAULT_STUDY_ROOT}/<inputs>-study, numbered "
         "-2, -3, ... when it exists); an existing folder that holds files is refused unless "
@@ -191,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the models")
     models.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _explain_arguments(parser: argparse.ArgumentParser) -> None:
+    """What ``explain`` and ``study`` both take: the seed, the device and the resize policy."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    parser.add_argument(
+        "--resize", default="center_crop", choices=("center_crop", "resize", "none")
+    )
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
