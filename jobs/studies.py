@@ -47,7 +47,8 @@ from jobs.training_jobs import set_extras
 
 log = logging.getLogger(__name__)
 ROWS = "rows.json"  # a batch's rows, one artifact written whole
-INPUT_FILES = ("overlay.png", "attribution.npy")  # what a batch keeps of each input
+INPUT_FILES = ("overlay.png", "series.png", "attribution.npy")  # what a batch keeps of each
+# input: its picture (an image's overlay, a series' plot) and its attribution
 REPORT_SUMMARY = "summary.json"
 BUNDLE = "study.zip"
 Source = Literal["samples", "folder", "zip", "jobs"]
@@ -188,7 +189,8 @@ def run_batch(
             folder = staging / f".input-{position}"
             written = write_artifacts(result, folder, position)
             for name in INPUT_FILES:
-                written[name].rename(staging / f"{item.index}_{name}")
+                if name in written:  # an image has no series.png, a series no overlay.png
+                    written[name].rename(staging / f"{item.index}_{name}")
             shutil.rmtree(folder)
         (staging / ROWS).write_text(json.dumps(rows, allow_nan=False))
         summary = {"study": source["study"], "variant": variant.label,

@@ -287,5 +287,17 @@ def test_embedded_server_runs_a_study_of_an_uploaded_zip(tmp_path):
         table = api.client.get(view["artifacts"]["table.md"])
         assert table.headers["content-type"].startswith("text/markdown")
         assert "gradcam" in table.text and "saliency" in table.text
+
+        # Series: each batch keeps a series' plot (it has no overlay; a series study failed)
+        series = {"model": "state_gru", "inputs": {"samples": ["state:0", "state:1"]},
+                  "variants": [{"method": "saliency"}]}  # fmt: skip
+        response = api.client.post("/studies", json=series)
+        assert response.status_code == 202, response.text
+        view = wait_study(api, response.json()["id"], timeout=180, headers={})
+        assert view["status"] == "succeeded" and view["errors"] == [], view
+        bundle = zipfile.ZipFile(io.BytesIO(api.client.get(view["artifacts"]["study.zip"]).content))
+        assert {"saliency/0_state:0_series.png", "saliency/1_state:1_attribution.npy"} <= set(
+            bundle.namelist()
+        ), bundle.namelist()
     finally:
         api.stop()
