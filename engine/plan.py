@@ -3,10 +3,11 @@ API (``POST /explain`` and ``POST /studies``, at submit) and :func:`engine.expla
 computes anything).
 
 :func:`plan` resolves the model and the method, parses the options and metrics, and answers
-where the input is explained (its size), what it costs (model passes of one input row) and how
-much memory one row needs at once; a request that cannot run raises :class:`PlanError` with the
-API's error code. What only a server knows (which methods it allows per model, options that name
-its files, the trained sets a tenant has) stays in the service.
+where the input is explained (its size), what it costs (model passes of one input row; in
+seconds, given a measured time per pass: :meth:`Plan.seconds`) and how much memory one row
+needs at once; a request that cannot run raises :class:`PlanError` with the API's error code.
+What only a server knows (which methods it allows per model, options that name its files, the
+trained sets a tenant has) stays in the service.
 
 The cost model, for an input explained at h × w on a model that takes H × W images:
 
@@ -95,6 +96,12 @@ class Plan:
     working_set_bytes: int
     trained_set: Literal["patterns", "support_set"] | None
     trained_set_classes: tuple[int, int] | None
+
+    def seconds(self, per_pass_s: float) -> float:
+        """The cost model in seconds: ``passes × per_pass_s``, with ``per_pass_s`` the seconds
+        one pass takes on the device that runs the job, measured there (the service keeps it
+        per device, model and explained size: ``jobs.pass_times``)."""
+        return self.passes * per_pass_s
 
 
 def plan(
