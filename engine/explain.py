@@ -21,7 +21,7 @@ from engine.kinds import input_kind
 from engine.method import MethodContext, MethodError, MethodOptions, ProgressFn
 from engine.models import LoadedModel, ModelError, ModelSpec, cached_model, prepared
 from engine.plan import plan, rows_within
-from engine.provenance import device_name, versions
+from engine.provenance import device_name, memory_format, versions
 from engine.result import Explanation, Prediction
 from engine.runtime import current_memory_budget, rows_per_pass_at_most
 
@@ -151,6 +151,7 @@ def explain(
         "device": str(loaded.device),
         "device_name": device_name(loaded.device),
         "model": loaded.record(),
+        "memory_format": memory_format(loaded.module),
         "inputs": records,
         "heatmap_reduction": options.heatmap_reduction,
         "metrics": [request.record() for request in metric_requests],

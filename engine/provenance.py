@@ -28,3 +28,14 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()
+
+
+def memory_format(model: torch.nn.Module) -> str:
+    """The layout the model's convolution weights are in: ``channels_last`` where a 4-D
+    parameter is stored NHWC (:mod:`engine.models.layout` chose it at load), else
+    ``contiguous``. Results in the two differ by float rounding only."""
+    for parameter in model.parameters():
+        nhwc = parameter.ndim == 4 and not parameter.is_contiguous()
+        if nhwc and parameter.is_contiguous(memory_format=torch.channels_last):
+            return "channels_last"
+    return "contiguous"

@@ -78,7 +78,7 @@ class InputGradient:
         with torch.enable_grad(), self.rule.applied(self.model) if self.rule else _null():
             scores = class_scores(self.model(leaf), targets, self.score)
             (grad,) = torch.autograd.grad(scores.sum(), leaf)
-        return grad
+        return grad.contiguous()  # a channels_last model returns it NHWC
 
 
 def chunks(total: int, size: int | None, row: Tensor) -> Iterator[slice]:
