@@ -31,7 +31,7 @@ from engine.explain import explain
 from engine.method import MethodError, OptionsError
 from engine.metrics.base import MetricError
 from engine.metrics.timeseries import white_box
-from engine.models import ModelError, cached_model
+from engine.models import ModelError
 from engine.runtime import (
     is_out_of_memory,
     max_rows_per_pass,
@@ -41,6 +41,7 @@ from engine.runtime import (
 )
 from jobs.artifact_store import ArtifactStore, is_no_room
 from jobs.objects import StoreUnavailable
+from jobs.pass_times import PassTimes
 from jobs.records import TERMINAL, JobRecord, live_run, new_run_token
 from jobs.settings import Settings
 from jobs.store import JobStore
@@ -164,19 +165,6 @@ def persist(store: JobStore, write: Callable[[], T], within_s: float) -> T:
             time.sleep(0.5)
 
 
-def preload_models(names: tuple[str, ...], device: str) -> None:
-    """Load models into this process's cache before the first job; a model that cannot load
-    is logged here and fails its jobs later with the reason."""
-    started = time.perf_counter()
-    for name in names:
-        try:
-            cached_model(name, None, device)
-        except Exception as error:
-            log.warning("could not preload %s: %s", name, error)
-    log.info("preloaded %d models on %s in %.1f s", len(names), device,
-             time.perf_counter() - started)  # fmt: skip
-
-
 def job_input(record: JobRecord, artifacts: ArtifactStore) -> tuple[Any, np.ndarray | None]:
     """What ``explain`` takes for the job's input (a sample name, image bytes, or a series
     array) and the series' ground truth, if it has one."""
@@ -216,17 +204,21 @@ def run_job(
     device: str = "cpu",
     time_limit_s: float | None = None,
     shutdown: threading.Event | None = None,
+    pass_times: PassTimes | None = None,
 ) -> str:
     """Run job ``job_id`` to a terminal state; returns that state (or 'skipped').
     ``time_limit_s``: stop at the first progress step after this many seconds (the embedded
     worker's soft limit; Celery enforces its own). ``shutdown``: once set, the run stops at its
-    next step and hands the job back to queued, not counted as lost (returns 'released')."""
+    next step and hands the job back to queued, not counted as lost (returns 'released').
+    ``pass_times``: where a succeeded explanation's seconds per pass on ``device`` go."""
     token = new_run_token()
     with live_run(token):  # this process's reaper must not take it for a dead run
         state = _run_job(job_id, token, store, artifacts, settings, device, time_limit_s,
                          shutdown)  # fmt: skip
     if state in TERMINAL:
         after_study_batch(job_id, store, artifacts)
+    if state == "succeeded" and pass_times is not None:
+        pass_times.observe(store, job_id, device)
     return state
 
 

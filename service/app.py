@@ -11,14 +11,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.concurrency import run_in_threadpool
 
 from jobs.artifact_store import ArtifactStore
 from jobs.model_store import ModelStore, ModelUpload
 from jobs.objects import open_object_store
+from jobs.pass_times import open_pass_times
 from jobs.settings import Settings
 from jobs.sqlite_store import SqliteJobStore
 from jobs.store import JobStore, RedisJobStore
 from jobs.training_jobs import share_trained_sets
+from jobs.warmup import warm_plans
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.errors import ApiError, error_response, install_error_handlers
 from service.routes import jobs, listings, model_registry, ops, studies, training, web
@@ -76,19 +79,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     artifacts = ArtifactStore(settings.artifact_dir, objects)
     model_store = ModelStore(settings.models_path, allowed_factories=settings.allowed_factories,
                              objects=objects)  # fmt: skip
+    pass_times = open_pass_times(settings)
     store: JobStore
     dispatcher: Dispatcher
     if settings.embedded:
         store = SqliteJobStore(settings.job_db_path, settings.job_ttl_s)
-        dispatcher = EmbeddedDispatcher(settings, store, artifacts, model_store)
+        dispatcher = EmbeddedDispatcher(settings, store, artifacts, model_store, pass_times)
     else:
         store = RedisJobStore(settings.store_url, settings.job_ttl_s)
         dispatcher = CeleryDispatcher(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        """Serve once the models are warm: those of the in-process worker, and this process's
+        plan of each (the check of every submission)."""
         artifacts.sweep(settings.job_ttl_s)
         dispatcher.start()
+        await run_in_threadpool(dispatcher.wait_ready, settings.process_ready_timeout_s)
+        await run_in_threadpool(warm_plans, settings.preload_models)
         yield
         dispatcher.close()
 
@@ -104,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.store = settings, store
     app.state.artifacts, app.state.dispatcher = artifacts, dispatcher
-    app.state.models = model_store
+    app.state.models, app.state.pass_times = model_store, pass_times
     zips = (2 * settings.max_training_upload_bytes + 65536,  # a support set's two zips
             "EXPLAINER_MAX_TRAINING_UPLOAD_BYTES")  # fmt: skip
     app.add_middleware(

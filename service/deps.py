@@ -12,6 +12,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from jobs.artifact_store import ArtifactStore
 from jobs.model_store import ModelStore
+from jobs.pass_times import PassTimes
 from jobs.settings import Settings
 from jobs.store import JobStore
 from service.dispatch import Dispatcher
@@ -47,11 +48,16 @@ def get_models(request: Request) -> ModelStore:
     return models
 
 
+def get_pass_times(request: Request) -> PassTimes:
+    return request.app.state.pass_times
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 ModelsDep = Annotated[ModelStore, Depends(get_models)]
+PassTimesDep = Annotated[PassTimes, Depends(get_pass_times)]
 ADMIN_KEY_HEADER = APIKeyHeader(name="X-Admin-Key", scheme_name="AdminKeyHeader", auto_error=False,
                                 description="An admin key: adds and deletes models.")  # fmt: skip
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from jobs.artifact_store import ArtifactStore
 from jobs.model_store import ModelStore
+from jobs.pass_times import PassTimes
 from jobs.queue import QUEUE_KEYS, live_workers, make_celery, send_job
 from jobs.records import TERMINAL
 from jobs.settings import Settings
@@ -26,6 +27,11 @@ class Dispatcher(ABC):
 
     def start(self) -> None:
         """Called once the server starts."""
+        return None
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Return once the workers of this process have their models warm (or after
+        ``timeout_s``); the server answers no request before."""
         return None
 
     def revoke(self, job_id: str) -> None:
@@ -73,9 +79,10 @@ class EmbeddedDispatcher(Dispatcher):
     """
 
     def __init__(self, settings: Settings, store: SqliteJobStore, artifacts: ArtifactStore,
-                 models: ModelStore):  # fmt: skip
+                 models: ModelStore, pass_times: PassTimes):  # fmt: skip
         self._settings, self._store, self._artifacts = settings, store, artifacts
-        self._models = models
+        self._models, self._pass_times = models, pass_times
+        self._warm = threading.Event()  # set once the models are warm (or failed to load)
         self._device = local_device(settings)
         self._size = settings.embedded_workers
         # Daemon threads, not a ThreadPoolExecutor (whose threads the interpreter joins at
@@ -90,13 +97,22 @@ class EmbeddedDispatcher(Dispatcher):
         self._shutdown = threading.Event()  # running jobs stop at their next step, released
 
     def start(self) -> None:
-        from jobs.runner import preload_models
-
-        # Load the models first, on the job thread, so the first job does not wait for them.
-        self._put(lambda: preload_models(self._settings.preload_models, self._device))
+        # Warm the models first, on the job thread, so the first job does not wait for them.
+        self._put(self._warm_up)
         self.recover()
         threading.Thread(target=self._housekeeping, name="explainer-housekeeping",
                          daemon=True).start()  # fmt: skip
+
+    def _warm_up(self) -> None:
+        from jobs.warmup import warm_up
+
+        try:
+            warm_up(self._settings.preload_models, self._device, self._pass_times)
+        finally:
+            self._warm.set()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        self._warm.wait(timeout_s)
 
     def submit(self, job_id: str) -> None:
         with self._lock:
@@ -160,7 +176,7 @@ class EmbeddedDispatcher(Dispatcher):
             self._models.refresh()
             run_job(job_id, self._store, self._artifacts, self._settings, self._device,
                     time_limit_s=self._settings.soft_time_limit_s,
-                    shutdown=self._shutdown)  # fmt: skip
+                    shutdown=self._shutdown, pass_times=self._pass_times)  # fmt: skip
         finally:
             with self._lock:
                 self._running.pop(job_id, None)

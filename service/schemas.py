@@ -73,6 +73,12 @@ class JobCreated(BaseModel):
                      "configured, else a path on this server")  # fmt: skip
     status: JobStatus
     reused: bool = Field(False, description="True when an existing job was returned.")
+    estimate_s: float | None = Field(
+        None, description="Seconds the explanation will take once a worker runs it: its cost "
+        "in model passes × the seconds per pass measured on the workers' device for this model "
+        "and size; null with estimate_reason when none was measured yet",
+    )  # fmt: skip
+    estimate_reason: str | None = Field(None, description="Why estimate_s is null")
 
 
 class JobProgress(BaseModel):
@@ -110,6 +116,14 @@ class JobView(BaseModel):
     artifacts: dict[str, str] = Field(description="Artifact name → download URL.")
     timings: dict[str, float]
     error: str | None
+    estimate_s: float | None = Field(
+        None, description="While queued or running: the seconds the explanation takes in all "
+        "(as in the 202 answer; null where not measured yet)",
+    )  # fmt: skip
+    eta_s: float | None = Field(
+        None, description="While running: the seconds it has left, from its progress (the share "
+        "of its passes left × estimate_s, else elapsed × steps left / steps done); null otherwise",
+    )  # fmt: skip
     input_name: str | None = Field(
         None, description="The bundled sample's name or the uploaded file's name (none for an "
         "image or series sent inside the JSON body).",
@@ -136,6 +150,13 @@ class Health(BaseModel):
     store: bool  # the artifact and model store answers (a bucket, or the local folder)
     workers: int
     device: str
+    warm_models: list[str] = Field(
+        [], description="Models loaded and run once (a forward and a backward pass) by the "
+        "workers before they took jobs: their first job pays no cold start",
+    )  # fmt: skip
+    warm_by_device: dict[str, list[str]] = Field(
+        {}, description="Device → the models warm on it (distributed: every worker's device)"
+    )
 
 
 # POST /explain reads its body itself (JSON or multipart); this documents both forms.

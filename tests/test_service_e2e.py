@@ -197,7 +197,8 @@ def test_listings_health_and_metrics(stack):
     assert quality["hallucination"]["options_schema"]["properties"]["threshold"]["default"] == 0.1
     health = stack.client.get("/health").json()
     assert health == {"status": "ok", "mode": "distributed", "redis": True, "store": True,
-                      "workers": 1, "device": "cpu"}  # fmt: skip
+                      "workers": 1, "device": "cpu", "warm_models": ["efficientnet_lite0"],
+                      "warm_by_device": {"cpu": ["efficientnet_lite0"]}}  # fmt: skip
     succeeded = stack.metric("explainer_jobs_total", state="succeeded")
     assert succeeded is not None and succeeded >= 1
     assert stack.metric("explainer_queue_length") == 0

@@ -1,8 +1,9 @@
-"""The Celery worker: ``celery -A workers worker``. One process per GPU, models loaded once per
-process after the fork (CUDA is never touched in the parent); the parent process runs a reaper
-that marks the worker alive, puts a job whose worker died (its heartbeat stopped, or its pool
-process on this host is gone) at the front of the queue, and sends the jobs whose submitter
-died before it could queue them, or whose message a vanished worker took."""
+"""The Celery worker: ``celery -A workers worker``. One process per GPU, models loaded and warmed
+(:mod:`jobs.warmup`) once per process after the fork, before it takes a job (CUDA is never
+touched in the parent); the parent process runs a reaper that marks the worker alive, puts a
+job whose worker died (its heartbeat stopped, or its pool process on this host is gone) at the
+front of the queue, and sends the jobs whose submitter died before it could queue them, or
+whose message a vanished worker took."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from celery import signals
 from jobs.artifact_store import ArtifactStore
 from jobs.model_store import ModelStore
 from jobs.objects import StoreUnavailable, open_object_store
+from jobs.pass_times import RedisPassTimes
 from jobs.queue import (
     EXPLAIN_TASK,
     make_celery,
@@ -22,10 +24,11 @@ from jobs.queue import (
     send_job,
     waiting_job_ids,
 )
-from jobs.runner import preload_models, run_job
+from jobs.runner import run_job
 from jobs.settings import Settings
 from jobs.store import RedisJobStore
 from jobs.training_jobs import share_trained_sets
+from jobs.warmup import warm_up
 
 # Our modules' log records (Celery configures only its own loggers here).
 logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/%(processName)s] "
@@ -40,7 +43,8 @@ _reapers: list[threading.Thread] = []  # the parent process's reaper thread
 
 
 def process_runtime() -> tuple[RedisJobStore, ArtifactStore, str]:
-    """Job store, artifact store and device of this worker process (created after the fork)."""
+    """Job store, artifact store and device of this worker process (created after the fork);
+    ``_process["pass_times"]`` holds its measured seconds per pass."""
     if not _process:
         import torch
 
@@ -61,6 +65,7 @@ def process_runtime() -> tuple[RedisJobStore, ArtifactStore, str]:
             artifacts=ArtifactStore(settings.artifact_dir, objects),
             models=ModelStore(settings.models_path, objects=objects),
             device=device,
+            pass_times=RedisPassTimes(settings.store_url),
         )
     try:
         _process["models"].refresh()  # models added or removed since the last job
@@ -77,7 +82,7 @@ def _load_models(**_: object) -> None:
     store, _, device = process_runtime()
     store.redis.sadd("explainer:devices", device)
     store.redis.expire("explainer:devices", 24 * 3600)
-    preload_models(settings.preload_models, device)
+    warm_up(settings.preload_models, device, _process["pass_times"])
 
 
 UNDISPATCHED_AFTER_S = 10.0  # a submitter queues its job within milliseconds of the record
@@ -161,6 +166,6 @@ def _stop_reaper(**_: object) -> None:
 @app.task(name=EXPLAIN_TASK)
 def explain_job(job_id: str) -> str:
     store, artifacts, device = process_runtime()
-    state = run_job(job_id, store, artifacts, settings, device)
+    state = run_job(job_id, store, artifacts, settings, device, pass_times=_process["pass_times"])
     artifacts.sweep(settings.job_ttl_s)
     return state

@@ -23,10 +23,21 @@ from starlette.concurrency import run_in_threadpool
 from engine.metrics.glossary import finite_scores, score_baselines
 from engine.models import MODELS
 from jobs.artifact_store import MEDIA_TYPES, ArtifactStore
+from jobs.pass_times import job_times
 from jobs.records import TERMINAL, JobRecord, new_job_id
 from jobs.settings import Settings
 from jobs.store import JobStore
-from service.deps import ArtifactsDep, DispatcherDep, ModelsDep, SettingsDep, StoreDep, Tenant
+from service.deps import (
+    ArtifactsDep,
+    DispatcherDep,
+    ModelsDep,
+    PassTimesDep,
+    SettingsDep,
+    StoreDep,
+    Tenant,
+    get_dispatcher,
+    get_pass_times,
+)
 from service.dispatch import Dispatcher
 from service.errors import ERRORS, ApiError, short
 from service.schemas import EXPLAIN_REQUEST_BODY, ErrorResponse, JobCreated, JobView
@@ -43,7 +54,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 # copied from the record
 VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts", "undefined_scores", "baselines",
-                                           "input_name"}  # fmt: skip
+                                           "input_name", "estimate_s", "eta_s"}  # fmt: skip
 
 
 def find(store: JobStore, job_id: str, tenant: str | None) -> JobRecord:
@@ -68,9 +79,14 @@ def job_view(store: JobStore, record: JobRecord, request: Request) -> JobView:
              for name in record.artifacts}  # fmt: skip
     progress = store.progress(record.id)
     scores, undefined = finite_scores(record.scores or {})  # why each null score has no value
+    estimate = eta = None
+    if record.status not in TERMINAL:  # its time from the workers' measured time per pass
+        estimate, eta = job_times(get_pass_times(request), record, progress,
+                                  get_dispatcher(request).device().split(","))  # fmt: skip
     return JobView(**record.model_dump(include=VIEW_FIELDS), progress=progress, artifacts=links,
                    undefined_scores=undefined, baselines=score_baselines(scores),
-                   input_name=record.input.get("name"))  # fmt: skip
+                   input_name=record.input.get("name"), estimate_s=estimate,
+                   eta_s=eta)  # fmt: skip
 
 
 def job_url(request: Request, job_id: str) -> str:
@@ -109,6 +125,7 @@ async def submit(
     store: StoreDep,
     artifacts: ArtifactsDep,
     dispatcher: DispatcherDep,
+    pass_times: PassTimesDep,
     _: ModelsDep,  # the stored models, read again if they changed
 ):
     """Queue an explanation. JSON body, or multipart with a file field ``image`` and a JSON
@@ -173,7 +190,9 @@ async def submit(
             store.rebind_key("idempotency", idempotency, job_id)
         store.rebind_key("content", content, job_id)
         enqueue(store, dispatcher, job_id)
-        return JobCreated(id=job_id, url=job_url(request, job_id), status="queued")
+        estimate, reason = pass_times.estimate(job, dispatcher.device().split(","))
+        return JobCreated(id=job_id, url=job_url(request, job_id), status="queued",
+                          estimate_s=estimate, estimate_reason=reason)  # fmt: skip
 
     # Decoding the image and the store's Redis calls block: run them off the event loop, so
     # that a slow upload or a stalled Redis never holds up other requests.

@@ -6,7 +6,14 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import ArtifactsDep, DispatcherDep, SettingsDep, StoreDep, require_key
+from service.deps import (
+    ArtifactsDep,
+    DispatcherDep,
+    PassTimesDep,
+    SettingsDep,
+    StoreDep,
+    require_key,
+)
 from service.errors import ERRORS
 from service.prometheus import registry
 from service.schemas import Health
@@ -16,16 +23,18 @@ router = APIRouter()
 
 @router.get("/health", response_model=Health)
 def health(
-    settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep, artifacts: ArtifactsDep
-):
-    """Redis and the broker reachable, the artifact store answering, workers alive, device. No
-    API key needed. A store that does not answer its ping is not asked for the workers' marks
-    (each read would wait out its timeout)."""
+    settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep, artifacts: ArtifactsDep,
+    pass_times: PassTimesDep,
+):  # fmt: skip
+    """Redis and the broker reachable, the artifact store answering, workers alive, device, the
+    models the workers have warm. No API key needed. A store that does not answer its ping is
+    not asked for the workers' marks (each read would wait out its timeout)."""
     redis_ok = None if settings.embedded else store.ping()
     reachable = redis_ok is not False
     workers = dispatcher.workers() if reachable else 0
     queue_ok = dispatcher.queue_reachable()
     objects_ok = artifacts.objects.reachable()
+    warm = pass_times.warm() if reachable else {}
     return Health(
         status="ok" if workers > 0 and reachable and queue_ok and objects_ok else "degraded",
         mode="embedded" if settings.embedded else "distributed",
@@ -33,6 +42,8 @@ def health(
         store=objects_ok,
         workers=workers,
         device=dispatcher.device() if reachable else "unknown",
+        warm_models=sorted({model for models in warm.values() for model in models}),
+        warm_by_device=warm,
     )
 
 
