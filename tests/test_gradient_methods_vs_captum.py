@@ -6,6 +6,8 @@ real photographs with different per-image targets, explained through ``engine.ex
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from captum.attr import (
@@ -20,6 +22,7 @@ from captum.attr import (
     Saliency,
 )
 from scipy.ndimage import gaussian_filter
+from torch import nn
 
 from engine import explain
 from engine.attribution.base import InputGradient
@@ -28,6 +31,7 @@ from engine.attribution.integrated_gradients import IntegratedGradients as OurIG
 from engine.attribution.integrated_gradients import quadrature
 from engine.attribution.smoothing import noise_scale
 from engine.models import load_model
+from engine.provenance import memory_format
 from testkit.captum import relu6_as_relu
 from tests.conftest import assert_relative_close
 
@@ -308,3 +312,68 @@ def test_smoothgrad_ig_without_noise_is_ig(lite0, chelsea):
         chelsea, target=285, n_steps=4, method="riemann_right"
     )
     assert_relative_close(ours(lite0, chelsea, "smoothgrad_ig", options, [285]), reference, 1e-4)
+
+
+class _ReluAndGelu(nn.Module):
+    """A small CNN with an in-place ReLU, a ReLU6 and a GELU: the rule changes the rectifiers'
+    backward only, never the GELU's."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(8, 8, 3, padding=1), nn.GELU(),
+            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU6(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize(
+    ("method", "captum_class"),
+    [("guided_backprop", GuidedBackprop), ("deconvolution", Deconvolution)],
+)
+def test_rectifier_rules_on_a_net_with_gelu(method, captum_class):
+    """Equal to Captum's (on the copy whose ReLU6 is min(·, 6) then ReLU), different from the
+    plain gradient, and the model's own forward is back afterwards (saliency unchanged)."""
+    net = _ReluAndGelu().eval()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    targets = [1, 3]
+
+    def ours(model, x, method, target):
+        return explain(model, x, method, target=target, resize="none").attribution
+
+    before = ours(net, x, "saliency", target=targets)
+    result = ours(net, x, method, target=targets)
+    reference = captum_class(relu6_as_relu(net)).attribute(x, target=targets)
+    assert_relative_close(result, reference, 1e-5)
+    assert (result - before).abs().max() > 0.1 * before.abs().max()
+    assert all("forward" not in vars(m) for m in net.modules())
+    assert torch.equal(ours(net, x, "saliency", target=targets), before)
+
+
+def test_channels_last_gives_the_contiguous_results(resnet18_random, two_photos):
+    """The layout the probe may choose changes rounding only: ResNet18's saliency, guided
+    backprop and Grad-CAM in channels_last equal the contiguous model's to 1e-5. IG's path points
+    near the black baseline sit at ReLU kinks, where rounding flips some (7e-4 apart): there
+    both layouts are as far from a float64 run of the same model."""
+    contiguous = copy.deepcopy(resnet18_random.module).to(memory_format=torch.contiguous_format)
+    nhwc = copy.deepcopy(resnet18_random.module).to(memory_format=torch.channels_last)
+    assert (memory_format(contiguous), memory_format(nhwc)) == ("contiguous", "channels_last")
+    for method, options in [
+        ("saliency", {}),
+        ("guided_backprop", {}),
+        ("gradcam", {"layer": "layer4"}),
+    ]:
+        expected = ours(contiguous, two_photos, method, options)
+        result = ours(nhwc, two_photos, method, options)
+        assert result.is_contiguous()
+        assert_relative_close(result, expected, 1e-5)
+    options = {"steps": 4}
+    exact = ours(contiguous.double(), two_photos.double(), "integrated_gradients", options)
+    errors = [(ours(m, two_photos, "integrated_gradients", options) - exact).abs().max()
+              for m in (contiguous.float(), nhwc)]  # fmt: skip
+    assert errors[1] <= 1.01 * errors[0] + 1e-5 * exact.abs().max()

@@ -7,10 +7,13 @@ g the gradient arriving at the output and u = ∞ (ReLU) or 6 (ReLU6):
 - guided:  ∂x = 1[x < u] · 1[x > 0] · max(g, 0)
 - deconv:  ∂x = 1[x < u] · max(g, 0)            (the forward ReLU mask is ignored)
 
-The rule is installed with a forward pre-hook (stash the input; clone it first for in-place
-modules, so the module's in-place op cannot overwrite it) and a forward hook that replaces the
-module's output by the same values computed through a custom autograd function. State is kept per
-call, so a module that is called several times (ResNet's BasicBlock reuses ``self.relu``) works.
+Written with the rectifier's output y = clamp(x, 0, u), whose open interval (0, u) is x's, both
+rules are one masked pass over max(g, 0): ∂x = max(g, 0) where lower < y < u, else 0, with
+lower = 0 (guided) or −∞ (deconv; for ReLU no mask at all). The rule replaces the rectifier's
+forward while it is applied (an instance attribute over the class's ``forward``): one custom
+autograd function computes y, keeps y for its backward and never overwrites its input (an
+in-place module's input survives, as before). Nothing is stashed between calls, so a module
+called several times (ResNet's BasicBlock reuses ``self.relu``) works.
 Rectifier modules are nn.ReLU, nn.ReLU6 and their torch.export counterparts (an unflattened
 module whose graph is one relu or hardtanh(0, 6) call: ``engine.models.inspection``); a model
 without any is refused. Functional rectifiers (``F.relu``) cannot be hooked. After every forward
@@ -31,28 +34,32 @@ import torch
 from torch import Tensor, nn
 
 from engine.method import MethodError
-from engine.models.inspection import is_torchscript, rectifier_bound, rectifier_is_inplace
+from engine.models.inspection import is_torchscript, rectifier_bound
 
 # Autograd nodes of relu, relu_, Tensor.relu (ReluBackward0), relu6 and hardtanh (Hardtanh...).
 _FUNCTIONAL_RECTIFIER_NODES = {"ReluBackward0": "relu", "HardtanhBackward0": "relu6/hardtanh"}
 
 
-class _RectifierBackward(torch.autograd.Function):
+class _Rectifier(torch.autograd.Function):
+    """y = clamp(x, 0, upper); ∂x = max(g, 0) · 1[lower < y < upper]."""
+
     @staticmethod
-    def forward(ctx, x: Tensor, upper: float, guided: bool) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.upper, ctx.guided = upper, guided
-        return x.clamp(min=0) if math.isinf(upper) else x.clamp(0, upper)
+    def forward(ctx, x: Tensor, upper: float, lower: float) -> Tensor:
+        y = torch.relu(x) if math.isinf(upper) else x.clamp(0, upper)
+        ctx.bounds = (lower, upper)
+        ctx.masked = not (math.isinf(lower) and math.isinf(upper))
+        if ctx.masked:
+            ctx.save_for_backward(y)
+        return y
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        (x,) = ctx.saved_tensors
-        grad = grad.clamp(min=0)
-        if ctx.guided:
-            grad = grad * (x > 0)
-        if not math.isinf(ctx.upper):
-            grad = grad * (x < ctx.upper)
-        return grad, None, None
+        positive = torch.relu(grad)
+        if not ctx.masked:
+            return positive, None, None
+        (y,) = ctx.saved_tensors
+        # hardtanh_backward(g, y, a, b) = g where a < y < b, else 0: one pass.
+        return torch.ops.aten.hardtanh_backward(positive, y, *ctx.bounds), None, None
 
 
 def functional_rectifier(output: Tensor) -> str | None:
@@ -81,21 +88,15 @@ class RectifierRule:
     def applied(self, model: nn.Module) -> Iterator[None]:
         if is_torchscript(model):
             raise MethodError(f"{self.name} cannot hook a TorchScript model")
-        bounds = {id(m): (rectifier_bound(m), rectifier_is_inplace(m)) for m in model.modules()}
-        modules = [m for m in model.modules() if bounds[id(m)][0] is not None]
+        bounds = {id(m): rectifier_bound(m) for m in model.modules()}
+        modules = [m for m in model.modules() if bounds[id(m)] is not None]
         if not modules:
             raise MethodError(f"{self.name} needs ReLU/ReLU6 modules and the model has none; "
                               "it would equal the plain gradient")  # fmt: skip
-        stash: dict[int, list[Tensor]] = {}
+        lower = 0.0 if self.guided else -math.inf
 
-        def before(module: nn.Module, inputs: tuple[Tensor, ...]):
-            x = inputs[0]
-            stash.setdefault(id(module), []).append(x)
-            return (x.clone(),) if bounds[id(module)][1] else None
-
-        def after(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-            x = stash[id(module)].pop()
-            return _RectifierBackward.apply(x, bounds[id(module)][0], self.guided)
+        def rectifier(upper: float):
+            return lambda x, *_: _Rectifier.apply(x, upper, lower)
 
         def check(model: nn.Module, inputs: tuple, output: Tensor) -> None:
             if isinstance(output, Tensor) and (name := functional_rectifier(output)):
@@ -104,15 +105,15 @@ class RectifierRule:
                     f"the model calls {name} functionally; its backward pass cannot be overridden"
                 )
 
-        handles = [model.register_forward_hook(check)]
+        handle = model.register_forward_hook(check)
         try:
             for module in modules:
-                handles.append(module.register_forward_pre_hook(before))
-                handles.append(module.register_forward_hook(after))
+                module.forward = rectifier(bounds[id(module)])
             yield
         finally:
-            for handle in handles:
-                handle.remove()
+            handle.remove()
+            for module in modules:
+                del module.forward  # the class's forward again
 
 
 class GuidedBackpropRule(RectifierRule):
