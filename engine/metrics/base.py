@@ -16,10 +16,14 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
-from torch import Tensor
+from torch import Tensor, nn
 
+from engine.attribution.base import chunks
 from engine.masks.view import MaskView
 from engine.method import validation_message
+from engine.runtime import max_rows_per_pass
+
+PASSES_SHOWN_AT = (224, 224)  # the image size the listings state each metric's passes for
 
 
 class MetricOptions(BaseModel):
@@ -28,8 +32,9 @@ class MetricOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     def model_passes(self, height: int, width: int) -> int:
-        """Model passes per image of this metric at ``height`` × ``width`` (the cost model of
-        :meth:`engine.method.MethodOptions.model_passes`)."""
+        """Model passes per image of this metric at ``height`` × ``width``: the rows its
+        perturbed inputs put through the model (the cost model of
+        :meth:`engine.method.MethodOptions.model_passes`; those rows run in batches)."""
         return 2
 
 
@@ -38,6 +43,19 @@ class MetricError(ValueError):
 
 
 ComputeFn = Callable[[MaskView, Any], dict[str, Tensor]]
+
+
+def perturbed_outputs(
+    model: nn.Module, count: int, build: Callable[[slice], Tensor], row: Tensor,
+    rows_each: int = 1, most: int | None = None,
+) -> Tensor:  # fmt: skip
+    """model(build(s)) for consecutive slices s of ``count`` items, concatenated: the one way a
+    metric puts its perturbed inputs through the model. Each item is ``rows_each`` input rows
+    like ``row``; a pass holds as many whole items as the process's rows per pass allow
+    (:func:`~engine.runtime.max_rows_per_pass`; at most ``most``, at least one), and its inputs
+    are built only for that pass, so a metric's memory is that of one pass, whatever its count."""
+    size = max(1, max_rows_per_pass(row.numel()) // rows_each)
+    return torch.cat([model(build(s)) for s in chunks(count, min(size, most or size), row)])
 
 
 def pixel_heatmap(view: MaskView) -> Tensor:
@@ -64,6 +82,11 @@ class MetricSpec:
             problems = validation_message(error)
             raise MetricError(f"invalid parameters for metric {self.name}: {problems}") from error
 
+    def passes_at_defaults(self, height: int, width: int) -> int:
+        """Model passes (input rows) per image at the default parameters (a required parameter,
+        such as iterations-to-target's target, does not change the cost)."""
+        return self.options.model_construct().model_passes(height, width)
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -71,6 +94,7 @@ class MetricSpec:
             "definition": self.definition,
             "keys": list(self.keys),
             "mask_methods_only": self.needs_history,
+            "model_passes_224": self.passes_at_defaults(*PASSES_SHOWN_AT),
             "options_schema": self.options.model_json_schema(),
         }
 
@@ -95,6 +119,6 @@ def compute_metrics(view: MaskView, requests: Sequence[MetricRequest]) -> dict[s
     for request in requests:
         if request.spec.needs_history and view.history is None:
             raise MetricError(f"metric {request.spec.name} needs a mask method's history")
-        with torch.no_grad():
+        with torch.inference_mode():
             scores.update(request.spec.compute(view, request.options))
     return scores

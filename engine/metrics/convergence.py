@@ -83,6 +83,9 @@ class IterationsToTargetOptions(MetricOptions):
     target: float = Field(..., description="The value to reach, e.g. another init's final.")
     curve: Curve = Field("cp_pixel_sg", description="History curve; losses must fall to it.")
 
+    def model_passes(self, height: int, width: int) -> int:
+        return 0  # reads the mask method's history
+
 
 def iterations_to_target_metric(
     view: MaskView, options: IterationsToTargetOptions

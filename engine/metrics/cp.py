@@ -18,10 +18,10 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from engine.attribution.base import chunks, class_scores
+from engine.attribution.base import class_scores
 from engine.masks.representation import obfuscate
 from engine.masks.view import TINY, MaskView, l1_share, pixel_share
-from engine.metrics.base import MetricOptions, MetricSpec
+from engine.metrics.base import MetricOptions, MetricSpec, perturbed_outputs
 
 
 def entropy(values: list[Tensor]) -> Tensor:
@@ -33,16 +33,15 @@ def entropy(values: list[Tensor]) -> Tensor:
 
 def max_probability(view: MaskView, images: Tensor) -> Tensor:
     """max_c p_c of each image, in passes of at most the process's rows per pass."""
-    parts = [view.model(images[p]).softmax(1).amax(1) for p in chunks(len(images), None, images[0])]
-    return torch.cat(parts)
+    outputs = perturbed_outputs(view.model, len(images), images.__getitem__, images[0])
+    return outputs.softmax(1).amax(1)
 
 
 def target_probability(view: MaskView, images: Tensor, targets: Tensor) -> Tensor:
     """p_y of each image for its target, in passes of at most the process's rows per pass (256
     noisy copies at once held 4.6 GB at 224²)."""
-    parts = [class_scores(view.model(images[p]), targets[p], "softmax")
-             for p in chunks(len(images), None, images[0])]  # fmt: skip
-    return torch.cat(parts)
+    outputs = perturbed_outputs(view.model, len(images), images.__getitem__, images[0])
+    return class_scores(outputs, targets, "softmax")
 
 
 def max_normalised(image: Tensor) -> Tensor:
@@ -53,7 +52,8 @@ def max_normalised(image: Tensor) -> Tensor:
 def cp_shearletx(view: MaskView, options: MetricOptions) -> dict[str, Tensor]:
     x = view.x
     normalised = max_normalised(view.explanation())
-    retained = max_probability(view, normalised) / max_probability(view, x)
+    explained, original = max_probability(view, torch.cat([normalised, x])).chunk(2)
+    retained = explained / original
     pixel = pixel_share(normalised, x)
     if view.representation.name == "pixel":
         l1, information = pixel, entropy([normalised]) / entropy([x])
@@ -83,10 +83,11 @@ def retained_probability(view: MaskView, noise_samples: int) -> tuple[Tensor, Te
         view.representation, view.coefficients, view.masks, view.noise, unit,
         pixel_clamp=view.pixel_clamp, coefficient_clamp=view.coefficient_clamp,
     )  # fmt: skip
-    targets = view.targets
-    p = target_probability(view, images, targets.repeat_interleave(noise_samples))
-    original = target_probability(view, view.x, targets)
-    return (p.view(-1, noise_samples) / original[:, None]).mean(1), kept
+    # Each image's row, then its noisy rows: the original is scored in a pass with its copies.
+    rows = torch.cat([view.x[:, None], images.unflatten(0, (-1, noise_samples))], 1).flatten(0, 1)
+    p = target_probability(view, rows, view.targets.repeat_interleave(1 + noise_samples))
+    p = p.view(-1, 1 + noise_samples)
+    return (p[:, 1:] / p[:, :1]).mean(1), kept
 
 
 def cp_startgrad(view: MaskView, options: StartGradCPOptions) -> dict[str, Tensor]:

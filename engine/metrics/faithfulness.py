@@ -20,14 +20,13 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from engine.attribution.base import class_scores
 from engine.masks.representation import NoiseModel, obfuscate
 from engine.masks.view import MaskView
-from engine.metrics.base import MetricOptions, MetricSpec
+from engine.metrics.base import MetricOptions, MetricSpec, perturbed_outputs
 from engine.metrics.cp import target_probability
-from engine.runtime import max_rows_per_pass
 
-BATCH = 64  # obfuscated images per forward pass
-COEFFICIENTS_PER_CHUNK = 2**26
+COEFFICIENTS_PER_CHUNK = 2**26  # mask rows per pass × coefficients per row at most
 
 
 class FaithfulnessOptions(MetricOptions):
@@ -61,57 +60,60 @@ def rank_positions(
 def faithfulness_curves(
     view: MaskView, steps: int = 21, noise_samples: int = 1
 ) -> dict[str, Tensor]:
-    """d(q) per image for keeping and for removing the top fraction q: (B, steps) each."""
+    """d(q) per image for keeping and for removing the top fraction q: (B, steps) each.
+
+    Every image's 2·steps mask rows (keep, then remove) form one stream of rows, each obfuscated
+    with ``noise_samples`` draws from its image's generator (ranks drawn first, then the noise
+    row by row) and built only for the pass it goes through the model in: an image's scores do
+    not depend on its batch nor on the rows per pass."""
     fractions = torch.linspace(0, 1, steps)
-    keep_curves, remove_curves = [], []
-    for b, generator in enumerate(view.generators()):
-        values = [m[b, 0] for m in view.masks]
-        positions = rank_positions(values, view.representation.rank_per_group, generator)
-        masks = []
-        total = sum(v.numel() for v in values)
-        for position, value in zip(positions, values, strict=True):
-            size = value.numel() if view.representation.rank_per_group else total
-            counts = torch.floor(fractions * size + 0.5).to(position.device)
-            top = position[None] < counts.view(-1, *[1] * position.ndim)  # (steps, ...)
-            masks.append(torch.cat([top, ~top]).unsqueeze(1).to(value.dtype))
-        damage = _damage(view, b, masks, generator, noise_samples)
-        keep_curves.append(damage[:steps])
-        remove_curves.append(damage[steps:])
-    return {
-        "fractions": fractions,
-        "keep_top": torch.stack(keep_curves),
-        "remove_top": torch.stack(remove_curves),
-    }
+    generators = view.generators()
+    masks = [_mask_rows(view, b, g, fractions) for b, g in enumerate(generators)]
+    masks = [torch.cat(group) for group in zip(*masks, strict=True)]  # per group (B·2S, 1, ...)
+    per_image = 2 * steps
+    reference = target_probability(view, view.x, view.targets)
 
-
-def _damage(
-    view: MaskView, b: int, masks: list[Tensor], generator: torch.Generator, noise_samples: int
-) -> Tensor:
-    """(p_y(x) − p_y(x_k))² averaged over noise, for image b under every mask row k."""
-    target = view.targets[b : b + 1]
-    reference = target_probability(view, view.x[b : b + 1], target)
-    per_row = sum(c[0].numel() for c in view.coefficients)  # bounds memory for shearlets
-    images = min(BATCH, max_rows_per_pass(view.x[0].numel()))  # per forward pass
-    rows_per_chunk = max(1, min(images // noise_samples, COEFFICIENTS_PER_CHUNK // per_row))
-    damage = []
-    for start in range(0, masks[0].shape[0], rows_per_chunk):
-        chunk = [m[start : start + rows_per_chunk] for m in masks]
-        rows = chunk[0].shape[0]
-        coefficients = [c[b : b + 1].expand(rows, *c.shape[1:]) for c in view.coefficients]
-        noise = NoiseModel(
-            [m[b : b + 1].expand(rows, *m.shape[1:]) for m in view.noise.means],
-            [s[b : b + 1].expand(rows, *s.shape[1:]) for s in view.noise.stds],
-            view.noise.shared_across_colours,
-            view.noise.kind,
-        )
-        unit = noise.unit(coefficients, noise_samples, [generator] * rows)
+    def rows(part: slice) -> Tensor:
+        image = torch.arange(part.start, part.stop, device=view.x.device) // per_image
+        coefficients = [c[image] for c in view.coefficients]
+        noise = NoiseModel([m[image] for m in view.noise.means],
+                           [s[image] for s in view.noise.stds],
+                           view.noise.shared_across_colours, view.noise.kind)  # fmt: skip
+        # Row by row, every group of a row before the next row: draws independent of the passes.
+        draws = [view.noise.unit([c[b : b + 1] for c in view.coefficients], noise_samples,
+                                 [generators[b]]) for b in image.tolist()]  # fmt: skip
+        unit = [torch.cat(group) for group in zip(*draws, strict=True)]
         images, _ = obfuscate(
-            view.representation, coefficients, chunk, noise, unit,
+            view.representation, coefficients, [m[part] for m in masks], noise, unit,
             pixel_clamp=view.pixel_clamp, coefficient_clamp=view.coefficient_clamp,
         )  # fmt: skip
-        kept = target_probability(view, images, target.expand(images.shape[0]))
-        damage.append((reference - kept).pow(2).view(rows, noise_samples).mean(1))
-    return torch.cat(damage)
+        return images
+
+    per_row = sum(c[0].numel() for c in view.coefficients)  # bounds memory for shearlets
+    outputs = perturbed_outputs(view.model, len(view.x) * per_image, rows, view.x[0],
+                                rows_each=noise_samples,
+                                most=max(1, COEFFICIENTS_PER_CHUNK // per_row))  # fmt: skip
+    targets = view.targets.repeat_interleave(per_image * noise_samples)
+    kept = class_scores(outputs, targets, "softmax").view(len(view.x), per_image, noise_samples)
+    damage = (reference[:, None, None] - kept).pow(2).mean(2)
+    return {"fractions": fractions, "keep_top": damage[:, :steps], "remove_top": damage[:, steps:]}
+
+
+def _mask_rows(
+    view: MaskView, b: int, generator: torch.Generator, fractions: Tensor
+) -> list[Tensor]:
+    """Image b's masks per coefficient group (2·steps, 1, ...): the top fraction q kept (rows
+    0 … steps−1), then removed."""
+    values = [m[b, 0] for m in view.masks]
+    positions = rank_positions(values, view.representation.rank_per_group, generator)
+    total = sum(v.numel() for v in values)
+    masks = []
+    for position, value in zip(positions, values, strict=True):
+        size = value.numel() if view.representation.rank_per_group else total
+        counts = torch.floor(fractions * size + 0.5).to(position.device)
+        top = position[None] < counts.view(-1, *[1] * position.ndim)  # (steps, ...)
+        masks.append(torch.cat([top, ~top]).unsqueeze(1).to(value.dtype))
+    return masks
 
 
 def faithfulness(view: MaskView, options: FaithfulnessOptions) -> dict[str, Tensor]:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from engine.attribution.base import class_scores
+from engine.metrics.base import perturbed_outputs
 from engine.metrics.perturbation import ranking
 
 
@@ -45,16 +47,28 @@ def convex_hull(mask: np.ndarray) -> tuple[np.ndarray, bool]:
     return convex_hull_image(mask), False
 
 
-@torch.no_grad()
 def occlusion_sensitivity(model: nn.Module, x: Tensor, targets: Tensor, masks: Tensor) -> Tensor:
     """|N_a(x) − N_a(x ⊙ (1 − M))| / Σ M per image (logits; 0 where M is empty)."""
-    occluded = x * (1 - masks.unsqueeze(1).to(x.dtype))
-    logits = model(torch.cat([x, occluded]))
-    rows = torch.arange(x.shape[0], device=x.device)
-    clean = logits[: x.shape[0]][rows, targets]
-    changed = logits[x.shape[0] :][rows, targets]
-    area = masks.flatten(1).sum(1).to(x.dtype)
-    return (clean - changed).abs() / area.clamp(min=1)
+    return occlusion_sensitivities(model, x, targets, [masks])[0]
+
+
+@torch.no_grad()
+def occlusion_sensitivities(
+    model: nn.Module, x: Tensor, targets: Tensor, masks: list[Tensor]
+) -> list[Tensor]:
+    """:func:`occlusion_sensitivity` for each of ``masks``, the clean images scored once, every
+    occluded image built for its own pass."""
+    batch = x.shape[0]
+    kept = [torch.ones_like(masks[0], dtype=x.dtype)] + [1 - m.to(x.dtype) for m in masks]
+    kept = torch.stack(kept).flatten(0, 1).unsqueeze(1)  # (K·B, 1, H, W): row 0 … B−1 clean
+
+    def rows(part: slice) -> Tensor:
+        return x[torch.arange(part.start, part.stop, device=x.device) % batch] * kept[part]
+
+    outputs = perturbed_outputs(model, batch * (1 + len(masks)), rows, x[0])
+    logits = class_scores(outputs, targets.repeat(1 + len(masks)), "logit").view(-1, batch)
+    return [(logits[0] - changed).abs() / m.flatten(1).sum(1).to(x.dtype).clamp(min=1)
+            for m, changed in zip(masks, logits[1:], strict=True)]  # fmt: skip
 
 
 def gad_scores(model: nn.Module, x: Tensor, targets: Tensor, gad_pixels: Tensor,
@@ -69,12 +83,13 @@ def gad_scores(model: nn.Module, x: Tensor, targets: Tensor, gad_pixels: Tensor,
         hulls_gad.append(hull_gad)
         hulls_sup.append(hull_orig & ~hull_gad)
     as_tensor = lambda masks: torch.from_numpy(np.stack(masks)).to(x.device)  # noqa: E731
+    sensitivity, supplementary = occlusion_sensitivities(
+        model, x, targets, [as_tensor(hulls_gad), as_tensor(hulls_sup)]
+    )
     return {
         "gad_rc": torch.tensor(rc, dtype=torch.float32),
         "gad_hull_degenerate": torch.tensor(degenerate),
-        "gad_rs": occlusion_sensitivity(model, x, targets, as_tensor(hulls_gad)).cpu(),
-        "gad_rs_supplementary": occlusion_sensitivity(
-            model, x, targets, as_tensor(hulls_sup)
-        ).cpu(),
+        "gad_rs": sensitivity.cpu(),
+        "gad_rs_supplementary": supplementary.cpu(),
         "gad_pixel_share": gad_pixels.flatten(1).float().mean(1).cpu(),
     }

@@ -26,6 +26,9 @@ class HallucinationOptions(MetricOptions):
     min_contrast: float = Field(3.0, ge=0, description="CoShREM's minimum contrast (grey units).")
     grey_levels: int = Field(85, ge=1, le=65535, description="Grey values are integers 0…this.")
 
+    def model_passes(self, height: int, width: int) -> int:
+        return 0  # edges of two images, no model
+
 
 def edge_map(images: Tensor, options: HallucinationOptions) -> Tensor:
     """Binary CoShREM edges (B, H, W) of RGB images (B, 3, H, W) in [0, 1]."""

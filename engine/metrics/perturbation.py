@@ -18,7 +18,9 @@ reduction of the request; pgig ranked the signed channel sum).
 
 Random orders and subsets are drawn per image, on the CPU, from a generator seeded with the
 seed alone (:func:`~engine.runtime.input_generators`): an image's scores do not depend on the
-batch it is scored in, nor on the device.
+batch it is scored in, nor on the device. Perturbed images are built pass by pass and go through
+the model in passes of the process's rows per pass (:func:`~engine.metrics.base.perturbed_outputs`);
+rows every curve shares (the clean image of step 0) are computed once.
 """
 
 from __future__ import annotations
@@ -31,23 +33,21 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from engine.attribution.base import ScoreType, chunks, class_scores
+from engine.attribution.base import ScoreType, class_scores
 from engine.masks.view import MaskView
-from engine.metrics.base import MetricOptions, MetricSpec, pixel_heatmap
+from engine.metrics.base import MetricOptions, MetricSpec, perturbed_outputs, pixel_heatmap
 from engine.runtime import input_generators
 
-BATCH = 128  # perturbed images per forward pass
 Order = Literal["morf", "lerf", "random"]
+ORDERS: tuple[Order, ...] = ("morf", "lerf", "random")
 Fill = Literal["channel_mean", "black"]
 
 
 @torch.no_grad()
 def scores_of(model: nn.Module, images: Tensor, targets: Tensor, score: ScoreType) -> Tensor:
-    """S_c of each image, in forward passes of at most BATCH images (and at most the process's
-    rows per pass for images of this size)."""
-    parts = [class_scores(model(images[p]), targets[p], score)
-             for p in chunks(len(images), BATCH, images[0])]  # fmt: skip
-    return torch.cat(parts)
+    """S_c of each image, in passes of the process's rows per pass."""
+    outputs = perturbed_outputs(model, len(images), images.__getitem__, images[0])
+    return class_scores(outputs, targets, score)
 
 
 def patch_ids(height: int, width: int, patch: int, device=None) -> tuple[Tensor, int]:
@@ -90,17 +90,40 @@ def degradation_curve(model: nn.Module, x: Tensor, targets: Tensor, heat: Tensor
                       patch: int = 9, steps: int | None = None, order: Order = "morf",
                       score: ScoreType = "softmax", seed: int = 0) -> Tensor:  # fmt: skip
     """S_c after removing 0 … T patches in ``order`` (B, T+1); T = all patches by default."""
+    return degradation_curves(model, x, targets, heat, patch=patch, steps=steps, orders=(order,),
+                              score=score, seed=seed)[order]  # fmt: skip
+
+
+@torch.no_grad()
+def degradation_curves(model: nn.Module, x: Tensor, targets: Tensor, heat: Tensor, *,
+                       patch: int = 9, steps: int | None = None,
+                       orders: tuple[Order, ...] = ORDERS, score: ScoreType = "softmax",
+                       seed: int = 0) -> dict[Order, Tensor]:  # fmt: skip
+    """S_c after removing 0 … T patches (B, T+1), for each of ``orders``.
+
+    Image b's rows are its clean image (step 0 of every curve, scored once), then steps 1 … T
+    of each order: 1 + |orders|·T rows per image, built pass by pass."""
     batch, _, height, width = x.shape
     ids, count = patch_ids(height, width, patch, x.device)
     steps = count if steps is None else min(steps, count)
     fill = patch_means(x.flatten(2), ids, count)[:, :, ids].view_as(x)
-    ranks = ranking(patch_means(heat.flatten(1)[:, None], ids, count)[:, 0], order, seed)
-    step = torch.arange(steps + 1, device=x.device)
-    removed = (ranks[:, None, :] < step[None, :, None])[:, :, ids]  # (B, T+1, H·W)
-    removed = removed.view(batch, steps + 1, 1, height, width)
-    images = torch.where(removed, fill[:, None], x[:, None]).flatten(0, 1)
-    curve = scores_of(model, images, targets.repeat_interleave(steps + 1), score)
-    return curve.view(batch, steps + 1)
+    patch_heat = patch_means(heat.flatten(1)[:, None], ids, count)[:, 0]
+    ranks = torch.stack([ranking(patch_heat, order, seed) for order in orders], 1)  # (B, O, P)
+    per_image = 1 + len(orders) * steps
+
+    def rows(part: slice) -> Tensor:
+        index = torch.arange(part.start, part.stop, device=x.device)
+        image, row = index // per_image, index % per_image
+        curve = (row - 1).clamp(min=0) // steps
+        step = torch.where(row > 0, (row - 1) % steps + 1, 0)
+        removed = (ranks[image, curve] < step[:, None])[:, ids].view(-1, 1, height, width)
+        return torch.where(removed, fill[image], x[image])
+
+    outputs = perturbed_outputs(model, batch * per_image, rows, x[0])
+    scores = class_scores(outputs, targets.repeat_interleave(per_image), score)
+    scores = scores.view(batch, 1, per_image)
+    clean, curves = scores[..., 0], scores[..., 1:].unflatten(2, (len(orders), steps))[:, 0]
+    return {order: torch.cat([clean, curves[:, i]], 1) for i, order in enumerate(orders)}
 
 
 def fill_values(x: Tensor, fill: Fill) -> Tensor:
@@ -115,11 +138,26 @@ def pixel_perturbation(model: nn.Module, x: Tensor, targets: Tensor, heat: Tenso
                        seed: int = 0) -> Tensor:  # fmt: skip
     """|S_c(x̃) − S_c(x)| / |S_c(x)| with the ⌊k·H·W⌉ least salient (``lerf``) or random pixels
     replaced; (B,)."""
+    return pixel_perturbations(model, x, targets, heat, fraction=fraction, fill=fill,
+                               orders=(order,), score=score, seed=seed)[order]  # fmt: skip
+
+
+def pixel_perturbations(model: nn.Module, x: Tensor, targets: Tensor, heat: Tensor, *,
+                        fraction: float = 0.1, fill: Fill = "channel_mean",
+                        orders: tuple[Order, ...] = ("lerf", "random"), score: ScoreType = "logit",
+                        seed: int = 0) -> dict[Order, Tensor]:  # fmt: skip
+    """:func:`pixel_perturbation` for each of ``orders``, the clean images scored once."""
     count = round(fraction * heat[0].numel())
-    removed = (ranking(heat.flatten(1), order, seed) < count).view(heat.shape).unsqueeze(1)
-    perturbed = torch.where(removed, fill_values(x, fill), x)
-    clean, changed = scores_of(model, torch.cat([x, perturbed]), targets.repeat(2), score).chunk(2)
-    return (changed - clean).abs() / clean.abs().clamp(min=1e-12)
+    replacement = fill_values(x, fill)
+    perturbed = [
+        torch.where((ranking(heat.flatten(1), order, seed) < count).view_as(heat)[:, None],
+                    replacement, x)
+        for order in orders
+    ]  # fmt: skip
+    scores = scores_of(model, torch.cat([x, *perturbed]), targets.repeat(1 + len(orders)), score)
+    clean, *changed = scores.chunk(1 + len(orders))
+    change = [(c - clean).abs() / clean.abs().clamp(min=1e-12) for c in changed]
+    return dict(zip(orders, change, strict=True))
 
 
 def sensitivity_grid(features: int, points: int = 6, max_fraction: float = 0.8) -> list[int]:
@@ -144,18 +182,26 @@ def sensitivity_n(model: nn.Module, x: Tensor, targets: Tensor, heat: Tensor, gr
     ids, count = patch_ids(height, width, patch, x.device)
     relevance = patch_means(heat.flatten(1)[:, None], ids, count)[:, 0]
     relevance = relevance * torch.bincount(ids, minlength=count).to(relevance)  # sums per patch
-    clean = scores_of(model, x, targets, score)
-    result = torch.zeros(batch, len(grid), dtype=x.dtype, device=x.device)
-    for b, generator in enumerate(input_generators(seed, batch)):
+    sizes = torch.tensor(grid, device=x.device).view(-1, 1, 1)
+    chosen = []  # (G·N, F) per image: the features set to the baseline
+    for generator in input_generators(seed, batch):
         keys = torch.rand(len(grid), subsets, count, generator=generator).to(x.device)
-        ranks = torch.argsort(torch.argsort(keys, dim=-1), dim=-1)
-        chosen = ranks < torch.tensor(grid, device=x.device).view(-1, 1, 1)  # (G, N, F)
-        sums = (chosen * relevance[b]).sum(-1)
-        pixels = chosen[..., ids].view(-1, 1, height, width)
-        images = torch.where(pixels, torch.zeros((), dtype=x.dtype, device=x.device), x[b])
-        drops = clean[b] - scores_of(model, images, targets[b].expand(len(images)), score)
-        result[b] = pearson(sums, drops.view(len(grid), subsets))
-    return result
+        chosen.append((torch.argsort(torch.argsort(keys, dim=-1), dim=-1) < sizes).flatten(0, 1))
+    chosen = torch.stack(chosen)  # (B, G·N, F)
+    per_image = 1 + len(grid) * subsets  # the clean image, then every subset
+
+    def rows(part: slice) -> Tensor:
+        index = torch.arange(part.start, part.stop, device=x.device)
+        image, row = index // per_image, index % per_image
+        zeroed = chosen[image, (row - 1).clamp(min=0)][:, ids] & (row > 0)[:, None]
+        return torch.where(zeroed.view(-1, 1, height, width), 0.0, x[image])
+
+    outputs = perturbed_outputs(model, batch * per_image, rows, x[0])
+    scores = class_scores(outputs, targets.repeat_interleave(per_image), score)
+    scores = scores.view(batch, per_image)
+    drops = scores[:, :1] - scores[:, 1:]
+    sums = (chosen * relevance[:, None]).sum(-1)
+    return pearson(sums.view(batch, len(grid), subsets), drops.view(batch, len(grid), subsets))
 
 
 class DegradationOptions(MetricOptions):
@@ -166,18 +212,15 @@ class DegradationOptions(MetricOptions):
 
     def model_passes(self, height: int, width: int) -> int:
         patches = math.ceil(height / self.patch) * math.ceil(width / self.patch)
-        return 3 * (math.ceil(self.fraction * patches) + 1)  # MoRF, LeRF and random curves
+        return 1 + len(ORDERS) * math.ceil(self.fraction * patches)  # step 0 shared by curves
 
 
 def _degradation(view: MaskView, options: DegradationOptions) -> dict[str, Tensor]:
     heat, (height, width) = pixel_heatmap(view), view.x.shape[-2:]
     count = patch_ids(height, width, options.patch)[1]
     steps = max(1, math.ceil(options.fraction * count))
-    curves = {
-        order: degradation_curve(view.model, view.x, view.targets, heat, patch=options.patch,
-                                 steps=steps, order=order, seed=view.seed)
-        for order in ("morf", "lerf", "random")
-    }  # fmt: skip
+    curves = degradation_curves(view.model, view.x, view.targets, heat, patch=options.patch,
+                                steps=steps, seed=view.seed)  # fmt: skip
     return {f"degradation_{order}": normalised_auc(curve) for order, curve in curves.items()}
 
 
@@ -186,18 +229,15 @@ class PixelPerturbationOptions(MetricOptions):
     fill: Fill = Field("channel_mean", description="Replacement: the image's mean colour or 0.")
 
     def model_passes(self, height: int, width: int) -> int:
-        return 4  # salient-order and random-order perturbations, each with the clean input
+        return 3  # the clean input, and the salient-order and random-order perturbations
 
 
 def _pixel_perturbation(view: MaskView, options: PixelPerturbationOptions) -> dict[str, Tensor]:
-    common = dict(fraction=options.fraction, fill=options.fill)
-    heat = pixel_heatmap(view)
-    return {
-        "pixel_perturbation": pixel_perturbation(view.model, view.x, view.targets, heat, **common),
-        "pixel_perturbation_random": pixel_perturbation(
-            view.model, view.x, view.targets, heat, order="random", seed=view.seed, **common
-        ),
-    }
+    changes = pixel_perturbations(
+        view.model, view.x, view.targets, pixel_heatmap(view), fraction=options.fraction,
+        fill=options.fill, seed=view.seed,
+    )  # fmt: skip
+    return {"pixel_perturbation": changes["lerf"], "pixel_perturbation_random": changes["random"]}
 
 
 class SensitivityOptions(MetricOptions):
