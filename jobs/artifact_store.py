@@ -5,6 +5,9 @@ named ``<job id>/input.bin`` and ``<job id>/outputs/<name>``.
 The worker writes a job's outputs into a local staging folder (``<root>/<job id>/.staging-*``)
 and publishes them once they are complete: each file becomes one whole object, ``summary.json``
 last, so no partial artifact is ever visible and the record says 'succeeded' only afterwards.
+A job's PNG pictures are not drawn by the worker: it publishes what they are drawn from
+(``engine.artifacts.PICTURE_SOURCES``, a hidden object), and the first request of a picture
+draws them all and stores them beside the other outputs (:meth:`ArtifactStore.draw_pictures`).
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
+import weakref
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from engine.artifacts import PICTURE_SOURCES, render_pictures
 from jobs.objects import LocalObjects, ObjectMissing, ObjectStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,10 @@ class ArtifactStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.objects = objects if objects is not None else LocalObjects(self.root)
         self._last_sweep = float("-inf")
+        self._drawing: weakref.WeakValueDictionary[str, threading.Lock] = (
+            weakref.WeakValueDictionary()  # job id → the lock of its pictures' drawing
+        )
+        self._drawing_lock = threading.Lock()
 
     def job_dir(self, job_id: str) -> Path:
         """The job's local folder (its staging; on the local store also its objects)."""
@@ -94,6 +104,28 @@ class ArtifactStore:
             shutil.rmtree(staging, ignore_errors=True)
             with contextlib.suppress(OSError):
                 self.job_dir(job_id).rmdir()  # S3: nothing of the job stays on this disk
+
+    def draw_pictures(self, job_id: str, name: str | None = None) -> None:
+        """Store the job's pictures (or make sure that ``name`` is stored, if it is a picture)
+        drawn from its saved sources, if they are not stored yet: the first request of a
+        picture draws them all, once per process (two processes may both draw them and write
+        the same bytes). A job without sources (drawn by its worker, or not a picture) is left
+        as it is."""
+        if name is not None and (not name.endswith(".png") or self.exists(job_id, name)):
+            return
+        sources = self._key(job_id, PICTURE_SOURCES)
+        with self._drawing_lock:
+            lock = self._drawing.setdefault(job_id, threading.Lock())
+        with lock:
+            if name is not None and self.exists(job_id, name):
+                return  # drawn while this request waited
+            try:
+                data = self.objects.get_bytes(sources)
+            except ObjectMissing:
+                return
+            for picture, png in render_pictures(data).items():
+                if self.objects.stat(self._key(job_id, picture)) is None:
+                    self.objects.put_bytes(self._key(job_id, picture), png)
 
     def _key(self, job_id: str, name: str) -> str:
         return f"{job_id}/outputs/{name}"

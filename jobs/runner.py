@@ -137,10 +137,8 @@ class ProgressReporter:
             self._last = clock
             cancelled = False
             try:
-                if self._unwritten is not None:
-                    self.store.set_progress(self.job_id, self._unwritten)
-                    self._unwritten = None
-                cancelled = self.store.cancel_requested(self.job_id)
+                cancelled = self.store.report(self.job_id, self._unwritten)
+                self._unwritten = None
             except self.store.transient_errors as error:
                 log.warning("job %s: progress not written (%s); trying again later",
                             self.job_id, error)  # fmt: skip
@@ -319,7 +317,9 @@ def _outcome(
 def _explain(
     record: JobRecord, artifacts: ArtifactStore, device: str, reporter: ProgressReporter
 ) -> dict[str, Any]:
-    """Explain, write the artifacts, publish them; the record fields of a success."""
+    """Explain, write the artifacts, publish them; the record fields of a success. The PNG
+    pictures are drawn when first asked for (:meth:`ArtifactStore.draw_pictures`), so the job
+    is done once its arrays and summary are stored."""
     inputs, truth = job_input(record, artifacts)
     result = explain(
         record.model,
@@ -339,7 +339,7 @@ def _explain(
         result.scores[0].update(white_box(result.attribution, result.truth))
     staging = artifacts.staging_dir(record.id, record.attempts)
     try:
-        paths = write_artifacts(result, staging)
+        paths = write_artifacts(result, staging, pictures=False)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # e.g. a full disk: leave nothing half-made
         raise

@@ -27,10 +27,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from jobs.records import JobRecord
-from jobs.store import JobStore
+from jobs.store import JobStore, progress_json
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 10.0  # how long a write waits for another connection's write to end
+UPSERT_KV = ("INSERT INTO kv VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+             "value = excluded.value, expires = excluded.expires")  # fmt: skip
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, status TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL,
@@ -132,7 +134,8 @@ class SqliteJobStore(JobStore):
             if changed is None:
                 return record
             self._write_record(db, changed)
-            return changed
+        self._changed(job_id)  # watchers of this process (one embedded server per directory)
+        return changed
 
     def _put(self, record: JobRecord) -> None:
         with self._transaction() as db:
@@ -167,8 +170,7 @@ class SqliteJobStore(JobStore):
     # --- keys and counters -------------------------------------------------------------------
     def _set(self, key: str, value: str, only_if_new: bool = False) -> bool:
         now = time.time()
-        sql = ("INSERT INTO kv VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
-               "value = excluded.value, expires = excluded.expires")  # fmt: skip
+        sql = UPSERT_KV
         params: tuple = (key, value, now + self.ttl_s)
         if only_if_new:  # a live key stays; an expired one counts as absent
             sql, params = sql + " WHERE kv.expires <= ?", (*params, now)
@@ -178,6 +180,32 @@ class SqliteJobStore(JobStore):
     def _get(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM kv WHERE key = ? AND expires > ?", key, time.time())
         return rows[0][0] if rows else None
+
+    def report(self, job_id: str, progress: dict | None) -> bool:
+        """Progress written and the cancel flag read in one transaction."""
+        now = time.time()
+        with self._transaction() as db:
+            if progress is not None:
+                db.execute(UPSERT_KV, (f"progress:{job_id}", progress_json(progress),
+                                       now + self.ttl_s))  # fmt: skip
+            cancelled = db.execute("SELECT 1 FROM kv WHERE key = ? AND expires > ?",
+                                   (f"cancel:{job_id}", now)).fetchone()  # fmt: skip
+        if progress is not None:
+            self._changed(job_id)
+        return cancelled is not None
+
+    def _count_finish(self, job_id: str, status: str, duration_s: float | None) -> None:
+        """The counters of a finished job in one transaction (its status column is the
+        running index)."""
+        changes = [("stats", status, 1.0)]
+        if duration_s is not None:
+            changes += [("durations", f, v) for f, v in self._duration_changes(duration_s).items()]
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT (key, field) DO UPDATE SET "
+                "value = value + excluded.value",
+                changes,
+            )
 
     def _incr(self, key: str, field: str, amount: float = 1) -> None:
         self._incr_many(key, {field: amount})

@@ -7,16 +7,19 @@ same interface, same transitions (tests/test_jobs.py runs one contract suite ove
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
+import logging
 import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from jobs.records import TERMINAL, JobRecord, JobStatus, run_is_dead
 
+log = logging.getLogger(__name__)
 DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 MAX_INDEXED = 1000  # newest jobs per owner kept in the index of GET /jobs
 UNDISPATCHED = "undispatched"  # the index of records whose queue message is not confirmed sent
@@ -28,8 +31,49 @@ def owner_key(owner: str | None) -> str:
     return f"owner:{owner or '-'}"
 
 
+def progress_json(progress: dict[str, Any]) -> str:
+    """Progress as strict JSON: a value that is not a finite number (a NaN loss) is null."""
+    finite = {key: None if isinstance(value, float) and not math.isfinite(value) else value
+              for key, value in progress.items()}  # fmt: skip
+    return json.dumps(finite, allow_nan=False)
+
+
+class Changes:
+    """Wakes those who wait for news of a job (the long poll of GET /jobs/{id}): a store calls
+    :meth:`notify` whenever it changes a job's record or progress (Redis: for the changes
+    every process makes, :class:`RedisJobStore`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[str, list[Callable[[], None]]] = {}
+
+    @contextlib.contextmanager
+    def watch(self, job_id: str, wake: Callable[[], None]) -> Iterator[None]:
+        """Call ``wake()`` (from any thread) at each change of the job during the block."""
+        with self._lock:
+            self._waiters.setdefault(job_id, []).append(wake)
+        try:
+            yield
+        finally:
+            with self._lock:
+                waiters = self._waiters[job_id]
+                waiters.remove(wake)
+                if not waiters:
+                    del self._waiters[job_id]
+
+    def notify(self, job_id: str) -> None:
+        with self._lock:
+            waiters = list(self._waiters.get(job_id, ()))
+        for wake in waiters:
+            try:
+                wake()
+            except Exception:  # a watcher's failure is never the writer's
+                log.exception("a watcher of job %s failed", job_id)
+
+
 class JobStore(ABC):
-    """Atomic transitions over job records, plus progress, cancel flags and counters."""
+    """Atomic transitions over job records, plus progress, cancel flags and counters. Every
+    change of a job's record or progress wakes its watchers (:meth:`watch`)."""
 
     #: Errors of a store that is away for a moment (a stalled or restarting Redis): a write
     #: that fails with one of them is worth retrying.
@@ -39,13 +83,28 @@ class JobStore(ABC):
 
     def __init__(self, ttl_s: int):
         self.ttl_s = ttl_s
+        self.changes = Changes()
+
+    def watch(self, job_id: str, wake: Callable[[], None]) -> contextlib.AbstractContextManager:
+        """Call ``wake()`` at each change of the job's record or progress during the block."""
+        return self.changes.watch(job_id, wake)
+
+    def close(self) -> None:
+        """Release what the store holds (connections, threads)."""
+        return None
+
+    def _changed(self, job_id: str) -> None:
+        """The job's record or progress changed (backends that notify within their own write
+        override it with nothing)."""
+        self.changes.notify(job_id)
 
     # --- primitives a backend provides -------------------------------------------------------
     @abstractmethod
     def _update(
         self, job_id: str, change: Callable[[JobRecord], JobRecord | None]
     ) -> JobRecord | None:
-        """Atomically apply ``change`` to a record (None from change: leave it as it is)."""
+        """Atomically apply ``change`` to a record (None from change: leave it as it is); a
+        written change notifies the job's watchers."""
 
     @abstractmethod
     def _put(self, record: JobRecord) -> None: ...
@@ -249,11 +308,16 @@ class JobStore(ABC):
 
         record = self._update(job_id, change)
         if transitioned:
-            self._mark_running(job_id, False)
-            self._incr("stats", status)
-            if record.started_at is not None:
-                self._observe_duration(finished - record.started_at)
+            started = record.started_at
+            self._count_finish(job_id, status, None if started is None else finished - started)
         return record
+
+    def _count_finish(self, job_id: str, status: JobStatus, duration_s: float | None) -> None:
+        """A job reached ``status``: off the running index, into the counters of /metrics."""
+        self._mark_running(job_id, False)
+        self._incr("stats", status)
+        if duration_s is not None:
+            self._incr_many("durations", self._duration_changes(duration_s))
 
     def cancel(self, job_id: str) -> JobRecord | None:
         """A queued job is cancelled now; a running one is flagged and stops at its next step."""
@@ -268,13 +332,23 @@ class JobStore(ABC):
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         """Progress as strict JSON: a value that is not a finite number (a NaN loss) is null."""
-        finite = {key: None if isinstance(value, float) and not math.isfinite(value) else value
-                  for key, value in progress.items()}  # fmt: skip
-        self._set(f"progress:{job_id}", json.dumps(finite, allow_nan=False))
+        self._set(f"progress:{job_id}", progress_json(progress))
+        self._changed(job_id)
+
+    def report(self, job_id: str, progress: dict[str, Any] | None) -> bool:
+        """A run's check: write its newest ``progress`` (if any), and whether the job's cancel
+        is requested (Redis: one round trip)."""
+        if progress is not None:
+            self.set_progress(job_id, progress)
+        return self.cancel_requested(job_id)
 
     def progress(self, job_id: str) -> dict[str, Any] | None:
         raw = self._get(f"progress:{job_id}")
         return json.loads(raw) if raw else None
+
+    def snapshot(self, job_id: str) -> tuple[JobRecord | None, dict[str, Any] | None]:
+        """The job's record and progress (Redis: one round trip)."""
+        return self.get(job_id), self.progress(job_id)
 
     # --- documents kept beside the jobs, with the same expiry (studies: jobs.studies) -------
     def put_document(self, key: str, text: str) -> None:
@@ -295,9 +369,11 @@ class JobStore(ABC):
         self._unindex(f"list:{name}", item_ids)
 
     # --- counters for /metrics ---------------------------------------------------------------
-    def _observe_duration(self, seconds: float) -> None:
+    @staticmethod
+    def _duration_changes(seconds: float) -> dict[str, float]:
+        """The histogram's increments for one job of ``seconds``."""
         changes = {f"le_{bound}": 1.0 for bound in DURATION_BUCKETS if seconds <= bound}
-        self._incr_many("durations", changes | {"sum": seconds, "count": 1.0})
+        return changes | {"sum": seconds, "count": 1.0}
 
     def _incr_many(self, key: str, changes: dict[str, float]) -> None:
         for field, amount in changes.items():
@@ -362,7 +438,9 @@ class MemoryJobStore(JobStore):
             if changed is None:
                 return entry[1].model_copy(deep=True)
             self._records[job_id] = (time.time() + self.ttl_s, changed)
-            return changed.model_copy(deep=True)
+            changed = changed.model_copy(deep=True)
+        self._changed(job_id)
+        return changed
 
     def _put(self, record):
         with self._lock:
@@ -424,9 +502,56 @@ class RedisJobStore(JobStore):
         super().__init__(ttl_s)
         self.redis = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=2)
         self.transient_errors = (redis.ConnectionError, redis.TimeoutError)
+        self._relay: threading.Thread | None = None
+        self._relay_lock = threading.Lock()
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        self._closed.set()  # the relay stops within a second
+        self.redis.close()
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}{key}"
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel that carries the id of every changed job, from every process."""
+        return self._key("changes")
+
+    def _changed(self, job_id: str) -> None:
+        self.redis.publish(self.channel, job_id)
+
+    def watch(self, job_id, wake):
+        """Watch the job's changes in any process: relayed from the channel to this process's
+        watchers by one thread, started with the first watch."""
+        with self._relay_lock:
+            if self._relay is None:
+                subscription = self.redis.pubsub(ignore_subscribe_messages=True)
+                with contextlib.suppress(*self.transient_errors):  # the relay tries again
+                    subscription.subscribe(self.channel)
+                    subscription.get_message(timeout=1.0)  # confirmed: no change is missed
+                self._relay = threading.Thread(target=self._forward, args=(subscription,),
+                                               name="explainer-changes", daemon=True)  # fmt: skip
+                self._relay.start()
+        return self.changes.watch(job_id, wake)
+
+    def _forward(self, subscription) -> None:
+        """Relay the channel's job ids to :attr:`changes`; subscribe again after a lost
+        connection (changes meanwhile are missed: a long poll looks again every second)."""
+        while not self._closed.is_set():
+            try:
+                if not subscription.subscribed:
+                    subscription.subscribe(self.channel)
+                message = subscription.get_message(timeout=1.0)
+                if message is not None and message["type"] == "message":
+                    self.changes.notify(message["data"].decode())
+            except Exception as error:
+                log.warning("job change notifications interrupted: %s", error)
+                with contextlib.suppress(Exception):
+                    subscription.reset()
+                self._closed.wait(1.0)
+        with contextlib.suppress(Exception):
+            subscription.close()
 
     def _update(self, job_id, change):
         import redis
@@ -447,6 +572,7 @@ class RedisJobStore(JobStore):
                         return record
                     pipe.multi()
                     pipe.set(key, changed.model_dump_json(), ex=self.ttl_s)
+                    pipe.publish(self.channel, job_id)
                     pipe.execute()
                     return changed
                 except redis.WatchError:
@@ -458,6 +584,32 @@ class RedisJobStore(JobStore):
     def get(self, job_id):
         raw = self.redis.get(self._key(f"job:{job_id}"))
         return JobRecord.model_validate_json(raw) if raw else None
+
+    def snapshot(self, job_id):
+        record, progress = self.redis.mget(self._key(f"job:{job_id}"),
+                                           self._key(f"progress:{job_id}"))  # fmt: skip
+        return (JobRecord.model_validate_json(record) if record else None,
+                json.loads(progress) if progress else None)  # fmt: skip
+
+    def set_progress(self, job_id, progress):
+        self.report(job_id, progress)
+
+    def report(self, job_id, progress):
+        with self.redis.pipeline(transaction=False) as pipe:  # one round trip
+            if progress is not None:
+                pipe.set(self._key(f"progress:{job_id}"), progress_json(progress), ex=self.ttl_s)
+                pipe.publish(self.channel, job_id)
+            pipe.exists(self._key(f"cancel:{job_id}"))
+            return bool(pipe.execute()[-1])
+
+    def _count_finish(self, job_id, status, duration_s):
+        changes = {} if duration_s is None else self._duration_changes(duration_s)
+        with self.redis.pipeline(transaction=False) as pipe:  # one round trip
+            pipe.srem(self._key("running"), job_id)
+            pipe.hincrbyfloat(self._key("stats"), status, 1)
+            for field, amount in changes.items():
+                pipe.hincrbyfloat(self._key("durations"), field, amount)
+            pipe.execute()
 
     def _set(self, key, value, only_if_new=False):
         return bool(self.redis.set(self._key(key), value, ex=self.ttl_s, nx=only_if_new))

@@ -68,8 +68,7 @@ def make_store(request, tmp_path):
         yield make
     finally:
         for store in made:
-            if isinstance(store, SqliteJobStore):
-                store.close()
+            store.close()
         if server is not None:
             server.stop()
 
@@ -465,3 +464,31 @@ def test_the_embedded_reaper_runs_once_a_job_whose_run_died(tmp_path):
     finally:
         dispatcher.close()
         store.close()
+
+
+def test_progress_and_the_finish_wake_the_jobs_watchers(make_store):
+    """What a long poll waits on: a job's progress and its terminal transition wake its
+    watchers (Redis: written by another store object, relayed over pub/sub); another job's
+    changes do not. report() writes progress and reads the cancel flag."""
+    writer = make_store()
+    reader = make_store() if isinstance(writer, RedisJobStore) else writer
+    writer.create(record("j1"))
+    writer.create(record("j2"))
+    woken = threading.Event()
+    with reader.watch("j1", woken.set):
+        writer.set_progress("j2", {"step": 1, "total": 2})
+        writer.finish("j2", "succeeded")
+        assert not woken.wait(0.5)  # another job's news
+        assert writer.start("j1", "run", stale_after_s=5) is not None
+        assert woken.wait(10)
+        woken.clear()
+        assert writer.report("j1", {"step": 1, "total": 2}) is False
+        assert woken.wait(10) and reader.progress("j1") == {"step": 1, "total": 2}
+        woken.clear()
+        writer.finish("j1", "succeeded", artifacts=["overlay.png"])
+        assert woken.wait(10) and reader.get("j1").status == "succeeded"
+    writer.cancel("j1")  # a finished job keeps its state; the flag is set all the same
+    assert writer.report("j1", None) is True
+    assert reader.snapshot("j1")[0].status == "succeeded"
+    assert reader.snapshot("j1")[1] == {"step": 1, "total": 2}
+    assert reader.stats()["succeeded"] == 2 and reader.durations()["count"] == 1  # j1 ran

@@ -9,12 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from torch import Tensor, nn
 
 from engine.method import Attribution, MethodOptions, Reduction
 from engine.metrics.base import MetricRequest
 from engine.models.spec import ModelSpec
 from engine.result import Explanation
+
+PICTURE_SOURCES = ".pictures.npz"  # a hidden file: the arrays an input's pictures come from
 
 
 class InputKind(ABC):
@@ -58,5 +62,25 @@ class InputKind(ABC):
         """Per-input scores every result of this kind gets, plus the requested metrics."""
 
     @abstractmethod
-    def write(self, explanation: Explanation, out: Path, index: int) -> dict[str, Path]:
-        """Input ``index``'s files in ``out`` (summary.json included): name → path."""
+    def write(
+        self, explanation: Explanation, out: Path, index: int, pictures: bool = True
+    ) -> dict[str, Path]:
+        """Input ``index``'s files in ``out`` (summary.json included): name → path. With
+        ``pictures`` False the PNG pictures are named but not drawn: what they are drawn from
+        is saved instead (:meth:`save_pictures`), for :meth:`render` to draw them later."""
+
+    @abstractmethod
+    def render(self, sources: dict[str, np.ndarray]) -> dict[str, Image.Image]:
+        """The input's pictures (file name → image), drawn from the arrays :meth:`write` chose."""
+
+    def save_pictures(
+        self, out: Path, sources: dict[str, np.ndarray], names: tuple[str, ...], now: bool
+    ) -> dict[str, Path]:
+        """Draw the pictures ``names`` into ``out`` now, or save their ``sources`` (with this
+        kind's name) as ``PICTURE_SOURCES`` for :meth:`render` later; name → path either way."""
+        if now:
+            for name, picture in self.render(sources).items():
+                picture.save(out / name)
+        else:
+            np.savez(out / PICTURE_SOURCES, kind=np.array(self.name), **sources)
+        return {name: out / name for name in names}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from engine.data import load_image
@@ -71,7 +72,9 @@ class ImageKind(InputKind):
             view = heatmap_view(model, x, targets, heatmap, seed)
         return compute_metrics(view, requests)
 
-    def write(self, explanation: Explanation, out: Path, index: int) -> dict[str, Path]:
+    def write(
+        self, explanation: Explanation, out: Path, index: int, pictures: bool = True
+    ) -> dict[str, Path]:
         """``attribution.npy`` float32 (C, H, W), ``heatmap.npy`` (H, W), ``heatmap.png``,
         ``overlay.png``, ``input.png`` (the image as the model saw it), ``summary.json``; for
         mask methods also ``mask.npz`` (the mask of each coefficient group, colour axis dropped:
@@ -83,24 +86,33 @@ class ImageKind(InputKind):
         reduction = explanation.options.get("heatmap_reduction")
         mask = isinstance(outputs, MaskOutputs)
         signed = reduction == "signed_sum" and not mask and bool((heatmap < 0).any())
-        names = ("attribution.npy", "heatmap.npy", "heatmap.png", "overlay.png", "input.png",
-                 "summary.json")  # fmt: skip
-        paths = {name: out / name for name in names}
+        paths = {name: out / name for name in ("attribution.npy", "heatmap.npy", "summary.json")}
         attribution = explanation.attribution[index].numpy().astype(np.float32)
         np.save(paths["attribution.npy"], attribution)
         np.save(paths["heatmap.npy"], heatmap.astype(np.float32))
-        heatmap_image(heatmap, signed=signed).save(paths["heatmap.png"])
-        image = explanation.inputs[index].numpy()
-        overlay_image(image, heatmap, signed=signed).save(paths["overlay.png"])
-        image_from_tensor(image).save(paths["input.png"])
+        sources = {"image": explanation.inputs[index].numpy(), "heatmap": heatmap,
+                   "signed": np.array(signed)}  # fmt: skip
+        names = ("heatmap.png", "overlay.png", "input.png")
         if mask:
-            paths |= {name: out / name for name in ("mask.npz", "explanation.png", "history.json")}
+            paths |= {name: out / name for name in ("mask.npz", "history.json")}
             masks = {f"group{i}": m[index, 0].cpu().numpy() for i, m in enumerate(outputs.masks)}
             np.savez_compressed(paths["mask.npz"], **masks)
-            picture = image_from_tensor(outputs.explanation[index].cpu().numpy())
-            picture.save(paths["explanation.png"])
+            sources["explanation"] = outputs.explanation[index].cpu().numpy()
+            names += ("explanation.png",)
             paths["history.json"].write_text(json_text(finite_history(outputs.history[index])))
+        paths |= self.save_pictures(out, sources, names, now=pictures)
         colours = colour_key(heatmap, signed)  # what the heat map's colours stand for
         summary = explanation.summary(index) | {"files": sorted(paths), "heatmap_colours": colours}
         paths["summary.json"].write_text(json_text(summary, indent=2))
         return paths
+
+    def render(self, sources: dict[str, np.ndarray]) -> dict[str, Image.Image]:
+        """The heat map, its overlay on the image, the image, and a mask method's masked
+        reconstruction."""
+        heatmap, signed = sources["heatmap"], bool(sources["signed"])
+        pictures = {"heatmap.png": heatmap_image(heatmap, signed=signed),
+                    "overlay.png": overlay_image(sources["image"], heatmap, signed=signed),
+                    "input.png": image_from_tensor(sources["image"])}  # fmt: skip
+        if "explanation" in sources:
+            pictures["explanation.png"] = image_from_tensor(sources["explanation"])
+        return pictures

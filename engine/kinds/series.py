@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from engine.data.timeseries import SeriesRecord, load_series
@@ -77,21 +78,30 @@ class SeriesKind(InputKind):
         """The black-box scores of the attribution (its top 20 % of entries replaced by 0)."""
         return black_box(model, x, attribution)
 
-    def write(self, explanation: Explanation, out: Path, index: int) -> dict[str, Path]:
+    def write(
+        self, explanation: Explanation, out: Path, index: int, pictures: bool = True
+    ) -> dict[str, Path]:
         """``attribution.npy`` (T, D), ``series.png`` (the series, the attribution shaded per
         feature), ``history.json`` (mask methods) and ``summary.json``."""
-        names = ["attribution.npy", "series.png", "summary.json"]
+        paths = {name: out / name for name in ("attribution.npy", "summary.json")}
         outputs = explanation.outputs
-        if isinstance(outputs, SeriesMaskOutputs):
-            names.append("history.json")
-        paths = {name: out / name for name in names}
         attribution = explanation.attribution[index].numpy().astype(np.float32)
         np.save(paths["attribution.npy"], attribution)
-        level = np.abs(attribution) / max(float(np.abs(attribution).max()), 1e-12)
-        truth = None if explanation.truth is None else explanation.truth[index].numpy()
-        series_plot(explanation.inputs[index].numpy(), level, truth).save(paths["series.png"])
+        sources = {
+            "series": explanation.inputs[index].numpy(),
+            "level": np.abs(attribution) / max(float(np.abs(attribution).max()), 1e-12),
+        }
+        if explanation.truth is not None:
+            sources["truth"] = explanation.truth[index].numpy()
+        paths |= self.save_pictures(out, sources, ("series.png",), now=pictures)
         if isinstance(outputs, SeriesMaskOutputs):
+            paths["history.json"] = out / "history.json"
             paths["history.json"].write_text(json_text(finite_history(outputs.history[index])))
         summary = explanation.summary(index) | {"files": sorted(paths)}
         paths["summary.json"].write_text(json_text(summary, indent=2))
         return paths
+
+    def render(self, sources: dict[str, np.ndarray]) -> dict[str, Image.Image]:
+        """The series with its attribution shaded per feature (and its ground truth)."""
+        return {"series.png": series_plot(sources["series"], sources["level"],
+                                          sources.get("truth"))}  # fmt: skip

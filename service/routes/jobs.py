@@ -4,6 +4,7 @@ the tenant (API key) that made it: another tenant gets 404 for it, as for a miss
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -52,6 +53,8 @@ from service.submission import (
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+NOT_READ: dict = {}  # job_view's progress not read with the record (identity, not value)
+RELOOK_S = 1.0  # a long poll looks again this often even without news (a missed notification)
 # copied from the record
 VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts", "undefined_scores", "baselines",
                                            "input_name", "estimate_s", "eta_s"}  # fmt: skip
@@ -59,7 +62,11 @@ VIEW_FIELDS = set(JobView.model_fields) - {"progress", "artifacts", "undefined_s
 
 def find(store: JobStore, job_id: str, tenant: str | None) -> JobRecord:
     """The tenant's job, or 404: another tenant's job is as unknown as a missing one."""
-    record = store.get(job_id)
+    return owned(store.get(job_id), job_id, tenant)
+
+
+def owned(record: JobRecord | None, job_id: str, tenant: str | None) -> JobRecord:
+    """``record`` if it is the tenant's job, else 404 (:func:`find`)."""
     if record is None or record.owner != tenant:
         raise ApiError(404, "not_found", f"no job {short(job_id, 64)}")
     return record
@@ -74,10 +81,14 @@ def public_url(request: Request, route: str, **params: str) -> str:
     return base.rstrip("/") + path if base else path
 
 
-def job_view(store: JobStore, record: JobRecord, request: Request) -> JobView:
+def job_view(
+    store: JobStore, record: JobRecord, request: Request, progress: dict | None = NOT_READ
+) -> JobView:
+    """The job as the API shows it; ``progress`` as read with the record, else read now."""
     links = {name: public_url(request, "get_artifact", job_id=record.id, name=name)
              for name in record.artifacts}  # fmt: skip
-    progress = store.progress(record.id)
+    if progress is NOT_READ:
+        progress = store.progress(record.id)
     scores, undefined = finite_scores(record.scores or {})  # why each null score has no value
     estimate = eta = None
     if record.status not in TERMINAL:  # its time from the workers' measured time per pass
@@ -223,22 +234,41 @@ async def get_job(
                               "the job's state differs from this one, given as 'status:step' of "
                               "an earlier answer (long poll of progress)."),
 ):  # fmt: skip
-    """Status, progress, prediction, scores, artifact links and error of a job."""
+    """Status, progress, prediction, scores, artifact links and error of a job. A long poll
+    (``wait``) answers when the store reports a change of the job that ends the wait (a
+    notification: Redis pub/sub, or in embedded mode the store itself), or at ``wait``."""
 
-    def look() -> tuple[JobRecord, bool]:
-        """The record, and whether it answers the long poll now."""
-        record = find(store, job_id, tenant)
+    def look() -> tuple[JobRecord, dict | None, bool]:
+        """The record, its progress, and whether they answer the long poll now."""
+        found, progress = store.snapshot(job_id)
+        record = owned(found, job_id, tenant)
         if record.status in TERMINAL or since is None:
-            return record, record.status in TERMINAL
-        step = (store.progress(record.id) or {}).get("step", "")
-        return record, f"{record.status}:{step}" != since
+            return record, progress, record.status in TERMINAL
+        return record, progress, f"{record.status}:{(progress or {}).get('step', '')}" != since
 
-    deadline = time.monotonic() + wait
-    record, ready = await run_in_threadpool(look)
-    while not ready and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        record, ready = await run_in_threadpool(look)
-    return await run_in_threadpool(job_view, store, record, request)
+    if wait == 0:
+        record, progress, _ = await run_in_threadpool(look)
+        return await run_in_threadpool(job_view, store, record, request, progress)
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+
+    def wake() -> None:  # called by the store's writer or relay thread
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(changed.set)
+
+    deadline = loop.time() + wait
+    watching = store.watch(job_id, wake)
+    await run_in_threadpool(watching.__enter__)  # watch first: no change falls in between
+    try:
+        record, progress, ready = await run_in_threadpool(look)
+        while not ready and (left := deadline - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(left, RELOOK_S))
+            changed.clear()
+            record, progress, ready = await run_in_threadpool(look)
+    finally:
+        watching.__exit__(None, None, None)
+    return await run_in_threadpool(job_view, store, record, request, progress)
 
 
 @router.delete("/jobs/{job_id}", response_model=JobView, responses=ERRORS)
@@ -274,6 +304,7 @@ def get_artifact(
     missing = ApiError(404, "not_found", f"job {job_id} has no artifact {short(name)!r}")
     if name not in record.artifacts:
         raise missing
+    artifacts.draw_pictures(job_id, name)  # a picture is drawn when first asked for
     return artifact_response(artifacts, settings, job_id, name, missing)
 
 
@@ -314,6 +345,7 @@ def get_bundle(
     if record.status not in TERMINAL:
         raise ApiError(409, "not_finished", f"job {job_id} is {record.status}; its bundle is "
                        "ready once it has finished")  # fmt: skip
+    artifacts.draw_pictures(job_id)
     names = [name for name in record.artifacts if artifacts.exists(job_id, name)]
     view = job_view(store, record, request).model_dump_json(indent=2).encode()
     return StreamingResponse(
