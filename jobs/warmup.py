@@ -75,13 +75,3 @@ def warm_up(names: tuple[str, ...], device: str, pass_times: PassTimes | None = 
     log.info("warmed %s on %s in %.1f s", ", ".join(warm) or "no models", device,
              time.perf_counter() - started)  # fmt: skip
     return warm
-
-
-def warm_plans(names: tuple[str, ...]) -> None:
-    """Plan a request of each model once: an API process checks every submission with the
-    plan, whose first call per model surveys the architecture (seconds on a CPU)."""
-    for name in names:
-        try:
-            plan(name, WARM_METHOD)
-        except Exception as error:  # the worker's warm-up logs why the model cannot run
-            log.debug("no plan of %s: %s", name, error)

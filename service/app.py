@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -21,11 +24,14 @@ from jobs.settings import Settings
 from jobs.sqlite_store import SqliteJobStore
 from jobs.store import JobStore, RedisJobStore
 from jobs.training_jobs import share_trained_sets
-from jobs.warmup import warm_plans
+from jobs.warmup import WARM_METHOD
 from service.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.errors import ApiError, error_response, install_error_handlers
 from service.routes import jobs, listings, model_registry, ops, studies, training, web
 from service.schemas import ErrorResponse, explain_request_adapter, study_request_model
+from service.submission import check_input, parse_request, plan_job
+
+log = logging.getLogger(__name__)
 
 Limit = tuple[int, str]  # bytes, and the setting that sets them
 MAX_HEADER_BYTES = 64 * 1024  # all header lines of a request together
@@ -71,6 +77,24 @@ class RequestLimits:
         await error_response(413, "payload_too_large", message)(scope, receive, send)
 
 
+def warm_submissions(settings: Settings) -> None:
+    """Check a submission of each default model once, a sample and an uploaded PNG, as POST
+    /explain does: the first one in a process builds the request model (a union over every
+    method's options), imports the image readers and surveys the model for its plan."""
+    from PIL import Image
+
+    upload = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(upload, format="PNG")
+    image = base64.b64encode(upload.getvalue()).decode()
+    for model in settings.preload_models:
+        for given in ({"sample": "chelsea"}, {"image": image}):
+            try:
+                parsed = parse_request({"model": model, "method": WARM_METHOD, **given})
+                plan_job(parsed, check_input(parsed, None, settings)[0], settings)
+            except Exception as error:  # not an image model: its jobs say why
+                log.debug("no submission of %s checked ahead: %s", model, error)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.share_cache()
@@ -91,12 +115,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        """Serve once the models are warm: those of the in-process worker, and this process's
-        plan of each (the check of every submission)."""
+        """Serve once the models are warm: in the in-process worker, and in this process's
+        check of a submission."""
         artifacts.sweep(settings.job_ttl_s)
         dispatcher.start()
         await run_in_threadpool(dispatcher.wait_ready, settings.process_ready_timeout_s)
-        await run_in_threadpool(warm_plans, settings.preload_models)
+        await run_in_threadpool(warm_submissions, settings)
         yield
         dispatcher.close()
 
