@@ -745,10 +745,12 @@ def command_metrics(args: argparse.Namespace) -> int:
         return 0
     glossary = describe_scores()
     for metric in metrics:
-        print(f"{metric['name']:<22} {metric['summary']}")
+        passes = metric["model_passes_224"]
+        print(f"{metric['name']:<22} {passes:>4} passes  {metric['summary']}")
         if not args.name:
             continue
         print(f"  definition: {metric['definition']}")
+        print(f"  cost: {passes} model passes (input rows) per 224² image at the defaults")
         print("scores:")
         for key in metric["keys"]:
             meaning = glossary.get(key, {})
