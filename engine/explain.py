@@ -23,7 +23,7 @@ from engine.models import LoadedModel, ModelError, ModelSpec, cached_model, prep
 from engine.plan import plan, rows_within
 from engine.provenance import device_name, memory_format, versions
 from engine.result import Explanation, Prediction
-from engine.runtime import current_memory_budget, rows_per_pass_at_most
+from engine.runtime import apply_process_settings, current_memory_budget, rows_per_pass_at_most
 
 Target = int | str | None  # class index, label, or None / "predicted"
 
@@ -92,9 +92,11 @@ def explain(
     ``target``: class index or label per input; default: the predicted class. ``options`` are
     validated by the method's options model. ``metrics``: quality metrics to score the result
     with, by name or as ``{"name": ..., **parameters}`` (see :mod:`engine.metrics`). The model
-    is left as it was.
+    is left as it was. The first call applies the process's allocator setting
+    (:func:`~engine.runtime.apply_process_settings`; ``EXPLAINER_KEEP_FREED_MEMORY=0`` opts out).
     """
     started = time.perf_counter()
+    apply_process_settings()
     spec = get_method(method)
     options = spec.parse_options(options)
     loaded = resolve_model(model, weights, device)

@@ -1,8 +1,9 @@
 """Settings of the process the engine runs in (not of the engine itself), and the rule every
 random draw follows (:func:`input_generators`).
 
-:func:`keep_freed_memory` is called by the entry points (CLI, service, Celery workers,
-benchmarks, tests); a library user may call it once at start-up.
+:func:`keep_freed_memory` is applied once per process by the entry points (CLI, service, Celery
+workers, benchmarks, tests) and by the first :func:`engine.explain` or :func:`engine.study`
+call (:func:`apply_process_settings`); ``EXPLAINER_KEEP_FREED_MEMORY=0`` opts out.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ctypes
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -46,6 +48,15 @@ def keep_freed_memory() -> bool:
         return False
     settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 40), (_M_TOP_PAD, 1 << 30))
     return all(mallopt(option, value) == 1 for option, value in settings)
+
+
+@functools.cache
+def apply_process_settings() -> bool:
+    """:func:`keep_freed_memory`, once per process: what :func:`engine.explain` and
+    :func:`engine.study` call first, so the library runs as fast as the service (without it IG's
+    cost grew with steps^1.27 and ×7.5 from 224² to 448², from page faults;
+    benchmarks/results/scaling_cpu.txt). Returns whether the setting applies."""
+    return keep_freed_memory()
 
 
 DEFAULT_MAX_ROWS_PER_PASS = 32

@@ -219,10 +219,14 @@ def study(
     With ``out_dir``, each input's files (``engine.artifacts``) go to
     ``out_dir/<variant>/<input>/`` and the report (:func:`write_report`) to ``out_dir``, all or
     none (:func:`engine.storage.write_staged`); a folder that already holds files is refused
-    unless ``overwrite`` (then the entries of the same names are replaced).
+    unless ``overwrite`` (then the entries of the same names are replaced). Applies the
+    process's allocator setting first, as :func:`engine.explain` does.
     """
     from engine.catalogue import parse_metrics
     from engine.explain import resolve_model
+    from engine.runtime import apply_process_settings
+
+    apply_process_settings()
 
     if batch_size < 1:
         raise StudyError(f"batch_size must be at least 1, got {batch_size}")
