@@ -46,21 +46,32 @@ export function formatDuration(seconds) {
   return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`;
 }
 
-/** The time a job has left, from its progress rate: elapsed × remaining / done ("" when the
- * rate is not known yet). */
-export function etaText(job, now = Date.now() / 1000) {
+/** The time a job has left: the server's eta_s (from the seconds per pass its workers
+ * measured), less the time since that answer (``answeredAt``); else from the progress rate,
+ * elapsed × remaining / done. Returns { text, source }: source "server", "progress" or "". */
+export function etaText(job, now = Date.now() / 1000, answeredAt = now) {
   const progress = job.progress;
-  if (job.status === "queued") return "waiting for a worker";
+  if (job.status === "queued") {
+    const once = Number.isFinite(job.estimate_s)
+      ? ` (about ${formatDuration(job.estimate_s)} once it starts)`
+      : "";
+    return { text: `waiting for a worker${once}`, source: once ? "server" : "" };
+  }
   if (job.status !== "running" || !job.started_at) {
     if (job.status === "succeeded" && job.started_at && job.finished_at)
-      return `took ${formatDuration(job.finished_at - job.started_at)}`;
-    return "";
+      return { text: `took ${formatDuration(job.finished_at - job.started_at)}`, source: "" };
+    return { text: "", source: "" };
   }
   const elapsed = Math.max(0, now - job.started_at);
+  const soFar = `(${formatDuration(elapsed)} so far)`;
+  if (Number.isFinite(job.eta_s)) {
+    const left = Math.max(0, job.eta_s - (now - answeredAt));
+    return { text: `about ${formatDuration(left)} left ${soFar}`, source: "server" };
+  }
   if (!progress || !(progress.step > 0) || !(progress.total > 0))
-    return `${formatDuration(elapsed)} so far`;
+    return { text: `${formatDuration(elapsed)} so far`, source: "" };
   const left = (elapsed * (progress.total - progress.step)) / progress.step;
-  return `about ${formatDuration(left)} left (${formatDuration(elapsed)} so far)`;
+  return { text: `about ${formatDuration(left)} left ${soFar}`, source: "progress" };
 }
 
 /** Status text, steps, a progress bar and the time left, following a job: { element,
@@ -73,14 +84,21 @@ export function statusLine() {
   const eta = h("span.eta");
   const element = h("div.status-line", {}, status, steps, bar, eta);
   let last = null;
+  let answeredAt = 0;
+  const showEta = () => {
+    const { text, source } = etaText(last, Date.now() / 1000, answeredAt);
+    eta.textContent = text;
+    eta.dataset.source = source;
+  };
   const tick = setInterval(() => {
     if (!element.isConnected && last) clearInterval(tick);
-    else if (last?.status === "running") eta.textContent = etaText(last);
+    else if (last?.status === "running") showEta();
   }, 1000);
   return {
     element,
     update(job) {
       last = job;
+      answeredAt = Date.now() / 1000;
       const progress = job.progress;
       const started = progress && progress.step > 0;
       status.textContent = job.status === "running" && !started ? "starting" : job.status;
@@ -100,7 +118,7 @@ export function statusLine() {
       if (progress && progress.total > 0 && job.status === "succeeded") {
         bar.value = bar.max; // a mask method stopped early has nothing left to do
       }
-      eta.textContent = etaText(job);
+      showEta();
       bar.hidden = TERMINAL.includes(job.status) && job.status !== "succeeded";
       if (TERMINAL.includes(job.status)) clearInterval(tick);
     },
