@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from captum.attr import (
     Deconvolution,
+    GradientShap,
     GuidedBackprop,
     GuidedGradCam,
     InputXGradient,
@@ -200,22 +202,20 @@ def test_smoothing_wraps_any_method(lite0, chelsea):
 
 
 def test_expected_gradients_same_draws(model, two_photos):
-    """EG with given draws (reference index, α) equals (x − x') ⊙ Captum's gradient, averaged."""
+    """EG given Captum's draws equals Captum's GradientShap (stdevs 0): per row a reference
+    index (np.random.choice), then α (np.random.uniform), rows b·k … b·k + k − 1 image b's."""
     references = torch.rand(3, *two_photos.shape[1:], generator=torch.Generator().manual_seed(0))
     samples = 3
+    np.random.seed(5)
+    reference = GradientShap(model.module).attribute(
+        two_photos, baselines=references, target=TARGETS, n_samples=samples, stdevs=0.0
+    )
+    np.random.seed(5)
+    index = np.random.choice(len(references), 2 * samples)
+    alpha = np.random.uniform(0.0, 1.0, 2 * samples)
     method = ExpectedGradients(InputGradient(model.module), references, samples)
-    index = torch.tensor([2, 0, 1, 1, 2, 0])
-    alpha = torch.tensor([0.1, 0.5, 0.9, 0.3, 0.7, 0.2])
-    method.draws = (index, alpha)
+    method.draws = (torch.tensor(index), torch.tensor(alpha, dtype=torch.float32))
     result = method.attribute(two_photos, torch.tensor(TARGETS))
-    saliency = Saliency(model.module)
-    reference = torch.zeros_like(two_photos)
-    for row in range(len(index)):
-        b = row // samples
-        x, baseline = two_photos[b : b + 1], references[index[row]][None]
-        point = baseline + alpha[row] * (x - baseline)
-        grad = saliency.attribute(point, target=TARGETS[b], abs=False)
-        reference[b] += ((x - baseline) * grad)[0] / samples
     assert_relative_close(result, reference, 1e-5)
 
 
