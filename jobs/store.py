@@ -93,6 +93,11 @@ class JobStore(ABC):
         """Release what the store holds (connections, threads)."""
         return None
 
+    def _batch(self) -> contextlib.AbstractContextManager:
+        """The writes of the block (``_put``, ``_index``, ``_incr``) may be sent together
+        (Redis: one transaction, one round trip); by default each is written as it comes."""
+        return contextlib.nullcontext()
+
     def _changed(self, job_id: str) -> None:
         """The job's record or progress changed (backends that notify within their own write
         override it with nothing)."""
@@ -151,12 +156,13 @@ class JobStore(ABC):
         """Store a new queued record, marked undispatched until :meth:`dispatched` says its
         queue message is sent: a record whose submitter died in between is sent again by
         :meth:`undispatched` (no record stays queued without a message)."""
-        self._index(UNDISPATCHED, record.id, record.created_at)
-        self._index(UNCLAIMED, record.id, record.created_at)
-        self._put(record)
-        if record.kind != "study_batch":  # a study's batches are listed by their study
-            self._index(owner_key(record.owner), record.id, record.created_at)
-        self._incr("stats", "submitted")
+        with self._batch():
+            self._index(UNDISPATCHED, record.id, record.created_at)
+            self._index(UNCLAIMED, record.id, record.created_at)
+            self._put(record)
+            if record.kind != "study_batch":  # a study's batches are listed by their study
+                self._index(owner_key(record.owner), record.id, record.created_at)
+            self._incr("stats", "submitted")
         return record
 
     def dispatched(self, job_id: str) -> None:
@@ -505,6 +511,25 @@ class RedisJobStore(JobStore):
         self._relay: threading.Thread | None = None
         self._relay_lock = threading.Lock()
         self._closed = threading.Event()
+        self._batched = threading.local()  # .pipe: the open batch of this thread, if any
+
+    @contextlib.contextmanager
+    def _batch(self):
+        if getattr(self._batched, "pipe", None) is not None:
+            yield  # within an open batch
+            return
+        with self.redis.pipeline() as pipe:  # MULTI … EXEC
+            self._batched.pipe = pipe
+            try:
+                yield
+            finally:
+                self._batched.pipe = None
+            pipe.execute()
+
+    def _writer(self):
+        """The open batch of this thread, or the client."""
+        pipe = getattr(self._batched, "pipe", None)
+        return self.redis if pipe is None else pipe  # (an empty pipeline is falsy)
 
     def close(self) -> None:
         self._closed.set()  # the relay stops within a second
@@ -579,7 +604,7 @@ class RedisJobStore(JobStore):
                     continue
 
     def _put(self, record):
-        self.redis.set(self._key(f"job:{record.id}"), record.model_dump_json(), ex=self.ttl_s)
+        self._writer().set(self._key(f"job:{record.id}"), record.model_dump_json(), ex=self.ttl_s)
 
     def get(self, job_id):
         raw = self.redis.get(self._key(f"job:{job_id}"))
@@ -619,7 +644,7 @@ class RedisJobStore(JobStore):
         return raw.decode() if raw is not None else None
 
     def _incr(self, key, field, amount=1):
-        self.redis.hincrbyfloat(self._key(key), field, amount)
+        self._writer().hincrbyfloat(self._key(key), field, amount)
 
     def _incr_many(self, key, changes):
         with self.redis.pipeline(transaction=False) as pipe:  # one round trip
@@ -639,11 +664,11 @@ class RedisJobStore(JobStore):
 
     def _index(self, owner, job_id, created_at):
         key = self._key(owner)
-        with self.redis.pipeline() as pipe:
+        with self._batch():
+            pipe = self._writer()
             pipe.zadd(key, {job_id: created_at})
             pipe.zremrangebyrank(key, 0, -self.max_indexed - 1)
             pipe.expire(key, self.ttl_s)  # the index outlives no job in it
-            pipe.execute()
 
     def _indexed(self, owner, limit):
         return [m.decode() for m in self.redis.zrevrange(self._key(owner), 0, limit - 1)]
