@@ -367,3 +367,75 @@ def test_cp_ratios_of_a_black_image_are_null_with_a_reason_in_strict_json(lite0,
     with pytest.raises(ValueError, match="not JSON compliant"):  # none can slip out again
         json_text({"score": math.nan})
     assert set(UNDEFINED_WHEN) <= set(SCORES)  # every key that can be undefined is documented
+
+
+# --- Passes: batched, as listed, independent of batch and rows per pass ------------------------
+
+
+class RowCounter(nn.Module):
+    """A small real classifier (stride-8 convolution, pooling, 10 classes) that records the rows
+    of every pass it runs."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                                 nn.Flatten(), nn.Linear(16, 10))  # fmt: skip
+        self.passes: list[int] = []
+
+    def forward(self, x):
+        self.passes.append(x.shape[0])
+        return self.net(x)
+
+
+@pytest.mark.parametrize(
+    "metric",
+    ["cp_shearletx", "cp_startgrad", "hallucination", "faithfulness", "degradation",
+     "pixel_perturbation", "sensitivity_n"],
+)  # fmt: skip
+def test_each_metric_runs_the_rows_its_listing_states_in_full_passes(metric):
+    """The listing's cost (``model_passes_224``) is the rows the metric puts through the model
+    at 224², and they go through in passes of the rows-per-pass budget (every pass but the last
+    of a stream full)."""
+    from engine.catalogue import get_metric
+    from engine.metrics.base import compute_metrics
+    from engine.runtime import max_rows_per_pass
+
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    model = RowCounter().eval()
+    heat = torch.rand(1, 224, 224, generator=torch.Generator().manual_seed(1))
+    view = heatmap_view(model, x, torch.tensor([3]), heat)
+    scores = compute_metrics(view, parse_metrics([metric]))
+    assert all(torch.isfinite(v).all() for v in scores.values())
+    listed = get_metric(metric).describe()["model_passes_224"]
+    assert sum(model.passes) == listed
+    budget = max_rows_per_pass()
+    assert all(rows <= budget for rows in model.passes)
+    assert len(model.passes) <= math.ceil(listed / budget) + 1  # + 1: a separate reference pass
+
+
+def test_faithfulness_of_an_image_does_not_depend_on_its_batch_nor_the_rows_per_pass():
+    """A wavelet mask (several coefficient groups, each drawing noise): image 1's curves scored
+    in a batch of two, three rows per pass, equal its curves scored alone at the default budget."""
+    from engine.runtime import rows_per_pass_at_most
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=generator)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3)).eval()
+    representation = WaveletRepresentation()
+    coefficients = representation.decompose(x)
+    masks = [torch.rand(2, 1, *c.shape[2:], generator=generator) for c in coefficients]
+    noise = representation.noise_model(x, coefficients, "uniform")
+    targets = torch.tensor([0, 2])
+    both = MaskView(model, x, targets, representation, coefficients, masks, noise, seed=5)
+    second = [c[1:] for c in coefficients]
+    alone = MaskView(model, x[1:], targets[1:], representation, second, [m[1:] for m in masks],
+                     representation.noise_model(x[1:], second, "uniform"), seed=5)  # fmt: skip
+    with torch.no_grad(), rows_per_pass_at_most(3):
+        batched = faithfulness_curves(both, steps=6, noise_samples=2)
+    with torch.no_grad():
+        single = faithfulness_curves(alone, steps=6, noise_samples=2)
+    for curve in ("keep_top", "remove_top"):
+        torch.testing.assert_close(batched[curve][1], single[curve][0], rtol=1e-5, atol=1e-7)
+        assert single[curve][0].abs().max() > 0  # the noise matters to this model
