@@ -46,7 +46,9 @@ def methods() -> list[dict[str, Any]]:
 
 @router.get("/quality-metrics")
 def quality_metrics() -> list[dict[str, Any]]:
-    """Every quality metric: its definition, the score keys it writes and its parameters."""
+    """Every quality metric: its definition, the score keys it writes, its parameters and its
+    cost, ``model_passes_224``: the input rows it puts through the model per 224² image at its
+    defaults (run in batches; compare a method's ``model_passes``)."""
     return [m.describe() for m in all_metrics()]
 
 
