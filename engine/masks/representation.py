@@ -93,6 +93,20 @@ class Representation(ABC):
         """Masks in the layout users expect (a representation may compute in another)."""
         return masks
 
+    def clamped_mixture(
+        self, coefficients: Coefficients, masks: list[Tensor], noise: NoiseModel, unit: Coefficients
+    ) -> Tensor:
+        """T⁻¹(clamp(m ⊙ c + (1 − m) ⊙ (μ + σ·u_i), 0, 1)) for every image and noise sample,
+        (B·n, C, H, W), rows b·n … b·n + n − 1 of image b: the obfuscation with coefficients
+        clamped (ShearletX's published one). A representation may compute it fused."""
+        mixed = [
+            unit_clamp(torch.addcmul(((1 - m) * mean).unsqueeze(1), ((1 - m) * std).unsqueeze(1), u)
+                       + (m * c).unsqueeze(1)).flatten(0, 1)
+            for m, c, mean, std, u in zip(masks, coefficients, noise.means, noise.stds, unit,
+                                          strict=True)
+        ]  # fmt: skip
+        return self.reconstruct(mixed)
+
     def describe(self) -> dict:
         return {"name": self.name}
 
@@ -166,18 +180,14 @@ def obfuscate(
     of clamping pixels.
     """
     n = unit[0].shape[1]
+    kept = representation.reconstruct([m * c for m, c in zip(masks, coefficients, strict=True)])
+    if coefficient_clamp:
+        return representation.clamped_mixture(coefficients, masks, noise, unit), kept
     # (1 − m) ⊙ (μ + σ·u) as one fused pass; masks and statistics broadcast over samples.
     fillers = [
         torch.addcmul(((1 - m) * mean).unsqueeze(1), ((1 - m) * std).unsqueeze(1), u)
         for m, mean, std, u in zip(masks, noise.means, noise.stds, unit, strict=True)
     ]
-    kept = representation.reconstruct([m * c for m, c in zip(masks, coefficients, strict=True)])
-    if coefficient_clamp:
-        mixed = [
-            unit_clamp((m * c).unsqueeze(1) + f).flatten(0, 1)
-            for m, c, f in zip(masks, coefficients, fillers, strict=True)
-        ]
-        return representation.reconstruct(mixed), kept
     # T⁻¹ is linear: T⁻¹(m⊙c) once per image, T⁻¹((1−m)⊙v) per sample (shared across colours
     # where the noise is), then add. Same value, a fraction of the transforms.
     filler = representation.reconstruct([f.flatten(0, 1) for f in fillers])

@@ -111,6 +111,75 @@ class _Reconstruct(torch.autograd.Function):
         return torch.fft.irfft2(spectrum.unsqueeze(-3) * weights, s=ctx.size), None
 
 
+CHUNK_BYTES = 2 << 20  # one step of the fused loop: a few maps per colour, within a CPU's cache
+
+
+class _ClampedMixture(torch.autograd.Function):
+    """X_i = fftshift(irfft2(Σ_k rfft2(clamp(z_ik, 0, 1)) · W_k)), z_i = m⊙c + (1 − m)⊙(μ + σ·u_i),
+    for every noise sample i of every image, differentiated with respect to the mask m only.
+
+    The same value as mixing, clamping and :class:`_Reconstruct` on the whole (B, n, C, K, H, W)
+    tensor, computed a few shearlets at a time per sample so that the mixed coefficients, their
+    spectra and the clamp's gradient stay in cache; the backward recomputes z instead of saving
+    it (the peak holds no tensor of that size). Backward, per shearlet k:
+    ∂z_ik = irfft2(rfft2(ifftshift(∂X_i)) · W_k) where −tol < z_ik < 1 + tol (the tie rule of
+    :func:`~engine.masks.representation.unit_clamp`), and ∂m = Σ_{i, colour} ∂z_ik ⊙ (c − μ − σu_i).
+    """
+
+    @staticmethod
+    def forward(ctx, m: Tensor, c: Tensor, mean: Tensor, std: Tensor, u: Tensor, weights: Tensor):
+        batch, colours, _, height, width = c.shape
+        kept_and_mean, spread = _mixture_terms(m, c, mean, std)
+        interleaved = weights.unsqueeze(-1).expand(*weights.shape, 2).contiguous()
+        spectra = c.new_zeros(batch, u.shape[1], colours, height, width // 2 + 1, 2)
+        for b, i, block in _steps(c, u):
+            z = torch.addcmul(kept_and_mean[b, :, block], spread[b, 0, block], u[b, i, 0, block])
+            spectrum = torch.view_as_real(torch.fft.rfft2(z.clamp_(0, 1)))
+            for k, w in zip(range(block.start, block.stop), interleaved[block], strict=True):
+                spectra[b, i].addcmul_(spectrum[:, k - block.start], w)
+        ctx.save_for_backward(m, c, mean, std, u, interleaved)
+        image = torch.fft.irfft2(torch.view_as_complex(spectra), s=(height, width))
+        return torch.fft.fftshift(image, (-2, -1)).flatten(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        m, c, mean, std, u, interleaved = ctx.saved_tensors
+        batch, colours, _, height, width = c.shape
+        kept_and_mean, spread = _mixture_terms(m, c, mean, std)
+        centred = c - mean  # ∂z/∂m = c − μ − σ·u
+        tolerance = 64 * torch.finfo(c.dtype).eps
+        grad = torch.fft.ifftshift(grad.view(batch, -1, colours, height, width), (-2, -1))
+        spectra = torch.view_as_real(torch.fft.rfft2(grad))
+        grad_m = torch.zeros_like(m)
+        for b, i, block in _steps(c, u):
+            product = spectra[b, i].unsqueeze(1) * interleaved[block]
+            grad_z = torch.fft.irfft2(torch.view_as_complex(product), s=(height, width))
+            z = torch.addcmul(kept_and_mean[b, :, block], spread[b, 0, block], u[b, i, 0, block])
+            grad_z = torch.ops.aten.hardtanh_backward(grad_z, z, -tolerance, 1 + tolerance)
+            slope = centred[b, :, block] - std[b, 0, block] * u[b, i, 0, block]
+            target = grad_m[b, 0, block]
+            for colour in range(colours):
+                target.addcmul_(grad_z[colour], slope[colour])
+        return grad_m, None, None, None, None, None
+
+
+def _mixture_terms(m: Tensor, c: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+    """(m⊙c + (1 − m)⊙μ, (1 − m)⊙σ): z_i = first + second⊙u_i in one pass per step."""
+    keep = 1 - m
+    return torch.addcmul(m * c, keep, mean), keep * std
+
+
+def _steps(c: Tensor, u: Tensor):
+    """(image, sample, block of shearlets) in order: blocks of about CHUNK_BYTES for all colours."""
+    batch, colours, shearlets, height, width = c.shape
+    per_block = max(1, CHUNK_BYTES // (colours * height * width * c.element_size()))
+    blocks = [slice(k, min(k + per_block, shearlets)) for k in range(0, shearlets, per_block)]
+    for b in range(batch):
+        for i in range(u.shape[1]):
+            for block in blocks:
+                yield b, i, block
+
+
 def reconstruction_weights(filters: Tensor, dual: Tensor) -> Tensor:
     """W_k = Ψ_k / D on the real-FFT half spectrum (K, H, W//2 + 1)."""
     half = filters.shape[-1] // 2 + 1
@@ -167,9 +236,25 @@ class ShearletRepresentation(Representation):
 
     def reconstruct(self, coefficients: Coefficients) -> Tensor:
         c = coefficients[0]
-        if self._weights is None or self._weights.dtype != c.dtype:
-            self._weights = reconstruction_weights(*self._system).to(c.dtype)
-        image = _Reconstruct.apply(c, self._weights)
+        image = _Reconstruct.apply(c, self._reconstruction_weights(c.dtype))
+        return image[..., : self.size[0], : self.size[1]]
+
+    def _reconstruction_weights(self, dtype: torch.dtype) -> Tensor:
+        if self._weights is None or self._weights.dtype != dtype:
+            self._weights = reconstruction_weights(*self._system).to(dtype)
+        return self._weights
+
+    def clamped_mixture(
+        self, coefficients: Coefficients, masks: list[Tensor], noise: NoiseModel, unit: Coefficients
+    ) -> Tensor:
+        """The published obfuscation, fused (:class:`_ClampedMixture`) where only the mask takes
+        a gradient and the noise is shared by the colours, as ShearletX's is."""
+        c, m, u = coefficients[0], masks[0], unit[0]
+        mean, std = noise.means[0], noise.stds[0]
+        if any(t.requires_grad for t in (c, mean, std, u)) or u.shape[2] != 1:
+            return super().clamped_mixture(coefficients, masks, noise, unit)
+        weights = self._reconstruction_weights(c.dtype)
+        image = _ClampedMixture.apply(m, c, mean.to(c), std.to(c), u, weights)
         return image[..., : self.size[0], : self.size[1]]
 
     def noise_model(self, x: Tensor, coefficients: Coefficients, kind: str) -> NoiseModel:
