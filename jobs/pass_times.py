@@ -7,7 +7,11 @@ After each explanation the runner records ``total_s / passes`` of the job
 
     t ← t + α · (t_job − t),   α = ``SMOOTHING``,
 
-so one slow job on a busy machine moves it by a third of the difference. The warm-up of a
+so one slow job on a busy machine moves it by a third of the difference. It is kept for the
+model and size, and also per method: a method that batches its passes (integrated gradients)
+runs each faster than a method of a single pass (saliency, whose time also holds the forward
+pass of the prediction); a method's own time is used once it has run there, the model's until
+then. The warm-up of a
 worker (:mod:`jobs.warmup`) seeds it for the default models. Embedded mode keeps the times in
 SQLite beside the job records (``pass_times.sqlite3``) and its warm models in memory (they are
 this process's); distributed mode keeps both in the job store's Redis, shared by every worker.
@@ -36,8 +40,8 @@ TIMES_KEY, WARM_KEY = "explainer:pass_times", "explainer:warm"  # Redis hashes
 WARM_TTL_S = 24 * 3600  # as the workers' devices (explainer:devices)
 
 
-def time_key(device: str, model: str, size: tuple[int, int]) -> str:
-    return f"{device}|{model}|{size[0]}x{size[1]}"
+def time_key(device: str, model: str, size: tuple[int, int], method: str = "") -> str:
+    return f"{device}|{model}|{size[0]}x{size[1]}|{method}"
 
 
 class PassTimes(ABC):
@@ -57,26 +61,35 @@ class PassTimes(ABC):
     def warm(self) -> dict[str, list[str]]:
         """Device → the models warm on it."""
 
-    def record(self, device: str, model: str, size: tuple[int, int], seconds: float) -> None:
-        """Fold one measurement of seconds per pass into the moving average."""
+    def record(
+        self, device: str, model: str, size: tuple[int, int], method: str, seconds: float
+    ) -> None:
+        """Fold one measurement of seconds per pass into the moving averages of the model and
+        of the method on it."""
         if not (math.isfinite(seconds) and seconds > 0):
             return
-        key = time_key(device, model, size)
-        (old,) = self._read([key])
-        self._write(key, seconds if old is None else old + SMOOTHING * (seconds - old))
+        keys = [time_key(device, model, size), time_key(device, model, size, method)]
+        for key, old in zip(keys, self._read(keys), strict=True):
+            self._write(key, seconds if old is None else old + SMOOTHING * (seconds - old))
 
     def seconds_per_pass(
-        self, devices: list[str], model: str, size: tuple[int, int]
+        self, devices: list[str], model: str, size: tuple[int, int], method: str
     ) -> float | None:
-        """The slowest measured time of ``model`` at ``size`` over ``devices`` (a job may go to
-        any of them), or None where none of them has run it yet."""
-        known = [t for t in self._read([time_key(d, model, size) for d in devices]) if t]
+        """The slowest measured time over ``devices`` (a job may go to any of them) of
+        ``method`` on ``model`` at ``size``, or of any method where this one has not run on a
+        device; None where none of them has run the model at that size yet."""
+        times = self._read([time_key(d, model, size, m) for m in (method, "") for d in devices])
+        own, any_method = times[: len(devices)], times[len(devices) :]
+        known = [a or b for a, b in zip(own, any_method, strict=True) if a or b]
         return max(known) if known else None
+
+    def per_pass(self, job: Plan, devices: list[str]) -> float | None:
+        return self.seconds_per_pass(devices, job.model.name, job.size, job.method.name)
 
     def estimate(self, job: Plan, devices: list[str]) -> tuple[float | None, str | None]:
         """(seconds the job's explanation takes, None) or (None, why there is no estimate)."""
         try:
-            per_pass = self.seconds_per_pass(devices, job.model.name, job.size)
+            per_pass = self.per_pass(job, devices)
         except Exception as error:  # Redis away for a moment: the job is queued all the same
             log.warning("pass times not read: %s", error)
             return None, "the measured pass times could not be read just now"
@@ -93,7 +106,8 @@ class PassTimes(ABC):
             job = record_plan(record) if record is not None else None
             total = record.timings.get("total_s") if record is not None else None
             if job is not None and total is not None and job.passes > 0:
-                self.record(device, job.model.name, job.size, total / job.passes)
+                self.record(device, job.model.name, job.size, job.method.name,
+                            total / job.passes)  # fmt: skip
         except Exception as error:  # a store away for a moment: this measurement is skipped
             log.warning("pass time of job %s not recorded: %s", job_id, error)
 
@@ -128,7 +142,7 @@ def job_times(
     if job is None:
         return None, None
     try:
-        per_pass = pass_times.seconds_per_pass(devices, job.model.name, job.size)
+        per_pass = pass_times.per_pass(job, devices)
     except Exception as error:  # Redis away for a moment: the view goes without
         log.warning("pass times not read: %s", error)
         per_pass = None

@@ -63,7 +63,7 @@ def warm_up(names: tuple[str, ...], device: str, pass_times: PassTimes | None = 
             if pass_times is not None:
                 job = plan(loaded, WARM_METHOD)
                 per_pass = result.metadata["timings"]["total_s"] / job.passes
-                pass_times.record(device, name, job.size, per_pass)
+                pass_times.record(device, name, job.size, WARM_METHOD, per_pass)
             warm.append(name)
         except Exception as error:
             log.warning("could not warm %s: %s", name, error)
