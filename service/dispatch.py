@@ -79,7 +79,7 @@ class EmbeddedDispatcher(Dispatcher):
     """
 
     def __init__(self, settings: Settings, store: SqliteJobStore, artifacts: ArtifactStore,
-                 models: ModelStore, pass_times: PassTimes):  # fmt: skip
+                 models: ModelStore, pass_times: PassTimes | None = None):  # fmt: skip
         self._settings, self._store, self._artifacts = settings, store, artifacts
         self._models, self._pass_times = models, pass_times
         self._warm = threading.Event()  # set once the models are warm (or failed to load)
