@@ -140,20 +140,34 @@ class CAM(Attribution):
         weights = self.weights(activation, gradient, x, targets)
         return (weights[:, :, None, None] * activation).sum(1)
 
+    def starts_graph(self, call: int) -> bool:
+        """Whether the autograd graph starts at the output of the layer's call number ``call``
+        (a leaf that requires a gradient; the input does not): the explained call where its
+        number is known (``call_index`` ≥ 0), every call for the last one (-1: the last leaf is
+        the explained call, with all of its way to the score), else the first call. Everything
+        before it runs without recording a graph, and the backward stops there."""
+        if self.call_index >= 0:
+            return call == self.call_index
+        return self.call_index == -1 or call == 0
+
     def activation_and_gradient(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor | None]:
         """The layer's output on x as a map (B, C, h, w) and, for gradient CAMs, ∂S_c/∂output
         as the same map."""
         outputs: list[Tensor] = []
 
         def keep(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:
+            if not isinstance(output, Tensor):
+                outputs.append(output)
+                return None
+            if self.uses_gradient and self.starts_graph(len(outputs)):
+                output = output.detach().requires_grad_()
             outputs.append(output)
-            return output.clone() if isinstance(output, Tensor) else None
+            return output.clone()
 
         handle = self.module.register_forward_hook(keep)
         try:
             with torch.set_grad_enabled(self.uses_gradient):
-                leaf = x.detach().requires_grad_(self.uses_gradient)
-                logits = self.model(leaf)
+                logits = self.model(x.detach())
                 if not outputs:
                     raise MethodError("the CAM layer did not run in the forward pass")
                 activation = outputs[self.call_index]
