@@ -154,7 +154,8 @@ class _UnitClamp(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> Tensor:
         (z,) = ctx.saved_tensors
         tolerance = 64 * torch.finfo(z.dtype).eps
-        return grad * ((z > -tolerance) & (z < 1 + tolerance))
+        # grad where −tol < z < 1 + tol, else 0, in one pass (hardtanh's gradient is that rule)
+        return torch.ops.aten.hardtanh_backward(grad, z, -tolerance, 1 + tolerance)
 
 
 def unit_clamp(z: Tensor) -> Tensor:
