@@ -58,6 +58,8 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     reused: bool = False
+    estimate_s: float | None = None  # seconds it takes, from the workers' measured pass times
+    eta_s: float | None = None  # seconds a running job has left
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -95,6 +97,8 @@ class Job:
             started_at=data.get("started_at"),
             finished_at=data.get("finished_at"),
             reused=data.get("reused", False),
+            estimate_s=data.get("estimate_s"),
+            eta_s=data.get("eta_s"),
             raw=data,
         )
 
