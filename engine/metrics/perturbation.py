@@ -75,8 +75,13 @@ def ranking(values: Tensor, order: Order, seed: int = 0) -> Tensor:
         keys = keys.to(values.device)
     else:
         keys = -values if order == "morf" else values
-    positions = torch.argsort(keys, dim=1, stable=True)
-    return torch.argsort(positions, dim=1)
+    return inverse_permutation(torch.argsort(keys, dim=1, stable=True))
+
+
+def inverse_permutation(positions: Tensor) -> Tensor:
+    """rank[..., positions[..., i]] = i: the argsort of a permutation, in one scatter."""
+    indices = torch.arange(positions.shape[-1], device=positions.device).expand_as(positions)
+    return torch.empty_like(positions).scatter_(-1, positions, indices)
 
 
 def normalised_auc(curve: Tensor) -> Tensor:
@@ -186,7 +191,7 @@ def sensitivity_n(model: nn.Module, x: Tensor, targets: Tensor, heat: Tensor, gr
     chosen = []  # (G·N, F) per image: the features set to the baseline
     for generator in input_generators(seed, batch):
         keys = torch.rand(len(grid), subsets, count, generator=generator).to(x.device)
-        chosen.append((torch.argsort(torch.argsort(keys, dim=-1), dim=-1) < sizes).flatten(0, 1))
+        chosen.append((inverse_permutation(torch.argsort(keys, dim=-1)) < sizes).flatten(0, 1))
     chosen = torch.stack(chosen)  # (B, G·N, F)
     per_image = 1 + len(grid) * subsets  # the clean image, then every subset
 
