@@ -29,7 +29,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any
 
-from engine.plan import Plan, PlanError, plan
+from engine.plan import Plan, plan
 from jobs.records import JobRecord
 from jobs.settings import Settings
 from jobs.store import JobStore
@@ -129,7 +129,8 @@ def _plan(model: str, method: str, options: str, metrics: str, size: tuple[int, 
     try:
         return plan(model, method, json.loads(options), metrics=json.loads(metrics),
                     image_size=size if len(size) == 2 else None, resize=resize)  # fmt: skip
-    except PlanError:
+    except Exception as error:  # a model since deleted or changed: no estimate, never a 500
+        log.debug("no plan of a %s job on %s: %s", method, model, error)
         return None
 
 
