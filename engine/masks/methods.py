@@ -163,9 +163,9 @@ class ShearletXOptions(MaskOptions):
         True, description="The published ShearletX obfuscation (Kolek et al.'s code): clamp the "
         "mixed shearlet coefficients m⊙c + (1−m)⊙v to [0, 1]; pixel_clamp is then ignored. "
         "Off: pixel_clamp applies instead, which keeps the image under an all-ones mask and "
-        "costs ⅓ of the time; the explanations differ (in the project's benchmarks a "
-        "Hallucination score 3.5× higher after 60 iterations on one image, about equal after "
-        "300 iterations on 8 images).",
+        "costs about ¾ of the time on a CPU; the explanations differ (in the project's "
+        "benchmarks a Hallucination score 3.5× higher after 60 iterations on one image, about "
+        "equal after 300 iterations on 8 images).",
     )  # fmt: skip
 
     def objective(self) -> Objective:
