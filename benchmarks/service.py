@@ -50,7 +50,7 @@ def run_job(client: httpx.Client, method: str, seed: int) -> dict:
     assert answer.status_code == 202, answer.text
     job_id = answer.json()["id"]
     while True:
-        view = client.get(f"/jobs/{job_id}", params={"wait": 30}).json()
+        view = client.get(f"/jobs/{job_id}", params={"wait": 20}, timeout=60).json()
         if view["status"] in TERMINAL:
             assert view["status"] == "succeeded", view
             return view | {"accepted_at": accepted_at}
