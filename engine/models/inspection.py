@@ -87,12 +87,6 @@ def rectifier_bound(module: nn.Module) -> float | None:
     return None
 
 
-def rectifier_is_inplace(module: nn.Module) -> bool:
-    """Whether the rectifier overwrites its input (nn.ReLU(inplace=True), an exported relu_)."""
-    call = _single_call(module)
-    return bool(getattr(module, "inplace", False)) or (call is not None and "_." in call[0])
-
-
 def rectifier_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if rectifier_bound(m) is not None]
 
