@@ -44,6 +44,23 @@ def time_key(device: str, model: str, size: tuple[int, int], method: str = "") -
     return f"{device}|{model}|{size[0]}x{size[1]}|{method}"
 
 
+def work_of(job: Plan) -> str:
+    """What a job's passes are, for its own average: the method with its metrics (a metric's
+    rows are batched forward passes, cheaper than the method's, so a job with metrics keeps
+    an average of its own and does not move the method's)."""
+    return "+".join([job.method.name, *sorted(request.spec.name for request in job.metrics)])
+
+
+def timed_size(job: Plan, input_info: dict[str, Any]) -> tuple[int, int]:
+    """The size a job's pass times are kept under: the explained size; for an uploaded series
+    its own length × features (its passes grow with its length; the plan explains a series
+    at the model's nominal size)."""
+    shape = input_info.get("shape")
+    if job.input_kind != "image" and shape:
+        return int(shape[0]), int(shape[1])
+    return job.size
+
+
 class PassTimes(ABC):
     """Seconds per model pass by (device, model, explained size), and the warm models by device."""
 
@@ -83,19 +100,24 @@ class PassTimes(ABC):
         known = [a or b for a, b in zip(own, any_method, strict=True) if a or b]
         return max(known) if known else None
 
-    def per_pass(self, job: Plan, devices: list[str]) -> float | None:
-        return self.seconds_per_pass(devices, job.model.name, job.size, job.method.name)
+    def per_pass(self, job: Plan, devices: list[str], input_info: dict[str, Any]) -> float | None:
+        size = timed_size(job, input_info)
+        return self.seconds_per_pass(devices, job.model.name, size, work_of(job))
 
-    def estimate(self, job: Plan, devices: list[str]) -> tuple[float | None, str | None]:
+    def estimate(
+        self, job: Plan, devices: list[str], input_info: dict[str, Any]
+    ) -> tuple[float | None, str | None]:
         """(seconds the job's explanation takes, None) or (None, why there is no estimate)."""
         try:
-            per_pass = self.per_pass(job, devices)
+            per_pass = self.per_pass(job, devices, input_info)
         except Exception as error:  # Redis away for a moment: the job is queued all the same
             log.warning("pass times not read: %s", error)
             return None, "the measured pass times could not be read just now"
         if per_pass is None:
-            return None, (f"no job of {job.model.name} at {job.size[1]}×{job.size[0]} has run on "
-                          "this server's workers yet")  # fmt: skip
+            first, second = timed_size(job, input_info)
+            size = f"{second}×{first}" if job.input_kind == "image" else f"{first} steps"
+            return None, (f"no job of {job.model.name} at {size} has run on this server's "
+                          "workers yet")  # fmt: skip
         return round(job.seconds(per_pass), 3), None
 
     def observe(self, store: JobStore, job_id: str, device: str) -> None:
@@ -106,7 +128,7 @@ class PassTimes(ABC):
             job = record_plan(record) if record is not None else None
             total = record.timings.get("total_s") if record is not None else None
             if job is not None and total is not None and job.passes > 0:
-                self.record(device, job.model.name, job.size, job.method.name,
+                self.record(device, job.model.name, timed_size(job, record.input), work_of(job),
                             total / job.passes)  # fmt: skip
         except Exception as error:  # a store away for a moment: this measurement is skipped
             log.warning("pass time of job %s not recorded: %s", job_id, error)
@@ -143,7 +165,7 @@ def job_times(
     if job is None:
         return None, None
     try:
-        per_pass = pass_times.per_pass(job, devices)
+        per_pass = pass_times.per_pass(job, devices, record.input)
     except Exception as error:  # Redis away for a moment: the view goes without
         log.warning("pass times not read: %s", error)
         per_pass = None

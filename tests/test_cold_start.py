@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from engine.plan import plan
-from jobs.pass_times import SqlitePassTimes
+from jobs.pass_times import SqlitePassTimes, timed_size, work_of
 from testkit.stack import Api, service_env
 
 MODEL = "efficientnet_lite0"
@@ -99,6 +99,9 @@ def test_estimate_in_the_202_answer_once_the_model_ran_at_that_size(api):
     created, _, _, _ = run(api, odd)  # measured once: now estimated
     assert math.isfinite(created["estimate_s"]) and created["estimate_s"] > 0, created
     assert created["estimate_reason"] is None
+    reused = api.client.post("/explain", json=odd | {"reuse": True}).json()  # the job again
+    assert reused["reused"] and reused["estimate_s"] is None, reused
+    assert reused["estimate_reason"] == "the job has finished"
 
 
 def test_running_job_has_an_eta(api):
@@ -120,17 +123,34 @@ def test_running_job_has_an_eta(api):
 def test_pass_times_average_per_method_with_the_model_as_fallback(tmp_path):
     times, size = SqlitePassTimes(tmp_path / "pass_times.sqlite3"), (224, 224)
     ig = plan(MODEL, "integrated_gradients", {"steps": 64})
-    assert times.estimate(ig, ["cpu"])[0] is None
+    assert times.estimate(ig, ["cpu"], {})[0] is None
     times.record("cpu", MODEL, size, "saliency", 0.3)
     times.record("cpu", MODEL, size, "saliency", 0.6)  # 0.3 + (0.6 − 0.3) / 3
     times.record("cpu", MODEL, size, "saliency", math.nan)  # not a measurement
     assert times.seconds_per_pass(["cpu"], MODEL, size, "saliency") == pytest.approx(0.4)
     # integrated gradients has not run: the model's time, × its passes
-    assert times.estimate(ig, ["cpu"]) == (pytest.approx(0.4 * ig.passes, abs=1e-3), None)
+    assert times.estimate(ig, ["cpu"], {}) == (pytest.approx(0.4 * ig.passes, abs=1e-3), None)
     times.record("cpu", MODEL, size, "integrated_gradients", 0.1)  # batched passes: faster
-    assert times.estimate(ig, ["cpu"])[0] == pytest.approx(0.1 * ig.passes, abs=1e-3)
+    assert times.estimate(ig, ["cpu"], {})[0] == pytest.approx(0.1 * ig.passes, abs=1e-3)
     assert times.seconds_per_pass(["cpu"], MODEL, size, "gradcam") == pytest.approx(0.3)
     # a job may go to any of the devices: the slowest one's time
     times.record("cuda:0", MODEL, size, "saliency", 0.01)
     assert times.seconds_per_pass(["cpu", "cuda:0"], MODEL, size, "saliency") == pytest.approx(0.4)
     assert times.seconds_per_pass(["cuda:0"], MODEL, (256, 256), "saliency") is None
+    # metrics' rows are cheaper passes than the method's: a job with metrics keeps its own
+    # average (here none yet: the model's time), and moves neither IG's nor saliency's
+    scored = plan(MODEL, "integrated_gradients", {"steps": 64}, metrics=["degradation"])
+    assert work_of(scored) == "integrated_gradients+degradation"
+    assert times.per_pass(scored, ["cpu"], {}) == pytest.approx(0.3)
+    times.record("cpu", MODEL, size, work_of(scored), 0.05)
+    assert times.per_pass(scored, ["cpu"], {}) == pytest.approx(0.05)
+    assert times.per_pass(ig, ["cpu"], {}) == pytest.approx(0.1)
+    # an uploaded series is timed at its own length: a 2000-step series has no estimate from
+    # the model's 100-step samples
+    series = plan("state_gru", "saliency")
+    times.record("cpu", "state_gru", timed_size(series, {}), "saliency", 0.002)
+    assert times.estimate(series, ["cpu"], {})[0] == pytest.approx(0.002 * series.passes)
+    long_series = {"kind": "series", "shape": [2000, 3]}
+    assert timed_size(series, long_series) == (2000, 3)
+    estimate, reason = times.estimate(series, ["cpu"], long_series)
+    assert estimate is None and "2000 steps" in reason

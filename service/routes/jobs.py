@@ -164,8 +164,12 @@ async def submit(
             record = store.get(job_id) if job_id else None
             if record is None or record.status in ("failed", "cancelled"):
                 return None
-            body = JobCreated(id=record.id, url=job_url(request, record.id),
-                              status=record.status, reused=True)  # fmt: skip
+            estimate, reason = None, "the job has finished"
+            if record.status in ("queued", "running"):
+                estimate, _ = job_times(pass_times, record, None, dispatcher.device().split(","))
+                reason = None if estimate is not None else "no pass time measured for it yet"
+            body = JobCreated(id=record.id, url=job_url(request, record.id), status=record.status,
+                              reused=True, estimate_s=estimate, estimate_reason=reason)  # fmt: skip
             return JSONResponse(body.model_dump(), status_code=200)
 
         # Idempotency keys and identical content are looked up within the tenant only.
@@ -201,7 +205,7 @@ async def submit(
             store.rebind_key("idempotency", idempotency, job_id)
         store.rebind_key("content", content, job_id)
         enqueue(store, dispatcher, job_id)
-        estimate, reason = pass_times.estimate(job, dispatcher.device().split(","))
+        estimate, reason = pass_times.estimate(job, dispatcher.device().split(","), input_info)
         return JobCreated(id=job_id, url=job_url(request, job_id), status="queued",
                           estimate_s=estimate, estimate_reason=reason)  # fmt: skip
 
