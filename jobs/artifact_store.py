@@ -109,8 +109,8 @@ class ArtifactStore:
         """Store the job's pictures (or make sure that ``name`` is stored, if it is a picture)
         drawn from its saved sources, if they are not stored yet: the first request of a
         picture draws them all, once per process (two processes may both draw them and write
-        the same bytes). A job without sources (drawn by its worker, or not a picture) is left
-        as it is."""
+        the same bytes), then deletes the sources. A job without sources (drawn by its worker,
+        or not a picture) is left as it is."""
         if name is not None and (not name.endswith(".png") or self.exists(job_id, name)):
             return
         sources = self._key(job_id, PICTURE_SOURCES)
@@ -126,6 +126,10 @@ class ArtifactStore:
             for picture, png in render_pictures(data).items():
                 if self.objects.stat(self._key(job_id, picture)) is None:
                     self.objects.put_bytes(self._key(job_id, picture), png)
+            # Every picture is stored: the sources (uncompressed arrays, often larger than the
+            # pictures) are not needed again. A process that reads them too late finds the
+            # pictures stored.
+            self.objects.delete([sources])
 
     def _key(self, job_id: str, name: str) -> str:
         return f"{job_id}/outputs/{name}"
