@@ -20,6 +20,7 @@ maximum, less than the float32 error itself, 5e-3 against a float64 run).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import time
 
@@ -28,6 +29,10 @@ from torch import Tensor, nn
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 FASTER = 0.95  # channels_last is kept when it takes at most this share of the contiguous time
+# The probe's choices in this process, by architecture (the module's repr), input shape, dtype
+# and device: a timing can come out either way on a busy machine, and two loads of one model
+# must not run in different layouts (their results would differ by rounding).
+_CHOSEN: dict[tuple[str, tuple[int, ...], str, str], torch.memory_format] = {}
 
 
 def layout_name(memory_format: torch.memory_format) -> str:
@@ -71,15 +76,20 @@ def preferred_memory_format(
 
 def in_preferred_layout(model: nn.Module, example: Tensor) -> tuple[nn.Module, str]:
     """``model`` converted in place to its preferred layout (``EXPLAINER_MEMORY_FORMAT`` or
-    :func:`preferred_memory_format`) and the layout's name; never fails: a model that cannot
-    change layout stays as it is, "contiguous"."""
+    :func:`preferred_memory_format`, probed once per architecture, input shape and device in a
+    process) and the layout's name; never fails: a model that cannot change layout stays as it
+    is, "contiguous"."""
     wanted = os.environ.get("EXPLAINER_MEMORY_FORMAT", "auto")
     if wanted not in ("auto", *LAYOUTS):
         raise ValueError(
             f"EXPLAINER_MEMORY_FORMAT must be auto, contiguous or channels_last, not {wanted!r}"
         )
     if wanted == "auto":
-        chosen = preferred_memory_format(model, example)
+        architecture = hashlib.sha256(repr(model).encode()).hexdigest()
+        key = (architecture, tuple(example.shape), str(example.dtype), str(example.device))
+        if key not in _CHOSEN:
+            _CHOSEN[key] = preferred_memory_format(model, example)
+        chosen = _CHOSEN[key]
     else:
         chosen = LAYOUTS[wanted] if example.ndim == 4 else torch.contiguous_format
     if chosen == torch.contiguous_format:
