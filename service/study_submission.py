@@ -39,6 +39,7 @@ from service.submission import (
     parse_request,
     plan_job,
     read_series_file,
+    refusal_code,
     unknown,
 )
 
@@ -102,7 +103,7 @@ def parse_study(payload: dict, uploaded: bool) -> Any:
         details = clean(error.errors())
         parts = "; ".join(f"{'.'.join(map(str, d['loc'])) or 'request'}: {d['msg']}"
                           for d in details[:5])  # fmt: skip
-        raise ApiError(422, "invalid_request", f"invalid study: {parts}", details) from None
+        raise ApiError(422, refusal_code(details), f"invalid study: {parts}", details) from None
     given = parsed.inputs
     sources = [name for name in ("samples", "folder", "jobs")
                if given is not None and getattr(given, name) is not None]  # fmt: skip

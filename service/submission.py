@@ -141,10 +141,15 @@ def parse_request(payload: dict):
         return explain_request_adapter().validate_json(json.dumps(payload), strict=True)
     except ValidationError as error:
         details = clean(error.errors())
-        # base_options that are not the base method's: a rule the document cannot state
-        semantic = all(d["type"] == BASE_OPTIONS_ERROR for d in details)
-        code = "invalid_option" if semantic else "invalid_request"
-        raise ApiError(422, code, summary(details), details) from None
+        raise ApiError(422, refusal_code(details), summary(details), details) from None
+
+
+def refusal_code(details: list[dict]) -> str:
+    """The code of a request's validation errors: ``invalid_option`` where every one is an
+    add-on's base_options that are not its base method's (a rule the document cannot state),
+    else ``invalid_request``."""
+    semantic = all(d["type"] == BASE_OPTIONS_ERROR for d in details)
+    return "invalid_option" if semantic else "invalid_request"
 
 
 def unknown(kind: str, name: str, known: list[str], code: str | None = None) -> ApiError:

@@ -225,6 +225,14 @@ def test_refused_studies_create_nothing(stack):
         assert response.status_code == 422, response.text
         assert response.json()["error"]["code"] in ("invalid_images", "invalid_image")
 
+    # an add-on's base_options that are not its base method's: the rule POST /explain states
+    misfit = {"method": "crigrad", "options": {"base": "guided_backprop",
+                                               "base_options": {"steps": 4}}}  # fmt: skip
+    response = api.client.post("/studies", json={"inputs": {"samples": ["chelsea"]},
+                                                 "variants": [misfit]}, headers=ME)  # fmt: skip
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_option"
+    assert "guided_backprop" in response.json()["error"]["message"]
+
     twice = {"inputs": {"samples": ["chelsea"]}, "variants": [{"method": "gradcam"}] * 2}
     response = api.client.post("/studies", json=twice, headers=ME)
     assert response.status_code == 422 and response.json()["error"]["code"] == "duplicate_label"
