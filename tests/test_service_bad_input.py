@@ -258,7 +258,7 @@ def test_values_must_have_the_documented_json_types(api):
                 "metrics": ["sensitivity_n", "degradation"],
             },
             422,
-            ["689 model passes", "limit is 500"],
+            ["687 model passes", "limit is 500"],  # 1 + 385 + 301 rows
         ),
         (
             {"sample": "chelsea", "method": "expected_gradients", "options": {"references": "/"}},
@@ -441,8 +441,17 @@ def test_a_full_artifact_disk_is_a_507_that_leaves_nothing_behind(tmp_path):
         refused = upload(api, data)
         assert_error(refused, 507, "no room")
         assert refused.headers["retry-after"] == "60"  # (it had none)
-        left = sorted(p.name for p in artifacts.iterdir())  # the job records and the model store
-        assert left == ["jobs.sqlite3", "jobs.sqlite3-shm", "jobs.sqlite3-wal", "models"]
+        # the job records, the measured pass times and the model store
+        left = sorted(p.name for p in artifacts.iterdir())
+        assert left == [
+            "jobs.sqlite3",
+            "jobs.sqlite3-shm",
+            "jobs.sqlite3-wal",
+            "models",
+            "pass_times.sqlite3",
+            "pass_times.sqlite3-shm",
+            "pass_times.sqlite3-wal",
+        ]
         assert list((artifacts / "models").iterdir()) == []
         created = api.client.post("/explain", json={"sample": "chelsea", "method": "saliency"})
         assert created.status_code == 202  # a sample needs no room: the service goes on
