@@ -58,6 +58,12 @@ def perturbed_outputs(
     return torch.cat([model(build(s)) for s in chunks(count, min(size, most or size), row)])
 
 
+def outputs_of(model: nn.Module, images: Tensor) -> Tensor:
+    """model(images) for a batch already built, in passes of the process's rows per pass
+    (:func:`perturbed_outputs`)."""
+    return perturbed_outputs(model, len(images), images.__getitem__, images[0])
+
+
 def pixel_heatmap(view: MaskView) -> Tensor:
     """The explanation's pixel heat map (B, H, W), for the metrics defined on pixels."""
     if view.heatmap is None:

@@ -21,7 +21,7 @@ from torch import Tensor
 from engine.attribution.base import class_scores
 from engine.masks.representation import obfuscate
 from engine.masks.view import TINY, MaskView, l1_share, pixel_share
-from engine.metrics.base import MetricOptions, MetricSpec, perturbed_outputs
+from engine.metrics.base import MetricOptions, MetricSpec, outputs_of
 
 
 def entropy(values: list[Tensor]) -> Tensor:
@@ -33,14 +33,14 @@ def entropy(values: list[Tensor]) -> Tensor:
 
 def max_probability(view: MaskView, images: Tensor) -> Tensor:
     """max_c p_c of each image, in passes of at most the process's rows per pass."""
-    outputs = perturbed_outputs(view.model, len(images), images.__getitem__, images[0])
+    outputs = outputs_of(view.model, images)
     return outputs.softmax(1).amax(1)
 
 
 def target_probability(view: MaskView, images: Tensor, targets: Tensor) -> Tensor:
     """p_y of each image for its target, in passes of at most the process's rows per pass (256
     noisy copies at once held 4.6 GB at 224²)."""
-    outputs = perturbed_outputs(view.model, len(images), images.__getitem__, images[0])
+    outputs = outputs_of(view.model, images)
     return class_scores(outputs, targets, "softmax")
 
 

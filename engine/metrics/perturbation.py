@@ -35,7 +35,13 @@ from torch import Tensor, nn
 
 from engine.attribution.base import ScoreType, class_scores
 from engine.masks.view import MaskView
-from engine.metrics.base import MetricOptions, MetricSpec, perturbed_outputs, pixel_heatmap
+from engine.metrics.base import (
+    MetricOptions,
+    MetricSpec,
+    outputs_of,
+    perturbed_outputs,
+    pixel_heatmap,
+)
 from engine.runtime import input_generators
 
 Order = Literal["morf", "lerf", "random"]
@@ -46,7 +52,7 @@ Fill = Literal["channel_mean", "black"]
 @torch.no_grad()
 def scores_of(model: nn.Module, images: Tensor, targets: Tensor, score: ScoreType) -> Tensor:
     """S_c of each image, in passes of the process's rows per pass."""
-    outputs = perturbed_outputs(model, len(images), images.__getitem__, images[0])
+    outputs = outputs_of(model, images)
     return class_scores(outputs, targets, score)
 
 
