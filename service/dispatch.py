@@ -51,6 +51,10 @@ class Dispatcher(ABC):
     @abstractmethod
     def device(self) -> str: ...
 
+    def devices(self) -> list[str]:
+        """The devices a job may run on: :meth:`device`'s list."""
+        return self.device().split(",")
+
     def close(self) -> None:
         """Stop accepting work."""
         return None

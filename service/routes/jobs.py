@@ -93,7 +93,7 @@ def job_view(
     estimate = eta = None
     if record.status not in TERMINAL:  # its time from the workers' measured time per pass
         estimate, eta = job_times(get_pass_times(request), record, progress,
-                                  get_dispatcher(request).device().split(","))  # fmt: skip
+                                  get_dispatcher(request).devices())  # fmt: skip
     return JobView(**record.model_dump(include=VIEW_FIELDS), progress=progress, artifacts=links,
                    undefined_scores=undefined, baselines=score_baselines(scores),
                    input_name=record.input.get("name"), estimate_s=estimate,
@@ -166,7 +166,7 @@ async def submit(
                 return None
             estimate, reason = None, "the job has finished"
             if record.status in ("queued", "running"):
-                estimate, _ = job_times(pass_times, record, None, dispatcher.device().split(","))
+                estimate, _ = job_times(pass_times, record, None, dispatcher.devices())
                 reason = None if estimate is not None else "no pass time measured for it yet"
             body = JobCreated(id=record.id, url=job_url(request, record.id), status=record.status,
                               reused=True, estimate_s=estimate, estimate_reason=reason)  # fmt: skip
@@ -205,7 +205,7 @@ async def submit(
             store.rebind_key("idempotency", idempotency, job_id)
         store.rebind_key("content", content, job_id)
         enqueue(store, dispatcher, job_id)
-        estimate, reason = pass_times.estimate(job, dispatcher.device().split(","), input_info)
+        estimate, reason = pass_times.estimate(job, dispatcher.devices(), input_info)
         return JobCreated(id=job_id, url=job_url(request, job_id), status="queued",
                           estimate_s=estimate, estimate_reason=reason)  # fmt: skip
 
