@@ -8,9 +8,11 @@ reference, their ratio (≤ 1.0: we are as fast or faster), and ``err``: max |ou
 max |reference| with the reference run on the engine's model and, for the stochastic methods,
 our method given the reference's draws (noise, reference images and α); ``err/user`` is the
 same against the reference on the user's contiguous model (float rounding of the layout: a
-ReLU6 at its bound can flip, see engine/models/layout.py). Both sides get identical settings
-(steps, samples, chunk sizes), the same photographs, one thread each by default, and alternate
-in order to share any drift; the header has the load average of the (shared) machine.
+ReLU6 at its bound can flip, see engine/models/layout.py); ``err f64`` (CAMs) is ``err`` with
+both sides on a float64 copy of the model, the formulas' agreement without float32's rounding.
+Both sides get identical settings (steps, samples, chunk sizes), the same photographs, one
+thread each by default, and alternate in order to share any drift; the header has the load
+average of the (shared) machine.
 
     python -m benchmarks.gradient_methods [--device cuda] [--batches 1 8] [--repeats 5]
 """
@@ -192,6 +194,19 @@ def their_layer_map(cam_class, net, layer, x, targets) -> torch.Tensor:
     return torch.from_numpy(result)
 
 
+def float64_error(our_class, cam_class, user, path, x, targets) -> float:
+    """``err`` with both sides on a float64 copy of the user's model: what remains once
+    float32's rounding is gone (XGrad-CAM divides by channel sums near zero at some layers,
+    where float32 is ~1e-4 off the formula on either side)."""
+    net = copy.deepcopy(user).double()
+    mine = our_class(net, "classifier." + path, relu=False).layer_map(x.double(), targets)[:, 0]
+    theirs = their_layer_map(cam_class, net, net.get_submodule("classifier." + path), x.double(),
+                             targets)  # fmt: skip
+    if our_class.__name__ == "EigenCAM":
+        theirs = theirs * torch.sign((theirs * mine).sum((1, 2), keepdim=True))
+    return relative_error(mine, theirs)
+
+
 def interleaved(ours_fn, reference, repeats: int, device: torch.device) -> tuple[float, float]:
     """Median seconds of ours and of the reference, alternating which goes first."""
     ours_fn(), reference()  # warm-up
@@ -235,7 +250,7 @@ def main() -> None:
           f"median of {args.repeats}; ours in {memory_format(model.module)}, the references "
           f"on the contiguous model; CAM layer {cam_path}; load average {load}")  # fmt: skip
     header = f"{'method':<22}{'batch':>6}{'ours s':>10}{'ref s':>10}{'ratio':>8}"
-    print(f"{header}{'err':>10}{'err/user':>10}  reference")
+    print(f"{header}{'err':>10}{'err/user':>10}{'err f64':>10}  reference")
     for batch in args.batches:
         x = photos(batch, size).to(device)
         targets = model.module(x).argmax(1)
@@ -251,13 +266,13 @@ def main() -> None:
             if args.methods and name not in args.methods:
                 continue
             method = get_method(name).build(ctx, get_method(name).parse_options(options))
-            errors = "         –         –"
+            errors = "         –         –         –"
             if name != "smoothgrad_ig":
                 expected = same_draws(method, on_ours, x, samples)
                 result = method.attribute(x, targets)
                 on_user = same_draws(method, reference, x, samples)
                 errors = (f"{relative_error(result, expected):>10.1e}"
-                          f"{relative_error(result, on_user):>10.1e}")  # fmt: skip
+                          f"{relative_error(result, on_user):>10.1e}         –")  # fmt: skip
             if isinstance(method, OurNoiseTunnel):  # timed with its own draws again
                 method.noise = None
             if isinstance(method, ExpectedGradients):
@@ -285,8 +300,9 @@ def main() -> None:
                 theirs_user = theirs_user * torch.sign(
                     (theirs_user * mine).sum((1, 2), keepdim=True)
                 )
+            exact = float64_error(type(method), cam_class, user, cam_path, x, targets)
             errors = (f"{relative_error(mine, theirs):>10.1e}"
-                      f"{relative_error(mine, theirs_user):>10.1e}")  # fmt: skip
+                      f"{relative_error(mine, theirs_user):>10.1e}{exact:>10.1e}")  # fmt: skip
             layer = user.get_submodule("classifier." + cam_path)
             ours_s, ref_s = interleaved(
                 lambda m=method, x=x, t=targets: m.attribute(x, t),

@@ -219,9 +219,13 @@ class GradCAMPlusPlus(CAM):
 
 
 class XGradCAM(CAM):
+    """The weights are summed in float64: a channel's activations can sum to nearly zero
+    (a BatchNorm layer's signed output), where float32 sums lose ~1e-4 of the map's maximum."""
+
     def weights(self, activation, gradient, x, targets):
+        dtype, activation, gradient = activation.dtype, activation.double(), gradient.double()
         totals = _spatial_sum(activation)[:, :, None, None]
-        return _spatial_sum(gradient * activation / (totals + 1e-7))
+        return _spatial_sum(gradient * activation / (totals + 1e-7)).to(dtype)
 
 
 class HiResCAM(CAM):
