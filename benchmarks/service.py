@@ -2,13 +2,13 @@
 mode against the least a server needs (benchmarks/minimal_server.py: FastAPI + Captum, a lock
 around the model), under the same load.
 
-    python -m benchmarks.service [--jobs 40] [--load 200] [--clients 8] [--rounds 2]
+    python -m benchmarks.service [--jobs 40] [--load 200] [--clients 8] [--rounds 2] [--threads]
 
 Overhead (distributed: real redis-server, one Celery worker, the API over HTTP): time from
 POST /explain to the long poll (GET /jobs/{id}?wait=) that answers 'succeeded', minus the
 engine's own ``total_s`` for that job; sequential jobs, so nothing queues.
 
-Load (embedded mode, one in-process worker, vs the minimal server): ``--clients`` threads send
+Load (embedded mode, its default one job thread, vs the minimal server): ``--clients`` threads send
 ``--load`` jobs in all, each client one job at a time (ours: submit, then long-poll to the end;
 the reference answers the request itself); throughput = jobs / wall time, latency = per job.
 Rounds alternate A (ours) and B (reference), ABAB…, both servers up all along; ratios compare
@@ -209,16 +209,54 @@ def compare(folder: Path, args: argparse.Namespace) -> None:
         ours.stop()
 
 
+THREAD_CONFIGS = {  # embedded job threads × torch threads per job, on 2 cores
+    "1 job × 2 threads (default)": {"embedded_workers": 1},
+    "2 jobs × 1 thread (default)": {"embedded_workers": 2},
+    "2 jobs × 2 threads": {"embedded_workers": 2, "threads_per_job": 2},
+}
+
+
+def compare_threads(folder: Path, args: argparse.Namespace) -> None:
+    """Our embedded server in each of THREAD_CONFIGS, rounds interleaved (ABCABC…); prints
+    jobs/s per round and the medians."""
+    apis = {}
+    try:
+        for i, (name, settings) in enumerate(THREAD_CONFIGS.items()):
+            apis[name] = Api(service_env(None, folder / f"threads{i}", **settings), folder,
+                             name=f"threads{i}")  # fmt: skip
+        print(f"{'method':<10}{'round':>6}" + "".join(f"{n:>30}" for n in apis), flush=True)
+        for method in args.methods:
+            for api in apis.values():
+                for i in range(4):
+                    run_job(api.client, method, 10**6 + i)
+            rates: dict[str, list[float]] = {name: [] for name in apis}
+            for r in range(args.rounds):
+                for name, api in apis.items():
+                    wall, _ = load(lambda i, a=api, m=method, r=r: run_job(
+                        a.client, m, (r + 1) * 10**5 + i), args.load, args.clients)  # fmt: skip
+                    rates[name].append(args.load / wall)
+                print(f"{method:<10}{r + 1:>6}" + "".join(f"{v[-1]:>30.2f}" for v in
+                                                          rates.values()), flush=True)  # fmt: skip
+            print(f"{method:<10}{'median':>6}" + "".join(f"{statistics.median(v):>30.2f}" for v
+                                                           in rates.values()))  # fmt: skip
+    finally:
+        for api in apis.values():
+            api.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=40, help="sequential jobs for the overhead")
     parser.add_argument("--load", type=int, default=200, help="jobs per round of the load test")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--embedded-workers", type=int, default=2,
-                        help="the embedded server's job threads (EXPLAINER_EMBEDDED_WORKERS); "
-                        "they take turns on the model under its lock, as the reference's "
-                        "request threads do")  # fmt: skip
+    parser.add_argument("--embedded-workers", type=int, default=1,
+                        help="the embedded server's job threads (EXPLAINER_EMBEDDED_WORKERS, "
+                        "default 1 as the service's); each job gets the CPUs // job threads "
+                        "(EXPLAINER_THREADS_PER_JOB)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=2, help="ABAB: rounds of each side")
+    parser.add_argument("--threads", action="store_true",
+                        help="also compare the embedded server's job threads × torch threads "
+                        "(--load jobs per round)")  # fmt: skip
     parser.add_argument("--methods", default="saliency,gradcam", type=lambda s: s.split(","))
     parser.add_argument("--fsync", default="everysec,always", type=lambda s: s.split(","),
                         help="Redis appendfsync settings of the overhead runs")  # fmt: skip
@@ -237,6 +275,12 @@ def main() -> None:
                   f"jobs × {args.clients} clients per round, rounds ABAB; ours with "
                   f"{args.embedded_workers} job thread(s)")  # fmt: skip
             compare(folder, args)
+        if args.threads:
+            print(
+                f"\n## Embedded mode, job threads × torch threads per job, jobs/s with "
+                f"{args.load} jobs × {args.clients} clients per round, rounds interleaved"
+            )
+            compare_threads(folder, args)
     print(f"\nload average at the end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

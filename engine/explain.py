@@ -154,6 +154,7 @@ def explain(
         "device_name": device_name(loaded.device),
         "model": loaded.record(),
         "memory_format": memory_format(loaded.module),
+        "cpu_threads": torch.get_num_threads(),
         "inputs": records,
         "heatmap_reduction": options.heatmap_reduction,
         "metrics": [request.record() for request in metric_requests],

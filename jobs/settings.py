@@ -116,7 +116,14 @@ class Settings(BaseSettings):
     device: str | None = None  # None: cuda if available, else cpu (decided in the worker)
     allowed_methods: Annotated[dict[str, tuple[str, ...]], NoDecode] = {}  # model -> methods
     preload_models: Names = ("efficientnet_lite0",)
-    embedded_workers: int = Field(1, ge=1, le=64)
+    embedded_workers: int = Field(
+        1, ge=1, le=64, description="Jobs an embedded server runs at once"
+    )
+    threads_per_job: int | None = Field(
+        None, ge=1, le=1024, description="torch's intra-op threads per job; default: the "
+        "CPUs // the jobs that run at once (embedded_workers, or the Celery pool's "
+        "concurrency), unless OMP_NUM_THREADS is set",
+    )  # fmt: skip
     process_ready_timeout_s: int = Field(
         120, ge=1, description="A Celery pool process may take this long to load its models"
     )

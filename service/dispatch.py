@@ -162,6 +162,9 @@ class EmbeddedDispatcher(Dispatcher):
         return requeued
 
     def _work(self) -> None:
+        from engine.runtime import share_cores
+
+        share_cores(self._size, self._settings.threads_per_job)
         while (task := self._tasks.get()) is not None and not self._shutdown.is_set():
             try:
                 task()

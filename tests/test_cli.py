@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -23,6 +24,12 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         [sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=300,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
+
+
+def run_many(*commands: list[str]) -> list[subprocess.CompletedProcess]:
+    """:func:`run` of each command, as many at once as there are CPUs (each mostly imports)."""
+    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        return list(pool.map(lambda args: run(*args), commands))
 
 
 @pytest.mark.parametrize(
@@ -181,12 +188,19 @@ def test_input_mistakes_are_one_line(tmp_path):
         ([str(tmp_path)], ["is a folder"]),
         (["chelsea", "--out", str(tmp_path / "full")], ["already holds files", "--overwrite"]),
     ]
-    for args, words in cases:
-        out = [] if "--out" in args else ["--out", str(tmp_path / "out")]
-        assert_one_line_error(run("explain", *args, "--method", "saliency", *out), *words)
-    assert_one_line_error(run("methods", "gradcamm"), "did you mean 'gradcam'")
-    assert_one_line_error(run("methods", "--family", "grad"), "did you mean 'gradient'?")
-    assert_one_line_error(run("metrics", "degredation"), "did you mean 'degradation'?")
+    commands = [
+        ["explain", *args, "--method", "saliency",
+         *([] if "--out" in args else ["--out", str(tmp_path / "out")])]
+        for args, _ in cases
+    ]  # fmt: skip
+    cases += [
+        (["methods", "gradcamm"], ["did you mean 'gradcam'"]),
+        (["methods", "--family", "grad"], ["did you mean 'gradient'?"]),
+        (["metrics", "degredation"], ["did you mean 'degradation'?"]),
+    ]
+    commands += [args for args, _ in cases[len(commands) :]]
+    for done, (_, words) in zip(run_many(*commands), cases, strict=True):
+        assert_one_line_error(done, *words)
     assert (tmp_path / "full" / "summary.json").read_text() == "{}"  # not overwritten
 
 
@@ -226,21 +240,21 @@ def test_a_failed_write_leaves_no_files_and_no_folder_it_made(tmp_path):
 
 
 def test_a_method_is_shown_with_its_options_and_a_family_alone():
-    ig = run("methods", "integrated_gradients").stdout
+    ig, listing, every, cams, text, degradation = (done.stdout for done in run_many(
+        ["methods", "integrated_gradients"], ["methods"], ["methods", "--json"],
+        ["methods", "--family", "cam", "--json"], ["methods", "--family", "cam"],
+        ["metrics", "degradation"],
+    ))  # fmt: skip
     rule = next(line for line in ig.splitlines() if line.strip().startswith("rule "))
     assert 'default "gausslegendre"' in rule
     assert "one of: riemann_left, riemann_right, riemann_middle, riemann_trapezoid" in rule
     steps = next(line for line in ig.splitlines() if line.strip().startswith("steps "))
     assert "default 50" in steps and "≥ 1 and ≤ 2000" in steps
     assert "smoothing.samples" in ig  # nested options under their dotted names
-    listing = run("methods").stdout.splitlines()
-    assert len(listing) == len(json.loads(run("methods", "--json").stdout)) + 1  # one line each
-    cams = json.loads(run("methods", "--family", "cam", "--json").stdout)
-    every = json.loads(run("methods", "--json").stdout)
+    every, cams = json.loads(every), json.loads(cams)
+    assert len(listing.splitlines()) == len(every) + 1  # one line each
     assert cams == [m for m in every if m["family"] == "cam"] and len(cams) == 8
-    text = run("methods", "--family", "cam").stdout
     assert "gradcam" in text and "saliency" not in text
-    degradation = run("metrics", "degradation").stdout
     morf = next(line for line in degradation.splitlines() if "degradation_morf" in line)
     assert "lower is better; random baseline: degradation_random" in morf
 

@@ -18,7 +18,13 @@ from engine.data import load_sample
 from engine.models import MODELS, row_bytes
 from engine.models.inspection import _NewBytes, pass_bytes
 from engine.plan import working_set_bytes
-from engine.runtime import max_rows_per_pass, memory_budget, rows_per_pass_at_most, stoppable
+from engine.runtime import (
+    max_rows_per_pass,
+    memory_budget,
+    rows_per_pass_at_most,
+    share_cores,
+    stoppable,
+)
 
 CHILD = """
 import json, resource
@@ -75,6 +81,22 @@ def test_engine_explain_applies_the_setting_once_in_a_library_users_process():
     assert applied and not applied_off
     assert faults_off > 6 * 40_000
     assert faults < faults_off / 2
+
+
+def test_jobs_that_run_at_once_share_the_cpus(monkeypatch):
+    """CPUs // jobs threads each (at least one); an explicit count wins; an OMP_NUM_THREADS the
+    operator set is left alone. The services' jobs record theirs (tests/test_thin_service.py)."""
+    before, cpus = torch.get_num_threads(), len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        assert share_cores(1) == cpus == torch.get_num_threads()
+        assert share_cores(2) == max(1, cpus // 2) == torch.get_num_threads()
+        assert share_cores(4 * cpus) == 1 == torch.get_num_threads()
+        assert share_cores(1, threads_per_job=3) == 3 == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert share_cores(3 * cpus) == 3 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_no_pass_holds_more_rows_than_the_process_allows(lite0, monkeypatch):

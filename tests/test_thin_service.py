@@ -6,6 +6,7 @@ poll answers with the final state once the job finishes."""
 from __future__ import annotations
 
 import io
+import os
 import time
 import zipfile
 
@@ -25,7 +26,7 @@ def stack(request, tmp_path_factory):
         with distributed_stack(folder) as api:
             yield api
     else:
-        api = Api(service_env(None, folder / "artifacts"), folder)
+        api = Api(service_env(None, folder / "artifacts", embedded_workers=2), folder)
         try:
             yield api
         finally:
@@ -93,3 +94,15 @@ def test_a_long_poll_answers_with_the_final_state_when_the_job_finishes(stack):
     assert view["progress"] == {"step": 32, "total": 32} and view["scores"]
     again = long_poll(stack, created["id"])  # a finished job answers at once
     assert again["status"] == "succeeded" and again["progress"] == view["progress"]
+
+
+def test_jobs_that_run_at_once_share_the_cpus(stack, request):
+    """The Celery worker here has one pool process, the embedded server two job threads: each
+    job runs with the CPUs // jobs at once as torch's threads, and its summary records them."""
+    jobs_at_once = 2 if "embedded" in request.node.callspec.id else 1
+    job_id = stack.client.post("/explain", json={"sample": "chelsea", "method": "saliency"})
+    view = long_poll(stack, job_id.json()["id"])
+    assert view["status"] == "succeeded", view
+    summary = stack.client.get(view["artifacts"]["summary.json"]).json()
+    cpus = len(os.sched_getaffinity(0))
+    assert summary["metadata"]["cpu_threads"] == max(1, cpus // jobs_at_once)

@@ -74,11 +74,22 @@ def process_runtime() -> tuple[RedisJobStore, ArtifactStore, str]:
     return _process["store"], _process["artifacts"], _process["device"]
 
 
+_parent: dict[str, object] = {}  # the parent's WorkController, inherited by its pool processes
+
+
+@signals.worker_init.connect
+def _remember_worker(sender: object, **_: object) -> None:
+    _parent["worker"] = sender  # its concurrency is an int ("auto" resolved) when the pool forks
+
+
 @signals.worker_process_init.connect
 def _load_models(**_: object) -> None:
-    from engine.runtime import keep_freed_memory
+    from engine.runtime import keep_freed_memory, share_cores
 
     keep_freed_memory()
+    worker = _parent.get("worker")
+    threads = share_cores(worker.concurrency if worker else 1, settings.threads_per_job)
+    log.info("%s thread(s) per job", threads)
     store, _, device = process_runtime()
     store.redis.sadd("explainer:devices", device)
     store.redis.expire("explainer:devices", 24 * 3600)
