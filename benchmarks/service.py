@@ -260,10 +260,16 @@ def main() -> None:
     parser.add_argument("--methods", default="saliency,gradcam", type=lambda s: s.split(","))
     parser.add_argument("--fsync", default="everysec,always", type=lambda s: s.split(","),
                         help="Redis appendfsync settings of the overhead runs")  # fmt: skip
+    parser.add_argument("--omp-passive", action="store_true",
+                        help="start every server with OMP_WAIT_POLICY=PASSIVE (OpenMP threads "
+                        "sleep instead of spinning after each parallel region)")  # fmt: skip
     args = parser.parse_args()
+    if args.omp_passive:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # inherited by every server started below
     load_avg = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"# benchmarks/service.py on CPU ({os.cpu_count()} cores), load average {load_avg} "
-          f"at start; {SAMPLE} at 224², EfficientNet-Lite0; {' '.join(sys.argv[1:])}")  # fmt: skip
+          f"at start; {SAMPLE} at 224², EfficientNet-Lite0; {' '.join(sys.argv[1:])}; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if args.jobs:
