@@ -64,9 +64,10 @@ def share_cores(jobs_at_once: int, threads_per_job: int | None = None) -> int:
     or one Celery pool process each) its share of the CPUs as torch's intra-op threads:
     ``threads_per_job`` when given, else max(1, CPUs // jobs_at_once); an ``OMP_NUM_THREADS``
     the operator set is left alone. Call it on the thread that runs the jobs. On 2 cores, an
-    embedded server with two job threads of 2 torch threads each served 1.24× (saliency) and
-    1.35× (Grad-CAM) fewer jobs than with one torch thread each: four busy threads on two cores
-    wait on each other (benchmarks/results/service_cpu.txt). Returns the threads per job."""
+    embedded server's two job threads of one torch thread each served 1.24× (saliency) and
+    1.35× (Grad-CAM) the jobs they served with 2 torch threads each, where four busy threads on
+    two cores wait on each other (benchmarks/results/service_cpu.txt). Returns the threads per
+    job."""
     import torch
 
     if threads_per_job is None:
