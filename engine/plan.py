@@ -163,9 +163,10 @@ def plan(
     passes = cost(spec, options, requests, size)
     if max_passes is not None and passes > max_passes:
         raise MethodRefused("limit_exceeded",
-                            f"this job needs about {passes} model passes ({method} with these "
-                            f"options and metrics); this server's limit is {max_passes} per job: "
-                            "lower steps, samples, iterations or image_size")  # fmt: skip
+                            f"this job needs about {passes} model passes "
+                            f"({cost_breakdown(spec, method, options, requests, size)}); this "
+                            f"server's limit is {max_passes} per job: lower steps, samples, "
+                            "iterations or image_size, or leave out a metric")  # fmt: skip
     return Plan(
         model=spec,
         method=method_spec,
@@ -318,12 +319,39 @@ def cost(
     """Model passes of one input row explained at ``size``: the method's own (nested options
     included) plus its metrics', scaled by the explained pixels over the model's (images)."""
     height, width = size
-    passes = options.model_passes(height, width)
-    passes += sum(request.options.model_passes(height, width) for request in metrics)
+    passes = options.model_passes(height, width) + sum(p for _, p in _metric_passes(metrics, size))
+    return math.ceil(passes * _pixel_scale(spec, size))
+
+
+def cost_breakdown(
+    spec: ModelSpec,
+    method: str,
+    options: MethodOptions,
+    metrics: Sequence[MetricRequest],
+    size: tuple[int, int],
+) -> str:
+    """:func:`cost`'s parts in words: "saliency 1, sensitivity_n 385, degradation 301", and the
+    scale of an image above the model's size."""
+    parts = [(method, options.model_passes(*size)), *_metric_passes(metrics, size)]
+    words = ", ".join(f"{name} {passes}" for name, passes in parts)
+    if (scale := _pixel_scale(spec, size)) > 1:
+        words += f", × {scale:.2f} for {size[1]}×{size[0]} pixels"
+    return words
+
+
+def _metric_passes(
+    metrics: Sequence[MetricRequest], size: tuple[int, int]
+) -> list[tuple[str, int]]:
+    return [(request.spec.name, request.options.model_passes(*size)) for request in metrics]
+
+
+def _pixel_scale(spec: ModelSpec, size: tuple[int, int]) -> float:
+    """An image's pixels over the model's, at least 1; 1 for a series (a row is small, its
+    length bounded by the server's limit)."""
     if spec.input_kind != "image":
-        return passes  # a series row is small; its length is bounded by the server's limit
+        return 1.0
     model_h, model_w = spec.input_size
-    return math.ceil(passes * max(1.0, height * width / (model_h * model_w)))
+    return max(1.0, size[0] * size[1] / (model_h * model_w))
 
 
 def working_set_bytes(spec: ModelSpec, options: MethodOptions, height: int, width: int) -> int:

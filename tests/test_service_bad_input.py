@@ -91,7 +91,8 @@ def test_an_image_kept_at_its_size_is_checked_at_that_size(api):
                  "16×16", "smallest side of 32")  # fmt: skip
     large = encode(Image.new("RGB", (1000, 1000), (9, 9, 9)), "PNG")
     ig = {"method": "integrated_gradients", "resize": "none", "seed": 7}
-    assert_error(upload(api, large, ig | {"options": {"steps": 30}}), 422, "598 model passes")
+    assert_error(upload(api, large, ig | {"options": {"steps": 30}}), 422, "598 model passes",
+                 "(integrated_gradients 30, × 19.93 for 1000×1000 pixels)")  # fmt: skip
     accepted = upload(api, large, ig | {"options": {"steps": 20}})
     assert accepted.status_code == 202
     api.client.delete(f"/jobs/{accepted.json()['id']}")  # what it costs is all this test needs
@@ -258,7 +259,11 @@ def test_values_must_have_the_documented_json_types(api):
                 "metrics": ["sensitivity_n", "degradation"],
             },
             422,
-            ["687 model passes", "limit is 500"],  # 1 + 385 + 301 rows
+            [
+                "687 model passes (saliency 1, sensitivity_n 385, degradation 301)",
+                "limit is 500",
+                "leave out a metric",
+            ],
         ),
         (
             {"sample": "chelsea", "method": "expected_gradients", "options": {"references": "/"}},
