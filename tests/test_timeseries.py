@@ -464,3 +464,22 @@ def test_bundled_model_and_samples_belong_together():
         series, truth = series_sample(name)
         assert series.shape == truth.shape == (100, 3)
         assert (truth.sum(1) == 1).all()
+
+
+def test_a_bundled_series_sample_is_named_as_in_the_api(tmp_path, monkeypatch, capsys):
+    """``state:3`` is the API's sample name; the library and the CLI take it too, as the same
+    series, and a file of that name would win."""
+    from engine.cli import main as cli
+    from engine.data.timeseries import series_sample
+
+    series = series_sample("state:3")[0]
+    named = explain("state_gru", "state:3", "saliency")
+    assert torch.equal(named.attribution, explain("state_gru", series, "saliency").attribution)
+    assert named.metadata["inputs"][0]["source"] == "state:3"
+    assert cli(["explain", "state:3", "--model", "state_gru", "--method", "saliency", "--out",
+                str(tmp_path / "out"), "--quiet"]) == 0  # fmt: skip
+    assert np.array_equal(np.load(tmp_path / "out" / "attribution.npy"), named.attribution[0])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "state:3").write_text("not a series")
+    with pytest.raises(InputError, match=r"series files are \.npy or \.csv, not no suffix"):
+        load_series("state:3")

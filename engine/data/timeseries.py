@@ -215,9 +215,12 @@ def load_series(
     max_features: int = DEFAULT_MAX_FEATURES,
 ) -> torch.Tensor:
     """A series as time × features from an array, a list, a ``.npy`` or a ``.csv`` file (comma
-    separated, no header) → float32 (T, D), validated: 2-D, real numbers, finite, within the
-    limits, at least :data:`MIN_SERIES_LENGTH` steps (a ``.npy`` file's header is checked before
-    its data is read: :func:`read_npy`)."""
+    separated, no header) or a bundled sample's name (``state:0`` … ``state:9``, where no such
+    file exists) → float32 (T, D), validated: 2-D, real numbers, finite, within the limits, at
+    least :data:`MIN_SERIES_LENGTH` steps (a ``.npy`` file's header is checked before its data
+    is read: :func:`read_npy`)."""
+    if isinstance(source, str) and source in SERIES_SAMPLES and not Path(source).is_file():
+        return series_sample(source)[0]
     if isinstance(source, str | Path):
         path = Path(source)
         if not path.is_file():
