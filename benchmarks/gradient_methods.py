@@ -203,8 +203,14 @@ def float64_error(our_class, cam_class, user, path, x, targets) -> float:
     theirs = their_layer_map(cam_class, net, net.get_submodule("classifier." + path), x.double(),
                              targets)  # fmt: skip
     if our_class.__name__ == "EigenCAM":
-        theirs = theirs * torch.sign((theirs * mine).sum((1, 2), keepdim=True))
+        theirs = oriented_like(mine, theirs)
     return relative_error(mine, theirs)
+
+
+def oriented_like(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's EigenCAM with its sign turned to ours: an SVD's sign is open, and ours
+    sums its weights to >= 0."""
+    return theirs * torch.sign((theirs * mine).sum((1, 2), keepdim=True))
 
 
 def interleaved(ours_fn, reference, repeats: int, device: torch.device) -> tuple[float, float]:
@@ -295,11 +301,8 @@ def main() -> None:
             theirs_user = their_layer_map(cam_class, user,
                                           user.get_submodule("classifier." + cam_path), x,
                                           targets)  # fmt: skip
-            if name == "eigencam":  # an SVD's sign is open: ours sums its weights to >= 0
-                theirs = theirs * torch.sign((theirs * mine).sum((1, 2), keepdim=True))
-                theirs_user = theirs_user * torch.sign(
-                    (theirs_user * mine).sum((1, 2), keepdim=True)
-                )
+            if name == "eigencam":
+                theirs, theirs_user = oriented_like(mine, theirs), oriented_like(mine, theirs_user)
             exact = float64_error(type(method), cam_class, user, cam_path, x, targets)
             errors = (f"{relative_error(mine, theirs):>10.1e}"
                       f"{relative_error(mine, theirs_user):>10.1e}{exact:>10.1e}")  # fmt: skip

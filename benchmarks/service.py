@@ -209,10 +209,10 @@ def compare(folder: Path, args: argparse.Namespace) -> None:
         ours.stop()
 
 
-THREAD_CONFIGS = {  # embedded job threads × torch threads per job, on 2 cores
-    "1 job × 2 threads (default)": {"embedded_workers": 1},
-    "2 jobs × 1 thread (default)": {"embedded_workers": 2},
-    "2 jobs × 2 threads": {"embedded_workers": 2, "threads_per_job": 2},
+THREAD_CONFIGS = {  # embedded job threads; torch threads per job: the CPUs split, or fixed
+    "1 job thread, CPUs split": {"embedded_workers": 1},
+    "2 job threads, CPUs split": {"embedded_workers": 2},
+    "2 job threads × 2 torch": {"embedded_workers": 2, "threads_per_job": 2},
 }
 
 

@@ -188,18 +188,15 @@ def test_input_mistakes_are_one_line(tmp_path):
         ([str(tmp_path)], ["is a folder"]),
         (["chelsea", "--out", str(tmp_path / "full")], ["already holds files", "--overwrite"]),
     ]
-    commands = [
-        ["explain", *args, "--method", "saliency",
-         *([] if "--out" in args else ["--out", str(tmp_path / "out")])]
-        for args, _ in cases
-    ]  # fmt: skip
-    cases += [
+    out = ["--out", str(tmp_path / "out")]
+    checks = [(["explain", *args, "--method", "saliency", *([] if "--out" in args else out)],
+               words) for args, words in cases]  # fmt: skip
+    checks += [
         (["methods", "gradcamm"], ["did you mean 'gradcam'"]),
         (["methods", "--family", "grad"], ["did you mean 'gradient'?"]),
         (["metrics", "degredation"], ["did you mean 'degradation'?"]),
     ]
-    commands += [args for args, _ in cases[len(commands) :]]
-    for done, (_, words) in zip(run_many(*commands), cases, strict=True):
+    for done, (_, words) in zip(run_many(*(c for c, _ in checks)), checks, strict=True):
         assert_one_line_error(done, *words)
     assert (tmp_path / "full" / "summary.json").read_text() == "{}"  # not overwritten
 

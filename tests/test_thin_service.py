@@ -99,7 +99,7 @@ def test_a_long_poll_answers_with_the_final_state_when_the_job_finishes(stack):
 def test_jobs_that_run_at_once_share_the_cpus(stack, request):
     """The Celery worker here has one pool process, the embedded server two job threads: each
     job runs with the CPUs // jobs at once as torch's threads, and its summary records them."""
-    jobs_at_once = 2 if "embedded" in request.node.callspec.id else 1
+    jobs_at_once = 2 if request.node.callspec.params["stack"] == "embedded" else 1
     job_id = stack.client.post("/explain", json={"sample": "chelsea", "method": "saliency"})
     view = long_poll(stack, job_id.json()["id"])
     assert view["status"] == "succeeded", view

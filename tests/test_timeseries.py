@@ -466,7 +466,7 @@ def test_bundled_model_and_samples_belong_together():
         assert (truth.sum(1) == 1).all()
 
 
-def test_a_bundled_series_sample_is_named_as_in_the_api(tmp_path, monkeypatch, capsys):
+def test_a_bundled_series_sample_is_named_as_in_the_api(tmp_path, monkeypatch):
     """``state:3`` is the API's sample name; the library and the CLI take it too, as the same
     series, and a file of that name would win."""
     from engine.cli import main as cli
