@@ -137,6 +137,10 @@ class MethodOptions(BaseModel):
         """Refuse options that have no meaning for this kind of input (raise OptionsError)."""
         return None
 
+    def size_refusal(self, height: int, width: int) -> str | None:
+        """Why these options cannot explain an input of height × width, or None."""
+        return None
+
     def model_passes(self, height: int, width: int) -> int:
         """The cost model: forward+backward passes of the model per explained input row (at
         ``height`` × ``width``), counting every option that multiplies work, nested ones

@@ -149,7 +149,7 @@ def plan(
     except OptionsError as error:
         raise OptionsRefused("invalid_option", str(error)) from None
     check_layer_options(options, spec)
-    if refusal := spec.size_refusal(*size):
+    if refusal := spec.size_refusal(*size) or options.size_refusal(*size):
         raise MethodRefused("invalid_option", refusal)
     working_set = working_set_bytes(spec, options, *size)
     if max_memory_bytes is not None and working_set > max_memory_bytes:

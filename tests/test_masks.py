@@ -78,6 +78,50 @@ def test_wavelet_round_trip_keeps_odd_shapes(shape):
     assert back.shape == x.shape and (back - x).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("mode", ["zero", "symmetric", "reflect"])
+@pytest.mark.parametrize("wave", ["haar", "db3", "sym4", "bior2.2"])
+def test_our_inverse_dwt_equals_pytorch_wavelets_and_its_gradient_is_the_adjoint(wave, mode):
+    from pytorch_wavelets import DWTInverse
+
+    representation = WaveletRepresentation(wave, 4, mode)
+    x = torch.rand(2, 3, 45, 62, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    coefficients = [c.requires_grad_(True) for c in representation.decompose(x)]
+    ours = representation.reconstruct(coefficients)
+    theirs = DWTInverse(wave=wave, mode=mode).double()((coefficients[0], coefficients[1:]))
+    assert ours.shape == x.shape and (ours - theirs[..., :45, :62]).abs().max() < 1e-12
+    # ⟨T⁻¹c, y⟩ = ⟨c, T⁻ᵀy⟩: the gradient against the transform's own matrix, column by column
+    # on a few coefficients (pytorch-wavelets' gradient is not the adjoint in these two modes).
+    y = torch.randn_like(ours)
+    gradient = torch.autograd.grad(ours, coefficients, y)
+    for group, (c, g) in enumerate(zip(coefficients, gradient, strict=True)):
+        for index in (0, c.numel() // 2, c.numel() - 1):
+            unit = [torch.zeros_like(d) for d in coefficients]
+            unit[group].view(-1)[index] = 1
+            column = representation.reconstruct(unit)
+            assert abs((column * y).sum() - g.reshape(-1)[index]) < 1e-10
+    if mode == "zero":
+        reference = torch.autograd.grad(theirs[..., :45, :62], coefficients, y)
+        assert all((a - b).abs().max() < 1e-10 for a, b in zip(gradient, reference, strict=True))
+
+
+def test_periodization_is_refused_at_sizes_it_cannot_give_back():
+    from engine.plan import PlanError, plan
+
+    options = {"mode": "periodization", "image_size": 64, "iterations": 2}
+    with pytest.raises(PlanError, match=r"periodization.*db3 \(6 taps\).*64×64 image at 5"):
+        plan("efficientnet_lite0", "waveletx", options)
+    assert plan("efficientnet_lite0", "waveletx", {**options, "levels": 3}).size == (64, 64)
+    assert plan("efficientnet_lite0", "waveletx", {**options, "wave": "haar"}).size == (64, 64)
+    # The rule is the transform's round trip, over sizes on both sides of its bound.
+    from engine.masks.wavelet import periodization_refusal
+
+    for size in range(40, 80, 3):
+        representation = WaveletRepresentation("db3", 5, "periodization")
+        x = torch.rand(1, 1, size, size + 1, generator=torch.Generator().manual_seed(size))
+        error = (representation.reconstruct(representation.decompose(x)) - x).abs().max()
+        assert (error < 1e-5) == (periodization_refusal("db3", 5, size, size + 1) is None), size
+
+
 def test_rank_transform_is_the_empirical_cdf_with_ties_averaged():
     values = torch.tensor([[3.0, 1.0, 3.0, 2.0]])  # the ties at the maximum are 1, as sklearn's
     assert torch.allclose(rank_transform(values, 1), torch.tensor([[3.0, 0.0, 3.0, 1.0]]) / 3)

@@ -28,7 +28,7 @@ from engine.masks.loop import DistortionTarget, LoopSettings, MaskLoop, Objectiv
 from engine.masks.representation import PixelRepresentation, Representation, image_generators
 from engine.masks.shearlet import ShearletRepresentation
 from engine.masks.view import MaskView
-from engine.masks.wavelet import WaveletRepresentation
+from engine.masks.wavelet import WaveletRepresentation, periodization_refusal
 from engine.method import (
     Attribution,
     MethodContext,
@@ -139,6 +139,11 @@ class WaveletOptions(MaskOptions):
     wave: str = Field("db3", pattern=r"^(haar|db\d+|sym\d+|coif\d+|bior\d\.\d)$")
     levels: int = Field(5, ge=1, le=8)
     mode: Literal["zero", "symmetric", "periodization", "reflect"] = "zero"
+
+    def size_refusal(self, height: int, width: int) -> str | None:
+        if self.mode != "periodization":
+            return None
+        return periodization_refusal(self.wave, self.levels, height, width)
 
     def coefficients_per_pixel(self) -> float:
         return 2.0  # a DWT keeps about one coefficient per pixel, plus borders of padded modes
