@@ -77,6 +77,27 @@ class RequestLimits:
         await error_response(413, "payload_too_large", message)(scope, receive, send)
 
 
+class HeadAsGet:
+    """Pure ASGI middleware: HEAD is answered as GET is, without the body (RFC 9110 §9.3.2).
+    FastAPI routes only the methods a route declares, so HEAD was a 405 everywhere."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 def warm_submissions(settings: Settings) -> None:
     """Check a submission of each default model once, a sample and an uploaded PNG, as POST
     /explain does: the first one in a process builds the request model (a union over every
@@ -146,6 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         by_path={"/models": (settings.max_model_bytes + 65536, "EXPLAINER_MAX_MODEL_BYTES"),
                  "/patterns": zips, "/support-sets": zips, "/studies": zips},
     )  # fmt: skip
+    app.add_middleware(HeadAsGet)
     install_error_handlers(app)
     for module in (jobs, studies, training, listings, model_registry, ops, web):
         app.include_router(module.router)

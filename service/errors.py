@@ -61,7 +61,7 @@ def allowed_methods(app: FastAPI, request: Request) -> list[str]:
     """The methods some route of the app answers on the request's path."""
 
     def answers(method: str) -> bool:
-        scope = {**request.scope, "method": method}
+        scope = {**request.scope, "method": "GET" if method == "HEAD" else method}  # HeadAsGet
         return any(route.matches(scope)[0] == Match.FULL for route in app.router.routes)
 
     return [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE") if answers(m)]

@@ -412,6 +412,19 @@ def test_method_not_allowed_says_what_is(api):
     assert response.headers["allow"] == "POST"
 
 
+def test_head_is_answered_as_get_without_the_body(api):
+    for path in ("/health", "/methods", "/samples/chelsea/thumbnail.png"):
+        got, head = api.client.get(path), api.client.head(path)
+        assert got.status_code == head.status_code == 200 and got.content and head.content == b""
+        for header in ("content-type", "content-length"):
+            assert head.headers[header] == got.headers[header], (path, header)
+    refused = api.client.head("/explain")  # GET is no more allowed there than HEAD
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+    response = api.client.post("/health")
+    assert_error(response, 405)
+    assert response.headers["allow"] == "GET, HEAD"
+
+
 def test_store_outage_is_a_503_with_retry_after(tmp_path):
     """Redis down (nothing listens on its port): every call that needs it answers 503 in the
     error shape within a second, and asks the client to retry."""
