@@ -104,6 +104,25 @@ def test_our_inverse_dwt_equals_pytorch_wavelets_and_its_gradient_is_the_adjoint
         assert all((a - b).abs().max() < 1e-10 for a, b in zip(gradient, reference, strict=True))
 
 
+def test_wavelet_names_are_checked_at_submit_and_every_accepted_one_gives_the_image_back():
+    import pywt
+
+    from engine.masks.methods import WAVELETS
+    from engine.plan import PlanError, plan
+
+    for wrong in ("db99", "db0", "sym1", "bior9.9", "dmey", "morl"):
+        with pytest.raises(PlanError, match=r"wave: Input should be 'haar', 'db1', 'db2'"):
+            plan("efficientnet_lite0", "waveletx", {"wave": wrong})
+    # The options offer every discrete wavelet of PyWavelets but dmey, which does not reconstruct.
+    assert sorted(WAVELETS) == sorted(w for w in pywt.wavelist(kind="discrete") if w != "dmey")
+    x = torch.rand(1, 3, 37, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for wave in WAVELETS:
+        assert plan("efficientnet_lite0", "cartoonx", {"wave": wave}).options.wave == wave
+        representation = WaveletRepresentation(wave, 5)
+        back = representation.reconstruct(representation.decompose(x))
+        assert (back - x).abs().max() < 1e-5, wave
+
+
 def test_periodization_is_refused_at_sizes_it_cannot_give_back():
     from engine.plan import PlanError, plan
 

@@ -135,10 +135,27 @@ class SmoothMaskOptions(PixelMaskOptions):
     tv: float = Field(300.0, ge=0, description="λ_tv: total variation of the mask.")
 
 
+BIORTHOGONAL = ("1.1", "1.3", "1.5", "2.2", "2.4", "2.6", "2.8", "3.1", "3.3", "3.5", "3.7", "3.9",
+                "4.4", "5.5", "6.8")  # fmt: skip
+# PyWavelets' discrete wavelets, but dmey, whose FIR approximation gives an image back to 1e-2 only
+WAVELETS = (
+    "haar",
+    *(f"db{n}" for n in range(1, 39)),
+    *(f"sym{n}" for n in range(2, 21)),
+    *(f"coif{n}" for n in range(1, 18)),
+    *(f"bior{n}" for n in BIORTHOGONAL),
+    *(f"rbio{n}" for n in BIORTHOGONAL),
+)
+
+
 class WaveletOptions(MaskOptions):
-    wave: str = Field("db3", pattern=r"^(haar|db\d+|sym\d+|coif\d+|bior\d\.\d)$")
+    wave: Literal[WAVELETS] = Field("db3", description="The wavelet (PyWavelets' names).")
     levels: int = Field(5, ge=1, le=8)
-    mode: Literal["zero", "symmetric", "periodization", "reflect"] = "zero"
+    mode: Literal["zero", "symmetric", "periodization", "reflect"] = Field(
+        "zero",
+        description="How the transform extends the image at its borders; 'periodization' "
+        "needs every level at least as long as the wavelet's filter.",
+    )
 
     def size_refusal(self, height: int, width: int) -> str | None:
         if self.mode != "periodization":
