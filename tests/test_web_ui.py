@@ -527,6 +527,8 @@ def test_distributed_mode_with_an_api_key(browser, request, tmp_path):
         server_jobs = p.locator("table.jobs", has_text="Recent jobs of this API key")
         server_jobs.locator(f"a[href='#/jobs/{job_id}']").click()
         assert wait_status(p, TERMINAL, 10) == "succeeded"
+        # its pictures load before the stack stops (else the browser reports refused requests)
+        assert len(images_loaded(p, "figure img")) >= 3  # input, heat map, overlay
 
 
 def no_overflow(page: Page, view: str) -> None:
