@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -107,6 +108,7 @@ def test_our_inverse_dwt_equals_pytorch_wavelets_and_its_gradient_is_the_adjoint
 def test_wavelet_names_are_checked_at_submit_and_every_accepted_one_gives_the_image_back():
     import pywt
 
+    from engine.catalogue import get_method
     from engine.masks.methods import WAVELETS
     from engine.plan import PlanError, plan
 
@@ -117,13 +119,14 @@ def test_wavelet_names_are_checked_at_submit_and_every_accepted_one_gives_the_im
     assert sorted(WAVELETS) == sorted(w for w in pywt.wavelist(kind="discrete") if w != "dmey")
     x = torch.rand(1, 3, 37, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     for wave in WAVELETS:
-        assert plan("efficientnet_lite0", "cartoonx", {"wave": wave}).options.wave == wave
+        assert get_method("cartoonx").parse_options({"wave": wave}).wave == wave
         representation = WaveletRepresentation(wave, 5)
         back = representation.reconstruct(representation.decompose(x))
         assert (back - x).abs().max() < 1e-5, wave
 
 
-def test_periodization_is_refused_at_sizes_it_cannot_give_back():
+def test_wavelet_transforms_are_refused_at_submit_where_they_fail_or_cost_too_much():
+    from engine.masks.wavelet import transform_refusal
     from engine.plan import PlanError, plan
 
     options = {"mode": "periodization", "image_size": 64, "iterations": 2}
@@ -131,14 +134,28 @@ def test_periodization_is_refused_at_sizes_it_cannot_give_back():
         plan("efficientnet_lite0", "waveletx", options)
     assert plan("efficientnet_lite0", "waveletx", {**options, "levels": 3}).size == (64, 64)
     assert plan("efficientnet_lite0", "waveletx", {**options, "wave": "haar"}).size == (64, 64)
-    # The rule is the transform's round trip, over sizes on both sides of its bound.
-    from engine.masks.wavelet import periodization_refusal
-
+    costly = {"wave": "coif17", "levels": 8, "mode": "symmetric", "image_size": 97}
+    with pytest.raises(PlanError, match=r"coif17 \(102 taps\) at 8 levels .* 5,000"):
+        plan("efficientnet_lite0", "waveletx", costly)
+    assert plan("efficientnet_lite0", "waveletx", {"wave": "db20"}).size == (224, 224)
+    # The rules are the transforms' own behaviour, on both sides of their bounds: periodization
+    # gives the image back exactly where accepted; reflect decomposes exactly where accepted.
     for size in range(40, 80, 3):
         representation = WaveletRepresentation("db3", 5, "periodization")
         x = torch.rand(1, 1, size, size + 1, generator=torch.Generator().manual_seed(size))
         error = (representation.reconstruct(representation.decompose(x)) - x).abs().max()
-        assert (error < 1e-5) == (periodization_refusal("db3", 5, size, size + 1) is None), size
+        refusal = transform_refusal("db3", 5, "periodization", size, size + 1)
+        assert (error < 1e-5) == (refusal is None), size
+    for wave, levels, size in itertools.product(("haar", "db3", "db17"), (1, 3, 8), (9, 20, 33)):
+        representation = WaveletRepresentation(wave, levels, "reflect")
+        try:
+            representation.decompose(torch.rand(1, 1, size, size))
+            decomposed = True
+        except RuntimeError:
+            decomposed = False
+        accepted = transform_refusal(wave, levels, "reflect", size, size) is None
+        cheap = transform_refusal(wave, levels, "zero", size, size) is None
+        assert decomposed == accepted or not cheap, (wave, levels, size)
 
 
 def test_rank_transform_is_the_empirical_cdf_with_ties_averaged():

@@ -28,7 +28,7 @@ from engine.masks.loop import DistortionTarget, LoopSettings, MaskLoop, Objectiv
 from engine.masks.representation import PixelRepresentation, Representation, image_generators
 from engine.masks.shearlet import ShearletRepresentation
 from engine.masks.view import MaskView
-from engine.masks.wavelet import WaveletRepresentation, periodization_refusal
+from engine.masks.wavelet import WaveletRepresentation, transform_refusal
 from engine.method import (
     Attribution,
     MethodContext,
@@ -154,13 +154,12 @@ class WaveletOptions(MaskOptions):
     mode: Literal["zero", "symmetric", "periodization", "reflect"] = Field(
         "zero",
         description="How the transform extends the image at its borders; 'periodization' "
-        "needs every level at least as long as the wavelet's filter.",
+        "needs every level at least as long as the wavelet's filter, 'reflect' longer than "
+        "its padding.",
     )
 
     def size_refusal(self, height: int, width: int) -> str | None:
-        if self.mode != "periodization":
-            return None
-        return periodization_refusal(self.wave, self.levels, height, width)
+        return transform_refusal(self.wave, self.levels, self.mode, height, width)
 
     def coefficients_per_pixel(self) -> float:
         return 2.0  # a DWT keeps about one coefficient per pixel, plus borders of padded modes

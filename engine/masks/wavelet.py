@@ -68,24 +68,49 @@ def synthesize(low: Tensor, highs: list[Tensor], kernel: Tensor) -> Tensor:
     return low
 
 
-def periodization_refusal(wave: str, levels: int, height: int, width: int) -> str | None:
-    """Why pytorch-wavelets' 'periodization' DWT cannot represent a height × width image, or
-    None. Its wrap-around adds L − 2 samples once, so every level's input, made even, must be at
-    least the filter length L: else the inverse does not give the image back (checked over
-    sizes 8–200 and 3–8 levels for haar … db8)."""
-    import pywt  # 0.1 s to import, for this rare mode only
+# Multiply-adds per pixel of one inverse transform above which a wavelet and level count are
+# refused: db3 at 5 levels on 224² costs 52, db20 4,167 (1.25 s forward+backward for 16 × 3 ×
+# 224² on one thread, about 1.3 of Lite0's passes); coif17 at 8 levels on 97² cost 68,800.
+MAX_SYNTHESIS_MACS_PER_PIXEL = 5000
+
+
+def transform_refusal(wave: str, levels: int, mode: str, height: int, width: int) -> str | None:
+    """Why this DWT cannot, or may not, represent a height × width image, or None.
+
+    'periodization' (pytorch-wavelets wraps around once): every level's input, made even, must
+    be at least the filter length L, else the inverse does not give the image back. 'reflect':
+    every level's input must be longer than its padding, else the decomposition fails. Any mode:
+    the inverse's polyphase convolution, 16·(L/2)² multiply-adds per coefficient position
+    summed over levels, must stay within MAX_SYNTHESIS_MACS_PER_PIXEL per pixel (long filters
+    pad every level, so short images at many levels cost most).
+    """
+    import pywt  # 0.1 s to import, for the wavelet methods only
 
     length = pywt.Wavelet(wave).dec_len
-    for side in (height, width):
-        for _ in range(levels):
-            side += side % 2
-            if side < length:
-                return (
-                    f"mode 'periodization' with {wave} ({length} taps) cannot represent a "
-                    f"{height}×{width} image at {levels} levels: choose fewer levels, a shorter "
-                    "wavelet, a larger image_size or another mode"
-                )
-            side //= 2
+    advice = "choose fewer levels, a shorter wavelet or a larger image_size"
+    sides, positions = [height, width], 0
+    for _ in range(levels):
+        for axis, side in enumerate(sides):
+            if mode == "periodization":
+                if side + side % 2 < length:
+                    return (f"mode 'periodization' with {wave} ({length} taps) cannot represent "
+                            f"a {height}×{width} image at {levels} levels: {advice}, or another "
+                            "mode")  # fmt: skip
+                sides[axis] = (side + side % 2) // 2
+                continue
+            coefficients = pywt.dwt_coeff_len(side, length, mode)
+            if mode == "reflect" and (2 * (coefficients - 1) - side + length + 1) // 2 >= side:
+                return (f"mode 'reflect' with {wave} ({length} taps) cannot pad a "
+                        f"{height}×{width} image at {levels} levels: {advice}, or mode 'zero' "
+                        "or 'symmetric'")  # fmt: skip
+            sides[axis] = coefficients
+        positions += sides[0] * sides[1]
+    cost = positions * 16 * (length // 2) ** 2 / (height * width)
+    if cost > MAX_SYNTHESIS_MACS_PER_PIXEL:
+        bound = f"{MAX_SYNTHESIS_MACS_PER_PIXEL:,}"
+        return (f"{wave} ({length} taps) at {levels} levels on a {height}×{width} image costs "
+                f"{cost:,.0f} multiply-adds per pixel in each inverse transform, above the bound "
+                f"of {bound} (db3 at 5 levels on 224²: 52): {advice}")  # fmt: skip
     return None
 
 
