@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 
 from jobs.artifact_store import ArtifactStoreFull
 from jobs.objects import StoreUnavailable
@@ -60,9 +60,18 @@ def clean(errors: list) -> list:
 def allowed_methods(app: FastAPI, request: Request) -> list[str]:
     """The methods some route of the app answers on the request's path."""
 
+    # As the app saw the request: HEAD as GET (HeadAsGet), the path from the app's root (a
+    # mount's request carries the mount in its root_path).
+    root = request.scope.get("app_root_path", "")
+
     def answers(method: str) -> bool:
-        scope = {**request.scope, "method": "GET" if method == "HEAD" else method}  # HeadAsGet
-        return any(route.matches(scope)[0] == Match.FULL for route in app.router.routes)
+        routed = "GET" if method == "HEAD" else method
+        scope = {**request.scope, "method": routed, "root_path": root}
+        for route in app.router.routes:
+            if route.matches(scope)[0] == Match.FULL:
+                # a Mount matches any method; this app mounts static files only (GET, HEAD)
+                return not isinstance(route, Mount) or method in ("GET", "HEAD")
+        return False
 
     return [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE") if answers(m)]
 

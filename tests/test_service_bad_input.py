@@ -423,6 +423,8 @@ def test_head_is_answered_as_get_without_the_body(api):
     response = api.client.post("/health")
     assert_error(response, 405)
     assert response.headers["allow"] == "GET, HEAD"
+    static = api.client.post("/ui/style.css")  # a mounted file, which a route lists no method of
+    assert static.status_code == 405 and static.headers["allow"] == "GET, HEAD"
 
 
 def test_store_outage_is_a_503_with_retry_after(tmp_path):

@@ -75,7 +75,8 @@ MAX_SYNTHESIS_MACS_PER_PIXEL = 5000
 
 
 def transform_refusal(wave: str, levels: int, mode: str, height: int, width: int) -> str | None:
-    """Why this DWT cannot, or may not, represent a height × width image, or None.
+    """Why this DWT cannot, or may not, represent a height × width image (messages say width ×
+    height, as the plan does), or None.
 
     'periodization' (pytorch-wavelets wraps around once): every level's input, made even, must
     be at least the filter length L, else the inverse does not give the image back. 'reflect':
@@ -94,21 +95,21 @@ def transform_refusal(wave: str, levels: int, mode: str, height: int, width: int
             if mode == "periodization":
                 if side + side % 2 < length:
                     return (f"mode 'periodization' with {wave} ({length} taps) cannot represent "
-                            f"a {height}×{width} image at {levels} levels: {advice}, or another "
+                            f"a {width}×{height} image at {levels} levels: {advice}, or another "
                             "mode")  # fmt: skip
                 sides[axis] = (side + side % 2) // 2
                 continue
             coefficients = pywt.dwt_coeff_len(side, length, mode)
             if mode == "reflect" and (2 * (coefficients - 1) - side + length + 1) // 2 >= side:
                 return (f"mode 'reflect' with {wave} ({length} taps) cannot pad a "
-                        f"{height}×{width} image at {levels} levels: {advice}, or mode 'zero' "
+                        f"{width}×{height} image at {levels} levels: {advice}, or mode 'zero' "
                         "or 'symmetric'")  # fmt: skip
             sides[axis] = coefficients
         positions += sides[0] * sides[1]
     cost = positions * 16 * (length // 2) ** 2 / (height * width)
     if cost > MAX_SYNTHESIS_MACS_PER_PIXEL:
         bound = f"{MAX_SYNTHESIS_MACS_PER_PIXEL:,}"
-        return (f"{wave} ({length} taps) at {levels} levels on a {height}×{width} image costs "
+        return (f"{wave} ({length} taps) at {levels} levels on a {width}×{height} image costs "
                 f"{cost:,.0f} multiply-adds per pixel in each inverse transform, above the bound "
                 f"of {bound} (db3 at 5 levels on 224²: 52): {advice}")  # fmt: skip
     return None
